@@ -1,0 +1,27 @@
+"""Errors medseg raises for problems a user can fix.
+
+Library code raises these; the CLI turns them into one stderr line and an exit code
+(2 for :class:`ConfigError`, 1 for every other :class:`MedsegError`).
+"""
+
+from __future__ import annotations
+
+
+class MedsegError(Exception):
+    """Base class: a problem the user can fix (bad file, bad setting, bad checkpoint)."""
+
+
+class ConfigError(MedsegError, ValueError):
+    """Bad YAML, override, CLI option or config value."""
+
+
+class DataError(MedsegError, ValueError):
+    """Unreadable image or volume, geometry mismatch, unknown label value."""
+
+
+class CheckpointError(MedsegError):
+    """Missing, corrupt, unsafe or incompatible checkpoint."""
+
+
+class OutputExistsError(MedsegError):
+    """An output file or folder exists and ``overwrite`` was not requested."""
