@@ -1,0 +1,201 @@
+"""Load, override, validate and save experiment configs (YAML, ``yaml.safe_load`` only)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from medseg.config.schema import ExperimentConfig
+from medseg.errors import ConfigError
+
+MAX_CONFIG_BYTES = 1_000_000
+MAX_ALIASES = 100
+# Keys whose values are paths; relative ones resolve against the YAML file's folder.
+PATH_KEYS = (("data", "root"), ("data", "pair_list"), ("data", "train_list"), ("data", "val_list"))
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML config, apply ``key.path=value`` overrides and validate it.
+
+    Args:
+        path: YAML file.
+        overrides: Items such as ``"train.max_epochs=2"``; the value is parsed as YAML.
+            Relative paths given here resolve against the current directory.
+
+    Returns:
+        The validated, immutable config with absolute paths.
+
+    Raises:
+        ConfigError: Unreadable file, bad YAML, unknown key or invalid value; the message names
+            every offending dotted key with the value found and what is allowed.
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
+    lines = _key_lines(path)
+    _resolve_paths(raw, base=path.resolve().parent)
+    override_raw: dict[str, Any] = {}
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(raw, key, value)
+        _set_dotted(override_raw, key, value)
+    _resolve_paths(override_raw, base=Path.cwd())
+    for keys in PATH_KEYS:
+        value = _get_dotted(override_raw, keys)
+        if value is not None:
+            _set_dotted(raw, ".".join(keys), value)
+    return validate_config(raw, source=str(path), lines=lines)
+
+
+def validate_config(
+    raw: Mapping[str, Any], *, source: str = "config", lines: Mapping[str, int] | None = None
+) -> ExperimentConfig:
+    """Validate a plain dict (e.g. from a checkpoint) into an :class:`ExperimentConfig`.
+
+    Raises:
+        ConfigError: Listing each invalid setting as ``key.path: message (found: value)``.
+    """
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = [_describe(e, lines or {}) for e in err.errors()]
+        detail = "; ".join(problems)
+        raise ConfigError(f"{source}: {len(problems)} invalid setting(s): {detail}") from None
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """JSON-safe dict of a config, every default filled in."""
+    return cfg.model_dump(mode="json")
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(dump_config(cfg))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: config file is {size} bytes; at most {MAX_CONFIG_BYTES} are allowed")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from None
+    aliases = _count_aliases(text, path)
+    if aliases > MAX_ALIASES:
+        raise ConfigError(f"{path}: {aliases} YAML aliases; at most {MAX_ALIASES} are allowed (alias bomb?)")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _count_aliases(text: str, path: Path) -> int:
+    try:
+        return sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
+
+
+def _key_lines(path: Path) -> dict[str, int]:
+    """Map dotted keys to their 1-based line in the YAML file (best effort)."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, int] = {}
+
+    def walk(n: Any, prefix: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for key_node, value_node in n.value:
+                key = f"{prefix}{key_node.value}"
+                out[key] = key_node.start_mark.line + 1
+                walk(value_node, key + ".")
+
+    walk(node, "")
+    return out
+
+
+def _describe(error: Mapping[str, Any], lines: Mapping[str, int]) -> str:
+    loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-after", "function-before"))]
+    key = ".".join(loc) or "(top level)"
+    where = ""
+    for n in range(len(loc), 0, -1):
+        line = lines.get(".".join(loc[:n]))
+        if line:
+            where = f" (line {line})"
+            break
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        msg = "unknown key"
+    found = error.get("input")
+    shown = "" if error["type"] in ("missing",) or isinstance(found, dict) else f" (found: {found!r})"
+    return f"{key}{where}: {msg}{shown}"
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.max_epochs=2")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _get_dotted(raw: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    node: Any = raw
+    for k in keys:
+        if not isinstance(node, Mapping) or k not in node:
+            return None
+        node = node[k]
+    return node
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _resolve_paths(raw: dict[str, Any], *, base: Path) -> None:
+    for keys in PATH_KEYS:
+        section = raw.get(keys[0])
+        if isinstance(section, dict) and isinstance(section.get(keys[1]), str | os.PathLike):
+            value = Path(os.path.expanduser(str(section[keys[1]])))
+            section[keys[1]] = str(value if value.is_absolute() else (base / value).resolve())

@@ -1,0 +1,107 @@
+"""Self-describing checkpoints, written atomically and loaded without unpickling code.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
+
+    {"format": "medseg-checkpoint", "format_version": 1, "medseg_version": "...",
+     "config": <resolved config dict>, "labels": <LabelMap dict>, "preprocessing": {...},
+     "in_channels": int, "out_channels": int, "state_dict": {...}, "train_state": {...} | None}
+
+It loads with ``torch.load(weights_only=True)``, so a file carrying a pickled Python object is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medseg.errors import CheckpointError
+
+FORMAT = "medseg-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """Write a checkpoint dict atomically: temporary file in the same folder, fsync, rename.
+
+    A crash at any moment leaves either the previous file or the new one, never a truncated one.
+    """
+    path = Path(path)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and check a medseg checkpoint (``weights_only=True``; nothing is executed).
+
+    Raises:
+        CheckpointError: Missing, truncated, not a medseg checkpoint, a newer format, or carrying
+            pickled objects that a weights-only load refuses.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in ("checkpoints/best.pt", "checkpoints/last.pt", "best.pt", "last.pt"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise CheckpointError(f"{path}: folder holds no checkpoints/best.pt or checkpoints/last.pt")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
+        raise CheckpointError(
+            f"{path}: refused: the file carries pickled Python objects that a weights-only load does not "
+            f"allow ({first[:200]}); medseg checkpoints hold tensors and plain values only"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(
+            f"{path}: not a medseg checkpoint (format field {found!r}; expected {FORMAT!r}); "
+            "train with 'medseg train' to make one"
+        )
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format_version {version!r} is newer than this medseg reads ({FORMAT_VERSION}); "
+            "upgrade medseg"
+        )
+    for key in ("config", "labels", "state_dict", "in_channels", "out_channels"):
+        if key not in payload:
+            raise CheckpointError(f"{path}: medseg checkpoint lacks the {key!r} entry (damaged file?)")
+    payload["path"] = str(path)
+    return payload
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,329 @@
+"""Find DICOM series in a folder: read headers, group by series and geometry, say why a group is no volume.
+
+Only headers are read here (``stop_before_pixels``); :mod:`medseg.io.dicom` reads the pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import DataError
+
+__all__ = ["SeriesInfo", "SkippedFile", "list_series", "list_skipped", "scan_dicom"]
+
+logger = logging.getLogger(__name__)
+
+#: Non-image (or not-a-volume) SOP classes, by UID prefix -> short name used in reasons.
+_NON_IMAGE_SOP = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "SEG",
+    "1.2.840.10008.5.1.4.1.1.481.3": "RTSTRUCT",
+    "1.2.840.10008.5.1.4.1.1.481.5": "RTPLAN",
+    "1.2.840.10008.5.1.4.1.1.481.2": "RTDOSE",
+    "1.2.840.10008.5.1.4.1.1.88.59": "KO",
+    "1.2.840.10008.5.1.4.1.1.88.": "SR",
+    "1.2.840.10008.5.1.4.1.1.11.": "PR",
+    "1.2.840.10008.5.1.4.1.1.104.": "encapsulated document",
+    "1.2.840.10008.5.1.4.1.1.66": "registration/spatial object",
+    "1.2.840.10008.5.1.4.1.1.7": "secondary capture",
+    "1.2.840.10008.1.3.10": "DICOMDIR",
+}
+_TOL_DIR = 1e-4  # direction cosines / spacing that differ less than this are "the same"
+_TAGS = (
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "Modality",
+    "SeriesDescription", "ImageType", "Rows", "Columns", "PixelSpacing", "ImagePositionPatient",
+    "ImageOrientationPatient", "NumberOfFrames", "InstanceNumber", "RescaleSlope", "RescaleIntercept",
+    "SamplesPerPixel", "BitsAllocated", "PixelRepresentation", "PhotometricInterpretation", "PatientID",
+    "SeriesNumber",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """The header fields of one file that series handling needs."""
+
+    path: Path
+    series_uid: str
+    sop_class: str
+    sop_uid: str
+    modality: str
+    description: str
+    image_type: tuple[str, ...]
+    rows: int
+    cols: int
+    pixel_spacing: tuple[float, float] | None
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    frames: int
+    dataset: Any = field(repr=False, compare=False)
+
+
+@dataclass
+class SeriesInfo:
+    """One group of files that would form a volume (a series, or part of a split series).
+
+    ``size`` is (cols, rows, slices) like SimpleITK, ``spacing`` (mm) and ``orientation`` (nibabel axis
+    codes such as ``"LPS"``: the world direction in which i, j, k grow) describe the volume axes.
+    ``usable`` is False when the group cannot be read as one volume; ``reason`` then says why.
+    ``reason`` is also set on usable parts of a split series (``"split: ..."``).
+    """
+
+    series_uid: str
+    description: str
+    modality: str
+    n_files: int
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float] | None
+    orientation: str | None
+    files: list[Path]
+    usable: bool
+    reason: str | None = None
+    headers: list[DicomHeader] = field(default_factory=list, repr=False)
+    geometry: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def summary(self) -> str:
+        size = "x".join(str(n) for n in self.size)
+        state = "usable" if self.usable else f"skipped: {self.reason}"
+        return f"{self.series_uid} {self.description!r} {self.modality} {self.n_files} files {size} ({state})"
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: Path
+    reason: str
+
+
+def _read_header(path: Path) -> DicomHeader | SkippedFile:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
+        return SkippedFile(path, f"not a DICOM file ({type(err).__name__}: {str(err).splitlines()[0][:80]})")
+    sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
+    for prefix, name in _NON_IMAGE_SOP.items():
+        if sop_class.startswith(prefix) and not (name == "secondary capture" and "ImagePositionPatient" in ds):
+            return SkippedFile(path, f"non-image SOP class {name}")
+    try:
+        return DicomHeader(
+            path=path,
+            series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+            sop_class=sop_class,
+            sop_uid=str(ds.get("SOPInstanceUID", "") or getattr(ds.file_meta, "MediaStorageSOPInstanceUID", "")),
+            modality=str(ds.get("Modality", "") or ""),
+            description=str(ds.get("SeriesDescription", "") or ""),
+            image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
+            rows=int(ds.get("Rows", 0) or 0),
+            cols=int(ds.get("Columns", 0) or 0),
+            pixel_spacing=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
+            position=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
+            orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+            frames=int(ds.get("NumberOfFrames", 1) or 1),
+            dataset=ds,
+        )
+    except (ValueError, TypeError) as err:
+        return SkippedFile(path, f"malformed DICOM header ({err})")
+
+
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(np.isfinite(out)) else None
+
+
+def _files_in(source: Path | str | Sequence[Path | str]) -> tuple[str, list[Path]]:
+    if isinstance(source, (str, Path)):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such folder; allowed a folder of DICOM files")
+        files = sorted(Path(root) / name for root, _, names in os.walk(folder) for name in names)
+        if not files:
+            raise DataError(f"{folder}: folder is empty; allowed a folder holding one DICOM series")
+        return str(folder), files
+    files = [Path(p) for p in source]
+    if not files:
+        raise DataError("no DICOM files given; allowed a folder or a non-empty list of files")
+    return f"{files[0].parent} ({len(files)} files)", files
+
+
+def scan_dicom(source: Path | str | Sequence[Path | str]) -> tuple[str, list[SeriesInfo], list[SkippedFile]]:
+    """Read all headers under ``source`` (folder, recursive, or list of files) and group them.
+
+    Returns:
+        (name of the source for messages, series groups, skipped files).
+    """
+    name, files = _files_in(source)
+    headers = _read_all(files)
+    skipped = [h for h in headers if isinstance(h, SkippedFile)]
+    images = [h for h in headers if isinstance(h, DicomHeader)]
+    by_series: dict[tuple[str, ...], list[DicomHeader]] = defaultdict(list)
+    for h in images:
+        by_series[_series_key(h)].append(h)
+    groups: list[SeriesInfo] = []
+    for key, members in by_series.items():
+        groups.extend(_split_series(key[0], members))
+    groups.sort(key=lambda g: (not g.usable, g.series_uid))
+    return name, groups, skipped
+
+
+def _read_all(files: list[Path]) -> list[DicomHeader | SkippedFile]:
+    if len(files) < 64:
+        return [_read_header(f) for f in files]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(_read_header, files))
+
+
+def _series_key(h: DicomHeader) -> tuple[str, ...]:
+    """SeriesInstanceUID; anonymised files without one are grouped by series number/description/frame."""
+    if h.series_uid:
+        return (h.series_uid,)
+    ds = h.dataset
+    fields = ("StudyInstanceUID", "SeriesNumber", "FrameOfReferenceUID", "Modality", "SeriesDescription")
+    return ("", *(str(ds.get(f, "") or "") for f in fields))
+
+
+def _split_series(uid: str, members: list[DicomHeader]) -> list[SeriesInfo]:
+    """Split one SeriesInstanceUID by file kind and geometry, then judge each part."""
+    parts: dict[tuple[Any, ...], list[DicomHeader]] = defaultdict(list)
+    for h in members:
+        parts[_kind_key(h)].append(h)
+    groups = [_judge(uid, hs, kind) for kind, hs in parts.items()]
+    if len(groups) > 1:
+        what = _split_cause(list(parts))
+        for i, g in enumerate(groups, 1):
+            note = f"split ({what}): part {i} of {len(groups)}"
+            g.reason = f"{note}; {g.reason}" if g.reason else note
+    return groups
+
+
+def _kind_key(h: DicomHeader) -> tuple[Any, ...]:
+    if "LOCALIZER" in h.image_type:
+        return ("localizer",)
+    if "MOSAIC" in h.image_type:
+        return ("mosaic",)
+    iop = tuple(np.round(h.orientation, 4)) if h.orientation else None
+    ps = tuple(np.round(h.pixel_spacing, 4)) if h.pixel_spacing else None
+    return ("image", iop, h.rows, h.cols, ps)
+
+
+def _split_cause(keys: list[tuple[Any, ...]]) -> str:
+    kinds = {k[0] for k in keys}
+    if len(kinds) > 1:
+        return "mixed " + "/".join(sorted(kinds))
+    if len({k[1] for k in keys}) > 1:
+        return "inconsistent orientation"
+    if len({(k[2], k[3]) for k in keys}) > 1:
+        return "inconsistent rows/cols"
+    return "inconsistent pixel spacing"
+
+
+def _judge(uid: str, hs: list[DicomHeader], kind: tuple[Any, ...]) -> SeriesInfo:
+    first = hs[0]
+    info = SeriesInfo(
+        series_uid=uid, description=first.description, modality=first.modality, n_files=len(hs),
+        size=(first.cols, first.rows, len(hs)), spacing=None, orientation=None,
+        files=[h.path for h in hs], usable=False, headers=hs,
+    )  # fmt: skip
+    ds = first.dataset
+    if kind[0] != "image":
+        info.reason = kind[0]
+    elif first.rows == 0 or first.cols == 0:
+        info.reason = f"non-image SOP class {first.sop_class} (no Rows/Columns)"
+    elif int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        info.reason = f"color image (SamplesPerPixel {ds.SamplesPerPixel}); allowed grayscale"
+    elif any(h.frames > 1 for h in hs):
+        info.reason = f"multi-frame files ({first.frames} frames); enhanced multi-frame is not supported"
+    elif first.orientation is None or first.pixel_spacing is None or any(h.position is None for h in hs):
+        info.reason = "missing ImagePositionPatient/ImageOrientationPatient/PixelSpacing"
+    elif len(hs) == 1:
+        info.reason = "single frame of one file; a volume needs >= 2 slices"
+    else:
+        info.reason = _judge_geometry(info, hs)
+    info.usable = info.reason is None
+    return info
+
+
+def _judge_geometry(info: SeriesInfo, hs: list[DicomHeader]) -> str | None:
+    """Sort slices along the normal; fill ``info.geometry``; return why it is not a volume, or None."""
+    row, col = np.array(hs[0].orientation[:3]), np.array(hs[0].orientation[3:])  # type: ignore[index]
+    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
+        return f"invalid ImageOrientationPatient {hs[0].orientation}"
+    normal = np.cross(row, col)
+    positions = np.array([h.position for h in hs])
+    dist = positions @ normal
+    order = np.argsort(dist, kind="stable")
+    hs[:] = [hs[i] for i in order]
+    info.files = [h.path for h in hs]
+    positions, dist = positions[order], dist[order]
+    steps = np.diff(dist)
+    if np.any(steps < 1e-3):
+        n_same = int(np.sum(steps < 1e-3)) + 1
+        return f"{n_same} files share a slice position (mosaic, echoes, phases or time points?); not one volume"
+    spacing = (dist[-1] - dist[0]) / (len(hs) - 1)
+    ps = hs[0].pixel_spacing
+    direction = np.column_stack([row, col, normal])
+    info.spacing = (float(ps[1]), float(ps[0]), float(spacing))  # type: ignore[index]
+    info.orientation = _axcodes(direction)
+    info.geometry = {"origin": positions[0], "direction": direction, "spacing": info.spacing, "positions": positions}
+    bad = np.abs(steps - spacing) > max(0.01 * spacing, 1e-3)
+    if np.any(bad):
+        k = int(np.argmax(bad))
+        return (
+            f"non-uniform slice spacing: {steps[k]:.3f} mm between slices {k} and {k + 1} "
+            f"({hs[k].path.name}, {hs[k + 1].path.name}), expected {spacing:.3f} mm (missing slice?)"
+        )
+    offaxis = positions[-1] - positions[0] - (dist[-1] - dist[0]) * normal
+    if np.linalg.norm(offaxis) > max(1e-3 * abs(dist[-1] - dist[0]), 1e-3):
+        tilt = np.degrees(np.arctan2(np.linalg.norm(offaxis), abs(dist[-1] - dist[0])))
+        return f"gantry tilt / sheared stack: slices move {tilt:.2f} deg off the slice normal; resample first"
+    return None
+
+
+def _axcodes(direction_lps: np.ndarray) -> str:
+    ras = np.diag([-1.0, -1.0, 1.0]) @ direction_lps
+    letters = (("L", "R"), ("P", "A"), ("I", "S"))
+    out = []
+    for axis in range(3):
+        world = int(np.argmax(np.abs(ras[:, axis])))
+        out.append(letters[world][int(ras[world, axis] > 0)])
+    return "".join(out)
+
+
+def list_series(folder: Path | str | Sequence[Path | str]) -> list[SeriesInfo]:
+    """Every candidate series under ``folder`` (recursive), usable volumes first.
+
+    Example:
+        >>> [s.usable for s in list_series(folder)]  # doctest: +SKIP
+    """
+    return scan_dicom(folder)[1]
+
+
+def list_skipped(folder: Path | str | Sequence[Path | str]) -> list[SkippedFile]:
+    """Files under ``folder`` that belong to no volume, each with the reason.
+
+    Covers non-DICOM files, non-image SOP classes and every file of an unusable series.
+    """
+    _, groups, skipped = scan_dicom(folder)
+    out = list(skipped)
+    for g in groups:
+        if not g.usable:
+            out.extend(SkippedFile(p, g.reason or "not a volume") for p in g.files)
+    return sorted(out, key=lambda s: s.path)
+
+
+def describe_groups(groups: Iterable[SeriesInfo]) -> str:
+    return "; ".join(g.summary() for g in groups)
