@@ -120,9 +120,13 @@ class LabelMap:
         """Inverse of :meth:`to_dict`.
 
         Raises:
-            ValueError: If ``data`` lacks the ``classes`` list or an entry lacks ``name``/``values``.
+            TypeError: If ``data`` is not a mapping.
+            ValueError: If ``data`` lacks the ``classes`` list or an entry lacks
+                ``name``/``values``.
         """
-        entries = data.get("classes") if isinstance(data, Mapping) else None
+        if not isinstance(data, Mapping):
+            raise TypeError(f"LabelMap.from_dict: expected a mapping, got {type(data).__name__}")
+        entries = data.get("classes")
         if not isinstance(entries, list):
             raise ValueError(f"LabelMap.from_dict: expected {{'classes': [...]}}, got {data!r}")
         classes = []
@@ -193,7 +197,7 @@ class LabelMap:
         snapped_mask = dist > 0
         num_snapped = int(counts[snapped_mask].sum())
         if num_snapped:
-            logger.info(
+            logger.debug(
                 "%s: snapped %d pixels with %d off-palette values (%s) to %s within tolerance %g",
                 source or "<array>",
                 num_snapped,
@@ -234,7 +238,7 @@ class LabelMap:
         if arr.dtype.kind == "b":
             arr = arr.astype(np.intp)
         values = self.output_values
-        dtype = np.result_type(np.min_scalar_type(min(values)), np.min_scalar_type(max(values)))
+        dtype = _smallest_int_dtype(min(values), max(values))
         if isinstance(class_indices, torch.Tensor) and dtype in (np.uint16, np.uint32, np.uint64):
             dtype = np.int32 if dtype == np.uint16 else np.int64  # torch lacks full uint16/32 support
         result = np.asarray(values, dtype=dtype)[arr]
@@ -294,7 +298,8 @@ class LabelDiscovery:
 
 
 def discover_label_values(
-    arrays: np.ndarray | torch.Tensor | Iterable[np.ndarray | torch.Tensor], *, tolerance: int = 0) -> LabelDiscovery:
+    arrays: np.ndarray | torch.Tensor | Iterable[np.ndarray | torch.Tensor], *, tolerance: int = 0
+) -> LabelDiscovery:
     """Find the palette of gray values used by a set of masks.
 
     With ``tolerance=0`` the palette is the exact set of present values. With ``tolerance > 0``
@@ -338,7 +343,7 @@ def discover_label_values(
             small[: binc.size] += binc
             continue
         if arr.dtype.kind == "f":
-            if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+            if not _is_whole(arr):
                 raise DataError(f"array #{num_arrays}: label values must be whole numbers, got non-integer floats")
             arr = arr.astype(np.int64)
         values, counts = np.unique(arr, return_counts=True)
@@ -436,7 +441,12 @@ class MapLabelsd(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection, label_map: LabelMap, *, tolerance: float = 0, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        label_map: LabelMap,
+        *,
+        tolerance: float = 0,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mapper = MapLabels(label_map, tolerance=tolerance)
@@ -507,6 +517,14 @@ def _as_int(value: object, where: str) -> int:
     raise ValueError(f"LabelMap: gray values must be integers, got {value!r} ({where})")
 
 
+def _smallest_int_dtype(low: int, high: int) -> np.dtype:
+    for candidate in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64):
+        info = np.iinfo(candidate)
+        if info.min <= low and high <= info.max:
+            return np.dtype(candidate)
+    return np.dtype(np.int64)
+
+
 def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
@@ -527,6 +545,8 @@ def _to_numpy(array: Any) -> np.ndarray:
 
 def _value_table(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
     """Present values, their counts, and a function mapping per-value results back to pixels."""
+    if arr.size and arr.dtype.kind == "f" and _is_whole(arr):
+        arr = arr.astype(np.int64)  # float label maps (NIfTI) take the fast lookup-table path
     if arr.size and arr.dtype.kind in "iub":
         if arr.dtype.kind == "b":
             arr = arr.view(np.uint8)
@@ -550,7 +570,17 @@ def _value_table(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
 
             return (present + low).astype(np.float64), counts[present], apply_lut
     values, inverse, counts = np.unique(arr, return_inverse=True, return_counts=True)
-    return values.astype(np.float64), counts, lambda per_value: per_value[inverse.reshape(arr.shape)]
+    return (
+        values.astype(np.float64),
+        counts,
+        lambda per_value: per_value[inverse.reshape(arr.shape)],
+    )
+
+
+def _is_whole(arr: np.ndarray) -> bool:
+    """True if every value is finite, integral and exactly representable as int64."""
+    with np.errstate(invalid="ignore"):
+        return bool(np.all(np.abs(arr) < 2**53) and np.array_equal(arr, np.rint(arr)))
 
 
 def _nearest(values: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

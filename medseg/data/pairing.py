@@ -56,9 +56,9 @@ class Pair:
     mask: Path
 
 
-def _names(items: Sequence[str]) -> str:
+def _names(items: Sequence[str], sep: str = ", ") -> str:
     """``a, b, c`` with at most ``_MAX_LISTED`` names, then ``and N more``."""
-    shown = ", ".join(items[:_MAX_LISTED])
+    shown = sep.join(items[:_MAX_LISTED])
     extra = len(items) - _MAX_LISTED
     return f"{shown} and {extra} more" if extra > 0 else shown
 
@@ -162,7 +162,7 @@ def _read_list(root: Path, list_file: Path, *, strict: bool) -> list[Pair]:
     if not list_file.is_absolute():
         list_file = root / list_file
     if not list_file.is_file():
-        raise DataError(f"data.list_file: file {list_file} does not exist")
+        raise DataError(f"data.pair_list: file {list_file} does not exist")
     try:
         text = list_file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
@@ -207,7 +207,7 @@ def _read_list(root: Path, list_file: Path, *, strict: bool) -> list[Pair]:
     if problems and strict:
         raise DataError(
             f"{list_file}: {len(problems)} bad line(s) (paths are relative to {root}): "
-            f"{_names(problems)}"
+            f"{_names(problems, sep='; ')}"
         )
     for problem in problems:
         logger.warning("%s: skipping %s", list_file, problem)
@@ -255,13 +255,13 @@ def find_pairs(
             or (``strict``) some files have no partner.
     """
     if rule not in PAIRING_RULES:
-        raise ConfigError(f"data.rule: unknown {rule!r}; choose from {list(PAIRING_RULES)}")
+        raise ConfigError(f"data.pairing: unknown {rule!r}; choose from {list(PAIRING_RULES)}")
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data.root: folder {root} does not exist")
     if rule == "list":
         if list_file is None:
-            raise ConfigError("data.list_file: required when data.rule is 'list'")
+            raise ConfigError("data.pair_list: required when data.pairing is 'list'")
         return _read_list(root, Path(list_file), strict=strict)
 
     images_path = _check_folder(root, images_dir, "data.images_dir")

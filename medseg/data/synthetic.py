@@ -180,8 +180,10 @@ def make_polyp_dataset(
         root,
         [
             "Synthetic endoscopy-like polyp images (images/) and binary masks (masks/, 0/255).",
-            f"Parameters: n={n}, size=(H={height}, W={width}), seed={seed}, "
-            f"mask_format={mask_format}, jpeg_noise={jpeg_noise}",
+            (
+                f"Parameters: n={n}, size=(H={height}, W={width}), seed={seed}, "
+                f"mask_format={mask_format}, jpeg_noise={jpeg_noise}"
+            ),
         ],
     )
     return root
@@ -292,7 +294,7 @@ def _spine_arrays(
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
     """Save as NIfTI-1; ``.nii.gz`` is gzipped with a zero timestamp so bytes are reproducible."""
     name = path.name.lower()
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+    if not name.endswith((".nii", ".nii.gz")):
         raise ValueError(f"{path}: output must end with .nii or .nii.gz")
     image = nib.Nifti1Image(array, affine)
     image.header.set_xyzt_units("mm")
@@ -410,7 +412,7 @@ def make_spine_dataset(
     for index in range(n_cases):
         rng = _case_rng(seed, index)
         scale = rng.uniform(0.88, 1.12, size=3)
-        case_shape = tuple(max(16, int(round(s * f))) for s, f in zip(shape, scale, strict=True))
+        case_shape = tuple(max(16, round(s * f)) for s, f in zip(shape, scale, strict=True))
         case_shape = (case_shape[0], case_shape[1], max(case_shape[2], int(shape[2])))
         hu, labels = _spine_arrays(rng, case_shape, spacing, n_vertebrae, first_label, label_step)
         affine = _spine_affine(case_shape, spacing)
@@ -420,12 +422,11 @@ def make_spine_dataset(
     _write_readme(
         root,
         [
-            "Synthetic CT spine phantoms in HU (imagesTr/, int16) and vertebra labels "
-            "(labelsTr/, uint8).",
-            f"Labels: 0 background, vertebrae {first_label}..{last} step {label_step} "
-            "from inferior to superior.",
+            "Synthetic CT spine phantoms in HU (imagesTr/, int16), vertebra labels (labelsTr/).",
+            f"Labels: 0 background, vertebrae {first_label}..{last} (step {label_step}) "
+            + "from inferior to superior.",
             f"Parameters: n_cases={n_cases}, shape={tuple(shape)}, spacing_mm={spacing}, "
-            f"n_vertebrae={n_vertebrae}, seed={seed}",
+            + f"n_vertebrae={n_vertebrae}, seed={seed}",
         ],
     )
     return root

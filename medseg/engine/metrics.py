@@ -13,13 +13,13 @@ Metrics per class c (one-vs-rest masks ``pred == c``, ``truth == c``; TP/FP/FN p
 
 Empty policy (no metric is ever NaN, so a missed structure can't leave the mean -- MONAI #9095):
 
-=====================  ====  ===  =========  ======  ==================
-case                   dice  iou  precision  recall  hd95
-=====================  ====  ===  =========  ======  ==================
-both empty             1     1    1          1       0
-truth empty, pred not  0     0    0          1       image diagonal mm
-truth present, no pred 0     0    0          0       image diagonal mm
-=====================  ====  ===  =========  ======  ==================
+======================  ====  ===  =========  ======  ==================
+case                    dice  iou  precision  recall  hd95
+======================  ====  ===  =========  ======  ==================
+both empty              1     1    1          1       0
+truth empty, pred not   0     0    0          1       image diagonal mm
+truth present, no pred  0     0    0          0       image diagonal mm
+======================  ====  ===  =========  ======  ==================
 
 Recall is 1 when the truth is empty because nothing was missed (false positives are what
 precision measures). The worst-case HD95 is the diagonal of the image extent,
@@ -110,9 +110,7 @@ def compute_case_metrics(
     return result
 
 
-def hausdorff95(
-    pred_mask: np.ndarray, truth_mask: np.ndarray, spacing: Sequence[float] | None = None
-) -> float:
+def hausdorff95(pred_mask: np.ndarray, truth_mask: np.ndarray, spacing: Sequence[float] | None = None) -> float:
     """95th-percentile symmetric Hausdorff distance between two non-empty boolean masks, in mm.
 
     Args:
@@ -140,7 +138,9 @@ def hausdorff95(
     return float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))
 
 
-def summarize(cases: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+def summarize(
+    cases: Sequence[Mapping[str, Mapping[str, float]]],
+) -> dict[str, dict[str, dict[str, float]]]:
     """Mean, standard deviation and count of each metric over cases.
 
     Args:
@@ -218,7 +218,5 @@ def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[st
         return [f"class_{i}" for i in range(num_classes)]
     names = list(class_names)
     if len(names) != num_classes or len(set(names)) != num_classes or OVERALL in names:
-        raise ValueError(
-            f"class_names must be {num_classes} unique names other than {OVERALL!r}, got {names}"
-        )
+        raise ValueError(f"class_names must be {num_classes} unique names other than {OVERALL!r}, got {names}")
     return names

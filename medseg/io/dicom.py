@@ -22,6 +22,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,9 +47,7 @@ _UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 _PARALLEL_MIN_SLICES = 8
 
 
-def select_series(
-    source: Path | str | Sequence[Path | str], series_uid: str | None = None
-) -> tuple[str, SeriesInfo]:
+def select_series(source: Path | str | Sequence[Path | str], series_uid: str | None = None) -> tuple[str, SeriesInfo]:
     """Find the one usable series under ``source`` (or the one with ``series_uid``).
 
     Raises:
@@ -66,7 +65,7 @@ def select_series(
             raise DataError(f"{name}: no series {series_uid!r}; found {describe_groups(groups)}")
         usable = [g for g in matching if g.usable]
         if not usable:
-            raise DataError(f"{name}: series {series_uid!r} is not a readable volume: {matching[0].reason}")
+            raise DataError(f"{name}: series is not a readable volume: {describe_groups(matching)}")
     if not usable:
         raise DataError(f"{name}: no series forms a 3D volume; found {describe_groups(groups)}")
     if len(usable) > 1:
@@ -89,7 +88,8 @@ def read_dicom_series(
         folder_or_files: Folder or files of the series.
         series_uid: Required when several volume series are present.
         max_bytes: Refuse a series whose voxel array would be larger.
-        workers: Processes that decode compressed pixel data (default: CPU count, at most 8; 1 = in-process).
+        workers: Processes that decode compressed pixel data (default: idle CPUs, at most 8 and one per
+            4 slices; 1 = in-process). Only speed depends on it, never the result.
 
     Returns:
         Volume with ``array[i, j, k]`` (i along the row direction, k along the slice normal), RAS affine,
@@ -124,47 +124,87 @@ def read_dicom_series(
 
 
 def _read_pixels(name: str, headers: list[DicomHeader], workers: int | None) -> np.ndarray:
+    """Stored pixel values, shape (slices, rows, cols), each file read once."""
     syntaxes = {str(h.dataset.file_meta.get("TransferSyntaxUID", "")) for h in headers}
     n = len(headers)
     if workers is None:
-        workers = min(8, os.cpu_count() or 1, n // 4)
-    paths = [str(h.path) for h in headers]
-    if syntaxes <= _UNCOMPRESSED or workers <= 1 or n < _PARALLEL_MIN_SLICES or os.name != "posix":
-        slices = [_decode_file(p) for p in paths]
-    else:
+        workers = min(8, _idle_cpus(), n // 4)
+    compressed = not syntaxes <= _UNCOMPRESSED
+    if compressed and workers > 1 and n >= _PARALLEL_MIN_SLICES and os.name == "posix":
         import multiprocessing as mp
 
-        chunk = -(-n // workers)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
-            slices = [s for part in pool.map(_decode_files, [paths[i : i + chunk] for i in range(0, n, chunk)]) for s in part]
+        # this process decodes the first chunk while workers decode the rest (decoders hold the GIL)
+        step = -(-n // workers)
+        paths = [str(h.path) for h in headers]
+        chunks = [paths[i : i + step] for i in range(step, n, step)]
+        with ProcessPoolExecutor(max_workers=len(chunks), mp_context=mp.get_context("fork")) as pool:
+            futures = [pool.submit(_decode_files, chunk) for chunk in chunks]
+            slices = [_stored_pixels(h.dataset) for h in headers[:step]]
+            for future in futures:
+                slices.extend(future.result())
+    else:
+        slices = [_stored_pixels(h.dataset) for h in headers]
     first = headers[0]
-    out = np.empty((n, first.rows, first.cols), dtype=slices[0][1].dtype if not isinstance(slices[0], str) else np.int16)
-    for k, item in enumerate(slices):
-        if isinstance(item, str):
-            raise DataError(f"{name}: cannot decode pixel data of {headers[k].path.name} ({item})")
-        _, pix = item
+    out: np.ndarray | None = None
+    for k, pix in enumerate(slices):
+        if isinstance(pix, str):
+            raise DataError(f"{name}: cannot decode pixel data of {headers[k].path.name} ({pix})")
+        if out is None:
+            out = np.empty((n, first.rows, first.cols), dtype=pix.dtype)
         if pix.shape != out.shape[1:] or pix.dtype != out.dtype:
             raise DataError(
                 f"{name}: {headers[k].path.name} has pixels {pix.shape} {pix.dtype}; "
                 f"allowed {out.shape[1:]} {out.dtype} like the other slices"
             )
         out[k] = pix
+    if out is None:  # unreachable: select_series only passes series of >= 2 slices
+        raise DataError(f"{name}: series has no slices")
     return out
 
 
-def _decode_files(paths: list[str]) -> list[tuple[str, np.ndarray] | str]:
-    return [_decode_file(p) for p in paths]
+def _idle_cpus() -> int:
+    """CPUs this process may use minus the 1-minute load: extra processes only help on idle cores."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, int(cpus - load + 0.5))
 
 
-def _decode_file(path: str) -> tuple[str, np.ndarray] | str:
-    """Stored pixel values of one single-frame file, or an error string (picklable for workers)."""
+def _decode_files(paths: list[str]) -> list[np.ndarray | str]:
+    """Worker: stored pixels of several files (errors as strings, so they pickle)."""
     import pydicom
 
+    out: list[np.ndarray | str] = []
+    for path in paths:
+        try:
+            out.append(_stored_pixels(pydicom.dcmread(path, force=False)))
+        except Exception as err:  # noqa: BLE001 (reported with the file name by the caller)
+            out.append(f"{type(err).__name__}: {err}")
+    return out
+
+
+def _stored_pixels(ds: Any) -> np.ndarray | str:
+    """Stored values of a single-frame grayscale slice, or an error string."""
     try:
-        ds = pydicom.dcmread(path, force=False)
-        return path, ds.pixel_array
-    except Exception as err:  # decoder plug-ins raise anything; reported with the file name
-        return f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+        bits, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
+        if syntax not in _UNCOMPRESSED or bits not in (8, 16, 32):
+            return np.asarray(ds.pixel_array)
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        count = int(ds.Rows) * int(ds.Columns)
+        data = ds.PixelData
+        if len(data) < count * bits // 8:
+            return f"PixelData has {len(data)} bytes, expected {count * bits // 8} (truncated file)"
+        arr = np.frombuffer(data, dtype=f"<{'i' if signed else 'u'}{bits // 8}", count=count)
+        arr = arr.reshape(int(ds.Rows), int(ds.Columns))
+        if stored < bits:  # drop bits above BitsStored, sign-extend signed values (as pydicom/GDCM do)
+            shift = bits - stored
+            arr = (arr << shift) >> shift if signed else arr & ((1 << stored) - 1)
+        return arr
+    except Exception as err:  # noqa: BLE001 (decoder plug-ins raise anything; reported with the file name)
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
 
 
 def _rescale(name: str, stack: np.ndarray, headers: list[DicomHeader]) -> tuple[np.ndarray, bool]:

@@ -1,6 +1,7 @@
 """Find DICOM series in a folder: read headers, group by series and geometry, say why a group is no volume.
 
-Only headers are read here (``stop_before_pixels``); :mod:`medseg.io.dicom` reads the pixels.
+Only headers are read here (large values such as uncompressed pixel data are deferred, i.e. left on
+disk until touched); :mod:`medseg.io.dicom` reads the pixels.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class SeriesInfo:
     def summary(self) -> str:
         size = "x".join(str(n) for n in self.size)
         state = "usable" if self.usable else f"skipped: {self.reason}"
-        return f"{self.series_uid} {self.description!r} {self.modality} {self.n_files} files {size} ({state})"
+        uid = self.series_uid or "(no SeriesInstanceUID)"
+        return f"{uid} {self.description!r} {self.modality} {self.n_files} files {size} ({state})"
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,9 @@ def _read_header(path: Path) -> DicomHeader | SkippedFile:
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)
+        # defer_size: large values (pixel data, vendor blobs) are not read now; touching them later reads
+        # them from the file, so uncompressed pixels are read once and headers are parsed once.
+        ds = pydicom.dcmread(path, defer_size=1024, force=False)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
         return SkippedFile(path, f"not a DICOM file ({type(err).__name__}: {str(err).splitlines()[0][:80]})")
     sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
@@ -279,12 +283,13 @@ def _judge_geometry(info: SeriesInfo, hs: list[DicomHeader]) -> str | None:
     info.spacing = (float(ps[1]), float(ps[0]), float(spacing))  # type: ignore[index]
     info.orientation = _axcodes(direction)
     info.geometry = {"origin": positions[0], "direction": direction, "spacing": info.spacing, "positions": positions}
-    bad = np.abs(steps - spacing) > max(0.01 * spacing, 1e-3)
-    if np.any(bad):
-        k = int(np.argmax(bad))
+    typical = float(np.median(steps))
+    deviation = np.abs(steps - typical)
+    if deviation.max() > max(0.01 * typical, 1e-3):
+        k = int(np.argmax(deviation))
         return (
             f"non-uniform slice spacing: {steps[k]:.3f} mm between slices {k} and {k + 1} "
-            f"({hs[k].path.name}, {hs[k + 1].path.name}), expected {spacing:.3f} mm (missing slice?)"
+            f"({hs[k].path.name}, {hs[k + 1].path.name}), expected {typical:.3f} mm (missing slice?)"
         )
     offaxis = positions[-1] - positions[0] - (dist[-1] - dist[0]) * normal
     if np.linalg.norm(offaxis) > max(1e-3 * abs(dist[-1] - dist[0]), 1e-3):

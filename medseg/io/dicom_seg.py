@@ -143,6 +143,7 @@ def _source_headers(source: Volume | str | Path) -> tuple[list[Any], tuple[int, 
         "StudyInstanceUID": generate_uid(entropy_srcs=["study", *seed]),
         "SeriesInstanceUID": generate_uid(entropy_srcs=["series", *seed]),
     }
+    filled: set[str] = set()
     for ds in datasets:
         if not ds.get("SOPClassUID"):
             ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
@@ -150,8 +151,10 @@ def _source_headers(source: Volume | str | Path) -> tuple[list[Any], tuple[int, 
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
         for key, uid in fills.items():
             if not ds.get(key):
-                logger.warning("source %s has no %s; using derived UID %s", ds.filename, key, uid)
+                filled.add(key)
                 setattr(ds, key, uid)
+    if filled:
+        logger.warning("source series has no %s; the SEG references derived UIDs", "/".join(sorted(filled)))
     return datasets, (int(shape[0]), int(shape[1]), int(shape[2]))
 
 
@@ -276,7 +279,9 @@ def _frame_slices(path: Path, ds: Any, ref: Volume) -> list[int]:
         iop = np.array([float(v) for v in plane.ImageOrientationPatient])
         if not (np.allclose(iop[:3], ref.direction_lps[:, 0], atol=1e-4)
                 and np.allclose(iop[3:], ref.direction_lps[:, 1], atol=1e-4)):  # fmt: skip
-            raise DataError(f"{path}: frame {f + 1} orientation {iop.tolist()} differs from the reference's rows/columns")
+            raise DataError(
+                f"{path}: frame {f + 1} orientation {iop.tolist()} differs from the reference's rows/columns"
+            )
         idx = to_index @ (np.array([float(v) for v in pos.ImagePositionPatient]) - origin)
         k = int(round(idx[2]))
         if np.abs(idx[:2]).max() > 0.05 or abs(idx[2] - k) > 0.05 or not 0 <= k < ref.shape[2]:

@@ -80,7 +80,8 @@ def _open(path: Path, allowed: tuple[str, ...]) -> Iterator[Image.Image]:
         ) from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise DataError(
-            f"{path}: cannot read image: {err}; expected a valid {'/'.join(_PIL_FORMATS)} file"
+            f"{path}: cannot read image: {err}; the file is truncated, corrupt or not a "
+            f"{'/'.join(_PIL_FORMATS)} image"
         ) from err
     with image:
         width, height = image.size

@@ -83,7 +83,7 @@ class Volume:
     @property
     def origin_lps(self) -> tuple[float, float, float]:
         """World position (LPS mm) of voxel (0, 0, 0), as SimpleITK ``GetOrigin``."""
-        o = _LPS_RAS @ self.affine[:3, 3]
+        o = _LPS_RAS @ self.affine[:3, 3] + 0.0  # + 0.0 turns -0.0 into 0.0
         return (float(o[0]), float(o[1]), float(o[2]))
 
     @property
@@ -115,9 +115,7 @@ def check_volume_size(path: Path | str, shape: tuple[int, ...], itemsize: int, m
         )
 
 
-def read_volume(
-    path: str | Path, *, series_uid: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES
-) -> Volume:
+def read_volume(path: str | Path, *, series_uid: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Volume:
     """Read a 3D volume from a NIfTI/MHA/MHD/NRRD file or a DICOM folder.
 
     Args:
@@ -139,7 +137,9 @@ def read_volume(
 
         return read_dicom_series(path, series_uid=series_uid, max_bytes=max_bytes)
     if series_uid is not None:
-        raise DataError(f"{path}: series_uid={series_uid!r} given but the path is a file; allowed only for DICOM folders")
+        raise DataError(
+            f"{path}: series_uid={series_uid!r} given but the path is a file; allowed only for DICOM folders"
+        )
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder")
     name = path.name.lower()
@@ -192,7 +192,9 @@ def _check_file_can_hold(path: Path, shape: tuple[int, ...], itemsize: int) -> N
             "allowed at most ~1000x compression"
         )
     if not path.name.lower().endswith(".gz") and nbytes > size:
-        raise DataError(f"{path}: header claims {nbytes} bytes of voxels but the file has only {size} bytes (truncated)")
+        raise DataError(
+            f"{path}: header claims {nbytes} bytes of voxels but the file has only {size} bytes (truncated)"
+        )
 
 
 def _read_itk(path: Path, max_bytes: int) -> Volume:

@@ -1,0 +1,226 @@
+"""The ``medseg`` command line: thin wrappers over the Python API.
+
+Exit codes: 0 ok, 2 usage or config error, 1 data or runtime error. A :class:`MedsegError` prints
+one line on stderr, never a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from medseg.errors import ConfigError, MedsegError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    help="medseg: medical-image segmentation on MONAI and PyTorch.",
+)
+config_app = typer.Typer(no_args_is_help=True, help="Check or show a config file.")
+app.add_typer(config_app, name="config")
+
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: key.path=value.")]  # noqa: UP045
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn medseg errors into one stderr line and an exit code (2 config, 1 data/runtime)."""
+    try:
+        yield
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    except MedsegError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def _logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
+    sets: Sets = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", "-o", help="Run folder (default runs/<name>-<time>).")] = None,  # noqa: UP045,E501
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder.")] = None,  # noqa: UP045
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    force: Annotated[bool, typer.Option(help="Resume even if the config changed.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (overrides train.device).")] = None,  # noqa: UP045,E501
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a model from a YAML config; prints the run folder and best checkpoint."""
+    _logging(verbose, quiet)
+    with user_errors():
+        from medseg.config import load_config
+        from medseg.engine.training import default_run_dir
+        from medseg.engine.training import train as run_training
+
+        overrides = list(sets or []) + ([f"train.device={device}"] if device else [])
+        cfg = load_config(config, overrides)
+        if resume is not None and run_dir is not None and resume.resolve() != run_dir.resolve():
+            raise ConfigError(f"--resume {resume} and --run-dir {run_dir} name different folders; give one")
+        folder = resume or run_dir or default_run_dir(config, cfg)
+        result = run_training(cfg, run_dir=folder, resume=resume is not None, overwrite=overwrite, force=force)
+        typer.echo(f"run folder: {result.run_dir}")
+        typer.echo(f"last checkpoint: {result.last_checkpoint}")
+        if result.best_checkpoint:
+            typer.echo(f"best checkpoint: {result.best_checkpoint} "
+                       f"(val_{cfg.train.best_metric} {result.best_metric:.4f} at epoch {result.best_epoch})")
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint .pt file or run folder.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images, volumes, DICOM series folders, or folders of them.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists.")] = False,
+    overlay: Annotated[bool, typer.Option(help="2D: also write <name>_overlay.png.")] = False,
+    tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Flip test-time augmentation.")] = None,  # noqa: UP045
+    largest_component: Annotated[Optional[bool], typer.Option("--largest-component/--all-components")] = None,  # noqa: UP045,E501
+    precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16.")] = None,  # noqa: UP045
+    overlap: Annotated[Optional[float], typer.Option(help="Sliding-window overlap (0..1).")] = None,  # noqa: UP045
+    sw_batch_size: Annotated[Optional[int], typer.Option(help="Windows per forward pass.")] = None,  # noqa: UP045
+    dicom_seg: Annotated[bool, typer.Option(help="DICOM inputs: also write a DICOM-SEG.")] = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    """Segment images or volumes with a trained checkpoint, in the inputs' own size, geometry and label values."""
+    _logging(verbose, quiet)
+    with user_errors():
+        from medseg.engine.inference import Predictor
+        from medseg.engine.predict import predict_paths
+
+        overrides = {"tta": tta, "largest_component": largest_component, "precision": precision,
+                     "overlap": overlap, "sw_batch_size": sw_batch_size}
+        predictor = Predictor.from_checkpoint(checkpoint, device=device, **overrides)
+        report = predict_paths(predictor, inputs, output, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg)
+        typer.echo(f"{len(report.written)} files written to {output}, {len(report.skipped)} existing skipped "
+                   f"(--overwrite redoes them), {len(report.failed)} failed, {report.seconds:.1f}s")
+        for source, message in report.failed:
+            typer.echo(f"failed: {source}: {message}", err=True)
+        if not report.ok:
+            raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Option(help="Folder of predictions.")],
+    truth: Annotated[Path, typer.Option(help="Folder of ground truth.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Per-case CSV (default PRED/metrics.csv).")] = None,  # noqa: UP045,E501
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Take the label mapping from this checkpoint.")] = None,  # noqa: UP045,E501
+    labels: Annotated[Optional[str], typer.Option(help="Label mapping, e.g. '0=background,255=polyp'.")] = None,  # noqa: UP045,E501
+    tolerance: Annotated[int, typer.Option(help="Snap values within this many gray levels (JPEG masks).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing CSV.")] = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    """Per-case and per-class Dice, IoU, precision, recall, F1, HD95 of predictions against truth."""
+    _logging(verbose, quiet)
+    with user_errors():
+        from medseg.engine.evaluation import evaluate as run_evaluation
+
+        label_map = _label_map(checkpoint, labels)
+        result = run_evaluation(pred, truth, labels=label_map, tolerance=tolerance,
+                                output=output or pred / "metrics.csv", overwrite=overwrite)
+        typer.echo(result.table())
+        typer.echo(f"per-case CSV: {result.csv_path}")
+        typer.echo(f"summary: {result.summary_path}")
+
+
+def _label_map(checkpoint: Path | None, text: str | None) -> object:
+    from medseg.data.labels import LabelMap
+
+    if checkpoint is not None and text is not None:
+        raise ConfigError("give --checkpoint or --labels, not both")
+    if checkpoint is not None:
+        from medseg.engine.checkpoint import load_checkpoint
+
+        return LabelMap.from_dict(load_checkpoint(checkpoint)["labels"])
+    if text is None:
+        return None
+    mapping: dict[int, str] = {}
+    for item in text.split(","):
+        value, sep, name = item.partition("=")
+        try:
+            mapping[int(value)] = name.strip() if sep else f"class_{int(value)}"
+        except ValueError:
+            raise ConfigError(f"--labels: {item!r} is not VALUE=NAME (e.g. '0=background,255=polyp')") from None
+    return LabelMap.from_mapping(mapping)
+
+
+@config_app.command("check")
+def config_check(config: Annotated[Path, typer.Argument(help="Experiment YAML.")], sets: Sets = None) -> None:
+    """Validate a config; exit 2 with every problem listed if it is invalid."""
+    with user_errors():
+        from medseg.config import load_config
+
+        load_config(config, list(sets or []))
+        typer.echo(f"{config}: ok")
+
+
+@config_app.command("show")
+def config_show(config: Annotated[Path, typer.Argument(help="Experiment YAML.")], sets: Sets = None) -> None:
+    """Print the resolved config (defaults filled in, paths absolute) as YAML."""
+    with user_errors():
+        from medseg.config import dump_config, load_config
+
+        typer.echo(dump_config(load_config(config, list(sets or []))), nl=False)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for data, run and predictions.")] = Path(
+        "medseg-demo"),
+    kind: Annotated[str, typer.Option(help="polyp (2D RGB) or spine (3D CT phantom).")] = "polyp",
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the demo's own).")] = None,  # noqa: UP045,E501
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing demo folder.")] = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    """Generate a synthetic dataset, train briefly, predict and evaluate: the whole loop in minutes on CPU."""
+    _logging(verbose, quiet)
+    with user_errors():
+        from medseg.engine.demo import run_demo
+
+        summary = run_demo(output, kind=kind, epochs=epochs, overwrite=overwrite)
+        for key, value in summary.items():
+            typer.echo(f"{key}: {value}")
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A volume file or a folder with DICOM series.")],
+    verbose: Verbose = False,
+) -> None:
+    """List the image series found in a folder (or describe one volume file), and why anything was skipped."""
+    _logging(verbose, False)
+    with user_errors():
+        from medseg.engine.predict import describe_path
+
+        typer.echo(describe_path(path))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Tile planning, blend weights and device/network introspection for sliding-window inference.
+
+Private helpers of :mod:`medseg.engine.sliding_window`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from torch import nn
+
+#: Rough bytes of live activations per tile voxel and per channel element, fitted on MONAI UNet/BasicUNet.
+ACTIVATION_FACTOR = 3
+#: Per-tile overhead, in voxels of network work, used by the planner to prefer fewer, larger tiles.
+TILE_OVERHEAD_VOXELS = 32**3
+
+
+@cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has native bf16 instructions (AVX512-BF16 or AMX-BF16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    try:  # no /proc (macOS, Windows): only AMX-capable builds report a bf16-native level
+        return "AMX" in str(torch.backends.cpu.get_cpu_capability()).upper()
+    except Exception:  # noqa: BLE001 - capability probing must never fail inference
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """Autocast dtype for ``precision`` on ``device``; ``None`` means plain fp32.
+
+    ``"auto"`` picks the fastest accurate choice: bf16 on a CPU with native bf16 instructions, else fp32;
+    on CUDA bf16 where supported, else fp16.
+    """
+    device = torch.device(device)
+    choices = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu":
+            return torch.bfloat16 if cpu_has_native_bf16() else None
+        return None
+    if precision not in choices:
+        raise ValueError(f"precision must be one of 'auto', 'fp32', 'bf16', 'fp16', got {precision!r}")
+    return choices[precision]
+
+
+def network_in_channels(network: nn.Module) -> int | None:
+    """Input channels of the first convolution/linear layer, or None when it can't be told."""
+    for module in network.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return int(module.in_channels)
+        if isinstance(module, nn.Linear):
+            return int(module.in_features)
+    return None
+
+
+def network_first_width(network: nn.Module) -> int:
+    """Output channels of the first convolution (the widest full-resolution activation in a UNet)."""
+    for module in network.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return int(module.out_channels)
+    return 1
+
+
+def network_divisor(network: nn.Module, spatial_dims: int) -> tuple[int, ...]:
+    """Size every spatial dim of the network input must be a multiple of (1 when unknown)."""
+    strides = getattr(network, "strides", None)
+    if strides is not None and type(network).__name__ == "UNet":  # monai.networks.nets.UNet
+        div = [1] * spatial_dims
+        for stride in strides:
+            s = (stride,) * spatial_dims if isinstance(stride, int) else tuple(stride)
+            div = [d * int(x) for d, x in zip(div, s)]
+        return tuple(div)
+    if type(network).__name__ in {"BasicUNet", "BasicUnet", "Basicunet"}:
+        return (16,) * spatial_dims
+    return (1,) * spatial_dims
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where tiles go. Coordinates are in the padded volume; ``pad[d]`` voxels precede the image in dim d."""
+
+    shape: tuple[int, ...]  # original spatial shape
+    padded: tuple[int, ...]
+    pad: tuple[int, ...]
+    tile: tuple[int, ...]
+    starts: tuple[tuple[int, ...], ...]  # per dim, sorted tile start positions
+
+    @property
+    def n_tiles(self) -> int:
+        return math.prod(len(s) for s in self.starts)
+
+    def tiles(self) -> list[tuple[int, ...]]:
+        """Tile start corners, row-major (dim 0 slowest), so rows along dim 0 finish in order."""
+        return list(itertools.product(*self.starts))
+
+    def describe(self) -> str:
+        grid = "x".join(str(len(s)) for s in self.starts)
+        return f"{self.n_tiles} tiles of {'x'.join(map(str, self.tile))} (grid {grid})"
+
+
+def _even_starts(padded: int, tile: int, n: int) -> tuple[int, ...]:
+    if n == 1:
+        return (0,)
+    return tuple(round(i * (padded - tile) / (n - 1)) for i in range(n))
+
+
+def _dim_options(size: int, roi: int, div: int, overlap_vox: int) -> list[tuple[int, int, int]]:
+    """(n_tiles, tile, padded) candidates for one dim with at least ``overlap_vox`` overlap between tiles."""
+    roi = round_up(roi, div)
+    single = max(round_up(size, div), roi)
+    options = [(1, single, single)]
+    if size <= roi:
+        return options
+    n = 2
+    while True:
+        tile = max(round_up(-(-(size + (n - 1) * overlap_vox) // n), div), roi)
+        if tile >= single:
+            n += 1
+            if n > size:
+                break
+            continue
+        options.append((n, tile, max(size, tile)))
+        if tile <= roi:
+            break
+        n += 1
+    return options
+
+
+def plan_roi(shape: Sequence[int], roi: Sequence[int], div: Sequence[int], overlap: float) -> TilePlan:
+    """MONAI-style plan: windows of exactly ``roi`` (rounded up to the divisor), stepping ``roi*(1-overlap)``."""
+    tiles, padded, starts = [], [], []
+    for size, r, d in zip(shape, roi, div):
+        t = round_up(r, d)
+        p = max(size, t)
+        step = max(1, int(t * (1 - overlap)))
+        n = 1 if p == t else math.ceil((p - t) / step) + 1
+        tiles.append(t)
+        padded.append(p)
+        starts.append(_even_starts(p, t, n))
+    return _finish(shape, tiles, padded, starts)
+
+
+def plan_auto(
+    shape: Sequence[int],
+    roi: Sequence[int],
+    div: Sequence[int],
+    overlap: float,
+    *,
+    tile_bytes_per_voxel: float,
+    row_bytes_per_voxel: float,
+    budget_bytes: float,
+) -> TilePlan:
+    """Fewest computed voxels whose tile (plus a row accumulator where needed) fits ``budget_bytes``.
+
+    ``row_bytes_per_voxel`` is charged on ``tile[0] * padded[1:]`` voxels when a row along dim 0 holds
+    several tiles (the streaming-labels accumulator); 0 for the other outputs.
+    """
+    per_dim = [
+        _dim_options(size, r, d, math.ceil(overlap * r)) if overlap > 0 else _dim_options(size, r, d, 0)
+        for size, r, d in zip(shape, roi, div)
+    ]
+    best, best_cost, smallest, smallest_mem = None, math.inf, None, math.inf
+    for combo in itertools.product(*per_dim):
+        tile = [c[1] for c in combo]
+        padded = [c[2] for c in combo]
+        n_tiles = math.prod(c[0] for c in combo)
+        mem = math.prod(tile) * tile_bytes_per_voxel
+        if math.prod(c[0] for c in combo[1:]) > 1:
+            mem += tile[0] * math.prod(padded[1:]) * row_bytes_per_voxel
+        cost = n_tiles * (math.prod(tile) + TILE_OVERHEAD_VOXELS)
+        if mem < smallest_mem:
+            smallest, smallest_mem = combo, mem
+        if mem <= budget_bytes and cost < best_cost:
+            best, best_cost = combo, cost
+    combo = best if best is not None else smallest
+    tiles = [c[1] for c in combo]
+    padded = [c[2] for c in combo]
+    starts = [_even_starts(p, t, c[0]) for c, t, p in zip(combo, tiles, padded)]
+    return _finish(shape, tiles, padded, starts)
+
+
+def _finish(shape, tiles, padded, starts) -> TilePlan:
+    pad = tuple((p - s) // 2 for p, s in zip(padded, shape))
+    return TilePlan(tuple(shape), tuple(padded), pad, tuple(tiles), tuple(tuple(s) for s in starts))
+
+
+def blend_weights(plan: TilePlan, blend: str, sigma_scale: float) -> list[dict[int, torch.Tensor]]:
+    """Per dim, 1D weight of each tile start, already divided by the sum over tiles covering each voxel.
+
+    The tiles form a Cartesian grid and the window weight is separable, so the product of these 1D
+    weights sums to exactly one over the tiles covering any voxel: no count map, no final division.
+    """
+    out = []
+    for padded, tile, starts in zip(plan.padded, plan.tile, plan.starts):
+        if blend == "gaussian":
+            x = torch.arange(tile, dtype=torch.float64) - (tile - 1) / 2
+            sigma = max(sigma_scale * tile, 1e-3)
+            g = torch.exp(-0.5 * (x / sigma) ** 2).clamp_min(1e-6)
+        else:
+            g = torch.ones(tile, dtype=torch.float64)
+        norm = torch.zeros(padded, dtype=torch.float64)
+        for s in starts:
+            norm[s : s + tile] += g
+        out.append({s: (g / norm[s : s + tile]).float() for s in starts})
+    return out
+
+
+def flip_sets(spatial_dims: int, tta: bool | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """Flip combinations (tensor dims of a (N, C, *spatial) batch) to average over; () is identity."""
+    if tta is False or tta is None:
+        return [()]
+    if tta is True:
+        axes = range(2, 2 + spatial_dims)
+        return [c for k in range(spatial_dims + 1) for c in itertools.combinations(axes, k)]
+    sets = [tuple(sorted(2 + int(a) for a in axes)) for axes in tta]
+    for axes in sets:
+        if any(a < 2 or a >= 2 + spatial_dims for a in axes):
+            raise ValueError(f"tta flip axes must be spatial axes 0..{spatial_dims - 1}, got {tta!r}")
+    return sets if () in sets else [(), *sets]
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    """Free memory on ``device`` (CUDA: free device memory; CPU: MemAvailable, else 8 GiB)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30

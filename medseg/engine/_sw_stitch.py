@@ -1,0 +1,149 @@
+"""Blending accumulators for sliding-window inference: dense K-channel output and streaming argmax.
+
+Private helpers of :mod:`medseg.engine.sliding_window`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medseg.engine._sw_plan import TilePlan
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    """Smallest integer dtype holding ``num_classes`` labels."""
+    if num_classes <= 256:
+        return torch.uint8
+    return torch.int16 if num_classes <= 2**15 else torch.int32
+
+
+def _labels_of(logits: torch.Tensor) -> torch.Tensor:
+    """Class index per voxel of (K, *spatial) logits; K == 1 means a sigmoid output (logit > 0)."""
+    if logits.shape[0] == 1:
+        return logits[0] > 0
+    return logits.argmax(0)
+
+
+class _Stitcher:
+    """Common clipping of a tile (padded coordinates) to the image (output coordinates)."""
+
+    def __init__(self, plan: TilePlan, weights: list[dict[int, torch.Tensor]], device: torch.device) -> None:
+        self.plan = plan
+        self.device = device
+        self.weights = [{s: w.to(device) for s, w in wd.items()} for wd in weights]
+        self.uniform = all(len(s) == 1 for s in plan.starts)  # one tile: weight is exactly 1
+
+    def _clip(self, start: tuple[int, ...], dims: range) -> tuple[list[slice], list[slice]]:
+        local, out = [], []
+        for d in dims:
+            lo = max(start[d], self.plan.pad[d])
+            hi = min(start[d] + self.plan.tile[d], self.plan.pad[d] + self.plan.shape[d])
+            local.append(slice(lo - start[d], hi - start[d]))
+            out.append(slice(lo - self.plan.pad[d], hi - self.plan.pad[d]))
+        return local, out
+
+    def _weight(self, start: tuple[int, ...], local: list[slice], dims: range) -> torch.Tensor:
+        n = len(self.plan.tile)
+        w = None
+        for d, sl in zip(dims, local):
+            shape = [1] * n
+            wd = self.weights[d][start[d]][sl]
+            shape[d] = wd.numel()
+            w = wd.view(shape) if w is None else w * wd.view(shape)
+        return w
+
+
+class DenseAccumulator(_Stitcher):
+    """Blended logits for the whole image, (B, K, *spatial) float32, on ``device``."""
+
+    def __init__(self, plan, weights, device, batch: int, num_classes: int) -> None:
+        super().__init__(plan, weights, device)
+        self.out = torch.zeros((batch, num_classes, *plan.shape), dtype=torch.float32, device=device)
+
+    def add(self, b: int, start: tuple[int, ...], pred: torch.Tensor) -> None:
+        dims = range(len(start))
+        local, out = self._clip(start, dims)
+        src = pred[(slice(None), *local)].to(self.device)
+        dst = self.out[(b, slice(None), *out)]
+        if self.uniform:
+            dst.copy_(src)
+        else:
+            dst.addcmul_(src, self._weight(start, local, dims))
+
+    def finish_item(self, b: int) -> None:
+        pass
+
+    def probabilities(self, slab: int = 16) -> torch.Tensor:
+        """Softmax (sigmoid for K == 1) over channels, in place, slab by slab to bound temporaries."""
+        for b in range(self.out.shape[0]):
+            for s in range(0, self.out.shape[2], slab):
+                part = self.out[b, :, s : s + slab]
+                if part.shape[0] == 1:
+                    part.sigmoid_()
+                else:
+                    part.copy_(torch.softmax(part, dim=0))
+        return self.out
+
+
+class LabelStreamer(_Stitcher):
+    """Streaming argmax: blends one row of tiles along dim 0 at a time and writes labels as rows finish.
+
+    Memory: the labels (uint8) plus, when a row holds several tiles, one K x tile[0] x H x W float32 row
+    buffer; with one tile per row only the overlap with the next row is kept between tiles.
+    """
+
+    def __init__(self, plan, weights, device, batch: int, num_classes: int) -> None:
+        super().__init__(plan, weights, device)
+        self.k = num_classes
+        self.labels = torch.zeros((batch, 1, *plan.shape), dtype=label_dtype(num_classes), device=device)
+        self.multi = any(len(s) > 1 for s in plan.starts[1:])
+        self.rows = list(plan.starts[0])
+        self.row: int | None = None
+        self.buf: torch.Tensor | None = None
+        self.carry: torch.Tensor | None = None
+        self.b = 0
+
+    def _zeros(self) -> torch.Tensor:
+        return torch.zeros((self.k, self.plan.tile[0], *self.plan.shape[1:]), device=self.device)
+
+    def add(self, b: int, start: tuple[int, ...], pred: torch.Tensor) -> None:
+        self.b = b
+        rest = range(1, len(start))
+        local, out = self._clip(start, rest)
+        if not self.multi:  # the tile is the whole row: weight it, finish it at once
+            w0 = self.weights[0][start[0]].view(-1, *([1] * (len(start) - 1)))
+            self.buf = pred[(slice(None), slice(None), *local)].to(self.device, torch.float32) * w0
+            self.row = start[0]
+            self._add_carry()
+            self._finish_row()
+            return
+        if start[0] != self.row:
+            if self.row is not None:
+                self._finish_row()
+            self.row, self.buf = start[0], self._zeros()
+            self._add_carry()
+        w = self._weight(start, [slice(None), *local], range(len(start)))
+        dst = self.buf[(slice(None), slice(None), *out)]
+        dst.addcmul_(pred[(slice(None), slice(None), *local)].to(self.device), w)
+
+    def _add_carry(self) -> None:
+        if self.carry is not None:
+            self.buf[:, : self.carry.shape[1]] += self.carry
+            self.carry = None
+
+    def _finish_row(self) -> None:
+        i = self.rows.index(self.row)
+        nxt = self.rows[i + 1] if i + 1 < len(self.rows) else self.row + self.plan.tile[0]
+        pad, size = self.plan.pad[0], self.plan.shape[0]
+        lo, hi = max(self.row, pad), min(nxt, pad + size)
+        if hi > lo:
+            labels = _labels_of(self.buf[:, lo - self.row : hi - self.row])
+            self.labels[self.b, 0, lo - pad : hi - pad] = labels.to(self.labels.dtype)
+        if i + 1 < len(self.rows):
+            self.carry = self.buf[:, nxt - self.row :].clone()
+        self.buf, self.row = None, None
+
+    def finish_item(self, b: int) -> None:
+        if self.buf is not None:
+            self._finish_row()
+        self.carry = None

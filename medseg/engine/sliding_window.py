@@ -1,0 +1,385 @@
+"""Sliding-window inference: run a segmentation network over a 2D or 3D volume, fast and lean.
+
+``sliding_window_predict`` covers the (padded) volume with a grid of tiles and blends the network outputs
+with separable Gaussian or constant weights that are pre-normalised, so blending needs no count map and
+no final division. With ``tiling="auto"`` (default) tiles grow beyond ``roi_size`` up to the memory budget
+and overlap by ``overlap * roi_size`` voxels: a fully convolutional network then runs over the fewest
+voxels, often in one pass over the whole padded volume. ``tiling="roi"`` uses windows of exactly
+``roi_size`` as MONAI's ``sliding_window_inference`` does (for networks whose output depends on the window,
+e.g. through instance normalisation, and should see the training patch size).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from medseg.engine._sw_plan import (
+    ACTIVATION_FACTOR,
+    TilePlan,
+    available_memory_bytes,
+    blend_weights,
+    cpu_has_native_bf16,
+    flip_sets,
+    network_divisor,
+    network_first_width,
+    network_in_channels,
+    plan_auto,
+    plan_roi,
+    resolve_precision,
+)
+from medseg.engine._sw_stitch import DenseAccumulator, LabelStreamer
+from medseg.errors import DataError, MedsegError
+
+__all__ = [
+    "SlidingWindowMemoryError",
+    "SlidingWindowStats",
+    "cpu_has_native_bf16",
+    "resolve_precision",
+    "sliding_window_predict",
+]
+
+OUTPUTS = ("logits", "probabilities", "labels")
+BLENDS = ("gaussian", "constant")
+TILINGS = ("auto", "roi")
+NONFINITE = ("error", "zero")
+#: Default working-memory budget on CPU (MiB), beyond the input and the returned output.
+CPU_BUDGET_MB = 1024
+
+
+class SlidingWindowMemoryError(MedsegError, MemoryError):
+    """Out of memory even with batch size 1, the smallest tiles and CPU stitching."""
+
+
+@dataclass
+class SlidingWindowStats:
+    """What one call did; ``str()`` gives the one-line summary the progress bar prints."""
+
+    tiles: int = 0  # tile positions x batch items
+    windows: int = 0  # network evaluations of one tile (TTA copies count)
+    seconds: float = 0.0
+    voxels: int = 0  # input voxels (B x spatial)
+    peak_memory_mb: float = 0.0  # CUDA: max allocated during the call; CPU: process peak RSS
+    precision: str = "fp32"
+    plan: str = ""
+    batch_size: int = 1
+    device: str = "cpu"
+    fallbacks: list[str] = field(default_factory=list)
+
+    @property
+    def windows_per_s(self) -> float:
+        return self.windows / self.seconds if self.seconds else 0.0
+
+    @property
+    def voxels_per_s(self) -> float:
+        return self.voxels / self.seconds if self.seconds else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"sliding window: {self.windows} windows ({self.plan}, batch {self.batch_size}, {self.precision}, "
+            f"{self.device}) in {self.seconds:.2f} s, {self.windows_per_s:.2f} windows/s, "
+            f"{self.voxels_per_s / 1e6:.2f} Mvoxel/s, peak memory {self.peak_memory_mb:.0f} MB"
+        )
+
+
+def sliding_window_predict(
+    network: nn.Module,
+    image: torch.Tensor,
+    roi_size: int | Sequence[int],
+    *,
+    overlap: float = 0.25,
+    sw_batch_size: int = 4,
+    blend: str = "gaussian",
+    precision: str = "auto",
+    tta: bool | Sequence[Sequence[int]] = False,
+    output: str = "probabilities",
+    device: torch.device | str | None = None,
+    sigma_scale: float = 0.125,
+    memory_budget_mb: float | None = None,
+    progress: bool = False,
+    divisor: int | Sequence[int] | None = None,
+    tiling: str = "auto",
+    padding_value: float = 0.0,
+    nonfinite: str = "error",
+    return_stats: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, SlidingWindowStats]:
+    """Predict a (B, C, *spatial) ``image`` (2D or 3D) with ``network`` tile by tile.
+
+    Args:
+        network: maps (N, C, *tile) to (N, K, *tile); moved to ``device`` if it lives elsewhere.
+        roi_size: window size (int or one per spatial dim); rounded up to a multiple of ``divisor``;
+            the volume is padded (``padding_value``) where it is smaller.
+        overlap: fraction of ``roi_size`` by which neighbouring tiles overlap, in [0, 1).
+        sw_batch_size: tiles per network call ("auto" tiling lowers it to fit the memory budget).
+        blend: "gaussian" (sigma = ``sigma_scale`` x tile) or "constant" weights.
+        precision: "fp32", "bf16", "fp16" (autocast; blending stays fp32) or "auto" (see
+            :func:`resolve_precision`).
+        tta: True averages all flips of the spatial axes (4 in 2D, 8 in 3D), or a list of axis tuples
+            (spatial axis numbers from 0); flipped copies run batched with their window.
+        output: "logits", "probabilities" (softmax; sigmoid when K == 1) -> (B, K, *spatial) float32;
+            "labels" -> (B, 1, *spatial) uint8 (int16/int32 above 256 classes), argmax streamed row by row.
+        device: where the network runs; default the network's device (CPU without parameters).
+        memory_budget_mb: working memory for tiles and stitching; default 1024 MiB on CPU (at most a
+            quarter of what is free), half the free memory on CUDA. Estimates are approximate.
+        progress: print a progress bar and a final summary line to stderr.
+        divisor: every tile dim is a multiple of it; default read from MONAI UNet/BasicUNet, else 1.
+        tiling: "auto" (tiles as large as the budget allows) or "roi" (windows of exactly ``roi_size``).
+        nonfinite: "error" raises :class:`DataError` on NaN/Inf voxels; "zero" replaces them with 0.
+        return_stats: also return a :class:`SlidingWindowStats`.
+
+    Returns the prediction on ``image``'s device (and the stats when ``return_stats``).
+    On out-of-memory it retries with half the batch, then smaller tiles, then stitching on the CPU,
+    then raises :class:`SlidingWindowMemoryError`.
+    """
+    _check_args(image, overlap, sw_batch_size, blend, output, tiling, nonfinite, sigma_scale)
+    spatial = image.ndim - 2
+    roi = _per_dim(roi_size, spatial, "roi_size")
+    div = _per_dim(divisor, spatial, "divisor") if divisor is not None else network_divisor(network, spatial)
+    expected = network_in_channels(network)
+    if expected is not None and expected != image.shape[1]:
+        raise ValueError(
+            f"network expects {expected} input channels but image has {image.shape[1]} "
+            f"(image shape {tuple(image.shape)}, layout (B, C, *spatial))"
+        )
+    image = _check_finite(image, nonfinite)
+    device = torch.device(device) if device is not None else _network_device(network)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    network.to(device)
+    dtype = resolve_precision(precision, device)
+    flips = flip_sets(spatial, tta)
+    budget = _budget_bytes(memory_budget_mb, device)
+
+    stats = SlidingWindowStats(precision=_dtype_name(dtype), device=str(device))
+    stitch_device = device
+    batch = sw_batch_size
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    while True:
+        plan, bpv = _plan(image, network, roi, div, overlap, tiling, output, dtype, budget, len(flips))
+        tile_bytes = math.prod(plan.tile) * bpv * len(flips)
+        run_batch = batch if tiling == "roi" else max(1, min(batch, int(budget // max(tile_bytes, 1))))
+        run_batch = min(run_batch, plan.n_tiles)
+        try:
+            result = _run(network, image, plan, blend, sigma_scale, dtype, flips, output, device,
+                          stitch_device, run_batch, padding_value, progress, stats)
+            break
+        except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as err:
+            if not _is_oom(err):
+                raise
+            _free(device)
+            if run_batch > 1:
+                batch = run_batch // 2
+                stats.fallbacks.append(f"batch {run_batch} -> {batch}")
+            elif tiling == "auto" and any(t > round(r) for t, r in zip(plan.tile, roi)):
+                budget /= 4
+                stats.fallbacks.append(f"tiles {'x'.join(map(str, plan.tile))} -> smaller")
+            elif stitch_device.type != "cpu":
+                stitch_device = torch.device("cpu")
+                stats.fallbacks.append("stitching on cpu")
+            else:
+                raise SlidingWindowMemoryError(
+                    f"out of memory on {device} with batch 1, tiles {plan.tile} and CPU stitching "
+                    f"({err.__class__.__name__}); use a smaller roi_size or free memory"
+                ) from err
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    stats.seconds = time.perf_counter() - start
+    stats.voxels = image.shape[0] * math.prod(image.shape[2:])
+    stats.peak_memory_mb = _peak_mb(device)
+    stats.plan, stats.batch_size = plan.describe(), run_batch
+    if progress:
+        print(f"\n{stats}", file=sys.stderr)
+    result = result.to(image.device if image.device.type != "meta" else "cpu")
+    return (result, stats) if return_stats else result
+
+
+def _check_args(image, overlap, sw_batch_size, blend, output, tiling, nonfinite, sigma_scale) -> None:
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__}")
+    if image.ndim not in (4, 5):
+        raise ValueError(f"image must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise TypeError(f"image must be a floating-point tensor, got {image.dtype}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if not isinstance(sw_batch_size, int) or sw_batch_size < 1:
+        raise ValueError(f"sw_batch_size must be an int >= 1, got {sw_batch_size!r}")
+    if sigma_scale <= 0:
+        raise ValueError(f"sigma_scale must be > 0, got {sigma_scale}")
+    for name, value, allowed in (
+        ("blend", blend, BLENDS), ("output", output, OUTPUTS), ("tiling", tiling, TILINGS),
+        ("nonfinite", nonfinite, NONFINITE),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def _per_dim(value, spatial: int, name: str) -> tuple[int, ...]:
+    values = (value,) * spatial if isinstance(value, int) else tuple(value)
+    if len(values) != spatial or any(not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"{name} must be a positive int or {spatial} positive ints, got {value!r}")
+    return values
+
+
+def _check_finite(image: torch.Tensor, nonfinite: str) -> torch.Tensor:
+    finite = torch.isfinite(image)
+    if bool(finite.all()):
+        return image
+    bad = int(finite.numel() - finite.sum())
+    if nonfinite == "error":
+        raise DataError(
+            f"image has {bad} non-finite voxels (NaN/Inf) of {finite.numel()}; clean the input or pass "
+            "nonfinite='zero' to replace them with 0"
+        )
+    return torch.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _network_device(network: nn.Module) -> torch.device:
+    for tensor in (*network.parameters(), *network.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _budget_bytes(memory_budget_mb: float | None, device: torch.device) -> float:
+    if memory_budget_mb is not None:
+        if memory_budget_mb <= 0:
+            raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb}")
+        return memory_budget_mb * 2**20
+    free = available_memory_bytes(device)
+    if device.type == "cuda":
+        return free / 2
+    return min(CPU_BUDGET_MB * 2**20, free / 4)
+
+
+def _plan(image, network, roi, div, overlap, tiling, output, dtype, budget, n_flips) -> tuple[TilePlan, float]:
+    shape = tuple(image.shape[2:])
+    elem = 2 if dtype is not None else 4
+    width = max(network_first_width(network), 1)
+    # Live activations per voxel (~3 full-resolution feature maps of the first width) + float32 output.
+    bpv = elem * ACTIVATION_FACTOR * width + 4 * width
+    if tiling == "roi":
+        return plan_roi(shape, roi, div, overlap), bpv
+    row_bpv = 4 * width if output == "labels" else 0.0
+    plan = plan_auto(shape, roi, div, overlap, tile_bytes_per_voxel=bpv * n_flips,
+                     row_bytes_per_voxel=row_bpv, budget_bytes=budget)
+    return plan, bpv
+
+
+def _run(network, image, plan, blend, sigma_scale, dtype, flips, output, device, stitch_device,
+         batch, padding_value, progress, stats) -> torch.Tensor:
+    weights = blend_weights(plan, blend, sigma_scale)
+    tiles = plan.tiles()
+    n_batches = math.ceil(len(tiles) / batch)
+    total = image.shape[0] * n_batches
+    stats.tiles = stats.windows = 0
+    acc = None
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
+    with torch.no_grad():  # not inference_mode: callers may modify the returned tensor in place
+        for b in range(image.shape[0]):
+            source = _pad(image[b : b + 1], plan, padding_value)
+            source = source.to(device if stitch_device == device else source.device)
+            for i in range(n_batches):
+                group = tiles[i * batch : (i + 1) * batch]
+                x = _gather(source, group, plan.tile, device, flips)
+                with autocast:
+                    y = _forward(network, x, plan.tile)
+                y = _merge_flips(y, flips, len(group))
+                if acc is None:
+                    cls = LabelStreamer if output == "labels" else DenseAccumulator
+                    acc = cls(plan, weights, stitch_device, image.shape[0], y.shape[1])
+                for j, corner in enumerate(group):
+                    acc.add(b, corner, y[j])
+                stats.tiles += len(group)
+                stats.windows += len(group) * len(flips)
+                del x, y
+                if progress:
+                    _progress(b * n_batches + i + 1, total)
+            acc.finish_item(b)
+    if output == "labels":
+        return acc.labels
+    return acc.probabilities() if output == "probabilities" else acc.out
+
+
+def _pad(item: torch.Tensor, plan: TilePlan, value: float) -> torch.Tensor:
+    if plan.padded == plan.shape:
+        return item
+    pads = []
+    for size, padded, before in reversed(list(zip(plan.shape, plan.padded, plan.pad))):
+        pads += [before, padded - size - before]
+    return torch.nn.functional.pad(item, pads, value=value)
+
+
+def _gather(source, group, tile, device, flips) -> torch.Tensor:
+    x = torch.empty((len(group) * len(flips), source.shape[1], *tile), dtype=source.dtype, device=device)
+    for j, corner in enumerate(group):
+        x[j].copy_(source[(0, slice(None), *(slice(c, c + t) for c, t in zip(corner, tile)))])
+    n = len(group)
+    for f, axes in enumerate(flips[1:], start=1):
+        x[f * n : (f + 1) * n] = x[:n].flip(axes)
+    return x
+
+
+def _forward(network: nn.Module, x: torch.Tensor, tile) -> torch.Tensor:
+    try:
+        y = network(x)
+    except RuntimeError as err:
+        if "size" in str(err).lower() and "match" in str(err).lower():
+            raise ValueError(
+                f"network failed on a tile of {tuple(tile)}: {err}. Tile dims must be a multiple of the "
+                "network's divisor (e.g. the product of a UNet's strides); pass divisor=..."
+            ) from err
+        raise
+    if not isinstance(y, torch.Tensor) or y.ndim != x.ndim or y.shape[0] != x.shape[0] or y.shape[2:] != x.shape[2:]:
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"network must map (N, C, *tile) {tuple(x.shape)} to (N, K, *tile), got {got}")
+    return y
+
+
+def _merge_flips(y: torch.Tensor, flips, n: int) -> torch.Tensor:
+    if len(flips) == 1:
+        return y
+    out = y[:n].float()
+    for f, axes in enumerate(flips[1:], start=1):
+        out += y[f * n : (f + 1) * n].flip(axes)
+    return out.div_(len(flips))
+
+
+def _is_oom(err: BaseException) -> bool:
+    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(err).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "failed to allocate" in text
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def _progress(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // total
+    print(f"\rsliding window [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="",
+          file=sys.stderr, flush=True)
+

@@ -1,0 +1,216 @@
+"""Tests for medseg.data.pairing on real files (tiny Pillow images and the Kvasir-SEG folder)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medseg.data.pairing import (
+    Pair,
+    find_pairs,
+    read_split_file,
+    split_pairs,
+    write_split_file,
+)
+from medseg.errors import ConfigError, DataError
+from medseg.io.images import image_size
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.fixture
+def kvasir_dir() -> Path:
+    folder = SHARED_DATA / "kvasir-seg"
+    if not (folder / "images").is_dir():
+        message = f"Kvasir-SEG test data not found at {folder}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
+
+def _image(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "P" if path.suffix == ".gif" else "RGB"
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).convert(mode).save(path)
+    return path
+
+
+def _tree(root: Path, names: list[str]) -> Path:
+    for name in names:
+        _image(root / name)
+    return root
+
+
+def test_same_stem_pairs_sorted_and_hidden_files_ignored(tmp_path):
+    _tree(tmp_path, ["images/b.jpg", "images/a.png", "masks/a.png", "masks/b.jpg"])
+    _tree(tmp_path, ["images/._a.jpg", "masks/._a.jpg"])
+    (tmp_path / "images" / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "masks" / "notes.txt").write_text("not a mask")
+    pairs = find_pairs(tmp_path)
+    assert pairs == [
+        Pair("a", tmp_path / "images/a.png", tmp_path / "masks/a.png"),
+        Pair("b", tmp_path / "images/b.jpg", tmp_path / "masks/b.jpg"),
+    ]
+    with pytest.raises(AttributeError):
+        pairs[0].case_id = "c"  # type: ignore[misc]
+
+
+def test_real_kvasir_folder(kvasir_dir):
+    pairs = find_pairs(kvasir_dir)
+    assert len(pairs) == 150
+    assert pairs[0].case_id == "cju14g8o4xui30878gkgbrvqj"
+    assert pairs[0].image == kvasir_dir / "images" / "cju14g8o4xui30878gkgbrvqj.jpg"
+    assert pairs[0].mask == kvasir_dir / "masks" / "cju14g8o4xui30878gkgbrvqj.jpg"
+    assert [p.case_id for p in pairs] == sorted(p.case_id for p in pairs)
+    for pair in pairs[::30]:
+        assert image_size(pair.image) == image_size(pair.mask)
+    train, val = split_pairs(pairs, val_fraction=0.2, seed=42)
+    assert (len(train), len(val)) == (120, 30)
+    assert split_pairs(pairs, val_fraction=0.2, seed=42) == (train, val)
+
+
+def test_suffix_rule_carvana_same_folder(tmp_path):
+    _tree(tmp_path, ["train/car1.jpg", "train/car1_mask.gif", "train/car2.jpg"])
+    _image(tmp_path / "train/car2_mask.gif")
+    pairs = find_pairs(tmp_path, images_dir="train", masks_dir="train", rule="suffix")
+    assert [(p.case_id, p.image.name, p.mask.name) for p in pairs] == [
+        ("car1", "car1.jpg", "car1_mask.gif"),
+        ("car2", "car2.jpg", "car2_mask.gif"),
+    ]
+
+
+def test_suffix_rule_separate_folders(tmp_path):
+    _tree(tmp_path, ["train/x.jpg", "train_masks/x_mask.gif"])
+    pairs = find_pairs(tmp_path, images_dir="train", masks_dir="train_masks", rule="suffix")
+    assert pairs == [Pair("x", tmp_path / "train/x.jpg", tmp_path / "train_masks/x_mask.gif")]
+
+
+def test_replace_rule(tmp_path):
+    _tree(tmp_path, ["images/P1_Slice_07.png", "masks/P1_Labels_slice_07.png"])
+    pairs = find_pairs(tmp_path, rule="replace")
+    assert [(p.case_id, p.mask.name) for p in pairs] == [("P1_Slice_07", "P1_Labels_slice_07.png")]
+
+
+def test_list_rule_with_header_and_comments(tmp_path):
+    _tree(tmp_path, ["img/a.jpg", "lab/a.png", "img/b.jpg", "lab/b.png"])
+    (tmp_path / "pairs.csv").write_text(
+        "image,mask\n# a comment\nimg/b.jpg, lab/b.png\n\nimg/a.jpg,lab/a.png\n"
+    )
+    pairs = find_pairs(tmp_path, rule="list", list_file=Path("pairs.csv"))
+    assert [(p.case_id, p.image, p.mask) for p in pairs] == [
+        ("a", tmp_path / "img/a.jpg", tmp_path / "lab/a.png"),
+        ("b", tmp_path / "img/b.jpg", tmp_path / "lab/b.png"),
+    ]
+
+
+def test_list_rule_names_bad_lines(tmp_path):
+    _tree(tmp_path, ["img/a.jpg", "lab/a.png"])
+    (tmp_path / "pairs.txt").write_text("img/a.jpg,lab/a.png\nimg/gone.jpg,lab/a.png\njust-one\n")
+    with pytest.raises(
+        DataError,
+        match=r"pairs\.txt: 2 bad line\(s\).*line 2: image 'img/gone\.jpg' does not exist; "
+        r"line 3: expected 'image,mask'",
+    ):
+        find_pairs(tmp_path, rule="list", list_file=Path("pairs.txt"))
+    pairs = find_pairs(tmp_path, rule="list", list_file=tmp_path / "pairs.txt", strict=False)
+    assert [p.case_id for p in pairs] == ["a"]
+
+
+def test_list_rule_needs_list_file(tmp_path):
+    with pytest.raises(ConfigError, match="data.pair_list: required"):
+        find_pairs(tmp_path, rule="list")
+    with pytest.raises(DataError, match=r"data.pair_list: file .*missing\.csv does not exist"):
+        find_pairs(tmp_path, rule="list", list_file=Path("missing.csv"))
+
+
+def test_missing_root_and_folders(tmp_path):
+    with pytest.raises(DataError, match=r"data\.root: folder .*nowhere does not exist"):
+        find_pairs(tmp_path / "nowhere")
+    _tree(tmp_path, ["imgs/a.jpg"])
+    with pytest.raises(DataError, match=r"data\.images_dir: folder .*images does not exist.*imgs"):
+        find_pairs(tmp_path)
+    with pytest.raises(DataError, match=r"data\.masks_dir: folder .*masks does not exist"):
+        find_pairs(tmp_path, images_dir="imgs")
+
+
+def test_no_images_found(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "images" / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match=r"images: no images found; allowed suffixes: \.jpg"):
+        find_pairs(tmp_path)
+
+
+def test_unmatched_files_are_listed(tmp_path):
+    names = [f"images/img{i:02d}.jpg" for i in range(12)] + ["masks/img00.png", "masks/stray.png"]
+    _tree(tmp_path, names)
+    pattern = (
+        r"11 image\(s\) without mask in .*masks: img01\.jpg, img02\.jpg, .*img10\.jpg "
+        r"and 1 more; 1 mask\(s\) without image in .*images: stray\.png"
+    )
+    with pytest.raises(DataError, match=pattern):
+        find_pairs(tmp_path)
+    assert [p.case_id for p in find_pairs(tmp_path, strict=False)] == ["img00"]
+
+
+def test_duplicate_stems_are_refused(tmp_path):
+    _tree(tmp_path, ["images/a.jpg", "images/a.png", "masks/a.png"])
+    with pytest.raises(
+        DataError, match=r"images: 1 stem\(s\) used by several files: a \(a\.jpg, a\.png\)"
+    ):
+        find_pairs(tmp_path)
+
+
+def test_bad_rule_settings(tmp_path):
+    _tree(tmp_path, ["images/a.jpg", "masks/a.png"])
+    with pytest.raises(ConfigError, match=r"data\.rule: unknown 'stem'; choose from"):
+        find_pairs(tmp_path, rule="stem")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="rule 'same_stem' needs separate"):
+        find_pairs(tmp_path, masks_dir="images")
+
+
+def test_split_pairs_sizes_and_determinism():
+    items = [f"case_{i:03d}" for i in range(10)]
+    train, val = split_pairs(items, val_fraction=0.25, seed=1)
+    assert (len(train), len(val)) == (8, 2)  # round(2.5) == 2
+    assert sorted(train + val) == items and not set(train) & set(val)
+    assert train == sorted(train) and val == sorted(val)
+    assert split_pairs(items, val_fraction=0.25, seed=1) == (train, val)
+    vals = {tuple(split_pairs(items, val_fraction=0.25, seed=s)[1]) for s in range(5)}
+    assert len(vals) > 1
+    assert split_pairs(items[:3], val_fraction=0.01, seed=0)[1] != []  # at least one
+    assert len(split_pairs(items[:2], val_fraction=0.9, seed=0)[0]) == 1  # at least one train
+    assert split_pairs(items, val_fraction=0.0, seed=0) == (items, [])
+
+
+def test_split_pairs_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\), got 1.0"):
+        split_pairs(["a", "b"], val_fraction=1.0, seed=0)
+    with pytest.raises(DataError, match="need at least 2"):
+        split_pairs(["a"], val_fraction=0.2, seed=0)
+
+
+def test_split_file_round_trip(tmp_path):
+    path = write_split_file(tmp_path / "splits" / "val.txt", ["b", "a", "c"])
+    assert path.read_text() == "b\na\nc\n"
+    assert read_split_file(path) == ["b", "a", "c"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["val.txt"]
+
+
+def test_split_file_errors(tmp_path):
+    path = tmp_path / "val.txt"
+    path.write_text("# validation cases\na\n\nb\na\n")
+    with pytest.raises(
+        DataError, match=r"val\.txt: case id\(s\) listed twice: a \(lines 2 and 5\)"
+    ):
+        read_split_file(path)
+    with pytest.raises(DataError, match=r"nope\.txt: split file does not exist"):
+        read_split_file(tmp_path / "nope.txt")
+    with pytest.raises(ValueError, match="cannot be written"):
+        write_split_file(tmp_path / "bad.txt", ["ok", "two\nlines"])
+    assert not (tmp_path / "bad.txt").exists()
