@@ -1,3 +1,84 @@
-"""medseg: medical-image segmentation on MONAI and PyTorch."""
+"""medseg: medical-image segmentation on MONAI and PyTorch.
+
+The public API is re-exported here and imported lazily, so ``import medseg`` (and ``medseg --help``)
+stay fast until a piece is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # config
+    "load_config": "medseg.config.loading",
+    "validate_config": "medseg.config.loading",
+    "ExperimentConfig": "medseg.config.schema",
+    # errors
+    "MedsegError": "medseg.errors",
+    "ConfigError": "medseg.errors",
+    "DataError": "medseg.errors",
+    "CheckpointError": "medseg.errors",
+    "OutputExistsError": "medseg.errors",
+    # data
+    "CTWindow": "medseg.data.transforms",
+    "CTWindowd": "medseg.data.transforms",
+    "WINDOW_PRESETS": "medseg.data.transforms",
+    "ct_window": "medseg.data.transforms",
+    "LabelMap": "medseg.data.labels",
+    "MapLabels": "medseg.data.labels",
+    "MapLabelsd": "medseg.data.labels",
+    "InverseMapLabels": "medseg.data.labels",
+    "InverseMapLabelsd": "medseg.data.labels",
+    "discover_label_values": "medseg.data.labels",
+    "make_polyp_dataset": "medseg.data.synthetic",
+    "make_spine_phantom": "medseg.data.synthetic",
+    "make_spine_dataset": "medseg.data.synthetic",
+    # models and losses
+    "build_model": "medseg.models.factory",
+    "build_loss": "medseg.losses.factory",
+    # engine
+    "train": "medseg.engine.training",
+    "TrainResult": "medseg.engine.training",
+    "evaluate": "medseg.engine.evaluation",
+    "compute_case_metrics": "medseg.engine.metrics",
+    "Predictor": "medseg.engine.inference",
+    "predict_paths": "medseg.engine.predict",
+    "sliding_window_predict": "medseg.engine.sliding_window",
+    # io
+    "Volume": "medseg.io.volumes",
+    "read_volume": "medseg.io.volumes",
+    "write_volume": "medseg.io.volumes",
+    "write_label_map": "medseg.io.volumes",
+    "list_series": "medseg.io.dicom",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'medseg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from medseg.config.loading import load_config, validate_config
+    from medseg.config.schema import ExperimentConfig
+    from medseg.data.labels import LabelMap, MapLabels, MapLabelsd
+    from medseg.data.transforms import CTWindow, CTWindowd
+    from medseg.engine.evaluation import evaluate
+    from medseg.engine.inference import Predictor
+    from medseg.engine.training import train
+    from medseg.io.volumes import Volume, read_volume, write_label_map, write_volume
+    from medseg.losses.factory import build_loss
+    from medseg.models.factory import build_model

@@ -107,7 +107,7 @@ def test_swap_mapping():
 
 def test_snapping_within_tolerance_logs_count(caplog):
     labels = np.array([0, 3, 255, 250, 8], dtype=np.uint8)
-    with caplog.at_level(logging.INFO, logger="medseg.data.labels"):
+    with caplog.at_level(logging.DEBUG, logger="medseg.data.labels"):
         idx, snapped = POLYP.to_class(labels, tolerance=10, source="m.jpg")
     np.testing.assert_array_equal(idx, [0, 0, 1, 1, 0])
     assert idx.dtype == np.uint8

@@ -168,7 +168,7 @@ def test_duplicate_stems_are_refused(tmp_path):
 
 def test_bad_rule_settings(tmp_path):
     _tree(tmp_path, ["images/a.jpg", "masks/a.png"])
-    with pytest.raises(ConfigError, match=r"data\.rule: unknown 'stem'; choose from"):
+    with pytest.raises(ConfigError, match=r"data\.pairing: unknown 'stem'; choose from"):
         find_pairs(tmp_path, rule="stem")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="rule 'same_stem' needs separate"):
         find_pairs(tmp_path, masks_dir="images")
