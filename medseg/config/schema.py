@@ -232,6 +232,9 @@ class TrainConfig(Strict):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many validations without improvement (None: never)."
     )
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0, description="Improvements of the best metric smaller than this count as none for early stopping."
+    )
     grad_clip: float | None = Field(12.0, gt=0, description="Clip the gradient norm to this value (None: off).")
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU, where it is logged).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")

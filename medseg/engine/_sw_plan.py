@@ -129,18 +129,12 @@ def _dim_options(size: int, roi: int, div: int, overlap_vox: int) -> list[tuple[
     options = [(1, single, single)]
     if size <= roi:
         return options
-    n = 2
-    while True:
+    overlap_vox = min(overlap_vox, roi - 1)
+    n_max = math.ceil((size - roi) / (roi - overlap_vox)) + 1  # MONAI-style count: tiles of exactly roi
+    for n in range(2, n_max + 1):
         tile = max(round_up(-(-(size + (n - 1) * overlap_vox) // n), div), roi)
-        if tile >= single:
-            n += 1
-            if n > size:
-                break
-            continue
-        options.append((n, tile, max(size, tile)))
-        if tile <= roi:
-            break
-        n += 1
+        if tile < options[-1][1]:
+            options.append((n, tile, max(size, tile)))
     return options
 
 

@@ -17,11 +17,21 @@ def label_dtype(num_classes: int) -> torch.dtype:
     return torch.int16 if num_classes <= 2**15 else torch.int32
 
 
-def _labels_of(logits: torch.Tensor) -> torch.Tensor:
-    """Class index per voxel of (K, *spatial) logits; K == 1 means a sigmoid output (logit > 0)."""
+def _labels_of(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Class index per voxel of (K, *spatial) logits; K == 1 means a sigmoid output (logit > 0).
+
+    A running maximum over channels: several times faster on CPU than ``argmax(0)`` over a leading dim,
+    and it keeps argmax's tie rule (first maximum wins).
+    """
     if logits.shape[0] == 1:
-        return logits[0] > 0
-    return logits.argmax(0)
+        return (logits[0] > 0).to(dtype)
+    best = logits[0].clone()
+    labels = torch.zeros(logits.shape[1:], dtype=dtype, device=logits.device)
+    for k in range(1, logits.shape[0]):
+        greater = logits[k] > best
+        labels.masked_fill_(greater, k)
+        torch.maximum(best, logits[k], out=best)
+    return labels
 
 
 class _Stitcher:
@@ -110,37 +120,59 @@ class LabelStreamer(_Stitcher):
         self.b = b
         rest = range(1, len(start))
         local, out = self._clip(start, rest)
-        if not self.multi:  # the tile is the whole row: weight it, finish it at once
-            w0 = self.weights[0][start[0]].view(-1, *([1] * (len(start) - 1)))
-            self.buf = pred[(slice(None), slice(None), *local)].to(self.device, torch.float32) * w0
-            self.row = start[0]
-            self._add_carry()
-            self._finish_row()
+        if not self.multi:  # the tile is the whole row: blend and finish it chunk by chunk
+            self._add_single(start[0], pred[(slice(None), slice(None), *local)])
             return
         if start[0] != self.row:
             if self.row is not None:
                 self._finish_row()
             self.row, self.buf = start[0], self._zeros()
-            self._add_carry()
+            if self.carry is not None:
+                self.buf[:, : self.carry.shape[1]] += self.carry
+                self.carry = None
         w = self._weight(start, [slice(None), *local], range(len(start)))
         dst = self.buf[(slice(None), slice(None), *out)]
         dst.addcmul_(pred[(slice(None), slice(None), *local)].to(self.device), w)
 
-    def _add_carry(self) -> None:
-        if self.carry is not None:
-            self.buf[:, : self.carry.shape[1]] += self.carry
-            self.carry = None
-
-    def _finish_row(self) -> None:
-        i = self.rows.index(self.row)
-        nxt = self.rows[i + 1] if i + 1 < len(self.rows) else self.row + self.plan.tile[0]
+    def _row_range(self, row: int) -> tuple[int, int, int | None]:
+        """(first row to finish, end of rows to finish, start of the next tile row) in padded coordinates."""
+        i = self.rows.index(row)
+        nxt = self.rows[i + 1] if i + 1 < len(self.rows) else None
+        end = nxt if nxt is not None else row + self.plan.tile[0]
         pad, size = self.plan.pad[0], self.plan.shape[0]
-        lo, hi = max(self.row, pad), min(nxt, pad + size)
+        return max(row, pad), min(end, pad + size), nxt
+
+    def _write(self, lo: int, hi: int, logits: torch.Tensor) -> None:
         if hi > lo:
-            labels = _labels_of(self.buf[:, lo - self.row : hi - self.row])
-            self.labels[self.b, 0, lo - pad : hi - pad] = labels.to(self.labels.dtype)
-        if i + 1 < len(self.rows):
-            self.carry = self.buf[:, nxt - self.row :].clone()
+            pad = self.plan.pad[0]
+            self.labels[self.b, 0, lo - pad : hi - pad] = _labels_of(logits, self.labels.dtype)
+
+    def _add_single(self, row: int, pred: torch.Tensor, chunk: int = 8) -> None:
+        w0 = self.weights[0][row]
+        lo, hi, nxt = self._row_range(row)
+        keep = nxt - row if nxt is not None else self.plan.tile[0]
+        carry_len = self.carry.shape[1] if self.carry is not None else 0
+        new_carry = []
+        for a in range(0, self.plan.tile[0], chunk):
+            b = min(a + chunk, self.plan.tile[0])
+            v = pred[:, a:b].to(self.device, torch.float32)
+            v *= w0[a:b].view(-1, *([1] * (v.ndim - 2)))
+            if a < carry_len:
+                v[:, : carry_len - a] += self.carry[:, a : min(b, carry_len)]
+            if a < keep:  # rows that no later tile touches
+                wlo, whi = max(lo, row + a), min(hi, row + min(b, keep))
+                if whi > wlo:
+                    self._write(wlo, whi, v[:, wlo - row - a : whi - row - a])
+            if b > keep:
+                new_carry.append(v[:, max(keep - a, 0) :].clone())
+        self.carry = torch.cat(new_carry, 1) if new_carry and nxt is not None else None
+
+    def _finish_row(self, chunk: int = 8) -> None:
+        lo, hi, nxt = self._row_range(self.row)
+        for a in range(lo, hi, chunk):
+            b = min(a + chunk, hi)
+            self._write(a, b, self.buf[:, a - self.row : b - self.row])
+        self.carry = self.buf[:, nxt - self.row :].clone() if nxt is not None else None
         self.buf, self.row = None, None
 
     def finish_item(self, b: int) -> None:

@@ -37,7 +37,7 @@ from medseg.models.factory import build_model
 log = logging.getLogger(__name__)
 
 # Keys a resumed run may change without --force.
-RESUMABLE_CHANGES = ("train.max_epochs", "train.early_stopping_patience", "data.num_workers", "train.tensorboard")
+RESUMABLE_CHANGES = ("train.max_epochs", "train.early_stopping", "data.num_workers", "train.tensorboard")
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, force: 
         scaler.load_state_dict(ts["scaler"]) if ts.get("scaler") else None
         start_epoch, best, best_epoch, bad = ts["epoch"] + 1, ts["best"], ts["best_epoch"], ts["bad_validations"]
         _restore_rng(ts["rng"])
-        records = [r for r in read_log(run_dir) if r["epoch"] < start_epoch]
+        records = [r for r in read_log(run_dir) if r["epoch"] <= start_epoch]
         log.info("resuming %s at epoch %d", run_dir, start_epoch + 1)
     else:
         save_config(cfg, run_dir / "config.yaml")
@@ -192,15 +192,16 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, force: 
             score = rec.get(f"val_{cfg.train.best_metric}")
             if score is not None and not math.isnan(score):
                 improved = best is None or (score > best if higher_better else score < best)
+                margin = cfg.train.early_stopping_min_delta
+                clearly = best is None or (score > best + margin if higher_better else score < best - margin)
+                bad = 0 if clearly else bad + 1
                 if improved:
-                    best, best_epoch, bad = score, epoch, 0
+                    best, best_epoch = score, epoch
                     save_checkpoint(
                         {**payload_base, "state_dict": model.state_dict(), "epoch": epoch, "metrics": rec,
                          "train_state": None},
                         run_dir / "checkpoints" / "best.pt",
                     )
-                else:
-                    bad += 1
         records.append(rec)
         train_state = {
             "epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -1,0 +1,291 @@
+"""Volume cases for training: pairing image and label files, in-memory cache, random patch sampling.
+
+Pairing (``data.pairing``):
+
+- ``same_stem``: ``root/images_dir/<case>.nii.gz`` + ``root/masks_dir/<case>.nii.gz``; the nnU-Net channel
+  suffix ``_0000`` on the image name is optional (``imagesTr/case_0000.nii.gz`` + ``labelsTr/case.nii.gz``).
+- ``suffix``: label name = case name + ``data.mask_suffix``.
+- ``replace``: label name = case name with ``data.replace[0]`` replaced by ``data.replace[1]``.
+- ``list``: ``data.pair_list``, lines ``image,mask`` with paths relative to ``data.root`` (or absolute).
+
+Volume suffixes: ``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``. Case names drop them.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.config.schema import DataConfig
+from medseg.data.labels import LabelMap
+from medseg.data.pairing import Pair
+from medseg.data.volumes3d import GridRecord, VolumePreprocessor
+from medseg.errors import ConfigError, DataError
+
+__all__ = [
+    "VOLUME_SUFFIXES",
+    "PatchDataset",
+    "PreparedCase",
+    "find_volume_pairs",
+    "prepare_cases",
+    "volume_case_name",
+]
+
+log = logging.getLogger(__name__)
+
+VOLUME_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+_CHANNEL = re.compile(r"_\d{4}$")
+#: At most this many voxel positions are kept per class for foreground sampling.
+_MAX_FG_POSITIONS = 20_000
+
+
+def volume_case_name(path: str | Path) -> str:
+    """File name without its volume suffix (``case_001.nii.gz`` -> ``case_001``).
+
+    Example:
+        >>> volume_case_name("imagesTr/la_003_0000.nii.gz")
+        'la_003_0000'
+    """
+    name = Path(path).name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _volume_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(VOLUME_SUFFIXES))
+
+
+def _folder(root: Path, name: str, key: str) -> Path:
+    path = root / name
+    if not path.is_dir():
+        raise DataError(f"{key}: folder {path} does not exist (data.root is {root})")
+    return path
+
+
+def find_volume_pairs(data: DataConfig) -> list[Pair]:
+    """Image/label volume pairs under ``data.root`` as ``data.pairing`` says, sorted by case id.
+
+    Raises:
+        DataError: Missing folders or files, images without labels (or the reverse), duplicate cases.
+        ConfigError: ``pairing: list`` without ``pair_list``.
+    """
+    root = Path(data.root)
+    if not root.is_dir():
+        raise DataError(f"data.root: folder {root} does not exist")
+    if data.pairing == "list":
+        if data.pair_list is None:
+            raise ConfigError("data.pair_list: required when data.pairing is 'list'")
+        return _read_pair_list(root, Path(data.pair_list))
+    images = _volume_files(_folder(root, data.images_dir, "data.images_dir"))
+    labels = {volume_case_name(p): p for p in _volume_files(_folder(root, data.masks_dir, "data.masks_dir"))}
+    if not images:
+        raise DataError(f"{root / data.images_dir}: no volumes found; allowed suffixes {', '.join(VOLUME_SUFFIXES)}")
+    rename = _label_name(data)
+    pairs, missing, used = [], [], set()
+    for image in images:
+        case = volume_case_name(image)
+        candidates = [rename(case)]
+        if _CHANNEL.search(case):
+            candidates.append(rename(_CHANNEL.sub("", case)))
+        found = next((c for c in candidates if c in labels), None)
+        if found is None:
+            missing.append(image.name)
+            continue
+        if found in used:
+            raise DataError(f"{labels[found]}: label matches several images (several channels?); one image per case")
+        used.add(found)
+        pairs.append(Pair(case_id=_CHANNEL.sub("", case) if found != rename(case) else case, image=image,
+                          mask=labels[found]))
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise DataError(f"{root / data.masks_dir}: no label volume for {len(missing)} image(s): {shown}")
+    extra = sorted(set(labels) - used)
+    if extra:
+        log.warning("%s: %d label volumes have no image and are ignored: %s", root / data.masks_dir, len(extra),
+                    ", ".join(extra[:10]))
+    return sorted(pairs, key=lambda p: p.case_id)
+
+
+def _label_name(data: DataConfig) -> Callable[[str], str]:
+    if data.pairing == "suffix":
+        return lambda case: case + data.mask_suffix
+    if data.pairing == "replace":
+        old, new = data.replace
+        return lambda case: case.replace(old, new)
+    return lambda case: case
+
+
+def _read_pair_list(root: Path, list_file: Path) -> list[Pair]:
+    path = list_file if list_file.is_absolute() else root / list_file
+    if not path.is_file():
+        raise DataError(f"data.pair_list: file {path} does not exist")
+    pairs: dict[str, Pair] = {}
+    problems = []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [f.strip() for f in next(csv.reader([line]))]
+        if len(fields) == 2 and fields == ["image", "mask"]:
+            continue
+        if len(fields) != 2 or not all(fields):
+            problems.append(f"line {number}: expected 'image,mask', got {line.strip()!r}")
+            continue
+        image, mask = (Path(f) if Path(f).is_absolute() else root / f for f in fields)
+        bad = [f"{p} does not exist" for p in (image, mask) if not p.exists()]
+        case = volume_case_name(image)
+        if case in pairs:
+            bad.append(f"case {case!r} listed twice")
+        if bad:
+            problems.append(f"line {number}: " + "; ".join(bad))
+            continue
+        pairs[case] = Pair(case_id=case, image=image, mask=mask)
+    if problems:
+        raise DataError(f"{path}: {len(problems)} bad line(s): " + "; ".join(problems[:10]))
+    if not pairs:
+        raise DataError(f"{path}: no 'image,mask' lines found")
+    return sorted(pairs.values(), key=lambda p: p.case_id)
+
+
+@dataclass
+class PreparedCase:
+    """One case on the canonical grid, kept in memory.
+
+    Attributes:
+        case_id: Case name.
+        image: ``(C, X, Y, Z)`` float16 (windowed CT is in 0..1, so float16 loses nothing that matters).
+        label: ``(X, Y, Z)`` uint8 class indices.
+        grid: How the case was moved onto the grid.
+        foreground: Class index -> flat voxel positions of that class (a random subset for big classes).
+    """
+
+    case_id: str
+    image: torch.Tensor
+    label: torch.Tensor
+    grid: GridRecord
+    foreground: dict[int, np.ndarray]
+
+
+def prepare_cases(
+    pairs: Sequence[Pair], pre: VolumePreprocessor, labels: LabelMap, *, tolerance: int = 0
+) -> list[PreparedCase]:
+    """Read and preprocess every pair (see :meth:`VolumePreprocessor.prepare_pair`)."""
+    out = []
+    for index, pair in enumerate(pairs):
+        image, label, grid = pre.prepare_pair(pair.image, pair.mask, labels, tolerance=tolerance)
+        flat = label.numpy().ravel()
+        rng = np.random.default_rng(index)
+        fg: dict[int, np.ndarray] = {}
+        for c in np.unique(flat).tolist():
+            if c == 0:
+                continue
+            pos = np.flatnonzero(flat == c)
+            if pos.size > _MAX_FG_POSITIONS:
+                pos = np.sort(rng.choice(pos, _MAX_FG_POSITIONS, replace=False))
+            fg[int(c)] = pos
+        image = image.half() if pre.intensity == "ct_window" else image
+        out.append(PreparedCase(pair.case_id, image.contiguous(), label.contiguous(), grid, fg))
+        log.debug("prepared %s: %s -> %s", pair.case_id, grid.shape, grid.shape_out)
+    return out
+
+
+def crop(array: torch.Tensor, start: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    """``array[..., start:start+size]`` over the last ``len(size)`` dims, zero-padded where it leaves the array."""
+    spatial = array.shape[-len(size):]
+    src, dst, pad_needed = [], [], False
+    for s, n, dim in zip(start, size, spatial, strict=True):
+        lo, hi = max(0, s), min(dim, s + n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+        pad_needed |= lo - s > 0 or hi - s < n
+    lead = (slice(None),) * (array.ndim - len(size))
+    if not pad_needed:
+        return array[lead + tuple(src)]
+    out = torch.zeros((*array.shape[: array.ndim - len(size)], *size), dtype=array.dtype)
+    out[lead + tuple(dst)] = array[lead + tuple(src)]
+    return out
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Random training patches of prepared cases, fixed for one epoch by ``seed``.
+
+    ``samples_per_volume`` patches per case; a share ``foreground_fraction`` of them is centred on a voxel of a
+    foreground class (the class drawn uniformly among those present, so small classes are seen too), the rest
+    anywhere. Patches that leave the volume are zero-padded. For slice-wise training give a patch size of 1
+    along the slice axis and ``squeeze_axis`` (the item is then 2D).
+
+    Items: ``{"image": (C, *patch) float32, "label": (1, *patch) int64}``.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[PreparedCase],
+        *,
+        patch_size: Sequence[int],
+        samples_per_volume: int,
+        foreground_fraction: float,
+        seed: int,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        squeeze_axis: int | None = None,
+    ) -> None:
+        self.cases = list(cases)
+        self.patch_size = tuple(int(n) for n in patch_size)
+        self.transform = transform
+        self.squeeze_axis = squeeze_axis
+        rng = np.random.default_rng(seed)
+        self.starts: list[tuple[int, tuple[int, ...]]] = []
+        for ci, case in enumerate(self.cases):
+            shape = tuple(case.label.shape)
+            for _ in range(samples_per_volume):
+                centre = self._centre(rng, case, shape, rng.random() < foreground_fraction)
+                self.starts.append((ci, self._start(rng, centre, shape)))
+
+    def _centre(self, rng: np.random.Generator, case: PreparedCase, shape: tuple[int, ...], fg: bool) -> np.ndarray:
+        if fg and case.foreground:
+            classes = sorted(case.foreground)
+            positions = case.foreground[classes[int(rng.integers(len(classes)))]]
+            return np.array(np.unravel_index(int(positions[int(rng.integers(positions.size))]), shape))
+        return np.array([int(rng.integers(n)) for n in shape])
+
+    def _start(self, rng: np.random.Generator, centre: np.ndarray, shape: tuple[int, ...]) -> tuple[int, ...]:
+        start = []
+        for c, p, n in zip(centre, self.patch_size, shape, strict=True):
+            s = int(c) - p // 2
+            if n >= p:
+                s = min(max(s, 0), n - p)  # stay inside when the volume is big enough
+            else:
+                s = -int(rng.integers(p - n + 1))  # random placement inside the padding
+            start.append(s)
+        return tuple(start)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ci, start = self.starts[index]
+        case = self.cases[ci]
+        image = crop(case.image, start, self.patch_size).float()
+        label = crop(case.label, start, self.patch_size)[None].long()
+        if self.squeeze_axis is not None:
+            image, label = image.squeeze(self.squeeze_axis + 1), label.squeeze(self.squeeze_axis + 1)
+        item: dict[str, Any] = {"image": image, "label": label}
+        if self.transform is not None:
+            item = self.transform(item)
+        item["image"] = _plain(item["image"]).float().contiguous()
+        item["label"] = _plain(item["label"]).round().long().contiguous()
+        return item
+
+
+def _plain(x: Any) -> torch.Tensor:
+    """A plain tensor (MONAI transforms return MetaTensors, which collate and compute slower)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
