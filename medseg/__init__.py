@@ -7,7 +7,7 @@ stay fast until a piece is used.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -70,15 +70,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(__all__)
 
-
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from medseg.config.loading import load_config, validate_config
-    from medseg.config.schema import ExperimentConfig
-    from medseg.data.labels import LabelMap, MapLabels, MapLabelsd
-    from medseg.data.transforms import CTWindow, CTWindowd
-    from medseg.engine.evaluation import evaluate
-    from medseg.engine.inference import Predictor
-    from medseg.engine.training import train
-    from medseg.io.volumes import Volume, read_volume, write_label_map, write_volume
-    from medseg.losses.factory import build_loss
-    from medseg.models.factory import build_model

@@ -135,34 +135,14 @@ def evaluate(
     _logging(verbose, quiet)
     with user_errors():
         from medseg.engine.evaluation import evaluate as run_evaluation
+        from medseg.engine.evaluation import label_map_from_options
 
-        label_map = _label_map(checkpoint, labels)
+        label_map = label_map_from_options(checkpoint, labels)
         result = run_evaluation(pred, truth, labels=label_map, tolerance=tolerance,
                                 output=output or pred / "metrics.csv", overwrite=overwrite)
         typer.echo(result.table())
         typer.echo(f"per-case CSV: {result.csv_path}")
         typer.echo(f"summary: {result.summary_path}")
-
-
-def _label_map(checkpoint: Path | None, text: str | None) -> object:
-    from medseg.data.labels import LabelMap
-
-    if checkpoint is not None and text is not None:
-        raise ConfigError("give --checkpoint or --labels, not both")
-    if checkpoint is not None:
-        from medseg.engine.checkpoint import load_checkpoint
-
-        return LabelMap.from_dict(load_checkpoint(checkpoint)["labels"])
-    if text is None:
-        return None
-    mapping: dict[int, str] = {}
-    for item in text.split(","):
-        value, sep, name = item.partition("=")
-        try:
-            mapping[int(value)] = name.strip() if sep else f"class_{int(value)}"
-        except ValueError:
-            raise ConfigError(f"--labels: {item!r} is not VALUE=NAME (e.g. '0=background,255=polyp')") from None
-    return LabelMap.from_mapping(mapping)
 
 
 @config_app.command("check")

@@ -20,7 +20,7 @@ import numpy as np
 from medseg.data.labels import LabelMap, discover_label_values, mask_to_single_channel
 from medseg.engine.metrics import CLASS_METRICS, compute_case_metrics, summarize
 from medseg.engine.runfolder import write_json_atomic, write_text_atomic
-from medseg.errors import DataError, OutputExistsError
+from medseg.errors import ConfigError, DataError, OutputExistsError
 from medseg.io.images import IMAGE_SUFFIXES, read_mask
 
 log = logging.getLogger(__name__)
@@ -186,3 +186,27 @@ def _to_csv(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) and not math.isnan(v) else v) for k, v in row.items()})
     return buf.getvalue()
+
+
+def label_map_from_options(checkpoint: str | Path | None, text: str | None) -> LabelMap | None:
+    """The label mapping for ``evaluate``: from a checkpoint, from ``"0=background,255=polyp"``, or None.
+
+    Raises:
+        ConfigError: Both given, or ``text`` is not ``VALUE=NAME`` items.
+    """
+    if checkpoint is not None and text is not None:
+        raise ConfigError("give --checkpoint or --labels, not both")
+    if checkpoint is not None:
+        from medseg.engine.checkpoint import load_checkpoint
+
+        return LabelMap.from_dict(load_checkpoint(checkpoint)["labels"])
+    if text is None:
+        return None
+    mapping: dict[int, str] = {}
+    for item in text.split(","):
+        value, sep, name = item.partition("=")
+        try:
+            mapping[int(value)] = name.strip() if sep else f"class_{int(value)}"
+        except ValueError:
+            raise ConfigError(f"--labels: {item!r} is not VALUE=NAME (e.g. '0=background,255=polyp')") from None
+    return LabelMap.from_mapping(mapping)

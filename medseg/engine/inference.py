@@ -71,7 +71,8 @@ class Predictor:
         try:
             model.load_state_dict(ckpt["state_dict"])
         except RuntimeError as err:
-            raise CheckpointError(f"{ckpt['path']}: weights do not fit the stored model config: {str(err)[:200]}") from None
+            reason = str(err)[:200]
+            raise CheckpointError(f"{ckpt['path']}: weights do not fit the stored model config: {reason}") from None
         model.to(dev).eval()
         infer = cfg.infer.model_copy(update={k: v for k, v in infer_overrides.items() if v is not None})
         infer = InferConfig.model_validate(infer.model_dump())
