@@ -52,7 +52,7 @@ BLENDS = ("gaussian", "constant")
 TILINGS = ("auto", "roi")
 NONFINITE = ("error", "zero")
 #: Default working-memory budget on CPU (MiB), beyond the input and the returned output.
-CPU_BUDGET_MB = 1024
+CPU_BUDGET_MB = 768
 
 
 class SlidingWindowMemoryError(MedsegError, MemoryError):
@@ -127,7 +127,7 @@ def sliding_window_predict(
         output: "logits", "probabilities" (softmax; sigmoid when K == 1) -> (B, K, *spatial) float32;
             "labels" -> (B, 1, *spatial) uint8 (int16/int32 above 256 classes), argmax streamed row by row.
         device: where the network runs; default the network's device (CPU without parameters).
-        memory_budget_mb: working memory for tiles and stitching; default 1024 MiB on CPU (at most a
+        memory_budget_mb: working memory for tiles and stitching; default 768 MiB on CPU (at most a
             quarter of what is free), half the free memory on CUDA. Estimates are approximate.
         progress: print a progress bar and a final summary line to stderr.
         divisor: every tile dim is a multiple of it; default read from MONAI UNet/BasicUNet, else 1.

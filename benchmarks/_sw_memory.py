@@ -1,0 +1,43 @@
+"""Peak memory of one sliding-window job, run in its own process by benchmarks/sliding_window.py.
+
+Usage: python benchmarks/_sw_memory.py {baseline,monai,medseg} SIZE CLASSES DEVICE
+Prints one line: ``peak_mb=<float>`` (CPU: ru_maxrss; CUDA: max_memory_allocated).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+import torch
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import UNet
+
+from medseg.engine.sliding_window import sliding_window_predict
+
+
+def main() -> None:
+    mode, size, classes, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    torch.manual_seed(0)
+    net = UNet(3, 1, classes, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2).eval().to(device)
+    image = torch.rand(1, 1, size, size, size, device=device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        if mode == "monai":
+            labels = sliding_window_inference(image, (96,) * 3, 4, net, overlap=0.25, mode="gaussian").argmax(1)
+        elif mode == "medseg":
+            labels = sliding_window_predict(net, image, 96, output="labels")
+        else:
+            labels = None
+    del labels
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak_mb={peak:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Tests for medseg.engine.sliding_window: exact blending, TTA, labels, bad input, CUDA paths."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from medseg.engine.sliding_window import (
+    SlidingWindowMemoryError,
+    SlidingWindowStats,
+    cpu_has_native_bf16,
+    resolve_precision,
+    sliding_window_predict,
+)
+from medseg.errors import DataError
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+class PlusOne(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+
+class Pointwise(nn.Module):
+    """A per-voxel linear map C -> K (1x1 conv): blending must give back exactly the same map."""
+
+    def __init__(self, spatial: int, c: int = 2, k: int = 3) -> None:
+        super().__init__()
+        conv = nn.Conv3d if spatial == 3 else nn.Conv2d
+        torch.manual_seed(0)
+        self.conv = conv(c, k, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class NeedsDivisor(nn.Module):
+    """Fails like a UNet when a spatial dim is not a multiple of 4."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(s % 4 for s in x.shape[2:]):
+            raise RuntimeError("Sizes of tensors must match except in dimension 1")
+        return x * 2
+
+
+class OOMNet(nn.Module):
+    def __init__(self, max_batch: int = 0) -> None:
+        super().__init__()
+        self.max_batch, self.calls = max_batch, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if x.shape[0] > self.max_batch:
+            raise RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        return x + 1
+
+
+SHAPES = {2: (2, 1, 19, 30), 3: (2, 1, 9, 17, 22)}  # odd sizes, batch 2
+
+
+def predict(net, image, roi, **kw):
+    kw.setdefault("precision", "fp32")
+    return sliding_window_predict(net, image, roi, **kw)
+
+
+@pytest.mark.parametrize("spatial", [2, 3])
+@pytest.mark.parametrize("tiling", ["auto", "roi"])
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_plus_one_is_exact_for_every_overlap_and_roi(spatial, tiling, blend):
+    image = torch.randn(SHAPES[spatial])
+    for overlap, roi, budget in itertools.product([0.0, 0.25, 0.5, 0.8], [4, 7, 8, 64], [None, 0.001]):
+        out = predict(PlusOne(), image, roi, overlap=overlap, blend=blend, tiling=tiling,
+                      output="logits", memory_budget_mb=budget)
+        assert out.shape == image.shape and out.dtype == torch.float32
+        torch.testing.assert_close(out, image + 1, atol=1e-5, rtol=1e-6), (overlap, roi, budget)
+
+
+@pytest.mark.parametrize("spatial", [2, 3])
+@pytest.mark.parametrize("tiling", ["auto", "roi"])
+def test_pointwise_linear_map_is_exact(spatial, tiling):
+    net = Pointwise(spatial)
+    image = torch.randn(2, 2, *SHAPES[spatial][2:])
+    expected = net(image).detach()
+    for overlap, roi in itertools.product([0.0, 0.5], [(5,) * spatial, (8,) * (spatial - 1) + (11,)]):
+        out = predict(net, image, roi, overlap=overlap, tiling=tiling, output="logits", memory_budget_mb=0.001)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_probabilities_are_softmax_and_labels_are_their_argmax():
+    net = Pointwise(3, c=2, k=5)
+    image = torch.randn(2, 2, 13, 17, 19)
+    for overlap, budget in [(0.25, 0.001), (0.5, None), (0.0, 0.05)]:
+        kw = dict(overlap=overlap, memory_budget_mb=budget, sw_batch_size=3)
+        probs = predict(net, image, 6, output="probabilities", **kw)
+        torch.testing.assert_close(probs, torch.softmax(net(image), 1).detach(), atol=1e-5, rtol=1e-5)
+        labels = predict(net, image, 6, output="labels", **kw)
+        assert labels.shape == (2, 1, 13, 17, 19) and labels.dtype == torch.uint8
+        assert torch.equal(labels[:, 0].long(), probs.argmax(1))
+
+
+def test_labels_multi_tile_rows_and_sigmoid_output():
+    net = Pointwise(3, c=2, k=4)
+    image = torch.randn(1, 2, 20, 21, 22)
+    for tiling in ("roi", "auto"):
+        labels = predict(net, image, 8, output="labels", tiling=tiling, memory_budget_mb=0.001, overlap=0.5)
+        assert torch.equal(labels[:, 0].long(), net(image).argmax(1))
+    single = Pointwise(3, c=2, k=1)
+    labels = predict(single, image, 8, output="labels", tiling="roi")
+    assert torch.equal(labels[:, 0].bool(), (single(image) > 0)[:, 0])
+    probs = predict(single, image, 8, output="probabilities", tiling="roi")
+    torch.testing.assert_close(probs, torch.sigmoid(single(image)).detach(), atol=1e-5, rtol=1e-5)
+
+
+class FlipEquivariant(nn.Module):
+    """Symmetric 3x3(x3) kernel: commutes with flips, so flip TTA must change nothing."""
+
+    def __init__(self, spatial: int) -> None:
+        super().__init__()
+        conv = nn.Conv3d if spatial == 3 else nn.Conv2d
+        self.conv = conv(1, 3, 3, padding=1, bias=True)
+        with torch.no_grad():
+            w = torch.rand_like(self.conv.weight)
+            for axis in range(2, 2 + spatial):
+                w = w + w.flip(axis)
+            self.conv.weight.copy_(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("spatial", [2, 3])
+def test_tta_with_flip_equivariant_network_changes_nothing(spatial):
+    torch.manual_seed(1)
+    net = FlipEquivariant(spatial)
+    image = torch.randn(1, 1, *SHAPES[spatial][2:])
+    plain = predict(net, image, 8, output="logits", tiling="roi")
+    for tta in (True, [(0,), (spatial - 1,)]):
+        flipped = predict(net, image, 8, output="logits", tiling="roi", tta=tta)
+        torch.testing.assert_close(flipped, plain, atol=1e-5, rtol=1e-5)
+    _, stats = predict(net, image, 8, output="logits", tta=True, return_stats=True)
+    assert stats.windows == stats.tiles * 2**spatial
+
+
+def test_tta_is_not_a_noop_for_a_non_equivariant_network():
+    net = Pointwise(3, c=1, k=2)
+    image = torch.arange(6 * 7 * 8, dtype=torch.float32).reshape(1, 1, 6, 7, 8)
+    shift = nn.Sequential(nn.ConstantPad3d((1, 0, 0, 0, 0, 0), 0.0), net)
+
+    class Shift(nn.Module):
+        def forward(self, x):
+            return shift(x)[..., :-1]
+
+    a = predict(Shift(), image, 8, output="logits")
+    b = predict(Shift(), image, 8, output="logits", tta=[(2,)])
+    assert not torch.allclose(a, b)
+
+
+def test_roi_larger_than_volume_is_padded():
+    image = torch.randn(1, 1, 5, 6, 7)
+    out = predict(PlusOne(), image, 32, output="logits", tiling="roi")
+    torch.testing.assert_close(out, image + 1, atol=1e-6, rtol=0)
+
+
+def test_divisor_pads_tiles_and_unknown_divisor_error_names_it():
+    image = torch.randn(1, 1, 10, 13, 9)
+    out = predict(NeedsDivisor(), image, 6, output="logits", divisor=4, overlap=0.5, tiling="roi")
+    torch.testing.assert_close(out, image * 2)
+    with pytest.raises(ValueError, match="divisor"):
+        predict(NeedsDivisor(), image, 6, output="logits", tiling="roi")
+
+
+def test_monai_unet_divisor_is_inferred():
+    from monai.networks.nets import UNet
+
+    net = UNet(3, 1, 3, (4, 8), (2,), num_res_units=0).eval()
+    image = torch.randn(1, 1, 11, 9, 7)
+    out = predict(net, image, 5, output="labels", tiling="roi")
+    assert out.shape == (1, 1, 11, 9, 7)
+
+
+def test_channel_mismatch_error_names_both_numbers():
+    with pytest.raises(ValueError, match=r"expects 2 input channels but image has 3"):
+        predict(Pointwise(3, c=2), torch.randn(1, 3, 8, 8, 8), 8)
+
+
+def test_non_finite_input():
+    image = torch.randn(1, 1, 8, 8, 8)
+    image[0, 0, 1, 2, 3] = float("nan")
+    image[0, 0, 4, 4, 4] = float("inf")
+    with pytest.raises(DataError, match="2 non-finite"):
+        predict(PlusOne(), image, 4)
+    out = predict(PlusOne(), image, 4, output="logits", nonfinite="zero")
+    assert torch.isfinite(out).all() and out[0, 0, 1, 2, 3] == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"overlap": 1.0}, "overlap"),
+        ({"sw_batch_size": 0}, "sw_batch_size"),
+        ({"blend": "hann"}, "blend"),
+        ({"output": "mask"}, "output"),
+        ({"precision": "int8"}, "precision"),
+        ({"tiling": "x"}, "tiling"),
+        ({"memory_budget_mb": -1}, "memory_budget_mb"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sliding_window_predict(PlusOne(), torch.randn(1, 1, 8, 8), 4, **kwargs)
+
+
+def test_bad_image_and_roi():
+    with pytest.raises(ValueError, match="shape"):
+        predict(PlusOne(), torch.randn(8, 8), 4)
+    with pytest.raises(TypeError, match="floating"):
+        predict(PlusOne(), torch.ones(1, 1, 8, 8, dtype=torch.long), 4)
+    with pytest.raises(ValueError, match="roi_size"):
+        predict(PlusOne(), torch.randn(1, 1, 8, 8), (4, 4, 4))
+
+
+def test_out_of_memory_falls_back_then_raises_clear_error():
+    image = torch.randn(1, 1, 16, 16, 16)
+    net = OOMNet(max_batch=1)
+    out, stats = predict(net, image, 8, output="logits", tiling="roi", sw_batch_size=4, return_stats=True)
+    torch.testing.assert_close(out, image + 1)
+    assert stats.fallbacks and stats.batch_size == 1
+    with pytest.raises(SlidingWindowMemoryError, match="out of memory"):
+        predict(OOMNet(max_batch=0), image, 8, output="logits", tiling="roi")
+
+
+def test_stats_and_progress(capsys):
+    out, stats = predict(PlusOne(), torch.randn(1, 1, 20, 20), 8, tiling="roi", progress=True,
+                         return_stats=True, output="logits")
+    assert isinstance(stats, SlidingWindowStats) and stats.windows == stats.tiles == 9
+    assert stats.windows_per_s > 0 and stats.peak_memory_mb > 0
+    assert "windows/s" in capsys.readouterr().err
+
+
+def test_precision_resolution_and_bf16_close_to_fp32():
+    assert resolve_precision("fp32", "cpu") is None
+    assert resolve_precision("bf16", "cpu") is torch.bfloat16
+    assert resolve_precision("auto", "cpu") is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    net = Pointwise(3, c=2, k=3)
+    image = torch.randn(1, 2, 12, 12, 12)
+    out = sliding_window_predict(net, image, 8, precision="bf16", output="logits")
+    torch.testing.assert_close(out, net(image).detach(), atol=0.05, rtol=0.02)
+
+
+def test_unet_single_pass_matches_windows_in_the_interior():
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    net = UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=1, norm="batch").eval()
+    image = torch.randn(1, 1, 24, 28, 20)
+    one = predict(net, image, 16, output="logits", memory_budget_mb=1000)
+    windows = predict(net, image, 16, output="logits", tiling="roi", overlap=0.5)
+    assert one.shape == windows.shape
+    assert (one.argmax(1) == windows.argmax(1)).float().mean() > 0.9
+
+
+@cuda
+def test_cuda_plus_one_and_labels():
+    image = torch.randn(2, 1, 19, 23, 17, device="cuda")
+    out = sliding_window_predict(PlusOne(), image, 8, output="logits", precision="fp32", tiling="roi")
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out, image + 1, atol=2e-6, rtol=0)
+    net = Pointwise(3, c=1, k=4).cuda()
+    labels = sliding_window_predict(net, image, 8, output="labels", precision="fp32", overlap=0.5)
+    assert torch.equal(labels[:, 0].long(), net(image).argmax(1))
+
+
+@cuda
+def test_cuda_autocast_and_cpu_image():
+    net = Pointwise(3, c=1, k=3).cuda()
+    image = torch.randn(1, 1, 16, 16, 16)
+    out, stats = sliding_window_predict(net, image, 8, output="logits", device="cuda", return_stats=True)
+    assert out.device.type == "cpu" and stats.precision in ("bf16", "fp16")
+    torch.testing.assert_close(out, net(image.cuda()).detach().cpu(), atol=0.05, rtol=0.02)
