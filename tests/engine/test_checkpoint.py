@@ -82,7 +82,7 @@ def test_newer_format_refused(tmp_path):
 def test_failed_save_keeps_previous_file(tmp_path):
     path = save_checkpoint(MINIMAL, tmp_path / "c.pt")
     before = path.read_bytes()
-    with pytest.raises(pickle.PicklingError):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # which one depends on the object
         save_checkpoint({**MINIMAL, "bad": lambda: 0}, path)  # lambdas cannot be saved
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
