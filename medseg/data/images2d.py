@@ -139,6 +139,7 @@ class ImageMaskDataset(torch.utils.data.Dataset):
         self.cfg = cfg
         self.labels = labels
         self.transform = transform
+        self.seed = 0  # augmentation of item i depends only on (seed, i): workers change speed, not results
         self._cache: list[Sample2D] | None = None
         if cfg.cache:
             self._cache = load_samples(self.pairs, cfg=cfg, labels=labels)
@@ -156,6 +157,8 @@ class ImageMaskDataset(torch.utils.data.Dataset):
         s = self.sample(index)
         item: dict[str, Any] = {"image": s.image.float() / 255.0, "label": s.label}
         if self.transform is not None:
+            if hasattr(self.transform, "set_random_state"):
+                self.transform.set_random_state(seed=(self.seed * 1_000_003 + index) % 2**32)
             item = self.transform(item)
         item["image"] = torch.as_tensor(item["image"]).float().contiguous()
         item["label"] = torch.as_tensor(item["label"]).round().long()

@@ -80,11 +80,17 @@ class ImageTask:
         return {"kind": "images2d", "color": d.color, "image_size": list(d.image_size), "scale": 1.0 / 255.0}
 
     def train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
-        """A shuffled loader whose order and augmentation depend only on (seed, epoch)."""
+        """A shuffled loader whose order and augmentation depend only on (seed, epoch).
+
+        MONAI's DataLoader seeds the random transforms from the generator, in the main process or
+        per worker, so ``data.num_workers`` changes speed, not results.
+        """
+        from monai.data import DataLoader
+
         seed = self.cfg.train.seed * 100_003 + epoch
-        self.transform.set_random_state(seed=seed % 2**32)
         gen = torch.Generator().manual_seed(seed)
-        return torch.utils.data.DataLoader(
+        self.train_set.seed = seed
+        return DataLoader(
             self.train_set,
             batch_size=self.cfg.train.batch_size,
             shuffle=True,

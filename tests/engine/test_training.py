@@ -87,3 +87,20 @@ def test_early_stopping(tmp_path, polyps, tiny_2d_config):
 def test_resume_without_checkpoint(tmp_path, polyps, tiny_2d_config):
     with pytest.raises(MedsegError, match="cannot resume: no checkpoints/last.pt"):
         train(_cfg(tiny_2d_config, polyps), run_dir=tmp_path, resume=True, progress=False)
+
+
+def test_workers_change_speed_not_results(tmp_path, polyps, tiny_2d_config):
+    a = train(_cfg(tiny_2d_config, polyps, max_epochs=1), run_dir=tmp_path / "a", progress=False)
+    raw = {**tiny_2d_config, "data": {**tiny_2d_config["data"], "num_workers": 2}}
+    b = train(_cfg(raw, polyps, max_epochs=1), run_dir=tmp_path / "b", progress=False)
+    la = json.loads((a.run_dir / "log.json").read_text())
+    lb = json.loads((b.run_dir / "log.json").read_text())
+    assert la[0]["train_loss"] == pytest.approx(lb[0]["train_loss"], rel=1e-6)
+
+
+def test_tensorboard_logs(tmp_path, polyps, tiny_2d_config):
+    pytest.importorskip("tensorboard")
+    result = train(_cfg(tiny_2d_config, polyps, max_epochs=1, tensorboard=True), run_dir=tmp_path / "r",
+                   progress=False)
+    events = list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
