@@ -104,3 +104,15 @@ def test_tensorboard_logs(tmp_path, polyps, tiny_2d_config):
                    progress=False)
     events = list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_cuda_amp_training_and_prediction(tmp_path, polyps, tiny_2d_config):
+    import medseg
+
+    result = train(_cfg(tiny_2d_config, polyps, max_epochs=1, device="cuda", amp=True), run_dir=tmp_path / "r",
+                   progress=False)
+    predictor = medseg.Predictor.from_checkpoint(result.last_checkpoint, device="cuda")
+    mask = predictor.predict(sorted((polyps / "images").glob("*.png"))[0])
+    assert mask.shape == (32, 40) and set(mask.ravel().tolist()) <= {0, 255}
