@@ -57,15 +57,21 @@ def main() -> int:
             dice_20 = max(dice_20 or 0.0, r["val_dice"])
     ratios = [r["epoch_time_s"] / r["compute_time_s"] for r in records if r["compute_time_s"] > 0]
 
-    print(f"split: {n_train} train / {n_val} val images (data.seed={cfg.data.seed}), image_size "
-          f"{list(cfg.data.image_size)}, device {cfg.train.device} -> "
-          f"{'cuda' if torch.cuda.is_available() and cfg.train.device != 'cpu' else 'cpu'}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"best val Dice (polyp): {result.best_metric:.4f} at epoch {result.best_epoch}/{len(records)}; "
-          f"total wall time {wall / 60:.1f} min (target: Dice >= 0.75 within 20 min)")
+    print(
+        f"split: {n_train} train / {n_val} val images (data.seed={cfg.data.seed}), image_size "
+        f"{list(cfg.data.image_size)}, device {cfg.train.device} -> "
+        f"{'cuda' if torch.cuda.is_available() and cfg.train.device != 'cpu' else 'cpu'}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"best val Dice (polyp): {result.best_metric:.4f} at epoch {result.best_epoch}/{len(records)}; "
+        f"total wall time {wall / 60:.1f} min (target: Dice >= 0.75 within 20 min)"
+    )
     print(f"val Dice reached within the first 20 min of training: {dice_20 if dice_20 is None else round(dice_20, 4)}")
-    print(f"data-loading overhead: median epoch time / compute time = {statistics.median(ratios):.3f} "
-          f"(min {min(ratios):.3f}, max {max(ratios):.3f}; target <= 1.15)")
+    print(
+        f"data-loading overhead: median epoch time / compute time = {statistics.median(ratios):.3f} "
+        f"(min {min(ratios):.3f}, max {max(ratios):.3f}; target <= 1.15)"
+    )
     print(f"median epoch time {statistics.median(r['epoch_time_s'] for r in records):.1f} s; run folder {run_dir}")
     return 0
 

@@ -221,7 +221,8 @@ class PatchDataset(torch.utils.data.Dataset):
 
     ``samples_per_volume`` patches per case; a share ``foreground_fraction`` of them is centred on a voxel of a
     foreground class (the class drawn uniformly among those present, so small classes are seen too), the rest
-    anywhere. Patches that leave the volume are zero-padded. For slice-wise training give a patch size of 1
+    anywhere. Patches that leave the volume are zero-padded. Augmentation of item ``i`` is seeded from
+    ``(seed, i)``, so worker processes change speed, not results. For slice-wise training give a patch size of 1
     along the slice axis and ``squeeze_axis`` (the item is then 2D).
 
     Items: ``{"image": (C, *patch) float32, "label": (1, *patch) int64}``.
@@ -242,6 +243,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.patch_size = tuple(int(n) for n in patch_size)
         self.transform = transform
         self.squeeze_axis = squeeze_axis
+        self.seed = seed
         rng = np.random.default_rng(seed)
         self.starts: list[tuple[int, tuple[int, ...]]] = []
         for ci, case in enumerate(self.cases):
@@ -280,6 +282,8 @@ class PatchDataset(torch.utils.data.Dataset):
             image, label = image.squeeze(self.squeeze_axis + 1), label.squeeze(self.squeeze_axis + 1)
         item: dict[str, Any] = {"image": image, "label": label}
         if self.transform is not None:
+            if hasattr(self.transform, "set_random_state"):  # augmentation of item i depends on (seed, i) only
+                self.transform.set_random_state(seed=(self.seed * 1_000_003 + index) % 2**32)
             item = self.transform(item)
         item["image"] = _plain(item["image"]).float().contiguous()
         item["label"] = _plain(item["label"]).round().long().contiguous()

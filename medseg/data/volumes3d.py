@@ -221,8 +221,8 @@ class VolumePreprocessor:
         scale[:3, 3] = 0.5 * factor - 0.5  # voxel centres with align_corners=False
         affine_out = oriented_affine @ scale
         return GridRecord(
-            shape=shape, affine=volume.affine.copy(), transform=transform, inverse=inverse, oriented_shape=oriented_shape,
-            oriented_affine=oriented_affine, shape_out=tuple(int(n) for n in shape_out),
+            shape=shape, affine=volume.affine.copy(), transform=transform, inverse=inverse,
+            oriented_shape=oriented_shape, oriented_affine=oriented_affine, shape_out=tuple(int(n) for n in shape_out),
             spacing_out=tuple(float(s) for s in spacing_in * factor), affine_out=affine_out,
         )
 
@@ -292,9 +292,8 @@ class VolumePreprocessor:
         for c in range(k):
             up = F.interpolate(probs[c][None, None].float().cpu(), size=grid.oriented_shape, mode="trilinear",
                                align_corners=False)[0, 0]
-            better = up > best
-            best = torch.where(better, up, best)
-            arg[better] = c
+            arg[up > best] = c
+            torch.maximum(best, up, out=best)
         return _unorient(arg.numpy(), grid)
 
     # --------------------------------------------------------------------------------- helpers

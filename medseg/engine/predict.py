@@ -24,6 +24,13 @@ def predict_paths(
     paths = [Path(p) for p in inputs]
     out = Path(out_dir)
     if predictor.preprocessing.get("kind") == "images2d":
+        from medseg.data.volume_dataset import VOLUME_SUFFIXES
+        from medseg.errors import DataError
+
+        volumes = [p for p in paths if p.name.lower().endswith(VOLUME_SUFFIXES)]
+        if volumes:
+            raise DataError(f"{volumes[0]}: is a volume but checkpoint {predictor.source} is a 2D image model "
+                            "(images2d); use a checkpoint trained with data.kind volumes3d or slices2d")
         return predict_images(predictor, paths, out, overwrite=overwrite, overlay=overlay, progress=progress)
     from medseg.engine.volume_predict import predict_volumes
 

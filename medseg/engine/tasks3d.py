@@ -70,6 +70,8 @@ class VolumeTask:
         self.labels = labels or label_map_from_config(d.labels) or discover_label_map(
             [p.mask for p in self.train_pairs + self.val_pairs], tolerance=0, read=_read_label_array
         )
+        if not d.cache:
+            log.info("data.cache is off, but volume cases are always kept in memory once preprocessed")
         self.preprocessor = VolumePreprocessor.from_config(d)
         self.in_channels = self.preprocessor.in_channels
         tol = d.labels.tolerance
@@ -117,7 +119,6 @@ class VolumeTask:
     def train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
         """Random patches whose positions, order and augmentation depend only on (seed, epoch)."""
         seed = self.cfg.train.seed * 100_003 + epoch
-        self.transform.set_random_state(seed=seed % 2**32)
         dataset = self._dataset(seed)
         return torch.utils.data.DataLoader(
             dataset,
@@ -143,7 +144,7 @@ class VolumeTask:
             logits = infer_prepared(model, case.image.float(), settings, infer, device, output="logits",
                                     tiling=tiling)
             label = case.label.long()
-            losses.append(float(loss_fn(logits[None], label[None, None])))
+            losses.append(float(loss_fn(logits[None].to(device), label[None, None].to(device))))
             cases.append(compute_case_metrics(
                 logits.argmax(0).numpy(), label.numpy(), self.labels.num_classes,
                 spacing=case.grid.spacing_out, class_names=list(self.labels.names),
@@ -152,7 +153,6 @@ class VolumeTask:
 
     def preview(self, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Up to ``n`` augmented training patches as uint8 slices (the slice with most foreground) and class maps."""
-        self.transform.set_random_state(seed=self.cfg.train.seed)
         dataset = self._dataset(self.cfg.train.seed)
         images, masks = [], []
         for i in range(min(n, len(dataset))):
