@@ -44,6 +44,11 @@ class LabelsConfig(Strict):
         le=127,
         description="Mask values within this many gray levels of a class value snap to it (JPEG masks).",
     )
+    unlisted: Literal["error", "background"] = Field(
+        "error",
+        description="Mask values in no class (beyond the tolerance): an error naming the file, or background "
+        "(e.g. organs in a full TotalSegmentator label map when training vertebrae).",
+    )
 
     @field_validator("classes", mode="before")
     @classmethod

@@ -43,7 +43,7 @@ def label_map_from_config(cfg: LabelsConfig) -> LabelMap | None:
     """The configured label map, or None when the values are to be discovered."""
     if cfg.classes is None:
         return None
-    return LabelMap.from_classes([(c.name, list(c.values)) for c in cfg.classes])
+    return LabelMap.from_classes([(c.name, list(c.values)) for c in cfg.classes], unlisted=cfg.unlisted)
 
 
 def discover_label_map(masks: Sequence[Any], *, tolerance: int, read: Callable[[Any], np.ndarray]) -> LabelMap:

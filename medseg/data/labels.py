@@ -74,8 +74,11 @@ class LabelMap:
     """
 
     classes: tuple[LabelClass, ...]
+    unlisted: str = "error"  # what happens to a value outside every tolerance: "error" or "background"
 
     def __post_init__(self) -> None:
+        if self.unlisted not in ("error", "background"):
+            raise ValueError(f"LabelMap: unlisted must be 'error' or 'background', got {self.unlisted!r}")
         classes = tuple(self.classes)
         if not classes:
             raise ValueError("LabelMap: needs at least one class, got none")
@@ -111,9 +114,13 @@ class LabelMap:
         return cls(tuple(LabelClass(name, tuple(values)) for name, values in grouped.items()))
 
     @classmethod
-    def from_classes(cls, classes: Sequence[tuple[str, Sequence[int]]]) -> LabelMap:
-        """Build from ``[(name, [values...]), ...]`` in index order, e.g. ``[("L1", [31, 20])]``."""
-        return cls(tuple(LabelClass(name, tuple(values)) for name, values in classes))
+    def from_classes(cls, classes: Sequence[tuple[str, Sequence[int]]], *, unlisted: str = "error") -> LabelMap:
+        """Build from ``[(name, [values...]), ...]`` in index order, e.g. ``[("L1", [31, 20])]``.
+
+        ``unlisted="background"`` maps values that belong to no class (e.g. the organs of a full
+        TotalSegmentator label map when training vertebrae only) to class 0 instead of raising.
+        """
+        return cls(tuple(LabelClass(name, tuple(values)) for name, values in classes), unlisted=unlisted)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LabelMap:
@@ -134,11 +141,12 @@ class LabelMap:
             if not isinstance(entry, Mapping) or set(entry) != {"name", "values"}:
                 raise ValueError(f"LabelMap.from_dict: classes[{i}] needs keys 'name' and 'values', got {entry!r}")
             classes.append(LabelClass(entry["name"], tuple(entry["values"])))
-        return cls(tuple(classes))
+        return cls(tuple(classes), unlisted=str(data.get("unlisted", "error")))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form, ``{"classes": [{"name": str, "values": [int, ...]}, ...]}``."""
-        return {"classes": [{"name": c.name, "values": list(c.values)} for c in self.classes]}
+        """JSON-safe form, ``{"classes": [{"name": str, "values": [int, ...]}, ...], "unlisted": str}``."""
+        return {"classes": [{"name": c.name, "values": list(c.values)} for c in self.classes],
+                "unlisted": self.unlisted}
 
     @property
     def num_classes(self) -> int:
@@ -185,6 +193,15 @@ class LabelMap:
         palette = np.array(sorted(v for c in self.classes for v in c.values), dtype=np.float64)
         nearest, dist = _nearest(present, palette)
         bad = ~(dist <= tolerance)  # NaN distances (NaN pixels) are bad too
+        if self.unlisted == "background" and bad.any():
+            finite = np.isfinite(present)
+            to_background = bad & finite
+            if to_background.any():
+                logger.debug("%s: %d unlisted values mapped to background", source or "<array>",
+                             int(to_background.sum()))
+            nearest = np.where(to_background, self.classes[0].values[0], nearest)
+            dist = np.where(to_background, 0.0, dist)
+            bad = bad & ~finite
         if bad.any():
             offending = present[bad]
             listed = ", ".join(_fmt(v) for v in offending[:_MAX_LISTED])

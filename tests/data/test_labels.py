@@ -63,7 +63,8 @@ def test_dict_round_trip_is_json_safe():
             {"name": "background", "values": [0]},
             {"name": "L1", "values": [31, 20]},
             {"name": "L2", "values": [32]},
-        ]
+        ],
+        "unlisted": "error",
     }
 
 
@@ -285,3 +286,18 @@ def test_kvasir_mid_gray_value_raises(kvasir_masks):
     corrupted[0, 0] = 128
     with pytest.raises(DataError, match=rf"{name}: label values 128 .*tolerance 10"):
         POLYP.to_class(corrupted, tolerance=10, source=name)
+
+
+def test_unlisted_values_to_background_when_asked():
+    # a TotalSegmentator-like map: 5 liver, 31 L1, 30 L2; only vertebrae are classes
+    labels = np.array([0, 5, 31, 30, 5, 117], dtype=np.uint8)
+    strict = LabelMap.from_classes([("background", [0]), ("L1", [31, 20]), ("L2", [30, 21])])
+    with pytest.raises(DataError, match=r"label values 5, 117 are not within tolerance 0"):
+        strict.to_class(labels, source="seg.nii.gz")
+    lenient = LabelMap.from_classes([("background", [0]), ("L1", [31, 20]), ("L2", [30, 21])], unlisted="background")
+    idx, snapped = lenient.to_class(labels)
+    np.testing.assert_array_equal(idx, [0, 0, 1, 2, 0, 0])
+    assert snapped == 0
+    assert LabelMap.from_dict(lenient.to_dict()) == lenient
+    with pytest.raises(ValueError, match="unlisted must be 'error' or 'background'"):
+        LabelMap.from_classes([("bg", [0]), ("a", [1])], unlisted="ignore")
