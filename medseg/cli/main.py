@@ -37,14 +37,35 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
+        _echo(f"error: {_one_line(err)}", err=True)
         raise typer.Exit(2) from None
     except MedsegError as err:
-        typer.echo(f"error: {err}", err=True)
+        _echo(f"error: {_one_line(err)}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as err:  # a user path the io layer did not anticipate (permissions, full disk, ...)
+        where = f"{err.filename}: " if err.filename else ""
+        _echo(f"error: {where}{err.strerror or _one_line(err)}", err=True)
+        raise typer.Exit(1) from None
+    except MemoryError:
+        _echo("error: out of memory; the input is too large for this machine (try a smaller input or "
+              "--sw-batch-size 1)", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        _echo("interrupted", err=True)
         raise typer.Exit(130) from None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _echo(text: str, *, err: bool = False) -> None:
+    """Echo text that may hold non-UTF-8 file names (surrogate escapes) as their original bytes."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "backslashreplace")
+    typer.echo(data, err=err)
 
 
 def _logging(verbose: bool, quiet: bool) -> None:
@@ -111,10 +132,10 @@ def predict(
                      "overlap": overlap, "sw_batch_size": sw_batch_size}
         predictor = Predictor.from_checkpoint(checkpoint, device=device, **overrides)
         report = predict_paths(predictor, inputs, output, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg)
-        typer.echo(f"{len(report.written)} files written to {output}, {len(report.skipped)} existing skipped "
+        _echo(f"{len(report.written)} files written to {output}, {len(report.skipped)} existing skipped "
                    f"(--overwrite redoes them), {len(report.failed)} failed, {report.seconds:.1f}s")
         for source, message in report.failed:
-            typer.echo(f"failed: {source}: {message}", err=True)
+            _echo(f"failed: {source}: {' '.join(message.split())}", err=True)
         if not report.ok:
             raise typer.Exit(1)
 
@@ -185,6 +206,23 @@ def demo(
 
 
 @app.command()
+def synth(
+    kind: Annotated[str, typer.Argument(help="polyp (Kvasir-like 2D) or spine (CT phantom volumes).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Dataset folder to write.")],
+    n: Annotated[Optional[int], typer.Option(help="Number of cases.")] = None,  # noqa: UP045
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing generated cases.")] = False,
+) -> None:
+    """Write a synthetic dataset in the layout configs/kvasir.yaml or configs/spine.yaml expects."""
+    _logging(False, False)
+    with user_errors():
+        from medseg.engine.demo import make_synthetic
+
+        folder = make_synthetic(kind, output, n=n, seed=seed, overwrite=overwrite)
+        typer.echo(f"synthetic {kind} dataset: {folder}")
+
+
+@app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="A volume file or a folder with DICOM series.")],
     verbose: Verbose = False,
@@ -194,7 +232,7 @@ def inspect(
     with user_errors():
         from medseg.engine.predict import describe_path
 
-        typer.echo(describe_path(path))
+        _echo(describe_path(path))
 
 
 def main() -> None:
