@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +18,10 @@ from medseg.data.pairing import (
 from medseg.errors import ConfigError, DataError
 from medseg.io.images import image_size
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 
 @pytest.fixture
-def kvasir_dir() -> Path:
-    folder = SHARED_DATA / "kvasir-seg"
-    if not (folder / "images").is_dir():
-        message = f"Kvasir-SEG test data not found at {folder}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return folder
+def kvasir_dir(kvasir: Path) -> Path:
+    return kvasir
 
 
 def _image(path: Path) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -10,19 +9,6 @@ from pathlib import Path
 import pytest
 
 from medseg.io import Volume, read_volume
-
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The shared sample data folder (../shared/data beside the repository root)."""
-    if not SHARED_DATA.is_dir():
-        message = f"shared sample data not found at {SHARED_DATA}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -21,18 +20,10 @@ from medseg.io.images import (
     write_overlay,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 
 @pytest.fixture
-def kvasir_dir() -> Path:
-    folder = SHARED_DATA / "kvasir-seg"
-    if not (folder / "images").is_dir():
-        message = f"Kvasir-SEG test data not found at {folder}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return folder
+def kvasir_dir(kvasir: Path) -> Path:
+    return kvasir
 
 
 @pytest.fixture
