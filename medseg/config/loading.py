@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,8 @@ from medseg.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1_000_000
 MAX_ALIASES = 100
+MAX_NESTING = 50
+MAX_NODES = 100_000
 # Keys whose values are paths; relative ones resolve against the YAML file's folder.
 PATH_KEYS = (("data", "root"), ("data", "pair_list"), ("data", "train_list"), ("data", "val_list"))
 
@@ -95,27 +98,100 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> Path:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    size = path.stat().st_size
+    try:
+        info = path.stat()
+    except OSError as err:
+        raise ConfigError(f"{path}: config file not found ({err.strerror or type(err).__name__})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{path}: config is not a regular file (a folder, FIFO or device); give a YAML file")
+    size = info.st_size
     if size > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: config file is {size} bytes; at most {MAX_CONFIG_BYTES} are allowed")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config: {err}") from None
+    depth = _nesting_depth(text)
+    if depth > MAX_NESTING:
+        raise ConfigError(f"{path}: YAML nested {depth} levels deep; at most {MAX_NESTING} are allowed")
     aliases = _count_aliases(text, path)
     if aliases > MAX_ALIASES:
         raise ConfigError(f"{path}: {aliases} YAML aliases; at most {MAX_ALIASES} are allowed (alias bomb?)")
     try:
+        nodes = _expanded_nodes(yaml.compose(text, Loader=yaml.SafeLoader))
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
+    except _RecursiveYaml:
+        raise ConfigError(f"{path}: a YAML alias refers to a node that contains it (recursive structure); "
+                          "write the values out") from None
+    if nodes > MAX_NODES:
+        raise ConfigError(f"{path}: YAML expands to {nodes} values through its aliases; at most {MAX_NODES} "
+                          "are allowed (alias bomb?)")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     return raw
+
+
+class _RecursiveYaml(Exception):
+    pass
+
+
+def _expanded_nodes(root: Any) -> int:
+    """Number of values the document has once aliases are expanded (shared nodes counted each time used),
+    computed without expanding and without recursion; raises _RecursiveYaml on a cycle."""
+    if root is None:
+        return 0
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            active.discard(key)
+            sizes[key] = min(1 + sum(sizes[id(c)] for c in children), 10 * MAX_NODES)
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise _RecursiveYaml()
+        active.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in active:
+                raise _RecursiveYaml()
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+def _children(node: Any) -> list[Any]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _nesting_depth(text: str) -> int:
+    """Deepest collection nesting, counted from parser events (no recursion, so no RecursionError)."""
+    depth = deepest = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                deepest = max(deepest, depth)
+                if deepest > MAX_NESTING:
+                    break
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return deepest  # reported with its position by the full parse
+    return deepest
 
 
 def _count_aliases(text: str, path: Path) -> int:
@@ -129,7 +205,7 @@ def _key_lines(path: Path) -> dict[str, int]:
     """Map dotted keys to their 1-based line in the YAML file (best effort)."""
     try:
         node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
         return {}
     out: dict[str, int] = {}
 
@@ -166,6 +242,8 @@ def _parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.max_epochs=2")
+    if _nesting_depth(text) > MAX_NESTING:
+        raise ConfigError(f"--set {key}: value nested more than {MAX_NESTING} levels deep")
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:

@@ -44,7 +44,10 @@ class Case:
 
 
 def _is_inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
+    try:
+        path, folder = path.resolve(), folder.resolve()
+    except (OSError, RuntimeError) as err:  # symlink loop (RuntimeError before Python 3.13), name too long
+        raise DataError(f"{path}: cannot resolve path: {err}") from None
     return path == folder or folder in path.parents
 
 
@@ -60,7 +63,7 @@ def check_output_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
             raise ConfigError(
                 f"output folder {out_dir} is inside input folder {folder}; choose an output folder outside the inputs"
             )
-        if src.is_file() and src.resolve().parent == out_dir.resolve():
+        if src.is_file() and _is_inside(out_dir, src.parent) and src.parent.resolve() == out_dir.resolve():
             raise ConfigError(f"output folder {out_dir} is the folder of input {src.name}; choose another -o")
 
 

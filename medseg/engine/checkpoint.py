@@ -64,6 +64,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: folder holds no checkpoints/best.pt or checkpoints/last.pt")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    _check_crc(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -90,8 +91,51 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     for key in ("config", "labels", "state_dict", "in_channels", "out_channels"):
         if key not in payload:
             raise CheckpointError(f"{path}: medseg checkpoint lacks the {key!r} entry (damaged file?)")
+    _check_entries(path, payload)
     payload["path"] = str(path)
     return payload
+
+
+def _check_crc(path: Path) -> None:
+    """torch.load does not check the zip CRCs, so a flipped bit in the weights would load silently."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return  # not a zip (or unreadable): torch.load reports it
+    if bad is not None:
+        raise CheckpointError(f"{path}: checkpoint is corrupt (CRC mismatch in {bad}); restore it from a copy")
+
+
+def _check_entries(path: Path, payload: dict[str, Any]) -> None:
+    """Refuse malformed entries here, with the file name, rather than failing later deep in the engine."""
+    from medseg.data.labels import LabelMap
+
+    for key in ("in_channels", "out_channels"):
+        value = payload[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 4096:
+            raise CheckpointError(f"{path}: checkpoint entry {key!r} is {value!r}; expected a channel count 1..4096")
+    for key in ("config", "state_dict"):
+        if not isinstance(payload[key], dict):
+            raise CheckpointError(
+                f"{path}: checkpoint entry {key!r} is a {type(payload[key]).__name__}; expected a dict (damaged file?)"
+            )
+    if not isinstance(payload.get("preprocessing", {}), dict):
+        raise CheckpointError(f"{path}: checkpoint entry 'preprocessing' is not a dict (damaged file?)")
+    if not isinstance(payload["labels"], dict):
+        raise CheckpointError(f"{path}: checkpoint entry 'labels' is not a dict (damaged file?)")
+    if "classes" not in payload["labels"]:
+        return  # checked by LabelMap.from_dict where it is used
+    try:
+        labels = LabelMap.from_dict(payload["labels"])
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: checkpoint entry 'labels' is malformed: {' '.join(str(err).split())[:200]}"
+                              ) from None
+    if labels.num_classes != payload["out_channels"]:
+        raise CheckpointError(
+            f"{path}: checkpoint labels define {labels.num_classes} classes but out_channels is "
+            f"{payload['out_channels']} (damaged file?)"
+        )
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -65,7 +65,10 @@ class Predictor:
         """
         ckpt = load_checkpoint(path)
         cfg = validate_config(ckpt["config"], source=f"{ckpt['path']} (stored config)")
-        labels = LabelMap.from_dict(ckpt["labels"])
+        try:
+            labels = LabelMap.from_dict(ckpt["labels"])
+        except (TypeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{ckpt['path']}: checkpoint labels are malformed: {err}") from None
         dev = resolve_device(device)
         model = build_model(cfg.model, in_channels=ckpt["in_channels"], out_channels=ckpt["out_channels"])
         try:

@@ -47,7 +47,7 @@ def write_json_atomic(path: Path, data: Any) -> Path:
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path:
-    """Create (or check, when resuming) a run folder.
+    """Create (or check, when resuming) a run folder. Call it while holding :class:`RunLock`.
 
     Raises:
         OutputExistsError: The folder exists with content and neither ``resume`` nor ``overwrite`` is set.
@@ -58,13 +58,13 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path:
         if not (run_dir / "checkpoints" / "last.pt").is_file():
             raise MedsegError(f"{run_dir}: cannot resume: no checkpoints/last.pt in this folder")
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
         if not overwrite:
             raise OutputExistsError(
                 f"{run_dir}: run folder exists and is not empty; use --resume {run_dir} to continue it, "
                 "--overwrite to replace it, or another --run-dir"
             )
-        _clear_run_dir(run_dir)
+        _clear_run_dir(run_dir)  # the caller holds the run lock, so no other training is writing here
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     (run_dir / "splits").mkdir(exist_ok=True)
     return run_dir

@@ -30,7 +30,7 @@ from medseg.engine.optim import EpochScheduler, build_optimizer
 from medseg.engine.plots import plot_curves, plot_preview
 from medseg.engine.progress import progress_bar
 from medseg.engine.runfolder import RunLock, prepare_run_dir, read_log, write_json_atomic
-from medseg.errors import MedsegError
+from medseg.errors import CheckpointError, MedsegError
 from medseg.losses.factory import build_loss
 from medseg.models.factory import build_model
 
@@ -110,8 +110,11 @@ def train(
         MedsegError: Bad data, a locked run folder, or a resume with a changed config.
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(None, cfg)
-    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    with RunLock(run_dir):
+    if resume and not run_dir.is_dir():
+        prepare_run_dir(run_dir, resume=True, overwrite=False)  # raises: nothing to resume
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):  # taken before anything in the folder is checked, cleared or written
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
         return _train_locked(cfg, run_dir, resume=resume, force=force, progress=progress)
 
 
@@ -128,7 +131,7 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, force: 
                 f"{run_dir}: the config differs from the one this run was started with ({'; '.join(changed)}); "
                 "resume with the same config (only train.max_epochs may change) or pass --force"
             )
-        labels = LabelMap.from_dict(ckpt["labels"])
+        labels = _labels_of(ckpt)
         state = ckpt
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
@@ -363,6 +366,13 @@ def _tensorboard(run_dir: Path) -> Any:
     except ImportError:
         raise MedsegError("train.tensorboard is on but the tensorboard package is not installed") from None
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def _labels_of(ckpt: dict[str, Any]) -> LabelMap:
+    try:
+        return LabelMap.from_dict(ckpt["labels"])
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{ckpt['path']}: checkpoint labels are malformed: {err}") from None
 
 
 def load_run_config(run_dir: Path) -> ExperimentConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -106,6 +107,12 @@ def _read_header(path: Path) -> DicomHeader | SkippedFile:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        return SkippedFile(path, f"unreadable ({err.strerror or type(err).__name__})")
+    if not stat.S_ISREG(mode):
+        return SkippedFile(path, "not a regular file (FIFO, socket or device)")
     try:
         # defer_size: large values (pixel data, vendor blobs) are not read now; touching them later reads
         # them from the file, so uncompressed pixels are read once and headers are parsed once.

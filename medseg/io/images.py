@@ -68,8 +68,13 @@ def _open(path: Path, allowed: tuple[str, ...]) -> Iterator[Image.Image]:
             f"{path}: cannot read image: suffix {path.suffix or '(none)'!r} is not supported; "
             f"allowed: {', '.join(allowed)}"
         )
-    if not path.is_file():
+    from medseg.io.volumes import input_kind
+
+    kind = input_kind(path, "image")
+    if kind == "missing":
         raise DataError(f"{path}: cannot read image: file does not exist")
+    if kind == "dir":
+        raise DataError(f"{path}: cannot read image: is a folder; allowed an image file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -6,9 +6,11 @@ A :class:`Volume` holds a voxel array indexed ``[i, j, k]`` (nibabel order) and 
 
 from __future__ import annotations
 
+import errno
 import gzip
 import logging
 import os
+import stat
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "Volume",
     "check_volume_size",
+    "input_kind",
     "read_volume",
     "write_label_map",
     "write_volume",
@@ -132,7 +135,10 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, max_bytes: i
             absurd size, or an ambiguous/unusable DICOM folder.
     """
     path = Path(path)
-    if path.is_dir():
+    kind = input_kind(path, "volume")
+    if kind == "missing":
+        raise DataError(f"{path}: no such file or folder")
+    if kind == "dir":
         from medseg.io.dicom import read_dicom_series  # noqa: PLC0415 (dicom imports this module)
 
         return read_dicom_series(path, series_uid=series_uid, max_bytes=max_bytes)
@@ -140,8 +146,6 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, max_bytes: i
         raise DataError(
             f"{path}: series_uid={series_uid!r} given but the path is a file; allowed only for DICOM folders"
         )
-    if not path.is_file():
-        raise DataError(f"{path}: no such file or folder")
     name = path.name.lower()
     if name.endswith(_NIFTI_SUFFIXES):
         volume = _read_nifti(path, max_bytes)
@@ -153,6 +157,41 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, max_bytes: i
         )
     _check_finite(path, volume.array)
     return volume
+
+
+def input_kind(path: Path, what: str = "file") -> str:
+    """``"file"`` for a regular file, ``"dir"`` for a folder, ``"missing"``; anything else raises a clear DataError.
+
+    Refuses FIFOs, sockets and devices (reading them can block forever), symlink loops, names too long and
+    unreadable paths before any reader opens them.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "missing"
+        reason = "symlink loop" if err.errno == errno.ELOOP else err.strerror or type(err).__name__
+        raise DataError(f"{path}: cannot read {what}: {reason}") from None
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if not stat.S_ISREG(mode):
+        kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device or special file"
+        raise DataError(f"{path}: is a {kind}, not a regular file; allowed a {what} file")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: cannot read {what}: permission denied")
+    return "file"
+
+
+def _make_volume(path: Path, array: np.ndarray, affine: np.ndarray, meta: dict[str, Any]) -> Volume:
+    """Build the Volume, turning header problems (zero size, non-real dtype, bad geometry) into DataError."""
+    if 0 in array.shape:
+        raise DataError(f"{path}: image has a zero-sized dimension (shape {array.shape}); allowed sizes >= 1")
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{path}: voxel type {array.dtype} is not supported; allowed integer or real float voxels")
+    try:
+        return Volume(array, affine, meta)
+    except ValueError as err:
+        raise DataError(f"{path}: unusable geometry in the header: {err}") from None
 
 
 def _read_nifti(path: Path, max_bytes: int) -> Volume:
@@ -167,11 +206,20 @@ def _read_nifti(path: Path, max_bytes: int) -> Volume:
         shape = shape[:3]
     if len(shape) != 3:
         raise DataError(f"{path}: image has shape {img.shape} ({len(img.shape)}D); allowed 3D (or 4D with last dim 1)")
+    if min(shape) < 1:
+        raise DataError(f"{path}: header gives image shape {shape}; allowed sizes >= 1 in every dimension")
+    if img.get_data_dtype().kind not in "biuf":
+        raise DataError(
+            f"{path}: voxel type {img.get_data_dtype()} is not supported; allowed integer or real float voxels"
+        )
     check_volume_size(path, shape, img.get_data_dtype().itemsize, max_bytes)
     _check_file_can_hold(path, shape, img.get_data_dtype().itemsize)
     try:
         array = np.asanyarray(img.dataobj).reshape(shape, order="F")
-    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as err:
+        affine = np.asarray(img.affine, dtype=np.float64)
+        if path.name.lower().endswith(".gz"):
+            _verify_gzip(path)
+    except (OSError, EOFError, ValueError, OverflowError, zlib.error, gzip.BadGzipFile) as err:
         raise DataError(f"{path}: voxel data truncated or corrupt ({type(err).__name__}: {err})") from err
     hdr = img.header
     meta = {
@@ -180,7 +228,15 @@ def _read_nifti(path: Path, max_bytes: int) -> Volume:
         "qform_code": int(hdr["qform_code"]),
         "sform_code": int(hdr["sform_code"]),
     }
-    return Volume(np.asarray(array), np.asarray(img.affine, dtype=np.float64), meta)
+    return _make_volume(path, np.asarray(array), affine, meta)
+
+
+def _verify_gzip(path: Path) -> None:
+    """Read the gzip stream to its end so a flipped bit fails the CRC check instead of giving wrong voxels
+    (nibabel stops reading after the voxels it needs, before the CRC trailer)."""
+    with gzip.open(path, "rb") as fh:
+        while fh.read(1 << 22):
+            pass
 
 
 def _check_file_can_hold(path: Path, shape: tuple[int, ...], itemsize: int) -> None:
@@ -212,6 +268,8 @@ def _read_itk(path: Path, max_bytes: int) -> Volume:
     if reader.GetNumberOfComponents() != 1:
         raise DataError(f"{path}: {reader.GetNumberOfComponents()} components per voxel; allowed 1 (scalar image)")
     itemsize = np.dtype(sitk.GetArrayViewFromImage(sitk.Image([1] * 3, reader.GetPixelID())).dtype).itemsize
+    if min(size) < 1:
+        raise DataError(f"{path}: image has a zero-sized dimension (size {size}); allowed sizes >= 1")
     check_volume_size(path, size[:3], itemsize, max_bytes)
     try:
         image = reader.Execute()
@@ -222,7 +280,7 @@ def _read_itk(path: Path, max_bytes: int) -> Volume:
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
     affine = affine_from_lps(image.GetOrigin(), image.GetSpacing(), np.reshape(image.GetDirection(), (3, 3)))
     fmt = "nrrd" if path.name.lower().endswith((".nrrd", ".nhdr")) else "mha"
-    return Volume(array, affine, {"path": str(path), "format": fmt})
+    return _make_volume(path, array, affine, {"path": str(path), "format": fmt})
 
 
 def _check_finite(path: Path | str, array: np.ndarray) -> None:
