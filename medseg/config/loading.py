@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from medseg.atomic import write_text_atomic
 from medseg.config.schema import ExperimentConfig
 from medseg.errors import ConfigError
 
@@ -83,18 +83,7 @@ def dump_config(cfg: ExperimentConfig) -> str:
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(dump_config(cfg))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, dump_config(cfg))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
+from medseg.atomic import write_text_atomic
 from medseg.errors import ConfigError, DataError
 from medseg.io.images import IMAGE_SUFFIXES, MASK_SUFFIXES
 
@@ -390,15 +389,4 @@ def write_split_file(path: Path, case_ids: Iterable[str]) -> Path:
             or case_id.startswith("#")
         ):
             raise ValueError(f"case id {case_id!r} cannot be written to a split file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write("".join(f"{case_id}\n" for case_id in ids))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, "".join(f"{case_id}\n" for case_id in ids))

@@ -11,15 +11,14 @@ It loads with ``torch.load(weights_only=True)``, so a file carrying a pickled Py
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medseg.atomic import atomic_path
 from medseg.errors import CheckpointError
 
 FORMAT = "medseg-checkpoint"
@@ -33,17 +32,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     """
     path = Path(path)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
@@ -136,16 +126,3 @@ def _check_entries(path: Path, payload: dict[str, Any]) -> None:
             f"{path}: checkpoint labels define {labels.num_classes} classes but out_channels is "
             f"{payload['out_channels']} (damaged file?)"
         )
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -15,30 +15,15 @@ from __future__ import annotations
 import errno
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from medseg.atomic import write_text_atomic
 from medseg.errors import MedsegError, OutputExistsError
 
 
 class RunLockedError(MedsegError):
     """Another training process is writing into this run folder."""
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write text through a temporary file in the same folder, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:

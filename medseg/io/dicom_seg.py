@@ -9,14 +9,13 @@ so sparse SEGs (empty frames omitted) and any frame order work.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medseg.atomic import atomic_path
 from medseg.errors import DataError, OutputExistsError
 from medseg.io.dicom import read_dicom_series, select_series
 from medseg.io.volumes import Volume, read_volume
@@ -108,14 +107,8 @@ def write_dicom_seg(
         device_serial_number="0",
         series_description=series_description,
     )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         seg.save_as(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -7,8 +7,6 @@ Truncated or corrupt files and decompression bombs raise :class:`~medseg.errors.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +16,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medseg.atomic import atomic_path
 from medseg.errors import DataError
 
 __all__ = [
@@ -205,17 +204,8 @@ def _atomic_save(image: Image.Image, path: Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"{path}: output must be a .png file (lossless), got {path.suffix!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
     return path
 
 

@@ -11,7 +11,6 @@ import gzip
 import logging
 import os
 import stat
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.atomic import atomic_path
 from medseg.errors import DataError, OutputExistsError
 
 __all__ = [
@@ -363,14 +363,8 @@ def _save_nifti(path: Path, array: np.ndarray, affine: np.ndarray, codes: tuple[
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_slope_inter(1.0, 0.0)
     suffix = ".nii.gz" if name.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp" + suffix) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     logger.debug("wrote %s %s %s", path, array.shape, array.dtype)
     return path
 

@@ -10,7 +10,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 
 
 def test_config_reference_is_current():
-    assert DOC.read_text() == config_reference_markdown(), "regenerate: python -m medseg.config.reference > docs/config.md"
+    hint = "regenerate: python -m medseg.config.reference > docs/config.md"
+    assert DOC.read_text() == config_reference_markdown(), hint
 
 
 def test_every_field_is_described():

@@ -22,8 +22,6 @@ import pytest
 import torch
 import yaml
 
-from medseg.errors import DataError, MedsegError
-
 # --------------------------------------------------------------------------------------------- helpers
 CT = "ct-organs-totalseg/example_ct_sm.nii.gz"
 SEG = "ct-organs-totalseg/example_seg.nii.gz"
