@@ -73,7 +73,8 @@ def main() -> int:
     predictor = medseg.Predictor.from_checkpoint(result.best_checkpoint or result.last_checkpoint, device="cpu")
     print(f"settings: spacing {list(cfg.data.spacing_mm)} mm, patch {list(cfg.data.patch_size)}, channels "
           f"{list(cfg.model.channels)}, {cfg.train.max_epochs} epochs x {cfg.data.samples_per_volume} patches, CPU")
-    print(f"training wall time: {train_s / 60:.1f} min (best val Dice {result.best_metric} at epoch {result.best_epoch})")
+    print(f"training wall time: {train_s / 60:.1f} min "
+          f"(best val Dice {result.best_metric} at epoch {result.best_epoch})")
     for case in ("verse", "totalseg"):
         image = data / "imagesTr" / f"{case}.nii.gz"
         truth = medseg.read_volume(data / "labelsTr" / f"{case}.nii.gz")
