@@ -9,12 +9,7 @@ from typing import Any
 import numpy as np
 
 from medseg.atomic import atomic_path
-
-PALETTE = np.array(
-    [[0, 0, 0], [255, 64, 64], [64, 200, 64], [64, 128, 255], [255, 200, 0], [200, 64, 255], [0, 220, 220],
-     [255, 128, 0], [128, 255, 128], [255, 0, 160], [160, 160, 255]],
-    dtype=np.uint8,
-)
+from medseg.io.images import blend_overlay
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -51,17 +46,6 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> Path:
     return out
 
 
-def overlay(image: np.ndarray, classes: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 image (H, W, 3) with class colours blended in (class 0 left as is)."""
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    base = image.astype(np.float32)
-    colors = PALETTE[np.asarray(classes) % len(PALETTE)].astype(np.float32)
-    fg = (np.asarray(classes) > 0)[..., None]
-    out = np.where(fg, (1 - alpha) * base + alpha * colors, base)
-    return out.clip(0, 255).astype(np.uint8)
-
-
 def plot_preview(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], path: Path, title: str = "") -> Path:
     """A row of training samples (uint8 RGB or gray) with their class masks overlaid."""
     import matplotlib
@@ -72,7 +56,7 @@ def plot_preview(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], path
     n = max(1, len(images))
     fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.2), squeeze=False)
     for ax, img, msk in zip(axes[0], images, masks, strict=False):
-        ax.imshow(overlay(img, msk))
+        ax.imshow(blend_overlay(np.asarray(img, dtype=np.uint8), np.asarray(msk)))
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=9)

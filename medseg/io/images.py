@@ -27,6 +27,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "write_mask",
+    "blend_overlay",
     "write_overlay",
 ]
 
@@ -252,22 +253,16 @@ def _boundary(classes: np.ndarray) -> np.ndarray:
     return edge & (classes > 0)
 
 
-def write_overlay(
-    path: Path, image_rgb: np.ndarray, mask_classes: np.ndarray, *, alpha: float = 0.4
-) -> Path:
-    """Write a PNG showing class colors blended over an image, with class contours.
+def blend_overlay(image_rgb: np.ndarray, mask_classes: np.ndarray, *, alpha: float = 0.4) -> np.ndarray:
+    """An RGB uint8 picture of class colors blended over an image, with class contours.
 
     Class 0 is background and left as is. Class ``k`` is tinted with a fixed color
     (green, red, blue, yellow, ... cycling after 10 classes) and outlined in that color.
 
     Args:
-        path: Output ``.png`` path; written atomically. An existing file is replaced.
         image_rgb: ``(H, W, 3)`` or ``(H, W)`` uint8 image.
         mask_classes: ``(H, W)`` integer class indices (0 = background).
         alpha: Opacity of the class color, in ``[0, 1]``.
-
-    Returns:
-        ``path``.
 
     Raises:
         ValueError: If shapes, dtypes or ``alpha`` are invalid.
@@ -296,5 +291,18 @@ def write_overlay(
     out[foreground] = (1.0 - alpha) * out[foreground] + alpha * colors[foreground]
     edge = _boundary(classes)
     out[edge] = colors[edge]
-    result = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return _atomic_save(Image.fromarray(result), Path(path))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def write_overlay(
+    path: Path, image_rgb: np.ndarray, mask_classes: np.ndarray, *, alpha: float = 0.4
+) -> Path:
+    """Write :func:`blend_overlay` as a PNG, atomically (an existing file is replaced).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: If shapes, dtypes or ``alpha`` are invalid.
+    """
+    return _atomic_save(Image.fromarray(blend_overlay(image_rgb, mask_classes, alpha=alpha)), Path(path))
