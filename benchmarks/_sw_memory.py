@@ -1,7 +1,7 @@
 """Peak memory of one sliding-window job, run in its own process by benchmarks/sliding_window.py.
 
 Usage: python benchmarks/_sw_memory.py {baseline,monai,medseg} SIZE CLASSES DEVICE
-Prints one line: ``peak_mb=<float>`` (CPU: ru_maxrss; CUDA: max_memory_allocated).
+Prints one line: ``peak_mb=<float>`` (CPU: VmHWM, the peak RSS; CUDA: max_memory_allocated).
 """
 
 from __future__ import annotations
@@ -14,6 +14,18 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 
 from medseg.engine.sliding_window import sliding_window_predict
+
+
+def _vm_hwm_mb() -> float:
+    """Peak RSS of this program. ru_maxrss would also count the parent's RSS at fork (kept across exec)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -35,7 +47,7 @@ def main() -> None:
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = _vm_hwm_mb()
     print(f"peak_mb={peak:.1f}")
 
 

@@ -82,7 +82,7 @@ def network_divisor(network: nn.Module, spatial_dims: int) -> tuple[int, ...]:
         div = [1] * spatial_dims
         for stride in strides:
             s = (stride,) * spatial_dims if isinstance(stride, int) else tuple(stride)
-            div = [d * int(x) for d, x in zip(div, s)]
+            div = [d * int(x) for d, x in zip(div, s, strict=True)]
         return tuple(div)
     if type(network).__name__ in {"BasicUNet", "BasicUnet", "Basicunet"}:
         return (16,) * spatial_dims
@@ -141,7 +141,7 @@ def _dim_options(size: int, roi: int, div: int, overlap_vox: int) -> list[tuple[
 def plan_roi(shape: Sequence[int], roi: Sequence[int], div: Sequence[int], overlap: float) -> TilePlan:
     """MONAI-style plan: windows of exactly ``roi`` (rounded up to the divisor), stepping ``roi*(1-overlap)``."""
     tiles, padded, starts = [], [], []
-    for size, r, d in zip(shape, roi, div):
+    for size, r, d in zip(shape, roi, div, strict=True):
         t = round_up(r, d)
         p = max(size, t)
         step = max(1, int(t * (1 - overlap)))
@@ -169,7 +169,7 @@ def plan_auto(
     """
     per_dim = [
         _dim_options(size, r, d, math.ceil(overlap * r)) if overlap > 0 else _dim_options(size, r, d, 0)
-        for size, r, d in zip(shape, roi, div)
+        for size, r, d in zip(shape, roi, div, strict=True)
     ]
     best, best_cost, smallest, smallest_mem = None, math.inf, None, math.inf
     for combo in itertools.product(*per_dim):
@@ -187,12 +187,12 @@ def plan_auto(
     combo = best if best is not None else smallest
     tiles = [c[1] for c in combo]
     padded = [c[2] for c in combo]
-    starts = [_even_starts(p, t, c[0]) for c, t, p in zip(combo, tiles, padded)]
+    starts = [_even_starts(p, t, c[0]) for c, t, p in zip(combo, tiles, padded, strict=True)]
     return _finish(shape, tiles, padded, starts)
 
 
 def _finish(shape, tiles, padded, starts) -> TilePlan:
-    pad = tuple((p - s) // 2 for p, s in zip(padded, shape))
+    pad = tuple((p - s) // 2 for p, s in zip(padded, shape, strict=True))
     return TilePlan(tuple(shape), tuple(padded), pad, tuple(tiles), tuple(tuple(s) for s in starts))
 
 
@@ -203,7 +203,7 @@ def blend_weights(plan: TilePlan, blend: str, sigma_scale: float) -> list[dict[i
     weights sums to exactly one over the tiles covering any voxel: no count map, no final division.
     """
     out = []
-    for padded, tile, starts in zip(plan.padded, plan.tile, plan.starts):
+    for padded, tile, starts in zip(plan.padded, plan.tile, plan.starts, strict=True):
         if blend == "gaussian":
             x = torch.arange(tile, dtype=torch.float64) - (tile - 1) / 2
             sigma = max(sigma_scale * tile, 1e-3)

@@ -55,7 +55,7 @@ class _Stitcher:
     def _weight(self, start: tuple[int, ...], local: list[slice], dims: range) -> torch.Tensor:
         n = len(self.plan.tile)
         w = None
-        for d, sl in zip(dims, local):
+        for d, sl in zip(dims, local, strict=True):
             shape = [1] * n
             wd = self.weights[d][start[d]][sl]
             shape[d] = wd.numel()
@@ -155,6 +155,11 @@ class LabelStreamer(_Stitcher):
         new_carry = []
         for a in range(0, self.plan.tile[0], chunk):
             b = min(a + chunk, self.plan.tile[0])
+            if a >= carry_len and b <= keep and bool((w0[a:b] == 1).all()):  # covered by this tile only
+                wlo, whi = max(lo, row + a), min(hi, row + b)
+                if whi > wlo:  # no blending: labels straight from the (possibly bf16) network output
+                    self._write(wlo, whi, pred[:, wlo - row : whi - row].to(self.device))
+                continue
             v = pred[:, a:b].to(self.device, torch.float32)
             v *= w0[a:b].view(-1, *([1] * (v.ndim - 2)))
             if a < carry_len:

@@ -170,8 +170,22 @@ def sliding_window_predict(
         run_batch = batch if tiling == "roi" else max(1, min(batch, int(budget // max(tile_bytes, 1))))
         run_batch = min(run_batch, plan.n_tiles)
         try:
-            result = _run(network, image, plan, blend, sigma_scale, dtype, flips, output, device,
-                          stitch_device, run_batch, padding_value, progress, stats)
+            result = _run(
+                network,
+                image,
+                plan,
+                blend,
+                sigma_scale,
+                dtype,
+                flips,
+                output,
+                device,
+                stitch_device,
+                run_batch,
+                padding_value,
+                progress,
+                stats,
+            )
             break
         except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as err:
             if not _is_oom(err):
@@ -180,7 +194,7 @@ def sliding_window_predict(
             if run_batch > 1:
                 batch = run_batch // 2
                 stats.fallbacks.append(f"batch {run_batch} -> {batch}")
-            elif tiling == "auto" and any(t > round(r) for t, r in zip(plan.tile, roi)):
+            elif tiling == "auto" and any(t > round(r) for t, r in zip(plan.tile, roi, strict=True)):
                 budget /= 4
                 stats.fallbacks.append(f"tiles {'x'.join(map(str, plan.tile))} -> smaller")
             elif stitch_device.type != "cpu":
@@ -217,7 +231,9 @@ def _check_args(image, overlap, sw_batch_size, blend, output, tiling, nonfinite,
     if sigma_scale <= 0:
         raise ValueError(f"sigma_scale must be > 0, got {sigma_scale}")
     for name, value, allowed in (
-        ("blend", blend, BLENDS), ("output", output, OUTPUTS), ("tiling", tiling, TILINGS),
+        ("blend", blend, BLENDS),
+        ("output", output, OUTPUTS),
+        ("tiling", tiling, TILINGS),
         ("nonfinite", nonfinite, NONFINITE),
     ):
         if value not in allowed:
@@ -270,20 +286,35 @@ def _plan(image, network, roi, div, overlap, tiling, output, dtype, budget, n_fl
     if tiling == "roi":
         return plan_roi(shape, roi, div, overlap), bpv
     row_bpv = 4 * width if output == "labels" else 0.0
-    plan = plan_auto(shape, roi, div, overlap, tile_bytes_per_voxel=bpv * n_flips,
-                     row_bytes_per_voxel=row_bpv, budget_bytes=budget)
+    plan = plan_auto(
+        shape, roi, div, overlap, tile_bytes_per_voxel=bpv * n_flips, row_bytes_per_voxel=row_bpv, budget_bytes=budget
+    )
     return plan, bpv
 
 
-def _run(network, image, plan, blend, sigma_scale, dtype, flips, output, device, stitch_device,
-         batch, padding_value, progress, stats) -> torch.Tensor:
+def _run(
+    network,
+    image,
+    plan,
+    blend,
+    sigma_scale,
+    dtype,
+    flips,
+    output,
+    device,
+    stitch_device,
+    batch,
+    padding_value,
+    progress,
+    stats,
+) -> torch.Tensor:
     weights = blend_weights(plan, blend, sigma_scale)
     tiles = plan.tiles()
     n_batches = math.ceil(len(tiles) / batch)
     total = image.shape[0] * n_batches
     stats.tiles = stats.windows = 0
     acc = None
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with torch.no_grad():  # not inference_mode: callers may modify the returned tensor in place
         for b in range(image.shape[0]):
             source = _pad(image[b : b + 1], plan, padding_value)
@@ -314,7 +345,7 @@ def _pad(item: torch.Tensor, plan: TilePlan, value: float) -> torch.Tensor:
     if plan.padded == plan.shape:
         return item
     pads = []
-    for size, padded, before in reversed(list(zip(plan.shape, plan.padded, plan.pad))):
+    for size, padded, before in reversed(list(zip(plan.shape, plan.padded, plan.pad, strict=True))):
         pads += [before, padded - size - before]
     return torch.nn.functional.pad(item, pads, value=value)
 
@@ -322,7 +353,7 @@ def _pad(item: torch.Tensor, plan: TilePlan, value: float) -> torch.Tensor:
 def _gather(source, group, tile, device, flips) -> torch.Tensor:
     x = torch.empty((len(group) * len(flips), source.shape[1], *tile), dtype=source.dtype, device=device)
     for j, corner in enumerate(group):
-        x[j].copy_(source[(0, slice(None), *(slice(c, c + t) for c, t in zip(corner, tile)))])
+        x[j].copy_(source[(0, slice(None), *(slice(c, c + t) for c, t in zip(corner, tile, strict=True)))])
     n = len(group)
     for f, axes in enumerate(flips[1:], start=1):
         x[f * n : (f + 1) * n] = x[:n].flip(axes)
@@ -380,6 +411,6 @@ def _dtype_name(dtype: torch.dtype | None) -> str:
 def _progress(done: int, total: int) -> None:
     width = 30
     filled = width * done // total
-    print(f"\rsliding window [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="",
-          file=sys.stderr, flush=True)
-
+    print(
+        f"\rsliding window [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr, flush=True
+    )

@@ -55,7 +55,7 @@ class OOMNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         if x.shape[0] > self.max_batch:
-            raise RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
         return x + 1
 
 
@@ -73,8 +73,9 @@ def predict(net, image, roi, **kw):
 def test_plus_one_is_exact_for_every_overlap_and_roi(spatial, tiling, blend):
     image = torch.randn(SHAPES[spatial])
     for overlap, roi, budget in itertools.product([0.0, 0.25, 0.5, 0.8], [4, 7, 8, 64], [None, 0.001]):
-        out = predict(PlusOne(), image, roi, overlap=overlap, blend=blend, tiling=tiling,
-                      output="logits", memory_budget_mb=budget)
+        out = predict(
+            PlusOne(), image, roi, overlap=overlap, blend=blend, tiling=tiling, output="logits", memory_budget_mb=budget
+        )
         assert out.shape == image.shape and out.dtype == torch.float32
         torch.testing.assert_close(out, image + 1, atol=1e-5, rtol=1e-6), (overlap, roi, budget)
 
@@ -234,8 +235,9 @@ def test_out_of_memory_falls_back_then_raises_clear_error():
 
 
 def test_stats_and_progress(capsys):
-    out, stats = predict(PlusOne(), torch.randn(1, 1, 20, 20), 8, tiling="roi", progress=True,
-                         return_stats=True, output="logits")
+    out, stats = predict(
+        PlusOne(), torch.randn(1, 1, 20, 20), 8, tiling="roi", progress=True, return_stats=True, output="logits"
+    )
     assert isinstance(stats, SlidingWindowStats) and stats.windows == stats.tiles == 9
     assert stats.windows_per_s > 0 and stats.peak_memory_mb > 0
     assert "windows/s" in capsys.readouterr().err
