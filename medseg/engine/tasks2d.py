@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from medseg.config.schema import ExperimentConfig
+from medseg.data.batch_augment import BatchAugment
 from medseg.data.images2d import (
     ImageMaskDataset,
     discover_label_map,
@@ -20,7 +21,6 @@ from medseg.data.images2d import (
 )
 from medseg.data.labels import LabelMap
 from medseg.data.pairing import Pair, read_split_file, split_pairs, write_split_file
-from medseg.data.pipelines import build_train_transforms
 from medseg.engine.metrics import compute_case_metrics
 from medseg.errors import DataError
 
@@ -68,8 +68,8 @@ class ImageTask:
             [p.mask for p in self.train_pairs], tolerance=cfg.data.labels.tolerance, read=read_mask_gray
         )
         self.in_channels = 3 if cfg.data.color == "rgb" else 1
-        self.transform = build_train_transforms(cfg.data.augment, spatial_dims=2)
-        self.train_set = ImageMaskDataset(self.train_pairs, cfg=cfg.data, labels=self.labels, transform=self.transform)
+        self.augment = BatchAugment(cfg.data.augment, spatial_dims=2)
+        self.train_set = ImageMaskDataset(self.train_pairs, cfg=cfg.data, labels=self.labels)
         self.val_set = ImageMaskDataset(self.val_pairs, cfg=cfg.data, labels=self.labels) if self.val_pairs else None
         log.info("2D data: %d training and %d validation cases", len(self.train_pairs), len(self.val_pairs))
 
@@ -80,16 +80,10 @@ class ImageTask:
         return {"kind": "images2d", "color": d.color, "image_size": list(d.image_size), "scale": 1.0 / 255.0}
 
     def train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
-        """A shuffled loader whose order and augmentation depend only on (seed, epoch).
-
-        MONAI's DataLoader seeds the random transforms from the generator, in the main process or
-        per worker, so ``data.num_workers`` changes speed, not results.
-        """
+        """A shuffled loader of cached, un-augmented samples; the order depends only on (seed, epoch)."""
         from monai.data import DataLoader
 
-        seed = self.cfg.train.seed * 100_003 + epoch
-        gen = torch.Generator().manual_seed(seed)
-        self.train_set.seed = seed
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
         return DataLoader(
             self.train_set,
             batch_size=self.cfg.train.batch_size,
@@ -99,6 +93,13 @@ class ImageTask:
             generator=gen,
             persistent_workers=False,
         )
+
+    @torch.no_grad()
+    def augment_batch(self, image: torch.Tensor, label: torch.Tensor, epoch: int, step: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment one training batch on its device; the draws depend only on (seed, epoch, step)."""
+        seed = (self.cfg.train.seed * 100_003 + epoch) * 1_000_003 + step
+        return self.augment(image, label, torch.Generator().manual_seed(seed % 2**63))
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device) -> dict[str, Any]:
@@ -123,11 +124,14 @@ class ImageTask:
 
     def preview(self, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Up to ``n`` augmented training samples as uint8 images and class maps."""
+        items = [self.train_set[i] for i in range(min(n, len(self.train_set)))]
+        if not items:
+            return [], []
+        image, label = self.augment_batch(torch.stack([it["image"] for it in items]),
+                                          torch.stack([it["label"] for it in items]), -1, 0)
         images, masks = [], []
-        self.transform.set_random_state(seed=self.cfg.train.seed)
-        for i in range(min(n, len(self.train_set))):
-            item = self.train_set[i]
-            img = (item["image"].clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        for img_t, lab_t in zip(image, label, strict=True):
+            img = (img_t.clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
             images.append(img[..., 0] if img.shape[-1] == 1 else img)
-            masks.append(item["label"][0].numpy())
+            masks.append(lab_t[0].numpy())
         return images, masks

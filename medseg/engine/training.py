@@ -255,12 +255,15 @@ def _run_epoch(
     t_start = time.perf_counter()
     t_mark = t_start
     use_amp = scaler.is_enabled()
+    augment = getattr(task, "augment_batch", None)  # batch-level augmentation on the device, if the task has it
     with progress_bar(f"epoch {epoch + 1}/{cfg.train.max_epochs}", steps, enabled=progress) as advance:
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
             image = batch["image"].to(device, non_blocking=True)
             label = batch["label"].to(device, non_blocking=True)
+            if augment is not None:
+                image, label = augment(image, label, epoch, step)
             t_ready = time.perf_counter()
             t_data += t_ready - t_mark
             optimizer.zero_grad(set_to_none=True)
