@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from medseg.config.schema import DataConfig, LabelsConfig
-from medseg.data.labels import LabelMap, discover_label_values, mask_to_single_channel
+from medseg.data.label_discovery import discover_label_values
+from medseg.data.labels import LabelMap, mask_to_single_channel
 from medseg.data.pairing import Pair, find_pairs
 from medseg.errors import DataError
 from medseg.io.images import read_image, read_mask

@@ -7,37 +7,25 @@ the first value of a class is the one written back by :meth:`LabelMap.to_values`
 JPEG masks (Kvasir-SEG) hold compression noise: values 0..8 and 247..255 instead of 0 and 255.
 :meth:`LabelMap.to_class` snaps such values to the nearest palette value within ``tolerance``
 gray levels and logs how many pixels it snapped; anything farther raises :class:`DataError`
-naming the file, the values and the allowed values. :func:`discover_label_values` finds the
-palette of a data set from a stream of masks.
+naming the file, the values and the allowed values. :func:`medseg.data.label_discovery.discover_label_values`
+finds the palette of a data set from a stream of masks; :mod:`medseg.data.label_transforms` wraps the
+mapping as MONAI transforms.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type
 
 from medseg.errors import DataError
 
-__all__ = [
-    "InverseMapLabels",
-    "InverseMapLabelsd",
-    "LabelClass",
-    "LabelDiscovery",
-    "LabelMap",
-    "MapLabels",
-    "MapLabelsd",
-    "ValueCluster",
-    "discover_label_values",
-    "mask_to_single_channel",
-]
+__all__ = ["LabelClass", "LabelMap", "mask_to_single_channel"]
 
 logger = logging.getLogger(__name__)
 
@@ -267,119 +255,6 @@ class LabelMap:
         return "{" + ", ".join(f"{c.name}: {list(c.values)}" for c in self.classes) + "}"
 
 
-@dataclass(frozen=True)
-class ValueCluster:
-    """Present gray values ``low..high`` represented by ``value``; ``count`` pixels in all."""
-
-    value: int
-    low: int
-    high: int
-    count: int
-    num_snapped: int
-
-
-@dataclass(frozen=True)
-class LabelDiscovery:
-    """Result of :func:`discover_label_values`.
-
-    Attributes:
-        values: The palette, sorted: one representative per cluster.
-        clusters: One :class:`ValueCluster` per palette value.
-        counts: Pixel count of every present gray value.
-        num_arrays: Number of arrays read.
-    """
-
-    values: tuple[int, ...]
-    clusters: tuple[ValueCluster, ...]
-    counts: dict[int, int]
-    num_arrays: int
-
-    @property
-    def num_snapped(self) -> int:
-        """Pixels whose value differs from their cluster's representative."""
-        return sum(c.num_snapped for c in self.clusters)
-
-    def summary(self) -> str:
-        """One log line: palette, clusters with pixel shares and snapped counts."""
-        total = sum(self.counts.values()) or 1
-        parts = [
-            f"{c.low}..{c.high} -> {c.value} ({100 * c.count / total:.2f}% of pixels, {c.num_snapped} snapped)"
-            if c.low != c.high
-            else f"{c.value} ({100 * c.count / total:.2f}%)"
-            for c in self.clusters
-        ]
-        return (
-            f"{len(self.counts)} gray values in {self.num_arrays} arrays ({total} pixels) -> "
-            f"palette {list(self.values)}: " + "; ".join(parts)
-        )
-
-
-def discover_label_values(
-    arrays: np.ndarray | torch.Tensor | Iterable[np.ndarray | torch.Tensor], *, tolerance: int = 0
-) -> LabelDiscovery:
-    """Find the palette of gray values used by a set of masks.
-
-    With ``tolerance=0`` the palette is the exact set of present values. With ``tolerance > 0``
-    present values are grouped into clusters (sorted present values whose gaps are at most
-    ``tolerance`` join one cluster). Each cluster is represented by a value chosen among those
-    with at least half the pixels of the cluster's most frequent value, preferring round values
-    (0, 255, 65535 first, then multiples of 10 or 16, then of 5), then the higher count, then the
-    lower value. For Kvasir-SEG (values 0..8 and 247..255) this gives ``[0, 255]``. A warning is
-    logged for a cluster wider than ``2 * tolerance`` (a gradient, not noise: check the masks).
-
-    Args:
-        arrays: One array/tensor or an iterable of them (e.g. a generator reading files), so a
-            data set need not fit in memory. uint8/uint16/bool arrays are counted with
-            ``np.bincount``. Float arrays must hold whole numbers.
-        tolerance: Largest gap, in gray levels, inside one cluster; >= 0.
-
-    Returns:
-        A :class:`LabelDiscovery`; ``.values`` is the palette, ``.summary()`` a log line.
-
-    Raises:
-        DataError: An array holds non-integer or non-finite values (the message gives its position).
-        ValueError: ``tolerance`` < 0 or no pixels at all.
-
-    Example:
-        >>> discover_label_values(np.array([0, 0, 3, 255, 250], dtype=np.uint8), tolerance=10).values
-        (0, 255)
-    """
-    if not tolerance >= 0:
-        raise ValueError(f"discover_label_values: tolerance must be >= 0, got {tolerance!r}")
-    if isinstance(arrays, (np.ndarray, torch.Tensor)):
-        arrays = [arrays]
-    small = np.zeros(0, dtype=np.int64)  # bincount over 0..65535 for unsigned 8/16-bit and bool
-    other: dict[int, int] = {}
-    num_arrays = 0
-    for num_arrays, array in enumerate(arrays, start=1):
-        arr = _to_numpy(array)
-        if arr.dtype.kind == "b" or arr.dtype in (np.uint8, np.uint16):
-            binc = np.bincount(arr.ravel().astype(np.intp, copy=False) if arr.dtype.kind == "b" else arr.ravel())
-            if binc.size > small.size:
-                small = np.pad(small, (0, binc.size - small.size))
-            small[: binc.size] += binc
-            continue
-        if arr.dtype.kind == "f":
-            if not _is_whole(arr):
-                raise DataError(f"array #{num_arrays}: label values must be whole numbers, got non-integer floats")
-            arr = arr.astype(np.int64)
-        values, counts = np.unique(arr, return_counts=True)
-        for v, n in zip(values.tolist(), counts.tolist(), strict=True):
-            other[int(v)] = other.get(int(v), 0) + int(n)
-    for v in np.flatnonzero(small).tolist():
-        other[v] = other.get(v, 0) + int(small[v])
-    if not other:
-        raise ValueError("discover_label_values: no pixels in the given arrays")
-    counts_by_value = dict(sorted(other.items()))
-    clusters = tuple(_represent(group, counts_by_value, tolerance) for group in _group(counts_by_value, tolerance))
-    return LabelDiscovery(
-        values=tuple(c.value for c in clusters),
-        clusters=clusters,
-        counts=counts_by_value,
-        num_arrays=num_arrays,
-    )
-
-
 def mask_to_single_channel(array: np.ndarray, source: str, *, max_channel_diff: int = 32) -> np.ndarray:
     """Reduce a (H, W), (H, W, 1) or gray RGB (H, W, 3) mask to (H, W).
 
@@ -415,115 +290,6 @@ def mask_to_single_channel(array: np.ndarray, source: str, *, max_channel_diff: 
         )
     mean = wide.mean(axis=2)
     return np.rint(mean).astype(arr.dtype) if arr.dtype.kind in "iub" else mean.astype(arr.dtype)
-
-
-class MapLabels(Transform):
-    """Gray values -> class indices with a :class:`LabelMap` (see :meth:`LabelMap.to_class`).
-
-    Reads the input and writes a new array, so swaps such as 1 -> 2, 2 -> 1 work.
-    The file name for errors comes from a ``MetaTensor``'s ``filename_or_obj``.
-
-    Args:
-        label_map: The label map.
-        tolerance: Snapping tolerance in gray levels, >= 0.
-
-    Example:
-        >>> MapLabels(LabelMap.from_classes([("bg", [0]), ("b", [2]), ("a", [1])]))(np.array([0, 1, 2])).tolist()
-        [0, 2, 1]
-    """
-
-    def __init__(self, label_map: LabelMap, *, tolerance: float = 0) -> None:
-        if not isinstance(label_map, LabelMap):
-            raise TypeError(f"MapLabels: label_map must be a LabelMap, got {type(label_map).__name__}")
-        if not tolerance >= 0:
-            raise ValueError(f"MapLabels: tolerance must be >= 0, got {tolerance!r}")
-        self.label_map, self.tolerance = label_map, tolerance
-
-    def __call__(self, labels: Any) -> Any:
-        """Return class indices for ``labels`` (any shape)."""
-        return self.label_map.to_class(labels, tolerance=self.tolerance)[0]
-
-    def __repr__(self) -> str:
-        return f"MapLabels(label_map={self.label_map._describe()}, tolerance={self.tolerance:g})"
-
-
-class MapLabelsd(MapTransform):
-    """Dictionary version of :class:`MapLabels`.
-
-    Args:
-        keys: Keys of the label maps, e.g. ``"label"``.
-        label_map: The label map.
-        tolerance: Snapping tolerance in gray levels.
-        allow_missing_keys: Skip absent keys instead of raising ``KeyError``.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        label_map: LabelMap,
-        *,
-        tolerance: float = 0,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.mapper = MapLabels(label_map, tolerance=tolerance)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Return a shallow copy of ``data`` with each key mapped."""
-        out = dict(data)
-        for key in self.key_iterator(out):
-            out[key] = self.mapper(out[key])
-        return out
-
-    def __repr__(self) -> str:
-        return f"MapLabelsd(keys={list(self.keys)}, {repr(self.mapper)[len('MapLabels(') : -1]})"
-
-
-class InverseMapLabels(Transform):
-    """Class indices (e.g. a prediction) -> gray values, see :meth:`LabelMap.to_values`.
-
-    Args:
-        label_map: The label map the model was trained with.
-    """
-
-    def __init__(self, label_map: LabelMap) -> None:
-        if not isinstance(label_map, LabelMap):
-            raise TypeError(f"InverseMapLabels: label_map must be a LabelMap, got {type(label_map).__name__}")
-        self.label_map = label_map
-
-    def __call__(self, class_indices: Any) -> Any:
-        """Return gray values for ``class_indices`` (any shape)."""
-        return self.label_map.to_values(class_indices)
-
-    def __repr__(self) -> str:
-        return f"InverseMapLabels(label_map={self.label_map._describe()})"
-
-
-class InverseMapLabelsd(MapTransform):
-    """Dictionary version of :class:`InverseMapLabels`.
-
-    Args:
-        keys: Keys of the predictions, e.g. ``"pred"``.
-        label_map: The label map.
-        allow_missing_keys: Skip absent keys instead of raising ``KeyError``.
-    """
-
-    def __init__(self, keys: KeysCollection, label_map: LabelMap, *, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.inverse = InverseMapLabels(label_map)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Return a shallow copy of ``data`` with each key mapped back to gray values."""
-        out = dict(data)
-        for key in self.key_iterator(out):
-            out[key] = self.inverse(out[key])
-        return out
-
-    def __repr__(self) -> str:
-        return f"InverseMapLabelsd(keys={list(self.keys)}, label_map={self.inverse.label_map._describe()})"
-
-
-# ----------------------------------------------------------------------------------- helpers
 
 
 def _as_int(value: object, where: str) -> int:
@@ -607,37 +373,3 @@ def _nearest(values: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.nd
     d_left, d_right = np.abs(values - palette[left]), np.abs(values - palette[right])
     use_right = d_right < d_left
     return np.where(use_right, palette[right], palette[left]), np.where(use_right, d_right, d_left)
-
-
-def _group(counts: dict[int, int], tolerance: float) -> list[list[int]]:
-    groups: list[list[int]] = []
-    for v in counts:
-        if groups and v - groups[-1][-1] <= tolerance:
-            groups[-1].append(v)
-        else:
-            groups.append([v])
-    return groups
-
-
-def _roundness(v: int) -> int:
-    if v in (0, 255, 65535):
-        return 3
-    if v % 10 == 0 or v % 16 == 0:
-        return 2
-    return 1 if v % 5 == 0 else 0
-
-
-def _represent(group: list[int], counts: dict[int, int], tolerance: float) -> ValueCluster:
-    top = max(counts[v] for v in group)
-    candidates = [v for v in group if 2 * counts[v] >= top]
-    value = max(candidates, key=lambda v: (_roundness(v), counts[v], -v))
-    total = sum(counts[v] for v in group)
-    if group[-1] - group[0] > 2 * tolerance:
-        logger.warning(
-            "gray values %d..%d chain into one cluster wider than 2 * tolerance (%g): the masks may hold a "
-            "gradient (anti-aliasing, resampling), not compression noise; check them",
-            group[0],
-            group[-1],
-            tolerance,
-        )
-    return ValueCluster(value=value, low=group[0], high=group[-1], count=total, num_snapped=total - counts[value])

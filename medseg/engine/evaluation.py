@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from medseg.data.labels import LabelMap, discover_label_values, mask_to_single_channel
+from medseg.data.label_discovery import discover_label_values
+from medseg.data.labels import LabelMap, mask_to_single_channel
 from medseg.engine.metrics import CLASS_METRICS, compute_case_metrics, summarize
 from medseg.engine.runfolder import write_json_atomic, write_text_atomic
 from medseg.errors import ConfigError, DataError, OutputExistsError

@@ -12,15 +12,9 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 from PIL import Image
 
-from medseg.data.labels import (
-    InverseMapLabels,
-    InverseMapLabelsd,
-    LabelMap,
-    MapLabels,
-    MapLabelsd,
-    discover_label_values,
-    mask_to_single_channel,
-)
+from medseg.data.label_discovery import discover_label_values
+from medseg.data.label_transforms import InverseMapLabels, InverseMapLabelsd, MapLabels, MapLabelsd
+from medseg.data.labels import LabelMap, mask_to_single_channel
 from medseg.errors import DataError
 
 POLYP = LabelMap.from_mapping({0: "background", 255: "polyp"})
@@ -234,7 +228,7 @@ def test_discover_prefers_round_values_over_slightly_more_frequent():
 def test_discover_rejects_fractional_floats_and_warns_on_gradients(caplog):
     with pytest.raises(DataError, match=r"array #2: label values must be whole numbers"):
         discover_label_values([np.zeros(3), np.array([0.5])])
-    with caplog.at_level(logging.WARNING, logger="medseg.data.labels"):
+    with caplog.at_level(logging.WARNING, logger="medseg.data.label_discovery"):
         found = discover_label_values(np.arange(256, dtype=np.uint8), tolerance=2)
     assert len(found.values) == 1
     assert "0..255 chain into one cluster" in caplog.text
