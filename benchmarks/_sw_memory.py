@@ -1,6 +1,9 @@
 """Peak memory of one sliding-window job, run in its own process by benchmarks/sliding_window.py.
 
-Usage: python benchmarks/_sw_memory.py {baseline,monai,medseg} SIZE CLASSES DEVICE
+Usage: python benchmarks/_sw_memory.py {baseline,monai,medseg,medseg-instance} SIZE CLASSES DEVICE
+
+The network is the benchmark's UNet with batch norm (eval mode, random weights); "medseg-instance" runs
+medseg on the instance-norm variant, for which tiling "auto" uses roi-size windows.
 Prints one line: ``peak_mb=<float>`` (CPU: VmHWM, the peak RSS; CUDA: max_memory_allocated).
 """
 
@@ -31,7 +34,9 @@ def _vm_hwm_mb() -> float:
 def main() -> None:
     mode, size, classes, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     torch.manual_seed(0)
-    net = UNet(3, 1, classes, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2).eval().to(device)
+    norm = "instance" if mode == "medseg-instance" else "batch"
+    net = UNet(3, 1, classes, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2, norm=norm)
+    net = net.eval().to(device)
     image = torch.rand(1, 1, size, size, size, device=device)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -39,7 +44,7 @@ def main() -> None:
     with torch.no_grad():
         if mode == "monai":
             labels = sliding_window_inference(image, (96,) * 3, 4, net, overlap=0.25, mode="gaussian").argmax(1)
-        elif mode == "medseg":
+        elif mode in ("medseg", "medseg-instance"):
             labels = sliding_window_predict(net, image, 96, output="labels")
         else:
             labels = None

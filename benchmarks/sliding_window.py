@@ -1,19 +1,28 @@
 """Benchmark medseg.sliding_window_predict against MONAI's sliding_window_inference.
 
-    python benchmarks/sliding_window.py            # full: all figures (CPU: ~10-15 min incl. training once)
-    python benchmarks/sliding_window.py --quick    # < 2 min with cached weights: smaller volumes, 1 repeat
+    python benchmarks/sliding_window.py            # full: all figures (CPU: ~5 min, plus ~8 min training once)
+    python benchmarks/sliding_window.py --quick    # smaller volumes, 1 repeat, no training if cached
+    python benchmarks/sliding_window.py --smoke    # seconds: tiny crops, 1 thread, 2 training steps (checks code)
     python benchmarks/sliding_window.py --device cuda
 
-Network: MONAI UNet (3D, channels 16-32-64-128-256, strides 2, two residual units), trained briefly on the
-shared spine CT at 1.5 mm (9 classes: background + S1, L5..L1, T12, T11); weights are cached in
-benchmarks/.cache/unet_spine_1p5mm.pt. MONAI baseline: sliding_window_inference(x, (96,)*3,
-sw_batch_size=4, overlap=0.25, mode="gaussian") in fp32, then argmax. medseg: sliding_window_predict(net, x,
-96, output="labels") with its defaults (precision "auto", tiling "auto").
+Network: MONAI UNet (3D, channels 16-32-64-128-256, strides 2, two residual units) with ``norm="batch"``:
+in eval mode batch norm is a fixed per-channel affine map, so the fully convolutional network gives the same
+result on a tile larger than its training patch, which is what lets medseg's ``tiling="auto"`` run large
+tiles. It is trained on the shared spine CT at 1.5 mm (9 classes: background + S1, L5..L1, T12, T11; HU window
+[-200, 1000]; 96^3 patches, 80 % centred on the spine, batch 2, bf16 autocast, AdamW lr 3e-3 with cosine
+decay) for ``--train-seconds``; weights are cached in benchmarks/.cache/ (gitignored). One extra line times
+the same UNet with MONAI's default instance norm (untrained, fixed seed), for which ``tiling="auto"``
+automatically uses roi-size windows.
+
+MONAI baseline: sliding_window_inference(x, (96,)*3, sw_batch_size=4, overlap=0.25, mode="gaussian") in fp32,
+then argmax. medseg: sliding_window_predict(net, x, 96, output="labels") with its defaults (precision "auto",
+tiling "auto"). Timings: one warm-up, then the median of ``--repeats`` runs (3 by default).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import subprocess
 import sys
@@ -33,14 +42,15 @@ sys.path.insert(0, str(ROOT))
 from medseg.engine.sliding_window import resolve_precision, sliding_window_predict  # noqa: E402
 
 DATA = Path("/work/shared/data/spine-ct-totalseg")
-CACHE = ROOT / "benchmarks" / ".cache" / "unet_spine_1p5mm.pt"
+CACHE = ROOT / "benchmarks" / ".cache" / "unet_spine_1p5mm_batchnorm.pt"
 LABELS = (0, 26, 27, 28, 29, 30, 31, 32, 33)
 ROI = (96, 96, 96)
+PATCH = 96
 
 
-def build_unet(classes: int = len(LABELS)) -> torch.nn.Module:
+def build_unet(norm: str = "batch", classes: int = len(LABELS)) -> torch.nn.Module:
     torch.manual_seed(0)
-    return UNet(3, 1, classes, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
+    return UNet(3, 1, classes, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2, norm=norm)
 
 
 def load_spine() -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,26 +67,34 @@ def load_spine() -> tuple[torch.Tensor, torch.Tensor]:
     return image, label
 
 
-def train(net, image, label, seconds: float) -> None:
-    """A few minutes of Adam on random 96^3 patches (class-balanced crops around the spine)."""
+def crop_160(volume: torch.Tensor) -> torch.Tensor:
+    """160 x 224 x 224 crop of the 1.5 mm spine volume: slices 42..201 of 244, dim 1 zero-padded 202 -> 224."""
+    return F.pad(volume, (0, 0, 11, 11, 0, 0))[:, :, 42:202]
+
+
+def train(net, image, label, seconds: float, max_steps: int | None = None) -> dict:
+    """AdamW (lr 3e-3, cosine decay over ``seconds``) on random 96^3 patches, 80 % centred on the spine."""
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     fg = torch.nonzero(label[0, 0] > 0).cpu()
     shape = torch.tensor(image.shape[2:])
+    patch = torch.minimum(torch.full((3,), PATCH), shape)
     gen = torch.Generator().manual_seed(0)
     device = next(net.parameters()).device.type
     net.train()
-    start, step = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
+    start, step, skipped, losses = time.perf_counter(), 0, 0, []
+    while time.perf_counter() - start < seconds and (max_steps is None or step < max_steps):
+        frac = (time.perf_counter() - start) / seconds
+        for group in opt.param_groups:
+            group["lr"] = 3e-3 * min(1.0, (step + 1) / 10) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
         xs, ys = [], []
         for _ in range(2):
-            if torch.rand(1, generator=gen) < 0.7:
+            if torch.rand(1, generator=gen) < 0.8:
                 centre = fg[torch.randint(len(fg), (1,), generator=gen)][0]
             else:
                 centre = (torch.rand(3, generator=gen) * shape).long()
-            lo = (centre - 48).clamp(min=0)
-            lo = torch.minimum(lo, shape - 96)
-            sl = tuple(slice(int(a), int(a) + 96) for a in lo)
+            lo = torch.minimum((centre - patch // 2).clamp(min=0), shape - patch)
+            sl = tuple(slice(int(a), int(a + p)) for a, p in zip(lo, patch, strict=True))
             xs.append(image[(0, slice(None), *sl)])
             ys.append(label[(0, slice(None), *sl)])
         with torch.autocast(device, dtype=torch.bfloat16):
@@ -84,28 +102,54 @@ def train(net, image, label, seconds: float) -> None:
         loss = loss_fn(out.float(), torch.stack(ys))
         opt.zero_grad()
         loss.backward()
-        opt.step()
+        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
         step += 1
-        if step % 20 == 0:
-            print(f"  train step {step}, loss {loss.item():.3f}, {time.perf_counter() - start:.0f} s", flush=True)
+        if not (torch.isfinite(loss) and torch.isfinite(norm)):  # e.g. an all-air patch: skip the update
+            skipped += 1
+            continue
+        opt.step()
+        losses.append(loss.item())
+        if step % 25 == 0 and losses:
+            recent = statistics.mean(losses[-25:])
+            print(f"  train step {step}, loss {recent:.3f}, {time.perf_counter() - start:.0f} s", flush=True)
     net.eval()
+    if skipped:
+        print(f"  skipped {skipped} steps with a non-finite loss or gradient", flush=True)
+    return {"steps": step, "seconds": round(time.perf_counter() - start), "loss": statistics.mean(losses[-25:])}
 
 
-def trained_unet(image, label, seconds: float, device: str, retrain: bool) -> tuple[torch.nn.Module, str]:
-    net = build_unet()
-    if CACHE.exists() and not retrain:
-        net.load_state_dict(torch.load(CACHE, weights_only=True))
-        return net.eval(), f"trained (cached {CACHE.relative_to(ROOT)})"
-    print(f"training the benchmark UNet for {seconds:.0f} s (cached afterwards in {CACHE})", flush=True)
-    train(net.to(device), image.to(device), label.to(device), seconds)
-    net = net.cpu()
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), CACHE)
-    return net, f"trained {seconds:.0f} s on {device}"
+def trained_unet(image, label, args) -> tuple[torch.nn.Module, str]:
+    net = build_unet("batch")
+    cache = Path(args.cache)
+    if cache.exists() and not args.retrain:
+        saved = torch.load(cache, weights_only=True)
+        net.load_state_dict(saved["state"])
+        meta = saved["meta"]
+        how = f"cached {cache.name}"
+        if args.train_more:
+            print(f"training the cached UNet {args.train_more:.0f} s more (cached in {cache})", flush=True)
+            more = train(net.to(args.device), image.to(args.device), label.to(args.device), args.train_more)
+            net = net.cpu()
+            meta = {"steps": meta["steps"] + more["steps"], "seconds": meta["seconds"] + more["seconds"],
+                    "loss": more["loss"]}
+            torch.save({"state": net.state_dict(), "meta": meta}, cache)
+            how = f"cached {cache.name}, trained {more['seconds']} s more now"
+    else:
+        print(f"training the benchmark UNet for {args.train_seconds:.0f} s (cached in {cache})", flush=True)
+        meta = train(net.to(args.device), image.to(args.device), label.to(args.device), args.train_seconds,
+                     2 if args.smoke else None)
+        net = net.cpu()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state": net.state_dict(), "meta": meta}, cache)
+        how = "trained now"
+    desc = (f"trained {meta['steps']} steps / {meta['seconds']} s on the spine CT ({PATCH}^3 patches, batch 2, bf16, "
+            f"AdamW 3e-3), final DiceCE loss {meta['loss']:.3f}, {how}")
+    return net.eval(), desc
 
 
-def timed(fn, repeats: int, device: str) -> tuple[float, object]:
-    result = fn()  # warm-up: oneDNN/cuDNN kernel selection for these shapes
+def timed(fn, repeats: int, device: str) -> tuple[float, list[float], object]:
+    """One warm-up call (oneDNN/cuDNN kernel selection for these shapes), then the median of ``repeats``."""
+    result = fn()
     times = []
     for _ in range(repeats):
         if device == "cuda":
@@ -115,30 +159,57 @@ def timed(fn, repeats: int, device: str) -> tuple[float, object]:
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+    return statistics.median(times), times, result
 
 
-def dice_per_class(a: torch.Tensor, b: torch.Tensor, classes: int) -> list[float]:
-    out = []
+def dice_per_class(a: torch.Tensor, ref: torch.Tensor, classes: int) -> dict[int, float]:
+    """Dice of each class present in ``ref`` or ``a`` (classes absent from both are skipped)."""
+    out = {}
     for k in range(classes):
-        x, y = a == k, b == k
+        x, y = a == k, ref == k
         denom = int(x.sum() + y.sum())
         if denom:
-            out.append(2 * int((x & y).sum()) / denom)
+            out[k] = 2 * int((x & y).sum()) / denom
     return out
 
 
-def run_volume(name, net, image, repeats, device) -> None:
+def where_they_differ(labels: torch.Tensor, ref: torch.Tensor, margin: int = 8) -> str:
+    """How many voxels differ, and how many of those lie on a class boundary of ``ref`` / near the border."""
+    differ = labels != ref
+    n = int(differ.sum())
+    total = differ.numel()
+    if not n:
+        return f"0 of {total}"
+    r = ref.float()[:, None]
+    edge = (F.max_pool3d(r, 3, 1, 1) != -F.max_pool3d(-r, 3, 1, 1))[:, 0]  # a neighbour has another label
+    border = torch.ones_like(differ)
+    border[(slice(None), *(slice(margin, -margin) for _ in range(3)))] = False
+    return (
+        f"{n} of {total} ({100 * n / total:.3f} %); of these {100 * int((differ & edge).sum()) / n:.0f} % on a "
+        f"class boundary of MONAI's map, {100 * int((differ & border).sum()) / n:.0f} % within {margin} voxels of "
+        "the volume border"
+    )
+
+
+def fmt_dice(dice: dict[int, float]) -> str:
+    return f"min {min(dice.values()):.4f}; " + ", ".join(f"{k}: {d:.4f}" for k, d in dice.items())
+
+
+def fmt_times(times: list[float]) -> str:
+    return "/".join(f"{t:.2f}" for t in times)
+
+
+def monai_labels(net, image):
+    return sliding_window_inference(image, ROI, 4, net, overlap=0.25, mode="gaussian").argmax(1)
+
+
+def run_volume(name, net, image, truth, repeats, device, classes) -> None:
     net = net.to(device)
     image = image.to(device)
     dtype = resolve_precision("auto", device)
     with torch.no_grad():
-        t_monai, ref = timed(
-            lambda: sliding_window_inference(image, ROI, 4, net, overlap=0.25, mode="gaussian").argmax(1),
-            repeats,
-            device,
-        )
-        t_ours, (labels, stats) = timed(
+        t_monai, ts_monai, ref = timed(lambda: monai_labels(net, image), repeats, device)
+        t_ours, ts_ours, (labels, stats) = timed(
             lambda: sliding_window_predict(net, image, ROI, output="labels", return_stats=True), repeats, device
         )
         padded = F.pad(image, [p for s in reversed(image.shape[2:]) for p in (0, -s % 16)])
@@ -148,47 +219,99 @@ def run_volume(name, net, image, repeats, device) -> None:
             with ctx:
                 return net(padded)
 
-        t_fwd, _ = timed(forward, repeats, device)
-    dice = dice_per_class(labels[:, 0].long(), ref, int(ref.max()) + 1)
+        t_fwd, ts_fwd, _ = timed(forward, repeats, device)
+    labels = labels[:, 0].long()
+    dice = dice_per_class(labels, ref, classes)
     voxels = image[0, 0].numel()
     shape = "x".join(map(str, image.shape))
-    print(f"[{name} {shape}, {device}] plan: {stats.plan}, {stats.precision}")
-    print(f"[{name}] time MONAI fp32 / medseg: {t_monai:.2f} s / {t_ours:.2f} s = {t_monai / t_ours:.2f}x")
+    print(f"[{name} {shape}, {device}] medseg plan: {stats.plan}, tiling {stats.tiling}, {stats.precision}")
     print(
-        f"[{name}] medseg / one forward pass over the padded volume ({stats.precision}): "
-        f"{t_ours:.2f} s / {t_fwd:.2f} s = {t_ours / t_fwd:.2f}"
+        f"[{name}] time MONAI fp32 / medseg: {t_monai:.2f} s / {t_ours:.2f} s = {t_monai / t_ours:.2f}x "
+        f"(runs MONAI {fmt_times(ts_monai)}, medseg {fmt_times(ts_ours)})"
+    )
+    print(
+        f"[{name}] medseg / one forward pass over the padded volume {'x'.join(map(str, padded.shape[2:]))} "
+        f"({stats.precision}): {t_ours:.2f} s / {t_fwd:.2f} s = {t_ours / t_fwd:.2f} (runs {fmt_times(ts_fwd)})"
     )
     print(f"[{name}] voxels/s: medseg {voxels / t_ours / 1e6:.2f} M, MONAI {voxels / t_monai / 1e6:.2f} M")
+    if truth is not None:
+        gt = dice_per_class(ref.cpu(), truth[:, 0], classes)
+        print(f"[{name}] MONAI fp32 vs TotalSegmentator labels (is the network trained?), Dice {fmt_dice(gt)}")
+    print(f"[{name}] label agreement medseg vs MONAI fp32, Dice per class present: {fmt_dice(dice)}")
+    print(f"[{name}] voxels with different labels: {where_they_differ(labels, ref)}")
+    diagnostics = [("medseg fp32 (tiling auto)", dict(precision="fp32"))]
+    if min(dice.values()) < 0.99:
+        diagnostics += [
+            ("medseg bf16, tiling roi", dict(tiling="roi")),
+            ("medseg fp32, tiling roi", dict(precision="fp32", tiling="roi")),
+        ]
+    with torch.no_grad():
+        for label, kw in diagnostics:
+            t0 = time.perf_counter()
+            other = sliding_window_predict(net, image, ROI, output="labels", **kw)[:, 0].long()
+            seconds = time.perf_counter() - t0
+            print(f"[{name}] diagnostic {label} vs MONAI fp32 ({seconds:.2f} s, 1 run): "
+                  f"{fmt_dice(dice_per_class(other, ref, classes))}")
+
+
+def run_instance_variant(image, repeats, device, classes) -> None:
+    """Ratio for MONAI's default UNet (instance norm): tiling 'auto' must fall back to roi-size windows."""
+    net = build_unet("instance").eval().to(device)
+    image = image.to(device)
+    name = "spine 1.5 mm, INSTANCE-norm UNet (untrained, fixed seed)"
+    with torch.no_grad():
+        t_monai, ts_monai, ref = timed(lambda: monai_labels(net, image), repeats, device)
+        t_ours, ts_ours, (labels, stats) = timed(
+            lambda: sliding_window_predict(net, image, ROI, output="labels", return_stats=True), repeats, device
+        )
+    dice = dice_per_class(labels[:, 0].long(), ref, classes)
+    print(f"[{name}] medseg plan: {stats.plan}, tiling {stats.tiling}, {stats.precision}")
     print(
-        f"[{name}] label agreement (Dice per class present, medseg vs MONAI fp32): min {min(dice):.4f}, "
-        f"all [{', '.join(f'{d:.4f}' for d in dice)}]"
+        f"[{name}] time MONAI fp32 / medseg: {t_monai:.2f} s / {t_ours:.2f} s = {t_monai / t_ours:.2f}x "
+        f"(runs MONAI {fmt_times(ts_monai)}, medseg {fmt_times(ts_ours)}); label agreement of an untrained "
+        f"network, for information only: {fmt_dice(dice)}"
     )
 
 
 def memory(size: int, classes: int, device: str) -> None:
     peaks = {}
-    for mode in ("baseline", "monai", "medseg"):
+    for mode in ("baseline", "monai", "medseg", "medseg-instance"):
         cmd = [sys.executable, str(ROOT / "benchmarks" / "_sw_memory.py"), mode, str(size), str(classes), device]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
         peaks[mode] = float(out.strip().splitlines()[-1].split("=")[1])
     monai, ours = peaks["monai"] - peaks["baseline"], peaks["medseg"] - peaks["baseline"]
+    inst = peaks["medseg-instance"] - peaks["baseline"]
     print(
-        f"[memory {size}^3, {classes} classes, labels, {device}] peak above baseline "
+        f"[memory {size}^3, {classes} classes, labels, {device}, batch-norm UNet] peak above baseline "
         f"({peaks['baseline']:.0f} MB): MONAI {monai:.0f} MB, medseg {ours:.0f} MB, ratio {ours / monai:.2f}"
+    )
+    print(
+        f"[memory {size}^3, instance-norm UNet, medseg roi tiling] medseg {inst:.0f} MB, "
+        f"ratio to the MONAI figure above {inst / monai:.2f}"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small volumes, 1 repeat, no training if cached")
+    parser.add_argument("--smoke", action="store_true", help="tiny crops, 1 thread, 2 training steps")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--train-seconds", type=float, default=240.0)
+    parser.add_argument("--train-seconds", type=float, default=500.0)
     parser.add_argument("--retrain", action="store_true", help="train again even if weights are cached")
+    parser.add_argument("--train-more", type=float, default=0.0, metavar="SECONDS",
+                        help="continue training the cached weights for SECONDS (new cosine cycle), then benchmark")
+    parser.add_argument("--cache", default=str(CACHE), help="where the trained weights are cached")
+    parser.add_argument("--train-only", action="store_true", help="train (or load) the network and stop")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory figure")
-    parser.add_argument("--random-weights", action="store_true", help="also report the fixed-seed network")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory figure")
     args = parser.parse_args()
-    repeats = args.repeats or (1 if args.quick else 3)
+    if args.smoke:  # exercise every code path in seconds: 32^3 windows and patches, one thread
+        global ROI, PATCH
+        torch.set_num_threads(1)
+        ROI, PATCH = (32, 32, 32), 32
+        args.retrain, args.train_seconds, args.cache = True, 60.0, "/tmp/medseg_sw_smoke.pt"
+    repeats = args.repeats or (1 if args.quick or args.smoke else 3)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
         f"auto precision {resolve_precision('auto', args.device)}"
@@ -197,16 +320,26 @@ def main() -> None:
         memory(128 if args.quick else 256, 10, args.device)
         return
     image, label = load_spine()
-    net, how = trained_unet(image, label, 60.0 if args.quick else args.train_seconds, args.device, args.retrain)
-    print(f"network: MONAI UNet 16-32-64-128-256, {how}")
-    spine = image if not args.quick else image[:, :, 60:156, 40:168, 40:168]
-    big = F.pad(image, (0, 0, 11, 11, 0, 0))[:, :, 42:202]  # 160 x 224 x 224 crop of the spine CT
-    volumes = [("spine 1.5 mm", spine)] if args.quick else [("volume", big), ("spine 1.5 mm", spine)]
-    for name, vol in volumes:
-        run_volume(name, net, vol, repeats, args.device)
-    if args.random_weights:
-        run_volume("spine 1.5 mm, random weights", build_unet().eval(), spine, repeats, args.device)
-    memory(128 if args.quick else 256, 10, args.device)
+    net, how = trained_unet(image, label, args)
+    print(f"network: MONAI UNet 16-32-64-128-256, strides 2, 2 res units, norm=batch (eval-mode batch norm is a "
+          f"fixed affine map, so the fully convolutional net gives unchanged results on larger tiles); {how}")
+    if args.train_only:
+        return
+    classes = len(LABELS)
+    if args.smoke:
+        volumes = [("smoke crop", image[:, :, 100:140, 80:120, 90:130], label[:, :, 100:140, 80:120, 90:130])]
+    elif args.quick:
+        volumes = [("spine crop", image[:, :, 60:156, 40:168, 40:168], label[:, :, 60:156, 40:168, 40:168])]
+    else:
+        volumes = [
+            ("volume 160x224x224 = crop of the spine CT", crop_160(image), crop_160(label)),
+            ("spine 1.5 mm", image, label),
+        ]
+    for name, vol, truth in volumes:
+        run_volume(name, net, vol, truth, repeats, args.device, classes)
+    run_instance_variant(volumes[-1][1], repeats, args.device, classes)
+    if not args.no_memory and not args.smoke:
+        memory(128 if args.quick else 256, 10, args.device)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,42 @@ def network_divisor(network: nn.Module, spatial_dims: int) -> tuple[int, ...]:
     return (1,) * spatial_dims
 
 
+#: Layers whose output at a voxel depends on the extent of the input (statistics or pooling over it).
+_EXTENT_LAYERS = (nn.GroupNorm, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                  nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.MultiheadAttention)
+
+
+def window_dependent_layers(network: nn.Module) -> list[str]:
+    """Names of the layer types that make ``network``'s output depend on the window it sees.
+
+    Such a network must run on windows of the training patch size: a larger tile changes its result.
+    Found (MONAI's Norm factory returns these torch classes, or subclasses of them):
+
+    * instance norm (``InstanceNorm1/2/3d``) unless it uses running statistics in eval mode;
+    * ``GroupNorm``; ``LayerNorm`` over more than one trailing dim (spatial dims of an (N, C, *spatial)
+      map; a LayerNorm over one dim normalises channels of tokens and is local);
+    * batch norm in training mode (batch statistics over the tile);
+    * adaptive (global) pooling, e.g. squeeze-and-excitation blocks, and multi-head attention.
+
+    Eval-mode batch norm, convolutions, pooling with fixed kernels and pointwise layers are local.
+    """
+    found: dict[str, None] = {}
+    for module in network.modules():
+        name = type(module).__name__
+        if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+            if module.training or not module.track_running_stats:
+                found[name] = None
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if module.training:
+                found[f"{name} (training mode)"] = None
+        elif isinstance(module, nn.LayerNorm):
+            if len(module.normalized_shape) > 1:
+                found[name] = None
+        elif isinstance(module, _EXTENT_LAYERS):
+            found[name] = None
+    return list(found)
+
+
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 

@@ -5,13 +5,19 @@ with separable Gaussian or constant weights that are pre-normalised, so blending
 no final division. With ``tiling="auto"`` (default) tiles grow beyond ``roi_size`` up to the memory budget
 and overlap by ``overlap * roi_size`` voxels: a fully convolutional network then runs over the fewest
 voxels, often in one pass over the whole padded volume. ``tiling="roi"`` uses windows of exactly
-``roi_size`` as MONAI's ``sliding_window_inference`` does (for networks whose output depends on the window,
-e.g. through instance normalisation, and should see the training patch size).
+``roi_size`` as MONAI's ``sliding_window_inference`` does.
+
+Large tiles are only safe for networks whose output at a voxel does not depend on the window extent:
+convolutions and eval-mode batch norm. ``tiling="auto"`` therefore inspects the network
+(:func:`~medseg.engine._sw_plan.window_dependent_layers`: instance/group/spatial layer norm, batch norm in
+training mode, adaptive pooling, attention) and falls back to roi-size windows when it finds such layers,
+logging why once per network type at INFO; ``SlidingWindowStats.tiling`` records the choice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import resource
 import sys
@@ -35,6 +41,7 @@ from medseg.engine._sw_plan import (
     plan_auto,
     plan_roi,
     resolve_precision,
+    window_dependent_layers,
 )
 from medseg.engine._sw_stitch import DenseAccumulator, LabelStreamer
 from medseg.errors import DataError, MedsegError
@@ -44,6 +51,7 @@ __all__ = [
     "SlidingWindowStats",
     "cpu_has_native_bf16",
     "resolve_precision",
+    "resolve_tiling",
     "sliding_window_predict",
 ]
 
@@ -53,6 +61,9 @@ TILINGS = ("auto", "roi")
 NONFINITE = ("error", "zero")
 #: Default working-memory budget on CPU (MiB), beyond the input and the returned output.
 CPU_BUDGET_MB = 768
+
+log = logging.getLogger(__name__)
+_logged_roi_fallbacks: set[tuple[str, tuple[str, ...]]] = set()
 
 
 class SlidingWindowMemoryError(MedsegError, MemoryError):
@@ -70,6 +81,7 @@ class SlidingWindowStats:
     peak_memory_mb: float = 0.0  # CUDA: max allocated during the call; CPU: process peak RSS
     precision: str = "fp32"
     plan: str = ""
+    tiling: str = ""  # "auto", "roi", or "roi (auto: <why>)" when auto fell back to roi-size windows
     batch_size: int = 1
     device: str = "cpu"
     fallbacks: list[str] = field(default_factory=list)
@@ -84,8 +96,8 @@ class SlidingWindowStats:
 
     def __str__(self) -> str:
         return (
-            f"sliding window: {self.windows} windows ({self.plan}, batch {self.batch_size}, {self.precision}, "
-            f"{self.device}) in {self.seconds:.2f} s, {self.windows_per_s:.2f} windows/s, "
+            f"sliding window: {self.windows} windows ({self.plan}, tiling {self.tiling}, batch {self.batch_size}, "
+            f"{self.precision}, {self.device}) in {self.seconds:.2f} s, {self.windows_per_s:.2f} windows/s, "
             f"{self.voxels_per_s / 1e6:.2f} Mvoxel/s, peak memory {self.peak_memory_mb:.0f} MB"
         )
 
@@ -131,7 +143,8 @@ def sliding_window_predict(
             quarter of what is free), half the free memory on CUDA. Estimates are approximate.
         progress: print a progress bar and a final summary line to stderr.
         divisor: every tile dim is a multiple of it; default read from MONAI UNet/BasicUNet, else 1.
-        tiling: "auto" (tiles as large as the budget allows) or "roi" (windows of exactly ``roi_size``).
+        tiling: "auto" (tiles as large as the budget allows; roi-size windows for networks whose output
+            depends on the window, see the module docstring) or "roi" (windows of exactly ``roi_size``).
         nonfinite: "error" raises :class:`DataError` on NaN/Inf voxels; "zero" replaces them with 0.
         return_stats: also return a :class:`SlidingWindowStats`.
 
@@ -157,8 +170,9 @@ def sliding_window_predict(
     dtype = resolve_precision(precision, device)
     flips = flip_sets(spatial, tta)
     budget = _budget_bytes(memory_budget_mb, device)
+    tiling, tiling_note = resolve_tiling(network, tiling)
 
-    stats = SlidingWindowStats(precision=_dtype_name(dtype), device=str(device))
+    stats = SlidingWindowStats(precision=_dtype_name(dtype), device=str(device), tiling=tiling_note)
     stitch_device = device
     batch = sw_batch_size
     if device.type == "cuda":
@@ -215,6 +229,26 @@ def sliding_window_predict(
         print(f"\n{stats}", file=sys.stderr)
     result = result.to(image.device if image.device.type != "meta" else "cpu")
     return (result, stats) if return_stats else result
+
+
+def resolve_tiling(network: nn.Module, tiling: str) -> tuple[str, str]:
+    """(tiling to use, description for the stats): "auto" becomes "roi" for window-dependent networks."""
+    if tiling != "auto":
+        return tiling, tiling
+    layers = window_dependent_layers(network)
+    if not layers:
+        return "auto", "auto"
+    why = f"layers {', '.join(layers)} make the output depend on the window size"
+    key = (type(network).__name__, tuple(layers))
+    if key not in _logged_roi_fallbacks:
+        _logged_roi_fallbacks.add(key)
+        log.info(
+            "sliding window: tiling='auto' uses roi-size windows for %s: %s (larger tiles would change the "
+            "result); eval-mode batch norm lets a fully convolutional network use larger tiles",
+            type(network).__name__,
+            why,
+        )
+    return "roi", f"roi (auto: {why})"
 
 
 def _check_args(image, overlap, sw_batch_size, blend, output, tiling, nonfinite, sigma_scale) -> None:

@@ -138,7 +138,7 @@ class VolumeTask:
         model.eval()
         infer = self.cfg.infer.model_copy(update={"tta": False})
         settings = self.preprocessing
-        tiling = "roi" if self.cfg.model.norm == "instance" else "auto"
+        tiling = "auto"  # the engine falls back to roi windows for instance/group norm
         losses, cases = [], []
         for case in self.val_cases:
             logits = infer_prepared(model, case.image.float(), settings, infer, device, output="logits",

@@ -136,7 +136,7 @@ def predict_classes(predictor: Predictor, volume: Volume) -> np.ndarray:
             f"{predictor.in_channels}; the checkpoint is inconsistent"
         )
     image, grid = pre.prepare_image(volume)
-    tiling = "roi" if predictor.config.model.norm == "instance" else "auto"
+    tiling = "auto"  # the engine falls back to roi windows for instance/group norm
     probs = infer_prepared(predictor.model, image, settings, predictor.infer, predictor.device, tiling=tiling)
     classes = pre.invert_probabilities(probs, grid)
     if predictor.infer.largest_component:

@@ -1,13 +1,15 @@
-"""Tests for medseg.engine.sliding_window: exact blending, TTA, labels, bad input, CUDA paths."""
+"""Tests for medseg.engine.sliding_window: exact blending, TTA, labels, auto tiling safety, bad input, CUDA."""
 
 from __future__ import annotations
 
 import itertools
+import logging
 
 import pytest
 import torch
 from torch import nn
 
+from medseg.engine._sw_plan import window_dependent_layers
 from medseg.engine.sliding_window import (
     SlidingWindowMemoryError,
     SlidingWindowStats,
@@ -263,6 +265,77 @@ def test_unet_single_pass_matches_windows_in_the_interior():
     windows = predict(net, image, 16, output="logits", tiling="roi", overlap=0.5)
     assert one.shape == windows.shape
     assert (one.argmax(1) == windows.argmax(1)).float().mean() > 0.9
+
+
+class NormNet(nn.Module):
+    """conv -> norm -> conv: with instance norm the result depends on the tile extent."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.norm, self.b = nn.Conv3d(1, 4, 3, padding=1), norm, nn.Conv3d(4, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.norm(self.a(x))))
+
+
+@pytest.mark.parametrize(
+    ("layer", "found"),
+    [
+        (nn.InstanceNorm3d(4), ["InstanceNorm3d"]),
+        (nn.InstanceNorm3d(4, affine=True), ["InstanceNorm3d"]),
+        (nn.InstanceNorm3d(4, track_running_stats=True).eval(), []),  # running statistics: local
+        (nn.GroupNorm(2, 4), ["GroupNorm"]),
+        (nn.LayerNorm((6, 6, 6)), ["LayerNorm"]),
+        (nn.LayerNorm(4), []),  # over channels of tokens
+        (nn.BatchNorm3d(4).eval(), []),
+        (nn.BatchNorm3d(4).train(), ["BatchNorm3d (training mode)"]),
+        (nn.Sequential(nn.AdaptiveAvgPool3d(1)), ["AdaptiveAvgPool3d"]),
+        (nn.Identity(), []),
+    ],
+)
+def test_window_dependent_layers(layer, found):
+    assert window_dependent_layers(NormNet(layer)) == found
+
+
+def test_monai_norm_layers_are_detected():
+    from monai.networks.nets import UNet
+
+    kw = dict(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8), strides=(2,), num_res_units=1)
+    assert window_dependent_layers(UNet(**kw).eval()) == ["InstanceNorm3d"]  # MONAI's default norm
+    assert window_dependent_layers(UNet(**kw, norm=("group", {"num_groups": 2})).eval()) == ["GroupNorm"]
+    assert window_dependent_layers(UNet(**kw, norm="batch").eval()) == []
+
+
+def test_auto_tiling_uses_roi_windows_for_instance_norm(caplog):
+    net = NormNet(nn.InstanceNorm3d(4)).eval()
+    image = torch.randn(1, 1, 20, 18, 22)
+    with caplog.at_level(logging.INFO, logger="medseg.engine.sliding_window"):
+        auto, stats = predict(net, image, 8, output="logits", memory_budget_mb=1000, return_stats=True)
+        predict(net, image, 8, output="labels", memory_budget_mb=1000)
+    roi = predict(net, image, 8, output="logits", tiling="roi")
+    assert torch.equal(auto, roi)
+    assert stats.tiling.startswith("roi (auto: layers InstanceNorm3d") and "tiles of 8x8x8" in stats.plan
+    messages = [r.getMessage() for r in caplog.records if "roi-size windows" in r.getMessage()]
+    assert len(messages) <= 1  # logged once per network type (possibly by an earlier test)
+    # the same network with running statistics (eval) is local: one big tile
+    local = NormNet(nn.InstanceNorm3d(4, track_running_stats=True)).eval()
+    _, stats = predict(local, image, 8, output="logits", memory_budget_mb=1000, return_stats=True)
+    assert stats.tiling == "auto" and stats.plan.startswith("1 tiles of 20x18x22")
+
+
+def test_auto_tiling_changes_an_instance_norm_result_when_forced_large():
+    """Why the fallback exists: one big tile gives a different result for instance norm."""
+    net = NormNet(nn.InstanceNorm3d(4)).eval()
+    image = torch.randn(1, 1, 20, 18, 22) * torch.linspace(0.2, 3, 22)  # statistics vary across the volume
+    whole = net(pad_to(image, 8)).detach()[..., :20, :18, :22]
+    roi = predict(net, image, 8, output="logits", tiling="roi")
+    assert not torch.allclose(whole, roi, atol=1e-3)
+
+
+def pad_to(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    pads = [p for s in reversed(image.shape[2:]) for p in (0, -s % multiple)]
+    return torch.nn.functional.pad(image, pads)
 
 
 @cuda
