@@ -110,8 +110,14 @@ def test_predict_dicom_series_folder_keeps_its_grid(shared_data, checkpoint, tmp
     assert pred.shape == ref.shape
     np.testing.assert_array_equal(pred.affine, ref.affine)
     assert set(np.unique(pred.array).tolist()) <= OUTPUT_VALUES
-    if (pred.array > 0).any():
-        assert (tmp_path / "out" / "series.seg.dcm").is_file()
+    if (pred.array > 0).any():  # the SEG holds the same voxels as the label map, in the same values
+        from medseg.io.dicom_seg import read_dicom_seg
+
+        names = {v: n for n, v in zip(predictor.labels.names, predictor.labels.output_values, strict=True) if v}
+        back = read_dicom_seg(tmp_path / "out" / "series.seg.dcm", series, class_names=names)
+        np.testing.assert_array_equal(back, pred.array)
+    else:
+        assert not (tmp_path / "out" / "series.seg.dcm").exists()
 
 
 def test_folder_batch_skips_done_cases_and_isolates_a_corrupt_one(shared_data, checkpoint, tmp_path):
