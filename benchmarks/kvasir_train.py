@@ -99,11 +99,12 @@ def _full_resolution_dice(result, run_dir: Path, cfg) -> dict[str, float]:
     for case in val_ids:
         shutil.copy(cfg.data.root / cfg.data.masks_dir / f"{case}.jpg", truth / f"{case}.jpg")
     images = [cfg.data.root / cfg.data.images_dir / f"{case}.jpg" for case in val_ids]
-    variants = {"plain": {}, "flip TTA + largest component": {"tta": True, "largest_component": True}}
+    variants = {"plain": {"tta": False, "largest_component": False},
+                "flip TTA + largest component": {"tta": True, "largest_component": True}}
     out: dict[str, float] = {}
     for name, settings in variants.items():
         predictor = medseg.Predictor.from_checkpoint(result.best_checkpoint, **settings)
-        pred = run_dir.parent / f"val-pred-{'tta' if settings else 'plain'}"
+        pred = run_dir.parent / f"val-pred-{'tta' if settings['tta'] else 'plain'}"
         medseg.predict_paths(predictor, images, pred, overwrite=True, progress=False)
         ev = medseg.evaluate(pred, truth, labels=predictor.labels, tolerance=cfg.data.labels.tolerance)
         out[name] = ev.summary["polyp"]["dice"]["mean"]
