@@ -22,7 +22,9 @@ truth present, no pred  0     0    0          0       image diagonal mm
 ======================  ====  ===  =========  ======  ==================
 
 Recall is 1 when the truth is empty because nothing was missed (false positives are what
-precision measures). The worst-case HD95 is the diagonal of the image extent,
+precision measures). The case-level ``"overall"`` means (used for the training log and best-checkpoint
+selection) leave out classes absent from both maps: a validation case that shows 3 of 8 vertebrae is scored on
+those 3 and on any class falsely predicted, not inflated by 5 classes that were correctly "not found". The worst-case HD95 is the diagonal of the image extent,
 ``sqrt(sum((shape_i * spacing_i) ** 2))``, larger than any distance between two voxels, so a
 missed structure always scores worse than any prediction that finds it.
 """
@@ -67,7 +69,7 @@ def compute_case_metrics(
     Returns:
         ``{class_name: {metric: value}}`` for the reported classes (metrics in
         :data:`CLASS_METRICS`), and ``{"overall": {"pixel_accuracy": ..., metric: mean over
-        foreground classes}}``. All values are finite floats; see the module docstring for
+        foreground classes present in the truth or the prediction}}``. All values are finite floats; see the module docstring for
         empty masks.
 
     Raises:
@@ -99,13 +101,17 @@ def compute_case_metrics(
     for c in range(num_classes):
         if c == 0 and not include_background:
             continue
-        metrics = _class_metrics(p == c, t == c, sp, diagonal)
+        pm, tm = p == c, t == c
+        metrics = _class_metrics(pm, tm, sp, diagonal)
         result[names[c]] = metrics
-        if c > 0:
+        if c > 0 and (pm.any() or tm.any()):
             foreground.append(metrics)
     overall = {"pixel_accuracy": float(np.mean(p == t)) if p.size else 1.0}
     for key in CLASS_METRICS:
-        overall[key] = float(np.mean([m[key] for m in foreground]))
+        # classes absent from both maps say nothing about this case: they are left out of the case mean
+        # (a case with no foreground at all in either map scores the both-empty values)
+        values = [m[key] for m in foreground] or [1.0 if key != "hd95" else 0.0]
+        overall[key] = float(np.mean(values))
     result[OVERALL] = overall
     return result
 

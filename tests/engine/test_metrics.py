@@ -230,3 +230,17 @@ def test_invalid_arguments(kwargs, pattern):
 def test_hausdorff95_rejects_empty_masks():
     with pytest.raises(ValueError, match="both masks must be non-empty"):
         hausdorff95(np.zeros((3, 3), bool), np.ones((3, 3), bool))
+
+
+def test_case_mean_leaves_out_classes_absent_from_both_maps():
+    truth = np.zeros((8, 8), dtype=np.int64)
+    truth[2:4, 2:4] = 1  # only class 1 present; classes 2 and 3 absent from both maps
+    pred = np.zeros_like(truth)  # class 1 missed
+    m = compute_case_metrics(pred, truth, 4)
+    assert m["class_2"]["dice"] == 1.0 and m["class_3"]["dice"] == 1.0  # the stated per-class policy
+    assert m["overall"]["dice"] == 0.0  # not (0 + 1 + 1) / 3: absent classes do not pad the mean
+    pred[5, 5] = 3  # a false positive of class 3 counts
+    m = compute_case_metrics(pred, truth, 4)
+    assert m["overall"]["dice"] == 0.0 and m["class_3"]["precision"] == 0.0
+    empty = compute_case_metrics(np.zeros_like(truth), np.zeros_like(truth), 4)
+    assert empty["overall"]["dice"] == 1.0 and empty["overall"]["hd95"] == 0.0
