@@ -24,7 +24,9 @@ truth present, no pred  0     0    0          0       image diagonal mm
 Recall is 1 when the truth is empty because nothing was missed (false positives are what
 precision measures). The case-level ``"overall"`` means (used for the training log and best-checkpoint
 selection) leave out classes absent from both maps: a validation case that shows 3 of 8 vertebrae is scored on
-those 3 and on any class falsely predicted, not inflated by 5 classes that were correctly "not found". The worst-case HD95 is the diagonal of the image extent,
+those 3 and on any class falsely predicted, not inflated by 5 classes that were correctly "not found".
+
+The worst-case HD95 is the diagonal of the image extent,
 ``sqrt(sum((shape_i * spacing_i) ** 2))``, larger than any distance between two voxels, so a
 missed structure always scores worse than any prediction that finds it.
 """
@@ -69,8 +71,8 @@ def compute_case_metrics(
     Returns:
         ``{class_name: {metric: value}}`` for the reported classes (metrics in
         :data:`CLASS_METRICS`), and ``{"overall": {"pixel_accuracy": ..., metric: mean over
-        foreground classes present in the truth or the prediction}}``. All values are finite floats; see the module docstring for
-        empty masks.
+        foreground classes present in the truth or the prediction}}``. All values are finite
+        floats; see the module docstring for empty masks.
 
     Raises:
         ValueError: Shape mismatch, ``spacing`` of the wrong length or not > 0, bad
