@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -28,10 +27,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from medseg.engine._sw_device import budget_bytes, free_cache, is_oom, network_device, peak_mb
 from medseg.engine._sw_plan import (
     ACTIVATION_FACTOR,
     TilePlan,
-    available_memory_bytes,
     blend_weights,
     cpu_has_native_bf16,
     flip_sets,
@@ -59,8 +58,6 @@ OUTPUTS = ("logits", "probabilities", "labels")
 BLENDS = ("gaussian", "constant")
 TILINGS = ("auto", "roi")
 NONFINITE = ("error", "zero")
-#: Default working-memory budget on CPU (MiB), beyond the input and the returned output.
-CPU_BUDGET_MB = 768
 
 log = logging.getLogger(__name__)
 _logged_roi_fallbacks: set[tuple[str, tuple[str, ...]]] = set()
@@ -163,13 +160,13 @@ def sliding_window_predict(
             f"(image shape {tuple(image.shape)}, layout (B, C, *spatial))"
         )
     image = _check_finite(image, nonfinite)
-    device = torch.device(device) if device is not None else _network_device(network)
+    device = torch.device(device) if device is not None else network_device(network)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     network.to(device)
     dtype = resolve_precision(precision, device)
     flips = flip_sets(spatial, tta)
-    budget = _budget_bytes(memory_budget_mb, device)
+    budget = budget_bytes(memory_budget_mb, device)
     tiling, tiling_note = resolve_tiling(network, tiling)
 
     stats = SlidingWindowStats(precision=_dtype_name(dtype), device=str(device), tiling=tiling_note)
@@ -202,9 +199,9 @@ def sliding_window_predict(
             )
             break
         except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as err:
-            if not _is_oom(err):
+            if not is_oom(err):
                 raise
-            _free(device)
+            free_cache(device)
             if run_batch > 1:
                 batch = run_batch // 2
                 stats.fallbacks.append(f"batch {run_batch} -> {batch}")
@@ -223,7 +220,7 @@ def sliding_window_predict(
         torch.cuda.synchronize(device)
     stats.seconds = time.perf_counter() - start
     stats.voxels = image.shape[0] * math.prod(image.shape[2:])
-    stats.peak_memory_mb = _peak_mb(device)
+    stats.peak_memory_mb = peak_mb(device)
     stats.plan, stats.batch_size = plan.describe(), run_batch
     if progress:
         print(f"\n{stats}", file=sys.stderr)
@@ -292,23 +289,6 @@ def _check_finite(image: torch.Tensor, nonfinite: str) -> torch.Tensor:
             "nonfinite='zero' to replace them with 0"
         )
     return torch.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _network_device(network: nn.Module) -> torch.device:
-    for tensor in (*network.parameters(), *network.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _budget_bytes(memory_budget_mb: float | None, device: torch.device) -> float:
-    if memory_budget_mb is not None:
-        if memory_budget_mb <= 0:
-            raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb}")
-        return memory_budget_mb * 2**20
-    free = available_memory_bytes(device)
-    if device.type == "cuda":
-        return free / 2
-    return min(CPU_BUDGET_MB * 2**20, free / 4)
 
 
 def _plan(image, network, roi, div, overlap, tiling, output, dtype, budget, n_flips) -> tuple[TilePlan, float]:
@@ -417,25 +397,6 @@ def _merge_flips(y: torch.Tensor, flips, n: int) -> torch.Tensor:
     for f, axes in enumerate(flips[1:], start=1):
         out += y[f * n : (f + 1) * n].flip(axes)
     return out.div_(len(flips))
-
-
-def _is_oom(err: BaseException) -> bool:
-    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(err).lower()
-    return "out of memory" in text or "can't allocate memory" in text or "failed to allocate" in text
-
-
-def _free(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str:
