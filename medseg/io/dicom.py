@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,14 @@ __all__ = ["SeriesInfo", "SkippedFile", "list_series", "list_skipped", "read_dic
 logger = logging.getLogger(__name__)
 
 _UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+#: JPEG 2000 (lossless, lossy) and HTJ2K transfer syntaxes: decoded by imagecodecs in threads (it releases the GIL).
+_JPEG2000 = {
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+}
 #: Compressed series with at least this many slices are decoded in worker processes.
 _PARALLEL_MIN_SLICES = 8
 
@@ -88,8 +96,10 @@ def read_dicom_series(
         folder_or_files: Folder or files of the series.
         series_uid: Required when several volume series are present.
         max_bytes: Refuse a series whose voxel array would be larger.
-        workers: Processes that decode compressed pixel data (default: idle CPUs, at most 8 and one per
-            4 slices; 1 = in-process). Only speed depends on it, never the result.
+        workers: Decoders working at once on compressed pixel data: threads for JPEG 2000 (imagecodecs
+            releases the GIL; default: the CPUs, at most 8), forked processes for other compressed syntaxes
+            (default: idle CPUs, at most 8 and one per 4 slices); 1 = in this thread. Only speed depends on it,
+            never the result.
 
     Returns:
         Volume with ``array[i, j, k]`` (i along the row direction, k along the slice normal), RAS affine,
@@ -125,25 +135,8 @@ def read_dicom_series(
 
 def _read_pixels(name: str, headers: list[DicomHeader], workers: int | None) -> np.ndarray:
     """Stored pixel values, shape (slices, rows, cols), each file read once."""
-    syntaxes = {str(h.dataset.file_meta.get("TransferSyntaxUID", "")) for h in headers}
+    slices = _decode_slices(headers, workers)
     n = len(headers)
-    if workers is None:
-        workers = min(8, _idle_cpus(), n // 4)
-    compressed = not syntaxes <= _UNCOMPRESSED
-    if compressed and workers > 1 and n >= _PARALLEL_MIN_SLICES and os.name == "posix":
-        import multiprocessing as mp
-
-        # this process decodes the first chunk while workers decode the rest (decoders hold the GIL)
-        step = -(-n // workers)
-        paths = [str(h.path) for h in headers]
-        chunks = [paths[i : i + step] for i in range(step, n, step)]
-        with ProcessPoolExecutor(max_workers=len(chunks), mp_context=mp.get_context("fork")) as pool:
-            futures = [pool.submit(_decode_files, chunk) for chunk in chunks]
-            slices = [_stored_pixels(h.dataset) for h in headers[:step]]
-            for future in futures:
-                slices.extend(future.result())
-    else:
-        slices = [_stored_pixels(h.dataset) for h in headers]
     first = headers[0]
     out: np.ndarray | None = None
     for k, pix in enumerate(slices):
@@ -162,9 +155,44 @@ def _read_pixels(name: str, headers: list[DicomHeader], workers: int | None) -> 
     return out
 
 
+def _decode_slices(headers: list[DicomHeader], workers: int | None) -> list[np.ndarray | str]:
+    """Each slice's stored values (or an error string), decoded in threads or worker processes where that pays."""
+    syntaxes = {str(h.dataset.file_meta.get("TransferSyntaxUID", "")) for h in headers}
+    n = len(headers)
+    if syntaxes <= _JPEG2000 and _jpeg2k_decoder() is not None:
+        # threads, not processes: the decoder releases the GIL; a slice it cannot vouch for goes to pydicom
+        threads = min(8, _cpus(), n) if workers is None else max(1, workers)
+        if threads == 1:
+            return [_jpeg2k_pixels(h.dataset) for h in headers]
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return list(pool.map(_jpeg2k_pixels, [h.dataset for h in headers]))
+    if workers is None:
+        workers = min(8, _idle_cpus(), n // 4)
+    compressed = not syntaxes <= _UNCOMPRESSED
+    if not (compressed and workers > 1 and n >= _PARALLEL_MIN_SLICES and os.name == "posix"):
+        return [_stored_pixels(h.dataset) for h in headers]
+    import multiprocessing as mp
+
+    # this process decodes the first chunk while workers decode the rest (these decoders hold the GIL)
+    step = -(-n // workers)
+    paths = [str(h.path) for h in headers]
+    chunks = [paths[i : i + step] for i in range(step, n, step)]
+    with ProcessPoolExecutor(max_workers=len(chunks), mp_context=mp.get_context("fork")) as pool:
+        futures = [pool.submit(_decode_files, chunk) for chunk in chunks]
+        slices = [_stored_pixels(h.dataset) for h in headers[:step]]
+        for future in futures:
+            slices.extend(future.result())
+    return slices
+
+
+def _cpus() -> int:
+    """CPUs this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _idle_cpus() -> int:
     """CPUs this process may use minus the 1-minute load: extra processes only help on idle cores."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = _cpus()
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
@@ -183,6 +211,45 @@ def _decode_files(paths: list[str]) -> list[np.ndarray | str]:
         except Exception as err:  # noqa: BLE001 (reported with the file name by the caller)
             out.append(f"{type(err).__name__}: {err}")
     return out
+
+
+def _jpeg2k_decoder() -> Any:
+    """imagecodecs' ``jpeg2k_decode`` (OpenJPEG, GIL released), or None where it is not installed."""
+    try:
+        from imagecodecs import jpeg2k_decode
+    except ImportError:  # pragma: no cover (a dependency; the pydicom path still decodes)
+        return None
+    return jpeg2k_decode
+
+
+def _jpeg2k_pixels(ds: Any) -> np.ndarray | str:
+    """Stored values of a single-frame grayscale JPEG 2000 slice.
+
+    The result is used only when it has the shape, signedness and bit depth the header promises; anything
+    else (colour, several frames, a codestream whose sign or precision disagrees with the header, which
+    pydicom knows how to correct) is decoded by pydicom instead, so both paths give the same values.
+    """
+    try:
+        from pydicom.encaps import generate_frames
+
+        rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+        if int(ds.get("SamplesPerPixel", 1)) != 1 or int(ds.get("NumberOfFrames", 1) or 1) != 1 or bits > 16:
+            return _stored_pixels(ds)
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        arr = _jpeg2k_decoder()(frame, numthreads=1)
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        expected = np.dtype(f"{'i' if signed else 'u'}{max(1, bits // 8)}")
+        if arr.shape != (rows, cols) or arr.dtype != expected:
+            return _stored_pixels(ds)
+        stored = int(ds.get("BitsStored", bits))
+        if stored < bits:
+            # values beyond BitsStored mean the codestream's precision disagrees with the header: let pydicom judge
+            low, high = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
+            if arr.min() < low or arr.max() > high:
+                return _stored_pixels(ds)
+        return arr
+    except Exception:  # noqa: BLE001 (pydicom decodes it again and reports its own error with the file name)
+        return _stored_pixels(ds)
 
 
 def _stored_pixels(ds: Any) -> np.ndarray | str:
@@ -208,17 +275,32 @@ def _stored_pixels(ds: Any) -> np.ndarray | str:
 
 
 def _rescale(name: str, stack: np.ndarray, headers: list[DicomHeader]) -> tuple[np.ndarray, bool]:
+    """Apply RescaleSlope/Intercept per slice: int16 or int32 when both are integral and the values fit, else
+    float32. Integer results are exact (the range is worked out from each slice's stored minimum and maximum
+    before choosing the narrowest dtype that holds every intermediate value)."""
     slopes = np.array([float(h.dataset.get("RescaleSlope", 1) or 1) for h in headers])
     inters = np.array([float(h.dataset.get("RescaleIntercept", 0) or 0) for h in headers])
     if np.all(slopes == 1) and np.all(inters == 0):
         return stack, False
     shape = (-1, 1, 1)
     if np.all(slopes == np.round(slopes)) and np.all(inters == np.round(inters)):
-        wide = stack.astype(np.int64) * slopes.astype(np.int64).reshape(shape) + inters.astype(np.int64).reshape(shape)
-        low, high = int(wide.min()), int(wide.max())
+        lows, highs = stack.min(axis=(1, 2)).tolist(), stack.max(axis=(1, 2)).tolist()
+        ends = [v * int(m) for lo, hi, m in zip(lows, highs, slopes, strict=True) for v in (lo, hi)]
+        finals = [e + int(b) for e, b in zip(ends, np.repeat(inters, 2), strict=True)]
+        low, high = min(finals), max(finals)
+        span = min(ends + finals + lows), max(ends + finals + highs)
         for dtype in (np.int16, np.int32):
             if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
-                return wide.astype(dtype), True
+                work = np.int32 if np.iinfo(np.int32).min <= span[0] and span[1] <= np.iinfo(np.int32).max else np.int64
+                wide = stack.astype(work)
+                if len(set(slopes.tolist())) == 1 and len(set(inters.tolist())) == 1:
+                    if slopes[0] != 1:
+                        wide *= work(slopes[0])
+                    wide += work(inters[0])
+                else:
+                    wide *= slopes.astype(work).reshape(shape)
+                    wide += inters.astype(work).reshape(shape)
+                return wide.astype(dtype, copy=False), True
         logger.debug("%s: rescaled values %d..%d exceed int32, using float32", name, low, high)
     out = stack.astype(np.float32) * slopes.astype(np.float32).reshape(shape) + inters.astype(np.float32).reshape(shape)
     return out, True

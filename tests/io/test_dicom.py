@@ -186,11 +186,79 @@ def test_read_dicom_series_accepts_file_list(dcmqi_ct):
     np.testing.assert_array_equal(read_dicom_series(files).array, read_volume(dcmqi_ct).array)
 
 
-def test_parallel_and_serial_decoding_agree(ct_series, ct_volume):
-    serial = read_dicom_series(ct_series, workers=1)
-    np.testing.assert_array_equal(serial.array, ct_volume.array)  # ct_volume: default, parallel on >1 CPU
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("imagecodecs", [True, False])
+def test_every_decoding_path_agrees(ct_series, ct_volume, monkeypatch, workers, imagecodecs):
+    """Threads + imagecodecs, or pydicom in this process / in forked workers: the same array."""
+    import medseg.io.dicom as dicom
+
+    if not imagecodecs:
+        monkeypatch.setattr(dicom, "_jpeg2k_decoder", lambda: None)
+    other = read_dicom_series(ct_series, workers=workers)
+    np.testing.assert_array_equal(other.array, ct_volume.array)  # ct_volume: default path
+    assert other.array.dtype == ct_volume.array.dtype == np.int16
 
 
 def test_max_bytes_refuses_large_series(ct_series):
     with pytest.raises(DataError, match="max_bytes=1000"):
         read_volume(ct_series, max_bytes=1000)
+
+
+def _ct_datasets(ct_series: Path) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(f) for f in sorted(ct_series.rglob("*")) if f.is_file() and not f.name.endswith(".md")]
+
+
+def test_threaded_jpeg2000_decoder_equals_pydicom_on_every_slice(ct_series):
+    from medseg.io.dicom import _jpeg2k_decoder, _jpeg2k_pixels
+
+    assert _jpeg2k_decoder() is not None  # a dependency: the fast path must be the one tested here
+    datasets = _ct_datasets(ct_series)
+    assert {str(ds.file_meta.TransferSyntaxUID) for ds in datasets} == {"1.2.840.10008.1.2.4.90"}
+    for ds in datasets:
+        fast = _jpeg2k_pixels(ds)
+        assert isinstance(fast, np.ndarray)
+        np.testing.assert_array_equal(fast, ds.pixel_array)
+        assert fast.dtype == ds.pixel_array.dtype
+
+
+def test_jpeg2000_slice_disagreeing_with_its_header_is_left_to_pydicom(ct_series):
+    from medseg.io.dicom import _jpeg2k_pixels, _stored_pixels
+
+    ds = _ct_datasets(ct_series)[10]
+    ds.BitsStored = 8  # the codestream holds 12-bit values (up to ~2400): the header is wrong, pydicom decides
+    np.testing.assert_array_equal(_jpeg2k_pixels(ds), _stored_pixels(ds))
+    ds = _ct_datasets(ct_series)[10]
+    ds.PixelRepresentation = 1  # header says signed, codestream is unsigned
+    np.testing.assert_array_equal(_jpeg2k_pixels(ds), _stored_pixels(ds))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "low", "high", "slopes", "inters", "expected_dtype"),
+    [
+        (np.uint16, 0, 4095, [1, 1, 1], [-1024, -1024, -1024], np.int16),  # the usual CT
+        (np.uint16, 0, 65535, [1, 1, 1], [-32768, -32768, -32768], np.int16),  # needs int32 on the way
+        (np.int16, -2000, 3000, [2, 1, 3], [-1024, 0, 10], np.int16),  # per-slice values
+        (np.uint16, 0, 65535, [40000, 1, 1], [-2 * 10**9, 0, 0], np.int32),  # int64 on the way (2.6e9)
+        (np.int32, -(2**30), 2**30, [4, 1, 1], [0, 0, 0], np.float32),  # beyond int32: float32
+    ],
+)
+def test_rescale_matches_exact_integer_arithmetic(dtype, low, high, slopes, inters, expected_dtype):
+    from types import SimpleNamespace
+
+    from medseg.io.dicom import _rescale
+
+    rng = np.random.default_rng(0)
+    stack = rng.integers(low, high, size=(3, 7, 5), endpoint=True).astype(dtype)
+    stack[0, 0, 0], stack[-1, -1, -1] = low, high
+    headers = [
+        SimpleNamespace(dataset={"RescaleSlope": m, "RescaleIntercept": b}) for m, b in zip(slopes, inters, strict=True)
+    ]
+    out, rescaled = _rescale("x", stack, headers)
+    exact = stack.astype(object) * np.array(slopes, dtype=object).reshape(-1, 1, 1) + np.array(
+        inters, dtype=object
+    ).reshape(-1, 1, 1)
+    assert rescaled and out.dtype == expected_dtype
+    if expected_dtype == np.float32:
+        np.testing.assert_allclose(out, exact.astype(np.float64), rtol=1e-6)
+    else:
+        np.testing.assert_array_equal(out.astype(object), exact)
