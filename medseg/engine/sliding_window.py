@@ -37,9 +37,11 @@ from medseg.engine._sw_plan import (
     network_divisor,
     network_first_width,
     network_in_channels,
+    network_out_channels,
     plan_auto,
     plan_roi,
     resolve_precision,
+    stitch_bytes,
     window_dependent_layers,
 )
 from medseg.engine._sw_stitch import DenseAccumulator, LabelStreamer
@@ -176,9 +178,10 @@ def sliding_window_predict(
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     while True:
-        plan, bpv = _plan(image, network, roi, div, overlap, tiling, output, dtype, budget, len(flips))
+        plan, bpv, fixed = _plan(image, network, roi, div, overlap, tiling, output, dtype, budget, len(flips))
         tile_bytes = math.prod(plan.tile) * bpv * len(flips)
-        run_batch = batch if tiling == "roi" else max(1, min(batch, int(budget // max(tile_bytes, 1))))
+        fits = int((budget - fixed) // max(tile_bytes, 1))
+        run_batch = batch if tiling == "roi" else max(1, min(batch, fits))
         run_batch = min(run_batch, plan.n_tiles)
         try:
             result = _run(
@@ -291,19 +294,24 @@ def _check_finite(image: torch.Tensor, nonfinite: str) -> torch.Tensor:
     return torch.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _plan(image, network, roi, div, overlap, tiling, output, dtype, budget, n_flips) -> tuple[TilePlan, float]:
+def _plan(image, network, roi, div, overlap, tiling, output, dtype, budget, n_flips) -> tuple[TilePlan, float, float]:
+    """(plan, bytes per tile voxel of one window, bytes the stitcher keeps besides the tiles)."""
     shape = tuple(image.shape[2:])
     elem = 2 if dtype is not None else 4
     width = max(network_first_width(network), 1)
-    # Live activations per voxel (~3 full-resolution feature maps of the first width) + float32 output.
-    bpv = elem * ACTIVATION_FACTOR * width + 4 * width
+    classes = network_out_channels(network) or width
+    # Live activations per voxel (full-resolution feature maps of the first width) + the network's output.
+    bpv = elem * ACTIVATION_FACTOR * width + elem * classes
+    row_bpv = 4 * classes if output == "labels" else 0.0
     if tiling == "roi":
-        return plan_roi(shape, roi, div, overlap), bpv
-    row_bpv = 4 * width if output == "labels" else 0.0
-    plan = plan_auto(
-        shape, roi, div, overlap, tile_bytes_per_voxel=bpv * n_flips, row_bytes_per_voxel=row_bpv, budget_bytes=budget
-    )
-    return plan, bpv
+        plan = plan_roi(shape, roi, div, overlap)
+    else:
+        plan = plan_auto(
+            shape, roi, div, overlap, tile_bytes_per_voxel=bpv * n_flips, row_bytes_per_voxel=row_bpv,
+            budget_bytes=budget,
+        )
+    fixed = stitch_bytes(plan.tile, plan.padded, [len(s) for s in plan.starts], row_bpv)
+    return plan, bpv, fixed
 
 
 def _run(

@@ -356,3 +356,36 @@ def test_cuda_autocast_and_cpu_image():
     out, stats = sliding_window_predict(net, image, 8, output="logits", device="cuda", return_stats=True)
     assert out.device.type == "cpu" and stats.precision in ("bf16", "fp16")
     torch.testing.assert_close(out, net(image.cuda()).detach().cpu(), atol=0.05, rtol=0.02)
+
+
+def test_stitch_bytes_hand_computed():
+    from medseg.engine._sw_plan import stitch_bytes
+
+    # one tile per row along dim 0: only the overlap with the next tile is carried (144 - (256 - 144) = 32 slices)
+    assert stitch_bytes((144, 208, 224), (256, 208, 224), (2, 1, 1), 36) == 32 * 208 * 224 * 36
+    # several tiles in a row: a whole K x tile[0] x H x W row buffer
+    assert stitch_bytes((144, 144, 144), (256, 256, 256), (2, 2, 2), 40) == 144 * 256 * 256 * 40
+    assert stitch_bytes((96, 96), (96, 96), (1, 1), 40) == 0.0
+
+
+@pytest.mark.parametrize("shape", [(40, 72, 72), (72, 40, 40), (33, 65, 47)])
+@pytest.mark.parametrize("budget_mb", [2.0, 6.0, 20.0])
+def test_auto_plan_and_batch_fit_the_budget_with_the_row_buffer(shape, budget_mb):
+    """The planned tiles, the windows batched together and the stitcher's buffer stay within the budget."""
+    import math
+
+    from monai.networks.nets import UNet
+
+    from medseg.engine.sliding_window import _plan
+
+    net = UNet(3, 1, 5, (8, 16), (2,), num_res_units=1, norm="batch").eval()
+    image = torch.rand(1, 1, *shape)
+    budget = budget_mb * 2**20
+    plan, bpv, fixed = _plan(image, net, (16, 16, 16), (2, 2, 2), 0.25, "auto", "labels", None, budget, 1)
+    assert bpv == 4 * 2.75 * 8 + 4 * 5  # fp32 activations of 2.75 maps of width 8, plus 5 output channels
+    tile_bytes = math.prod(plan.tile) * bpv
+    smallest = math.prod(plan.tile) == 16**3
+    assert smallest or tile_bytes + fixed <= budget
+    _, stats = predict(net, image, 16, output="labels", memory_budget_mb=budget_mb, sw_batch_size=8, return_stats=True)
+    assert stats.plan == plan.describe()
+    assert stats.batch_size == 1 or stats.batch_size * tile_bytes + fixed <= budget
