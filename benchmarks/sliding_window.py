@@ -256,6 +256,8 @@ def run_volume(name, net, image, truth, repeats, device, classes) -> None:
     if truth is not None:
         gt = dice_per_class(ref.cpu(), truth[:, 0], classes)
         print(f"[{name}] MONAI fp32 vs TotalSegmentator labels (is the network trained?), Dice {fmt_dice(gt)}")
+        ours_gt = dice_per_class(labels.cpu(), truth[:, 0], classes)
+        print(f"[{name}] medseg vs TotalSegmentator labels, Dice {fmt_dice(ours_gt)}")
     print(f"[{name}] label agreement medseg vs MONAI fp32, Dice per class present: {fmt_dice(dice)}")
     print(f"[{name}] voxels with different labels: {where_they_differ(labels, ref)}")
     differ = labels != ref
@@ -299,12 +301,19 @@ def run_instance_variant(image, repeats, device, classes) -> None:
     )
 
 
-def memory(size: int, classes: int, device: str) -> None:
-    peaks = {}
+def memory(size: int, classes: int, device: str, runs: int = 3) -> None:
+    """Peak memory of each path in its own process; the median of ``runs`` processes per path (the C heap's
+    fragmentation makes single CPU figures vary by up to ~100 MB for either library)."""
+    peaks, all_runs = {}, {}
     for mode in ("baseline", "monai", "medseg", "medseg-instance"):
         cmd = [sys.executable, str(ROOT / "benchmarks" / "_sw_memory.py"), mode, str(size), str(classes), device]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
-        peaks[mode] = float(out.strip().splitlines()[-1].split("=")[1])
+        values = []
+        for _ in range(runs):
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+            values.append(float(out.strip().splitlines()[-1].split("=")[1]))
+        peaks[mode], all_runs[mode] = statistics.median(values), values
+    print("[memory] peak MB per process: " + "; ".join(f"{m} {'/'.join(f'{v:.0f}' for v in vs)}"
+                                                       for m, vs in all_runs.items()))
     monai, ours = peaks["monai"] - peaks["baseline"], peaks["medseg"] - peaks["baseline"]
     inst = peaks["medseg-instance"] - peaks["baseline"]
     print(
@@ -333,6 +342,7 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true", help="train (or load) the network and stop")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory figure")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory figure")
+    parser.add_argument("--memory-runs", type=int, default=3, help="processes per path for the memory median")
     args = parser.parse_args()
     if args.smoke:  # exercise every code path in seconds: 32^3 windows and patches, one thread
         global ROI, PATCH
@@ -345,7 +355,7 @@ def main() -> None:
         f"auto precision {resolve_precision('auto', args.device)}"
     )
     if args.memory_only:
-        memory(128 if args.quick else 256, 10, args.device)
+        memory(128 if args.quick else 256, 10, args.device, args.memory_runs)
         return
     if args.cache is None:
         args.cache = str(CACHE if args.task == "vertebrae" else CACHE.with_name(f"{CACHE.stem}_{args.task}.pt"))
@@ -369,7 +379,7 @@ def main() -> None:
         run_volume(name, net, vol, truth, repeats, args.device, classes)
     run_instance_variant(volumes[-1][1], repeats, args.device, classes)
     if not args.no_memory and not args.smoke:
-        memory(128 if args.quick else 256, 10, args.device)
+        memory(128 if args.quick else 256, 10, args.device, args.memory_runs)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ class LabelStreamer(_Stitcher):
         self.row: int | None = None
         self.buf: torch.Tensor | None = None
         self.carry: torch.Tensor | None = None
+        self.scratch: torch.Tensor | None = None
         self.b = 0
 
     def _zeros(self) -> torch.Tensor:
@@ -152,7 +153,14 @@ class LabelStreamer(_Stitcher):
         lo, hi, nxt = self._row_range(row)
         keep = nxt - row if nxt is not None else self.plan.tile[0]
         carry_len = self.carry.shape[1] if self.carry is not None else 0
-        new_carry = []
+        # the overlap with the next tile, written in place (a list of chunks joined by cat would leave mid-size
+        # blocks behind on the C heap and raise the peak memory unpredictably)
+        t0 = self.plan.tile[0]
+        new_carry = (
+            torch.empty((pred.shape[0], t0 - keep, *pred.shape[2:]), dtype=torch.float32, device=self.device)
+            if nxt is not None and keep < t0
+            else None
+        )
         for a in range(0, self.plan.tile[0], chunk):
             b = min(a + chunk, self.plan.tile[0])
             if a >= carry_len and b <= keep and bool((w0[a:b] == 1).all()):  # covered by this tile only
@@ -160,7 +168,8 @@ class LabelStreamer(_Stitcher):
                 if whi > wlo:  # no blending: labels straight from the (possibly bf16) network output
                     self._write(wlo, whi, pred[:, wlo - row : whi - row].to(self.device))
                 continue
-            v = pred[:, a:b].to(self.device, torch.float32)
+            v = self._scratch(pred, chunk)[:, : b - a]
+            v.copy_(pred[:, a:b])
             v *= w0[a:b].view(-1, *([1] * (v.ndim - 2)))
             if a < carry_len:
                 v[:, : carry_len - a] += self.carry[:, a : min(b, carry_len)]
@@ -168,9 +177,16 @@ class LabelStreamer(_Stitcher):
                 wlo, whi = max(lo, row + a), min(hi, row + min(b, keep))
                 if whi > wlo:
                     self._write(wlo, whi, v[:, wlo - row - a : whi - row - a])
-            if b > keep:
-                new_carry.append(v[:, max(keep - a, 0) :].clone())
-        self.carry = torch.cat(new_carry, 1) if new_carry and nxt is not None else None
+            if b > keep and new_carry is not None:
+                new_carry[:, max(a, keep) - keep : b - keep] = v[:, max(keep - a, 0) :]
+        self.carry = new_carry
+
+    def _scratch(self, pred: torch.Tensor, chunk: int) -> torch.Tensor:
+        """One float32 chunk buffer for the whole job (fewer mid-size allocations, steadier peak memory)."""
+        shape = (pred.shape[0], chunk, *pred.shape[2:])
+        if self.scratch is None or tuple(self.scratch.shape) != shape:
+            self.scratch = torch.empty(shape, dtype=torch.float32, device=self.device)
+        return self.scratch
 
     def _finish_row(self, chunk: int = 8) -> None:
         lo, hi, nxt = self._row_range(self.row)

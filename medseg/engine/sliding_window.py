@@ -307,7 +307,12 @@ def _plan(image, network, roi, div, overlap, tiling, output, dtype, budget, n_fl
         plan = plan_roi(shape, roi, div, overlap)
     else:
         plan = plan_auto(
-            shape, roi, div, overlap, tile_bytes_per_voxel=bpv * n_flips, row_bytes_per_voxel=row_bpv,
+            shape,
+            roi,
+            div,
+            overlap,
+            tile_bytes_per_voxel=bpv * n_flips,
+            row_bytes_per_voxel=row_bpv,
             budget_bytes=budget,
         )
     fixed = stitch_bytes(plan.tile, plan.padded, [len(s) for s in plan.starts], row_bpv)
@@ -373,6 +378,9 @@ def _pad(item: torch.Tensor, plan: TilePlan, value: float) -> torch.Tensor:
 
 
 def _gather(source, group, tile, device, flips) -> torch.Tensor:
+    if len(group) == 1 and len(flips) == 1 and tuple(tile[1:]) == tuple(source.shape[3:]):
+        # one tile spanning every dim but the first: a contiguous slab of the source, no copy needed
+        return source[:, :, group[0][0] : group[0][0] + tile[0]].to(device)
     x = torch.empty((len(group) * len(flips), source.shape[1], *tile), dtype=source.dtype, device=device)
     for j, corner in enumerate(group):
         x[j].copy_(source[(0, slice(None), *(slice(c, c + t) for c, t in zip(corner, tile, strict=True)))])

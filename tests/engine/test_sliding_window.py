@@ -389,3 +389,15 @@ def test_auto_plan_and_batch_fit_the_budget_with_the_row_buffer(shape, budget_mb
     _, stats = predict(net, image, 16, output="labels", memory_budget_mb=budget_mb, sw_batch_size=8, return_stats=True)
     assert stats.plan == plan.describe()
     assert stats.batch_size == 1 or stats.batch_size * tile_bytes + fixed <= budget
+
+
+def test_planner_prefers_one_tile_per_row_when_costs_are_close():
+    """Blending through a row buffer costs more than the few voxels a row-wise split saves (160x224x224, bf16)."""
+    from medseg.engine._sw_plan import plan_auto
+
+    kw = dict(tile_bytes_per_voxel=106, row_bytes_per_voxel=36, budget_bytes=768 * 2**20)
+    plan = plan_auto((160, 224, 224), (96,) * 3, (16,) * 3, 0.25, **kw)
+    assert plan.describe() == "2 tiles of 96x224x224 (grid 2x1x1)"
+    # without the row buffer (logits/probabilities output) the cheaper split along the last dim wins
+    plan = plan_auto((160, 224, 224), (96,) * 3, (16,) * 3, 0.25, **{**kw, "row_bytes_per_voxel": 0})
+    assert plan.describe() == "2 tiles of 160x224x128 (grid 1x1x2)"
