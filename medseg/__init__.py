@@ -34,8 +34,8 @@ _EXPORTS: dict[str, str] = {
     "InverseMapLabelsd": "medseg.data.label_transforms",
     "discover_label_values": "medseg.data.label_discovery",
     "make_polyp_dataset": "medseg.data.synthetic",
-    "make_spine_phantom": "medseg.data.synthetic",
-    "make_spine_dataset": "medseg.data.synthetic",
+    "make_spine_phantom": "medseg.data.synthetic_spine",
+    "make_spine_dataset": "medseg.data.synthetic_spine",
     # models and losses
     "build_model": "medseg.models.factory",
     "build_loss": "medseg.losses.factory",

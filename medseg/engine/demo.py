@@ -39,7 +39,8 @@ def make_synthetic(kind: str, output: str | Path, *, n: int | None = None, seed:
     Raises:
         ConfigError: Unknown ``kind``.
     """
-    from medseg.data.synthetic import make_polyp_dataset, make_spine_dataset
+    from medseg.data.synthetic import make_polyp_dataset
+    from medseg.data.synthetic_spine import make_spine_dataset
 
     if kind == "polyp":
         return make_polyp_dataset(Path(output), n=n or 40, size=(192, 224), seed=seed, overwrite=overwrite)

@@ -1,6 +1,6 @@
 """The spine part of ``medseg demo``: a synthetic CT phantom data set and a small 3D UNet config.
 
-The phantom (:func:`medseg.data.synthetic.make_spine_dataset`) holds five vertebrae labelled with
+The phantom (:func:`medseg.data.synthetic_spine.make_spine_dataset`) holds five vertebrae labelled with
 TotalSegmentator ids 26..30 (S1, L5, L4, L3, L2). At 3 mm the whole column fits in one 32 x 32 x 48 patch,
 so the network sees the context that tells one vertebra from the next, and a few epochs on two CPU cores
 give a clearly non-trivial Dice.
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.data.pairing import split_pairs
-from medseg.data.synthetic import make_spine_dataset
+from medseg.data.synthetic_spine import make_spine_dataset
 
 __all__ = ["SPINE_DEMO_CONFIG", "spine_demo_config", "write_spine_demo_data"]
 

@@ -8,11 +8,8 @@ import pytest
 from PIL import Image
 
 from medseg.data.pairing import find_pairs
-from medseg.data.synthetic import (
-    make_polyp_dataset,
-    make_spine_dataset,
-    make_spine_phantom,
-)
+from medseg.data.synthetic import make_polyp_dataset
+from medseg.data.synthetic_spine import make_spine_dataset, make_spine_phantom
 from medseg.errors import OutputExistsError
 
 
