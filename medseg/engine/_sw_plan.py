@@ -178,19 +178,43 @@ def _even_starts(padded: int, tile: int, n: int) -> tuple[int, ...]:
     return tuple(round(i * (padded - tile) / (n - 1)) for i in range(n))
 
 
+def _aligned_starts(padded: int, tile: int, n: int, div: int) -> tuple[int, ...]:
+    """``n`` tile starts from 0 to ``padded - tile`` (both multiples of ``div``), each a multiple of ``div``.
+
+    A network that downsamples by ``div`` computes its coarse maps on a grid anchored at the tile's first voxel;
+    tiles that all start on multiples of ``div`` share one grid, so where they overlap they agree with each other
+    and with a single pass over the whole volume (up to the context lost at tile borders).
+    """
+    if n == 1:
+        return (0,)
+    m = (padded - tile) // div
+    return tuple(div * (i * m // (n - 1)) for i in range(n))
+
+
+def _aligned_step(padded: int, tile: int, n: int, div: int) -> int:
+    """Largest distance between neighbouring :func:`_aligned_starts`."""
+    m = (padded - tile) // div
+    return div * -(-m // (n - 1))
+
+
 def _dim_options(size: int, roi: int, div: int, overlap_vox: int) -> list[tuple[int, int, int]]:
-    """(n_tiles, tile, padded) candidates for one dim with at least ``overlap_vox`` overlap between tiles."""
+    """(n_tiles, tile, padded) candidates for one dim, tiles at least ``overlap_vox`` apart from covering each
+    other's ends, every tile size and start a multiple of ``div`` (``padded`` too: see :func:`_aligned_starts`)."""
     roi = round_up(roi, div)
-    single = max(round_up(size, div), roi)
+    size = round_up(size, div)
+    single = max(size, roi)
     options = [(1, single, single)]
     if size <= roi:
         return options
     overlap_vox = min(overlap_vox, roi - 1)
-    n_max = math.ceil((size - roi) / (roi - overlap_vox)) + 1  # MONAI-style count: tiles of exactly roi
+    step = max(div, (roi - overlap_vox) // div * div)
+    n_max = math.ceil((size - roi) / step) + 1  # tiles of exactly roi, aligned steps
     for n in range(2, n_max + 1):
         tile = max(round_up(-(-(size + (n - 1) * overlap_vox) // n), div), roi)
+        while tile < size and _aligned_step(size, tile, n, div) > tile - overlap_vox:
+            tile += div
         if tile < options[-1][1]:
-            options.append((n, tile, max(size, tile)))
+            options.append((n, tile, size))
     return options
 
 
@@ -244,8 +268,8 @@ def plan_auto(
     combo = best if best is not None else smallest
     tiles = [c[1] for c in combo]
     padded = [c[2] for c in combo]
-    starts = [_even_starts(p, t, c[0]) for c, t, p in zip(combo, tiles, padded, strict=True)]
-    return _finish(shape, tiles, padded, starts)
+    starts = [_aligned_starts(p, t, c[0], d) for c, t, p, d in zip(combo, tiles, padded, div, strict=True)]
+    return _finish(shape, tiles, padded, starts, div)
 
 
 def stitch_bytes(
@@ -261,8 +285,11 @@ def stitch_bytes(
     return 0.0
 
 
-def _finish(shape, tiles, padded, starts) -> TilePlan:
-    pad = tuple((p - s) // 2 for p, s in zip(padded, shape, strict=True))
+def _finish(shape, tiles, padded, starts, div=None) -> TilePlan:
+    """The padding is split evenly before and after the image; with ``div``, the part before is rounded down to a
+    multiple of it, so that tile starts on multiples of ``div`` are on multiples of it in the image too."""
+    div = div or (1,) * len(shape)
+    pad = tuple((p - s) // 2 // d * d for p, s, d in zip(padded, shape, div, strict=True))
     return TilePlan(tuple(shape), tuple(padded), pad, tuple(tiles), tuple(tuple(s) for s in starts))
 
 

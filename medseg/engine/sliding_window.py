@@ -4,8 +4,11 @@
 with separable Gaussian or constant weights that are pre-normalised, so blending needs no count map and
 no final division. With ``tiling="auto"`` (default) tiles grow beyond ``roi_size`` up to the memory budget
 and overlap by ``overlap * roi_size`` voxels: a fully convolutional network then runs over the fewest
-voxels, often in one pass over the whole padded volume. ``tiling="roi"`` uses windows of exactly
-``roi_size`` as MONAI's ``sliding_window_inference`` does.
+voxels, often in one pass over the whole padded volume. Its tiles start on multiples of the network's divisor
+(in the image, not only in the padded volume), so every tile sees the downsampling grid a single pass would see
+and the tiles agree where they overlap: a UNet's tiled result matches its one-pass result but for the context
+lost at tile borders. ``tiling="roi"`` uses windows of exactly ``roi_size`` placed as MONAI's
+``sliding_window_inference`` places them.
 
 Large tiles are only safe for networks whose output at a voxel does not depend on the window extent:
 convolutions and eval-mode batch norm. ``tiling="auto"`` therefore inspects the network

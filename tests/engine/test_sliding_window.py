@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from medseg.engine._sw_plan import window_dependent_layers
@@ -372,7 +375,6 @@ def test_stitch_bytes_hand_computed():
 @pytest.mark.parametrize("budget_mb", [2.0, 6.0, 20.0])
 def test_auto_plan_and_batch_fit_the_budget_with_the_row_buffer(shape, budget_mb):
     """The planned tiles, the windows batched together and the stitcher's buffer stay within the budget."""
-    import math
 
     from monai.networks.nets import UNet
 
@@ -401,3 +403,61 @@ def test_planner_prefers_one_tile_per_row_when_costs_are_close():
     # without the row buffer (logits/probabilities output) the cheaper split along the last dim wins
     plan = plan_auto((160, 224, 224), (96,) * 3, (16,) * 3, 0.25, **{**kw, "row_bytes_per_voxel": 0})
     assert plan.describe() == "2 tiles of 160x224x128 (grid 1x1x2)"
+
+
+class BlockMean(nn.Module):
+    """Each voxel gets the mean of its 4^d block of the input (average pool by 4, nearest upsampling by 4): the
+    simplest network whose output depends on where its downsampling grid falls, like a UNet with strides 2, 2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = nn.functional.avg_pool3d if x.dim() == 5 else nn.functional.avg_pool2d
+        return nn.functional.interpolate(pool(x, 4), scale_factor=4, mode="nearest")
+
+
+@pytest.mark.parametrize("spatial", [2, 3])
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_auto_tiles_share_the_networks_downsampling_grid(spatial, blend):
+    """Tiles start on multiples of the divisor in the image, so a downsampling network gives in every tile what one
+    pass over the whole volume gives: block means of the image padded at its end. Tiles at other offsets average
+    other blocks (the planner placed the second of 2 tiles over 244 voxels at 100, not 112, before)."""
+    torch.manual_seed(0)
+    shape = (2, 1, 45, 38) if spatial == 2 else (1, 1, 45, 38, 29)
+    image = torch.rand(shape)
+    out, stats = predict(
+        BlockMean(),
+        image,
+        12,
+        output="logits",
+        divisor=4,
+        blend=blend,
+        overlap=0.25,
+        memory_budget_mb=0.001,
+        return_stats=True,
+    )
+    assert stats.tiling == "auto" and math.prod(int(n) for n in stats.plan.split("grid ")[1][:-1].split("x")) > 8
+    pads = [p for s in reversed(shape[2:]) for p in (0, -s % 4)]
+    full = BlockMean()(nn.functional.pad(image, pads))[(..., *(slice(0, s) for s in shape[2:]))]
+    torch.testing.assert_close(out, full)
+
+
+@given(
+    size=st.integers(1, 300),
+    roi=st.integers(1, 128),
+    div=st.sampled_from([1, 2, 8, 16, 32]),
+    overlap=st.sampled_from([0.0, 0.25, 0.5, 0.75, 0.9]),
+)
+@settings(max_examples=300, deadline=None)
+def test_auto_plan_options_are_aligned_and_overlap(size, roi, div, overlap):
+    """Every candidate of the auto planner: tile size, starts and padded extent multiples of the divisor, the
+    volume covered, neighbours overlapping by at least overlap x roi, and the padding before the image aligned."""
+    from medseg.engine._sw_plan import _aligned_starts, _dim_options, _finish, round_up
+
+    need = min(math.ceil(overlap * roi), round_up(roi, div) - 1)
+    for n, tile, padded in _dim_options(size, roi, div, math.ceil(overlap * roi)):
+        assert tile % div == 0 and padded % div == 0 and padded >= size and tile >= round_up(roi, div)
+        starts = _aligned_starts(padded, tile, n, div)
+        assert len(starts) == n and starts[0] == 0 and starts[-1] + tile == padded
+        assert all(s % div == 0 for s in starts)
+        assert all(a + tile - b >= need for a, b in itertools.pairwise(starts))
+        plan = _finish((size,), (tile,), (padded,), (starts,), (div,))
+        assert plan.pad[0] % div == 0 and plan.pad[0] + size <= padded
