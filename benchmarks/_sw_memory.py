@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import resource
 import sys
+from pathlib import Path
 
 import torch
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 
-from medseg.engine.sliding_window import sliding_window_predict
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's medseg, like sliding_window.py
+from medseg.engine.sliding_window import sliding_window_predict  # noqa: E402
 
 
 def _vm_hwm_mb() -> float:
