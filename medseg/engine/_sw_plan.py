@@ -257,7 +257,7 @@ def plan_auto(
         padded = [c[2] for c in combo]
         n_tiles = math.prod(c[0] for c in combo)
         mem = math.prod(tile) * tile_bytes_per_voxel
-        mem += stitch_bytes(tile, padded, [c[0] for c in combo], row_bytes_per_voxel)
+        mem += stitch_bytes(tile, padded, [c[0] for c in combo], row_bytes_per_voxel, div[0])
         cost = n_tiles * (math.prod(tile) + TILE_OVERHEAD_VOXELS)
         if row_bytes_per_voxel and math.prod(c[0] for c in combo[1:]) > 1:
             cost += ROW_BUFFER_COST * math.prod(padded)
@@ -273,14 +273,16 @@ def plan_auto(
 
 
 def stitch_bytes(
-    tile: Sequence[int], padded: Sequence[int], counts: Sequence[int], row_bytes_per_voxel: float
+    tile: Sequence[int], padded: Sequence[int], counts: Sequence[int], row_bytes_per_voxel: float, div: int = 1
 ) -> float:
     """Memory the streaming-labels stitcher keeps besides the tiles: a K x tile[0] x H x W row buffer when a row
-    along dim 0 holds several tiles, else the overlap carried from one tile to the next along dim 0."""
+    along dim 0 holds several tiles, else the overlap carried from one tile to the next along dim 0 (the widest
+    one of :func:`_aligned_starts` with divisor ``div``; counted at float32 though a single tile's overlap is kept
+    in the network's dtype)."""
     if math.prod(counts[1:]) > 1:
         return tile[0] * math.prod(padded[1:]) * row_bytes_per_voxel
     if counts[0] > 1:
-        overlap = tile[0] - (padded[0] - tile[0]) // (counts[0] - 1)
+        overlap = tile[0] - div * ((padded[0] - tile[0]) // div // (counts[0] - 1))
         return max(overlap, 0) * math.prod(padded[1:]) * row_bytes_per_voxel
     return 0.0
 

@@ -111,6 +111,7 @@ class LabelStreamer(_Stitcher):
         self.row: int | None = None
         self.buf: torch.Tensor | None = None
         self.carry: torch.Tensor | None = None
+        self.carry_w: torch.Tensor | None = None  # dim-0 weights still to apply to a raw carry (None: applied)
         self.scratch: torch.Tensor | None = None
         self.b = 0
 
@@ -128,7 +129,7 @@ class LabelStreamer(_Stitcher):
             if self.row is not None:
                 self._finish_row()
             self.row, self.buf = start[0], self._zeros()
-            if self.carry is not None:
+            if self.carry is not None:  # from _finish_row: already weighted
                 self.buf[:, : self.carry.shape[1]] += self.carry
                 self.carry = None
         w = self._weight(start, [slice(None), *local], range(len(start)))
@@ -151,18 +152,27 @@ class LabelStreamer(_Stitcher):
     def _add_single(self, row: int, pred: torch.Tensor, chunk: int = 8) -> None:
         w0 = self.weights[0][row]
         lo, hi, nxt = self._row_range(row)
-        keep = nxt - row if nxt is not None else self.plan.tile[0]
-        carry_len = self.carry.shape[1] if self.carry is not None else 0
-        # the overlap with the next tile, written in place (a list of chunks joined by cat would leave mid-size
-        # blocks behind on the C heap and raise the peak memory unpredictably)
         t0 = self.plan.tile[0]
-        new_carry = (
-            torch.empty((pred.shape[0], t0 - keep, *pred.shape[2:]), dtype=torch.float32, device=self.device)
-            if nxt is not None and keep < t0
-            else None
-        )
-        for a in range(0, self.plan.tile[0], chunk):
-            b = min(a + chunk, self.plan.tile[0])
+        keep = nxt - row if nxt is not None else t0
+        carry_len = self.carry.shape[1] if self.carry is not None else 0
+        carries = nxt is not None and keep < t0
+        # The overlap with the next tile is kept in a tensor allocated once per tile (a list of chunks joined by cat
+        # would leave mid-size blocks behind on the C heap and raise the peak memory unpredictably). When no earlier
+        # tile reaches into it, it holds this tile's own output in the network's dtype (half the memory in bf16,
+        # nothing lost) and the weights are applied when the next tile adds in; else the weighted float32 sum.
+        raw = carries and carry_len <= keep
+        new_carry = new_w = None
+        shape = (pred.shape[0], t0 - keep, *pred.shape[2:])
+        if raw:
+            new_carry = torch.empty(shape, dtype=pred.dtype, device=self.device)
+            new_carry.copy_(pred[:, keep:])
+            new_w = w0[keep:]
+        elif carries:
+            new_carry = torch.empty(shape, dtype=torch.float32, device=self.device)
+        for a in range(0, t0, chunk):
+            if raw and a >= keep:  # the rest is carried as it is
+                break
+            b = min(a + chunk, t0)
             if a >= carry_len and b <= keep and bool((w0[a:b] == 1).all()):  # covered by this tile only
                 wlo, whi = max(lo, row + a), min(hi, row + b)
                 if whi > wlo:  # no blending: labels straight from the (possibly bf16) network output
@@ -172,14 +182,18 @@ class LabelStreamer(_Stitcher):
             v.copy_(pred[:, a:b])
             v *= w0[a:b].view(-1, *([1] * (v.ndim - 2)))
             if a < carry_len:
-                v[:, : carry_len - a] += self.carry[:, a : min(b, carry_len)]
+                n = min(b, carry_len) - a
+                if self.carry_w is None:
+                    v[:, :n] += self.carry[:, a : a + n]
+                else:
+                    v[:, :n].addcmul_(self.carry[:, a : a + n], self.carry_w[a : a + n].view(-1, *([1] * (v.ndim - 2))))
             if a < keep:  # rows that no later tile touches
                 wlo, whi = max(lo, row + a), min(hi, row + min(b, keep))
                 if whi > wlo:
                     self._write(wlo, whi, v[:, wlo - row - a : whi - row - a])
-            if b > keep and new_carry is not None:
+            if b > keep and new_carry is not None and not raw:
                 new_carry[:, max(a, keep) - keep : b - keep] = v[:, max(keep - a, 0) :]
-        self.carry = new_carry
+        self.carry, self.carry_w = new_carry, new_w
 
     def _scratch(self, pred: torch.Tensor, chunk: int) -> torch.Tensor:
         """One float32 chunk buffer for the whole job (fewer mid-size allocations, steadier peak memory)."""
@@ -199,4 +213,4 @@ class LabelStreamer(_Stitcher):
     def finish_item(self, b: int) -> None:
         if self.buf is not None:
             self._finish_row()
-        self.carry = None
+        self.carry = self.carry_w = None

@@ -316,7 +316,8 @@ def _plan(image, network, roi, div, overlap, tiling, output, dtype, budget, n_fl
             row_bytes_per_voxel=row_bpv,
             budget_bytes=budget,
         )
-    fixed = stitch_bytes(plan.tile, plan.padded, [len(s) for s in plan.starts], row_bpv)
+    counts = [len(s) for s in plan.starts]
+    fixed = stitch_bytes(plan.tile, plan.padded, counts, row_bpv, 1 if tiling == "roi" else div[0])
     return plan, bpv, fixed
 
 

@@ -369,6 +369,9 @@ def test_stitch_bytes_hand_computed():
     # several tiles in a row: a whole K x tile[0] x H x W row buffer
     assert stitch_bytes((144, 144, 144), (256, 256, 256), (2, 2, 2), 40) == 144 * 256 * 256 * 40
     assert stitch_bytes((96, 96), (96, 96), (1, 1), 40) == 0.0
+    # aligned starts 0, 48, 96, 160 of 4 tiles of 96 over 256 (divisor 16): the widest overlap is 48, not 96 - 160/3
+    assert stitch_bytes((96, 256, 256), (256, 256, 256), (4, 1, 1), 40, 16) == 48 * 256 * 256 * 40
+    assert stitch_bytes((96, 256, 256), (256, 256, 256), (4, 1, 1), 40) == 43 * 256 * 256 * 40
 
 
 @pytest.mark.parametrize("shape", [(40, 72, 72), (72, 40, 40), (33, 65, 47)])
@@ -461,3 +464,22 @@ def test_auto_plan_options_are_aligned_and_overlap(size, roi, div, overlap):
         assert all(a + tile - b >= need for a, b in itertools.pairwise(starts))
         plan = _finish((size,), (tile,), (padded,), (starts,), (div,))
         assert plan.pad[0] % div == 0 and plan.pad[0] + size <= padded
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("overlap", [0.25, 0.5, 0.75])
+def test_streamed_labels_blend_like_the_dense_logits(precision, overlap):
+    """A 3x3x3 convolution sees the zero padding at tile borders, so overlapping tiles disagree and the blend
+    decides labels there. One tile per row along dim 0: the overlap is carried from tile to tile (raw network
+    output with its weights applied later, or a weighted sum where 3 tiles overlap); the streamed labels must be
+    the argmax of the blended logits of the dense path."""
+    torch.manual_seed(0)
+    net = nn.Conv3d(2, 5, 3, padding=1)
+    image = torch.randn(2, 2, 61, 8, 8)
+    kw = dict(overlap=overlap, memory_budget_mb=0.001, precision=precision)
+    labels, stats = predict(net, image, 8, output="labels", return_stats=True, **kw)
+    logits, dense = predict(net, image, 8, output="logits", return_stats=True, **kw)
+    assert stats.plan == dense.plan and stats.plan.endswith("x1x1)") and int(stats.plan.split()[0]) >= 8
+    agree = (labels[:, 0].long() == logits.argmax(1)).float().mean().item()
+    assert agree == 1.0
+    assert (logits.argmax(1) != net(image).argmax(1)).any()  # the tiles' borders do change labels
