@@ -1,22 +1,24 @@
 """Benchmark medseg.sliding_window_predict against MONAI's sliding_window_inference.
 
-    python benchmarks/sliding_window.py            # full: all figures (CPU: ~5 min, plus ~8 min training once)
+    python benchmarks/sliding_window.py            # full: both networks, all figures (CPU: ~10 min; the
+                                                   # first run trains each network ~8 min and caches it)
     python benchmarks/sliding_window.py --quick    # smaller volumes, 1 repeat, no training if cached
     python benchmarks/sliding_window.py --smoke    # seconds: tiny crops, 1 thread, 2 training steps (checks code)
     python benchmarks/sliding_window.py --device cuda
-    python benchmarks/sliding_window.py --task spine   # network trained on spine vs background (2 classes)
+    python benchmarks/sliding_window.py --task spine --no-memory   # one network: spine vs background (2 classes)
 
 Network: MONAI UNet (3D, channels 16-32-64-128-256, strides 2, two residual units) with ``norm="batch"``:
 in eval mode batch norm is a fixed per-channel affine map, so the fully convolutional network gives the same
 result on a tile larger than its training patch, which is what lets medseg's ``tiling="auto"`` run large
-tiles. It is trained on the shared spine CT at 1.5 mm (9 classes: background + S1, L5..L1, T12, T11; HU window
+tiles. Two such networks (``--task``, both by default) are trained on the shared spine CT at 1.5 mm: "vertebrae"
+(9 classes: background + S1, L5..L1, T12, T11) and "spine" (2 classes, below). Training (HU window
 [-200, 1000]; 96^3 patches, 80 % centred on the spine, batch 2, bf16 autocast, AdamW lr 3e-3 with cosine
 decay) for ``--train-seconds``; weights are cached in benchmarks/.cache/ (gitignored). One extra line times
 the same UNet with MONAI's default instance norm (untrained, fixed seed), for which ``tiling="auto"``
 automatically uses roi-size windows.
 
-``--task spine`` trains (and caches separately) the same UNet with 2 classes, vertebral bone vs background: a task
-a CPU trains to a decided network in minutes, where naming each vertebra needs far longer (its identity depends on
+The "spine" network (cached separately) has 2 classes, vertebral bone vs background: a task a CPU trains to a
+decided network in minutes, where naming each vertebra needs far longer (its identity depends on
 context beyond one 96^3 window, so an undertrained 9-class network flips labels with the window placement).
 
 Agreement lines: per-class Dice of medseg's labels against MONAI's fp32 labels; where the voxels that differ lie;
@@ -138,9 +140,9 @@ def train(net, image, label, seconds: float, max_steps: int | None = None) -> di
     return {"steps": step, "seconds": round(time.perf_counter() - start), "loss": loss}
 
 
-def trained_unet(image, label, args) -> tuple[torch.nn.Module, str]:
-    net = build_unet("batch", len(TASKS[args.task]))
-    cache = Path(args.cache)
+def trained_unet(image, label, args, task: str, cache: str) -> tuple[torch.nn.Module, str]:
+    net = build_unet("batch", len(TASKS[task]))
+    cache = Path(cache)
     if cache.exists() and not args.retrain:
         saved = torch.load(cache, weights_only=True)
         net.load_state_dict(saved["state"])
@@ -364,6 +366,32 @@ def memory(size: int, classes: int, device: str, runs: int = 3) -> None:
         )
 
 
+def run_task(task: str, args, repeats: int) -> tuple[int, list]:
+    """Train or load the task's network, then every figure on each volume; returns (classes, volumes)."""
+    cache = args.cache or str(CACHE if task == "vertebrae" else CACHE.with_name(f"{CACHE.stem}_{task}.pt"))
+    if args.smoke:
+        cache = f"/tmp/medseg_sw_smoke_{task}.pt"
+    image, label = load_spine(TASKS[task])
+    net, how = trained_unet(image, label, args, task, cache)
+    classes = len(TASKS[task])
+    print(f"[{task} task, {classes} classes] network: MONAI UNet 16-32-64-128-256, strides 2, 2 res units, norm=batch "
+          f"(eval-mode batch norm is a fixed affine map, so the fully convolutional net gives unchanged results on "
+          f"larger tiles); {how}")
+    if args.smoke:
+        volumes = [("smoke crop", image[:, :, 100:140, 80:120, 90:130], label[:, :, 100:140, 80:120, 90:130])]
+    elif args.quick:
+        volumes = [("spine crop", image[:, :, 60:156, 40:168, 40:168], label[:, :, 60:156, 40:168, 40:168])]
+    else:
+        volumes = [
+            ("volume 160x224x224 = crop of the spine CT", crop_160(image), crop_160(label)),
+            ("spine 1.5 mm", image, label),
+        ]
+    if not args.train_only:
+        for name, vol, truth in volumes:
+            run_volume(f"{task} task | {name}", net, vol, truth, repeats, args.device, classes)
+    return classes, volumes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small volumes, 1 repeat, no training if cached")
@@ -374,8 +402,9 @@ def main() -> None:
     parser.add_argument("--retrain", action="store_true", help="train again even if weights are cached")
     parser.add_argument("--train-more", type=float, default=0.0, metavar="SECONDS",
                         help="continue training the cached weights for SECONDS (new cosine cycle), then benchmark")
-    parser.add_argument("--task", choices=sorted(TASKS), default="vertebrae",
-                        help="what the benchmark network segments: each vertebra (9 classes) or the spine (2)")
+    parser.add_argument("--task", choices=[*sorted(TASKS), "all"], default="all",
+                        help="what the benchmark network segments: the spine (2 classes), each vertebra (9), or "
+                        "both, one after the other (default)")
     parser.add_argument("--cache", default=None, help="where the trained weights are cached")
     parser.add_argument("--train-only", action="store_true", help="train (or load) the network and stop")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory figure")
@@ -386,7 +415,7 @@ def main() -> None:
         global ROI, PATCH
         torch.set_num_threads(1)
         ROI, PATCH = (32, 32, 32), 32
-        args.retrain, args.train_seconds, args.cache = True, 60.0, "/tmp/medseg_sw_smoke.pt"
+        args.retrain, args.train_seconds = True, 60.0
     repeats = args.repeats or (1 if args.quick or args.smoke else 3)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
@@ -395,26 +424,13 @@ def main() -> None:
     if args.memory_only:
         memory(128 if args.quick else 256, 10, args.device, args.memory_runs)
         return
-    if args.cache is None:
-        args.cache = str(CACHE if args.task == "vertebrae" else CACHE.with_name(f"{CACHE.stem}_{args.task}.pt"))
-    image, label = load_spine(TASKS[args.task])
-    net, how = trained_unet(image, label, args)
-    print(f"network: MONAI UNet 16-32-64-128-256, strides 2, 2 res units, norm=batch (eval-mode batch norm is a "
-          f"fixed affine map, so the fully convolutional net gives unchanged results on larger tiles); {how}")
+    tasks = ["spine", "vertebrae"] if args.task == "all" else [args.task]
+    if args.cache is not None and len(tasks) > 1:
+        parser.error("--cache needs a single --task (spine or vertebrae)")
+    for task in tasks:
+        classes, volumes = run_task(task, args, repeats)
     if args.train_only:
         return
-    classes = len(TASKS[args.task])
-    if args.smoke:
-        volumes = [("smoke crop", image[:, :, 100:140, 80:120, 90:130], label[:, :, 100:140, 80:120, 90:130])]
-    elif args.quick:
-        volumes = [("spine crop", image[:, :, 60:156, 40:168, 40:168], label[:, :, 60:156, 40:168, 40:168])]
-    else:
-        volumes = [
-            ("volume 160x224x224 = crop of the spine CT", crop_160(image), crop_160(label)),
-            ("spine 1.5 mm", image, label),
-        ]
-    for name, vol, truth in volumes:
-        run_volume(name, net, vol, truth, repeats, args.device, classes)
     run_instance_variant(volumes[-1][1], repeats, args.device, classes)
     if not args.no_memory and not args.smoke:
         memory(128 if args.quick else 256, 10, args.device, args.memory_runs)
