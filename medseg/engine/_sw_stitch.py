@@ -169,6 +169,7 @@ class LabelStreamer(_Stitcher):
             new_w = w0[keep:]
         elif carries:
             new_carry = torch.empty(shape, dtype=torch.float32, device=self.device)
+        per_row = (-1, *([1] * (pred.ndim - 2)))  # a dim-0 weight vector broadcast over (K, rows, *rest)
         for a in range(0, t0, chunk):
             if raw and a >= keep:  # the rest is carried as it is
                 break
@@ -180,13 +181,13 @@ class LabelStreamer(_Stitcher):
                 continue
             v = self._scratch(pred, chunk)[:, : b - a]
             v.copy_(pred[:, a:b])
-            v *= w0[a:b].view(-1, *([1] * (v.ndim - 2)))
+            v *= w0[a:b].view(per_row)
             if a < carry_len:
                 n = min(b, carry_len) - a
                 if self.carry_w is None:
                     v[:, :n] += self.carry[:, a : a + n]
                 else:
-                    v[:, :n].addcmul_(self.carry[:, a : a + n], self.carry_w[a : a + n].view(-1, *([1] * (v.ndim - 2))))
+                    v[:, :n].addcmul_(self.carry[:, a : a + n], self.carry_w[a : a + n].view(per_row))
             if a < keep:  # rows that no later tile touches
                 wlo, whi = max(lo, row + a), min(hi, row + min(b, keep))
                 if whi > wlo:
