@@ -18,7 +18,7 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's medseg, like sliding_window.py
-from medseg.engine.sliding_window import sliding_window_predict  # noqa: E402
+from medseg.sliding_window.predict import sliding_window_predict  # noqa: E402
 
 
 def _vm_hwm_mb() -> float:

@@ -117,7 +117,7 @@ def _pure_compute_epoch(cfg, run_dir: Path, *, steps: int, repeats: int = 3) -> 
     import torch
 
     from medseg.data.labels import LabelMap
-    from medseg.engine.device import resolve_device
+    from medseg.device import resolve_device
     from medseg.losses import build_loss
     from medseg.models import build_model
 

@@ -53,7 +53,7 @@ from monai.networks.nets import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from medseg.engine.sliding_window import resolve_precision, sliding_window_predict  # noqa: E402
+from medseg.sliding_window.predict import resolve_precision, sliding_window_predict  # noqa: E402
 
 DATA = Path("/work/shared/data/spine-ct-totalseg")
 CACHE = ROOT / "benchmarks" / ".cache" / "unet_spine_1p5mm_batchnorm.pt"

@@ -55,7 +55,7 @@ def main() -> int:
     import numpy as np
 
     import medseg
-    from medseg.engine.metrics import compute_case_metrics
+    from medseg.metrics.case_metrics import compute_case_metrics
 
     work = Path(tempfile.mkdtemp(prefix="spine-bench-"))
     data = _dataset(work / "data")

@@ -7,11 +7,13 @@ Every medseg writer of outputs, checkpoints, logs and configs goes through :func
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -70,3 +72,8 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    """JSON through :func:`write_text_atomic`."""
+    return write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")

@@ -89,8 +89,8 @@ def train(
     _logging(verbose, quiet)
     with user_errors():
         from medseg.config import load_config
-        from medseg.engine.training import default_run_dir
-        from medseg.engine.training import train as run_training
+        from medseg.training.loop import default_run_dir
+        from medseg.training.loop import train as run_training
 
         overrides = list(sets or []) + ([f"train.device={device}"] if device else [])
         cfg = load_config(config, overrides)
@@ -118,6 +118,7 @@ def predict(
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16.")] = None,  # noqa: UP045
     overlap: Annotated[Optional[float], typer.Option(help="Sliding-window overlap (0..1).")] = None,  # noqa: UP045
     sw_batch_size: Annotated[Optional[int], typer.Option(help="Windows per forward pass.")] = None,  # noqa: UP045
+    roi_size: Annotated[Optional[str], typer.Option(help="Sliding-window size: 96 or 96,96,64.")] = None,  # noqa: UP045
     dicom_seg: Annotated[bool, typer.Option(help="DICOM inputs: also write a DICOM-SEG.")] = False,
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -125,12 +126,12 @@ def predict(
     """Segment images or volumes with a trained checkpoint, in the inputs' own size, geometry and label values."""
     _logging(verbose, quiet)
     with user_errors():
-        from medseg.engine.inference import Predictor
-        from medseg.engine.predict import predict_paths
+        from medseg.prediction.batch import predict_paths
+        from medseg.prediction.predictor import Predictor
 
         overrides = {"tta": tta, "largest_component": largest_component, "precision": precision,
-                     "overlap": overlap, "sw_batch_size": sw_batch_size}
-        predictor = Predictor.from_checkpoint(checkpoint, device=device, **overrides)
+                     "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size}
+        predictor = Predictor.from_checkpoint(checkpoint, device=device, spell=_option_name, **overrides)
         report = predict_paths(predictor, inputs, output, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg)
         _echo(f"{len(report.written)} files written to {output}, {len(report.skipped)} existing skipped "
                    f"(--overwrite redoes them), {len(report.failed)} failed, {report.seconds:.1f}s")
@@ -138,6 +139,11 @@ def predict(
             _echo(f"failed: {source}: {' '.join(message.split())}", err=True)
         if not report.ok:
             raise typer.Exit(1)
+
+
+def _option_name(setting: str) -> str:
+    """``sw_batch_size`` -> ``--sw-batch-size`` (how the predict options are named in messages)."""
+    return "--" + setting.replace("_", "-")
 
 
 @app.command()
@@ -155,8 +161,8 @@ def evaluate(
     """Per-case and per-class Dice, IoU, precision, recall, F1, HD95 of predictions against truth."""
     _logging(verbose, quiet)
     with user_errors():
-        from medseg.engine.evaluation import evaluate as run_evaluation
-        from medseg.engine.evaluation import label_map_from_options
+        from medseg.evaluation.evaluate import evaluate as run_evaluation
+        from medseg.evaluation.evaluate import label_map_from_options
 
         label_map = label_map_from_options(checkpoint, labels)
         result = run_evaluation(pred, truth, labels=label_map, tolerance=tolerance,
@@ -198,7 +204,7 @@ def demo(
     """Generate a synthetic dataset, train briefly, predict and evaluate: the whole loop in minutes on CPU."""
     _logging(verbose, quiet)
     with user_errors():
-        from medseg.engine.demo import run_demo
+        from medseg.demo.run import run_demo
 
         summary = run_demo(output, kind=kind, epochs=epochs, overwrite=overwrite)
         for key, value in summary.items():
@@ -216,7 +222,7 @@ def synth(
     """Write a synthetic dataset in the layout configs/kvasir.yaml or configs/spine.yaml expects."""
     _logging(False, False)
     with user_errors():
-        from medseg.engine.demo import make_synthetic
+        from medseg.demo.run import make_synthetic
 
         folder = make_synthetic(kind, output, n=n, seed=seed, overwrite=overwrite)
         typer.echo(f"synthetic {kind} dataset: {folder}")
@@ -230,7 +236,7 @@ def inspect(
     """List the image series found in a folder (or describe one volume file), and why anything was skipped."""
     _logging(verbose, False)
     with user_errors():
-        from medseg.engine.predict import describe_path
+        from medseg.io.describe import describe_path
 
         _echo(describe_path(path))
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medseg.data.labels import _is_whole, _to_numpy
+from medseg.data.labels import all_whole_numbers, as_numpy
 from medseg.errors import DataError
 
 __all__ = ["LabelDiscovery", "ValueCluster", "discover_label_values"]
@@ -102,7 +102,7 @@ def discover_label_values(
     other: dict[int, int] = {}
     num_arrays = 0
     for num_arrays, array in enumerate(arrays, start=1):
-        arr = _to_numpy(array)
+        arr = as_numpy(array)
         if arr.dtype.kind == "b" or arr.dtype in (np.uint8, np.uint16):
             binc = np.bincount(arr.ravel().astype(np.intp, copy=False) if arr.dtype.kind == "b" else arr.ravel())
             if binc.size > small.size:
@@ -110,7 +110,7 @@ def discover_label_values(
             small[: binc.size] += binc
             continue
         if arr.dtype.kind == "f":
-            if not _is_whole(arr):
+            if not all_whole_numbers(arr):
                 raise DataError(f"array #{num_arrays}: label values must be whole numbers, got non-integer floats")
             arr = arr.astype(np.int64)
         values, counts = np.unique(arr, return_counts=True)

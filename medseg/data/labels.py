@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from monai.utils import convert_to_dst_type
 
-from medseg.errors import DataError
+from medseg.dtypes import smallest_int_dtype
+from medseg.errors import CheckpointError, DataError
 
 __all__ = ["LabelClass", "LabelMap", "mask_to_single_channel"]
 
@@ -176,7 +177,7 @@ class LabelMap:
         if not tolerance >= 0:
             raise ValueError(f"to_class: tolerance must be >= 0, got {tolerance!r}")
         source = source or _source_of(array)
-        arr = _to_numpy(array)
+        arr = as_numpy(array)
         present, counts, apply = _value_table(arr)
         palette = np.array(sorted(v for c in self.classes for v in c.values), dtype=np.float64)
         nearest, dist = _nearest(present, palette)
@@ -232,7 +233,7 @@ class LabelMap:
         Raises:
             ValueError: If an index is outside 0..N-1.
         """
-        arr = _to_numpy(class_indices)
+        arr = as_numpy(class_indices)
         if arr.dtype.kind not in "iub":
             raise ValueError(f"to_values: class indices must be integers, got dtype {arr.dtype}")
         if arr.size and (arr.min() < 0 or arr.max() >= self.num_classes):
@@ -243,7 +244,7 @@ class LabelMap:
         if arr.dtype.kind == "b":
             arr = arr.astype(np.intp)
         values = self.output_values
-        dtype = _smallest_int_dtype(min(values), max(values))
+        dtype = smallest_int_dtype(min(values), max(values)) or np.dtype(np.int64)
         if isinstance(class_indices, torch.Tensor) and dtype in (np.uint16, np.uint32, np.uint64):
             dtype = np.int32 if dtype == np.uint16 else np.int64  # torch lacks full uint16/32 support
         result = np.asarray(values, dtype=dtype)[arr]
@@ -300,14 +301,6 @@ def _as_int(value: object, where: str) -> int:
     raise ValueError(f"LabelMap: gray values must be integers, got {value!r} ({where})")
 
 
-def _smallest_int_dtype(low: int, high: int) -> np.dtype:
-    for candidate in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64):
-        info = np.iinfo(candidate)
-        if info.min <= low and high <= info.max:
-            return np.dtype(candidate)
-    return np.dtype(np.int64)
-
-
 def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
@@ -318,7 +311,7 @@ def _source_of(array: Any) -> str:
     return str(name) if name else ""
 
 
-def _to_numpy(array: Any) -> np.ndarray:
+def as_numpy(array: Any) -> np.ndarray:
     if isinstance(array, torch.Tensor):
         return array.detach().cpu().as_tensor().numpy() if hasattr(array, "as_tensor") else array.detach().cpu().numpy()
     if isinstance(array, np.ndarray):
@@ -328,7 +321,7 @@ def _to_numpy(array: Any) -> np.ndarray:
 
 def _value_table(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
     """Present values, their counts, and a function mapping per-value results back to pixels."""
-    if arr.size and arr.dtype.kind == "f" and _is_whole(arr):
+    if arr.size and arr.dtype.kind == "f" and all_whole_numbers(arr):
         arr = arr.astype(np.int64)  # float label maps (NIfTI) take the fast lookup-table path
     if arr.size and arr.dtype.kind in "iub":
         if arr.dtype.kind == "b":
@@ -360,7 +353,7 @@ def _value_table(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
     )
 
 
-def _is_whole(arr: np.ndarray) -> bool:
+def all_whole_numbers(arr: np.ndarray) -> bool:
     """True if every value is finite, integral and exactly representable as int64."""
     with np.errstate(invalid="ignore"):
         return bool(np.all(np.abs(arr) < 2**53) and np.array_equal(arr, np.rint(arr)))
@@ -373,3 +366,24 @@ def _nearest(values: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.nd
     d_left, d_right = np.abs(values - palette[left]), np.abs(values - palette[right])
     use_right = d_right < d_left
     return np.where(use_right, palette[right], palette[left]), np.where(use_right, d_right, d_left)
+
+
+def labels_from_checkpoint(checkpoint: Mapping[str, Any]) -> LabelMap:
+    """The label map stored in a checkpoint loaded by :func:`medseg.checkpoint.load_checkpoint`.
+
+    The one place a checkpoint's ``labels`` entry is parsed (prediction, evaluation and resumed training use it).
+
+    Raises:
+        CheckpointError: The entry is missing or malformed, naming the checkpoint file.
+
+    Example:
+        >>> labels_from_checkpoint({"labels": {"classes": [{"name": "background", "values": [0]},
+        ...                                                {"name": "polyp", "values": [255]}]}}).names
+        ['background', 'polyp']
+    """
+    where = checkpoint.get("path", "checkpoint")
+    try:
+        return LabelMap.from_dict(checkpoint["labels"])
+    except (TypeError, ValueError, KeyError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise CheckpointError(f"{where}: checkpoint entry 'labels' is malformed: {reason}") from None

@@ -27,38 +27,22 @@ import torch
 from medseg.config.schema import DataConfig
 from medseg.data.labels import LabelMap
 from medseg.data.pairing import Pair
-from medseg.data.volumes3d import GridRecord, VolumePreprocessor
+from medseg.data.volume_preprocessing import GridRecord, VolumePreprocessor
 from medseg.errors import ConfigError, DataError
+from medseg.io.volume import VOLUME_SUFFIXES, volume_case_name
 
 __all__ = [
-    "VOLUME_SUFFIXES",
     "PatchDataset",
     "PreparedCase",
     "find_volume_pairs",
     "prepare_cases",
-    "volume_case_name",
 ]
 
 log = logging.getLogger(__name__)
 
-VOLUME_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 _CHANNEL = re.compile(r"_\d{4}$")
 #: At most this many voxel positions are kept per class for foreground sampling.
 _MAX_FG_POSITIONS = 20_000
-
-
-def volume_case_name(path: str | Path) -> str:
-    """File name without its volume suffix (``case_001.nii.gz`` -> ``case_001``).
-
-    Example:
-        >>> volume_case_name("imagesTr/la_003_0000.nii.gz")
-        'la_003_0000'
-    """
-    name = Path(path).name
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 def _volume_files(folder: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Read one DICOM series as a :class:`~medseg.io.volumes.Volume`.
+"""Read one DICOM series as a :class:`~medseg.io.volume_io.Volume`.
 
 Policy (see :mod:`medseg.io.dicom_scan` for how series are found and judged):
 
@@ -36,7 +36,7 @@ from medseg.io.dicom_scan import (
     list_skipped,
     scan_dicom,
 )
-from medseg.io.volumes import DEFAULT_MAX_BYTES, Volume, affine_from_lps, check_volume_size
+from medseg.io.volume import DEFAULT_MAX_BYTES, Volume, affine_from_lps, check_volume_size
 
 __all__ = ["SeriesInfo", "SkippedFile", "list_series", "list_skipped", "read_dicom_series", "select_series"]
 

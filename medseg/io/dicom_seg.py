@@ -18,7 +18,8 @@ import numpy as np
 from medseg.atomic import atomic_path
 from medseg.errors import DataError, OutputExistsError
 from medseg.io.dicom import read_dicom_series, select_series
-from medseg.io.volumes import Volume, read_volume
+from medseg.io.volume import Volume
+from medseg.io.volume_io import read_volume
 
 __all__ = ["read_dicom_seg", "read_dicom_seg_segments", "write_dicom_seg"]
 

@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from medseg.atomic import atomic_path
 from medseg.errors import DataError
+from medseg.io.volume import input_kind
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -68,8 +69,6 @@ def _open(path: Path, allowed: tuple[str, ...]) -> Iterator[Image.Image]:
             f"{path}: cannot read image: suffix {path.suffix or '(none)'!r} is not supported; "
             f"allowed: {', '.join(allowed)}"
         )
-    from medseg.io.volumes import input_kind
-
     kind = input_kind(path, "image")
     if kind == "missing":
         raise DataError(f"{path}: cannot read image: file does not exist")

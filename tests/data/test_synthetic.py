@@ -1,4 +1,4 @@
-"""Tests for medseg.data.synthetic: determinism, value sets, geometry and layout."""
+"""Tests for medseg.data.synthetic.polyp: determinism, value sets, geometry and layout."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from medseg.data.pairing import find_pairs
-from medseg.data.synthetic import make_polyp_dataset
-from medseg.data.synthetic_spine import make_spine_dataset, make_spine_phantom
+from medseg.data.synthetic.polyp import make_polyp_dataset
+from medseg.data.synthetic.spine import make_spine_dataset, make_spine_phantom
 from medseg.errors import OutputExistsError
 
 

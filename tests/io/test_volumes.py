@@ -1,4 +1,4 @@
-"""Tests for medseg.io.volumes: NIfTI/MHA/NRRD reading and writing, on real files and known geometry."""
+"""Tests for medseg.io.volume_io: NIfTI/MHA/NRRD reading and writing, on real files and known geometry."""
 
 from __future__ import annotations
 

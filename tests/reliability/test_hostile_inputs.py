@@ -246,8 +246,8 @@ def test_dicom_folder_with_fifo_loop_and_non_utf8_names_reads_the_series(tmp_pat
 @pytest.fixture(scope="module")
 def ckpt2d(tmp_path_factory) -> Path:
     from medseg.config import validate_config
-    from medseg.data.synthetic import make_polyp_dataset
-    from medseg.engine.training import train
+    from medseg.data.synthetic.polyp import make_polyp_dataset
+    from medseg.training.loop import train
 
     tmp = tmp_path_factory.mktemp("hostile2d")
     data = make_polyp_dataset(tmp / "data", n=6, size=(32, 32), seed=1)

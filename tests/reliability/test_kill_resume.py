@@ -18,16 +18,16 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.cli.main import app
-from medseg.data.synthetic import make_polyp_dataset
-from medseg.engine.checkpoint import load_checkpoint, save_checkpoint
-from medseg.engine.runfolder import RunLock
+from medseg.data.synthetic.polyp import make_polyp_dataset
+from medseg.training.run_folder import RunLock
 
 # Runs the real CLI, but reports each training step to a marker file so the test can kill mid-epoch.
 WRAPPER = '''
 import os, sys
 from contextlib import contextmanager
-import medseg.engine.training as tr
+import medseg.training.loop as tr
 
 _orig = tr.progress_bar
 

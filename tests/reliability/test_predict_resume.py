@@ -22,8 +22,8 @@ from medseg.cli.main import app
 @pytest.fixture(scope="module")
 def model_and_images(tmp_path_factory):
     from medseg.config import validate_config
-    from medseg.data.synthetic import make_polyp_dataset
-    from medseg.engine.training import train
+    from medseg.data.synthetic.polyp import make_polyp_dataset
+    from medseg.training.loop import train
 
     tmp = tmp_path_factory.mktemp("predres")
     data = make_polyp_dataset(tmp / "data", n=6, size=(32, 32), seed=2)

@@ -1,0 +1,336 @@
+"""Volume preprocessing shared by training and prediction: orientation, spacing, intensity, labels.
+
+:class:`VolumePreprocessor` turns a :class:`~medseg.io.volume_io.Volume` into a ``(C, X, Y, Z)`` float
+tensor on a canonical grid and records in a :class:`GridRecord` what it did, so predictions can be put
+back on the input's exact grid:
+
+1. reorient to ``data.orientation`` by axis permutations and flips only (nibabel ``io_orientation`` /
+   ``ornt_transform`` / ``apply_orientation``; no interpolation, exactly invertible);
+2. resample to about ``data.spacing_mm`` with ``torch.nn.functional.interpolate`` (images trilinear, after
+   a Gaussian anti-aliasing filter when shrinking; labels ``nearest-exact``). The grid keeps the volume's
+   extent (``align_corners=False``), so the new size is ``round(extent / spacing)`` and the real spacing
+   differs slightly from the requested one; it is recorded;
+3. intensity: CT windows in HU stacked as channels (``ct_window``), or a per-volume z-score (``zscore``).
+
+Inversion (:meth:`VolumePreprocessor.invert_probabilities`): class probabilities are resampled back to the
+oriented original size trilinearly, one class at a time with a running argmax (memory: two volumes of the
+original size), then the class map is turned back into the input orientation. Label maps are inverted
+with nearest-neighbour (:meth:`VolumePreprocessor.invert_classes`).
+
+The settings are a JSON-safe dict (:attr:`VolumePreprocessor.settings`) that is stored in checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+from scipy import ndimage
+
+from medseg.config.schema import DataConfig
+from medseg.data.labels import LabelMap
+from medseg.data.transforms import ct_window, resolve_window
+from medseg.errors import DataError
+from medseg.io.volume import Volume
+from medseg.io.volume_io import read_volume
+
+__all__ = [
+    "GridRecord",
+    "VolumePreprocessor",
+    "check_same_grid",
+    "label_classes",
+    "slice_axis_index",
+]
+
+log = logging.getLogger(__name__)
+
+#: Image and label grids may differ by this much (float noise in headers) and still be paired.
+SPACING_TOLERANCE_MM = 1e-3
+ORIGIN_TOLERANCE_MM = 1e-3
+DIRECTION_TOLERANCE = 1e-5
+_SLICE_LETTERS = {"axial": "SI", "sagittal": "LR", "coronal": "AP"}
+
+
+@dataclass(frozen=True)
+class GridRecord:
+    """How one volume was moved onto the canonical grid (enough to move a result back).
+
+    Attributes:
+        shape: Original voxel shape ``(I, J, K)``.
+        affine: Original 4x4 RAS affine.
+        transform: nibabel orientation transform (original -> canonical axes), shape (3, 2).
+        inverse: The transform back (canonical -> original axes).
+        oriented_shape: Shape after reorientation, before resampling.
+        oriented_affine: Affine after reorientation.
+        shape_out: Shape of the preprocessed grid.
+        spacing_out: Real voxel size (mm) of the preprocessed grid.
+        affine_out: Affine of the preprocessed grid (for debugging outputs).
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    transform: np.ndarray
+    inverse: np.ndarray
+    oriented_shape: tuple[int, int, int]
+    oriented_affine: np.ndarray
+    shape_out: tuple[int, int, int]
+    spacing_out: tuple[float, float, float]
+    affine_out: np.ndarray
+
+
+def slice_axis_index(orientation: str, slice_axis: str) -> int:
+    """Index of the axis of the canonical grid that ``slice_axis`` slices along.
+
+    Example:
+        >>> slice_axis_index("RAS", "axial"), slice_axis_index("PIR", "sagittal")
+        (2, 2)
+    """
+    letters = _SLICE_LETTERS[slice_axis]
+    return next(i for i, c in enumerate(orientation.upper()) if c in letters)
+
+
+def check_same_grid(image: Volume, label: Volume) -> None:
+    """Raise unless ``label`` lies on ``image``'s grid (differences within float noise are logged).
+
+    Raises:
+        DataError: Shapes differ, or spacing/origin (> 1e-3 mm) or direction (> 1e-5) differ; names both files.
+    """
+    names = f"image {image.meta.get('path', '<array>')} and label {label.meta.get('path', '<array>')}"
+    if image.shape != label.shape:
+        raise DataError(f"{names}: shapes differ ({image.shape} vs {label.shape}); the label must be on the image grid")
+    d_spacing = float(np.abs(np.subtract(image.spacing, label.spacing)).max())
+    d_origin = float(np.abs(image.affine[:3, 3] - label.affine[:3, 3]).max())
+    d_dir = float(np.abs(image.direction_lps - label.direction_lps).max())
+    if d_spacing > SPACING_TOLERANCE_MM or d_origin > ORIGIN_TOLERANCE_MM or d_dir > DIRECTION_TOLERANCE:
+        raise DataError(
+            f"{names}: geometry differs (spacing by {d_spacing:.3g} mm, origin by {d_origin:.3g} mm, direction by "
+            f"{d_dir:.3g}; allowed {SPACING_TOLERANCE_MM} mm, {ORIGIN_TOLERANCE_MM} mm, {DIRECTION_TOLERANCE}); "
+            "resample the label onto the image grid"
+        )
+    if d_spacing or d_origin or d_dir:
+        log.info("%s: geometry differs by float noise only (spacing %.2g mm, origin %.2g mm, direction %.2g); "
+                 "using the image geometry", names, d_spacing, d_origin, d_dir)
+
+
+def label_classes(label: Volume, labels: LabelMap, *, tolerance: int = 0) -> np.ndarray:
+    """Class indices (uint8) of a label volume; several source values may map to one class.
+
+    Raises:
+        DataError: Non-integer values, or values that belong to no class (the message lists them).
+    """
+    source = str(label.meta.get("path", "<array>"))
+    arr = label.array
+    if arr.dtype.kind == "f":
+        rounded = np.rint(arr)
+        if not np.array_equal(rounded, arr):
+            raise DataError(f"{source}: label values must be whole numbers, got non-integer floats")
+        arr = rounded.astype(np.int64)
+    classes, _ = labels.to_class(arr, tolerance=tolerance, source=source)
+    return np.asarray(classes, dtype=np.uint8 if labels.num_classes <= 256 else np.int64)
+
+
+class VolumePreprocessor:
+    """Moves volumes onto the canonical training grid and results back.
+
+    Args:
+        settings: The ``preprocessing`` dict stored in checkpoints, see :meth:`from_config`.
+
+    Example:
+        >>> pre = VolumePreprocessor({"windows": [[40, 400]], "intensity": "ct_window",
+        ...                           "spacing_mm": [2.0, 2.0, 2.0], "orientation": "RAS"})
+        >>> vol = Volume(np.zeros((4, 4, 4), np.int16), np.diag([1.0, 1.0, 1.0, 1.0]))
+        >>> image, grid = pre.prepare_image(vol)
+        >>> tuple(image.shape), grid.shape_out
+        ((1, 2, 2, 2), (2, 2, 2))
+    """
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        intensity = settings.get("intensity", "ct_window")
+        if intensity not in ("ct_window", "zscore"):
+            raise ValueError(f"preprocessing.intensity: unknown {intensity!r}; choose from ct_window, zscore")
+        self.intensity = str(intensity)
+        self.windows = [resolve_window(tuple(w) if not isinstance(w, str) else w) for w in settings.get("windows", [])]
+        if self.intensity == "ct_window" and not self.windows:
+            raise ValueError("preprocessing.windows: ct_window intensity needs at least one window")
+        spacing = settings.get("spacing_mm")
+        self.spacing_mm = None if spacing is None else tuple(float(s) for s in spacing)
+        if self.spacing_mm is not None and (len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0):
+            raise ValueError(f"preprocessing.spacing_mm: need 3 positive values, got {spacing!r}")
+        self.orientation = str(settings.get("orientation", "RAS")).upper()
+        self.extra = {k: v for k, v in settings.items()
+                      if k not in ("intensity", "windows", "spacing_mm", "orientation")}
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> VolumePreprocessor:
+        """Build from the ``data`` section (kind volumes3d or slices2d)."""
+        windows = [list(resolve_window(w if isinstance(w, str) else w.model_dump())) for w in data.windows]
+        return cls({
+            "kind": data.kind,
+            "windows": windows if data.intensity == "ct_window" else [],
+            "intensity": data.intensity,
+            "spacing_mm": None if data.spacing_mm is None else list(data.spacing_mm),
+            "orientation": data.orientation,
+            "patch_size": list(data.patch_size),
+            "slice_axis": data.slice_axis,
+        })
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """JSON-safe settings (the checkpoint's ``preprocessing``)."""
+        return {
+            **self.extra,
+            "windows": [list(w) for w in self.windows],
+            "intensity": self.intensity,
+            "spacing_mm": None if self.spacing_mm is None else list(self.spacing_mm),
+            "orientation": self.orientation,
+        }
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of a prepared image: one per window (ct_window) or 1 (zscore)."""
+        return len(self.windows) if self.intensity == "ct_window" else 1
+
+    def __repr__(self) -> str:
+        return f"VolumePreprocessor({self.settings})"
+
+    # --------------------------------------------------------------------------------- geometry
+    def plan(self, volume: Volume) -> GridRecord:
+        """The grid a volume goes to (no voxel work)."""
+        _check_volume(volume)
+        shape = volume.shape
+        current = io_orientation(volume.affine)
+        target = axcodes2ornt(tuple(self.orientation))
+        transform, inverse = ornt_transform(current, target), ornt_transform(target, current)
+        oriented_affine = volume.affine @ inv_ornt_aff(transform, shape)
+        oriented_shape = tuple(int(shape[int(a)]) for a in _source_axes(transform))
+        spacing_in = np.linalg.norm(oriented_affine[:3, :3], axis=0)
+        if self.spacing_mm is None:
+            shape_out = oriented_shape
+        else:
+            shape_out = tuple(max(1, round(n * s / t)) for n, s, t in
+                              zip(oriented_shape, spacing_in, self.spacing_mm, strict=True))
+        factor = np.asarray(oriented_shape, float) / np.asarray(shape_out, float)
+        scale = np.eye(4)
+        scale[:3, :3] = np.diag(factor)
+        scale[:3, 3] = 0.5 * factor - 0.5  # voxel centres with align_corners=False
+        affine_out = oriented_affine @ scale
+        return GridRecord(
+            shape=shape, affine=volume.affine.copy(), transform=transform, inverse=inverse,
+            oriented_shape=oriented_shape, oriented_affine=oriented_affine, shape_out=tuple(int(n) for n in shape_out),
+            spacing_out=tuple(float(s) for s in spacing_in * factor), affine_out=affine_out,
+        )
+
+    def prepare_image(self, volume: Volume) -> tuple[torch.Tensor, GridRecord]:
+        """Reorient, resample and normalise an image volume.
+
+        Returns:
+            ``(image (C, X, Y, Z) float32, grid record)``.
+
+        Raises:
+            DataError: NaN/Inf voxels or a constant volume under zscore.
+        """
+        grid = self.plan(volume)
+        array = np.asarray(volume.array, dtype=np.float32)
+        if not np.isfinite(array).all():
+            raise DataError(f"{volume.meta.get('path', '<array>')}: volume holds NaN or Inf voxels")
+        oriented = np.ascontiguousarray(apply_orientation(array, grid.transform))
+        if grid.shape_out != grid.oriented_shape:
+            sigma = [max(0.0, (a / b - 1) / 2) for a, b in zip(grid.oriented_shape, grid.shape_out, strict=True)]
+            if max(sigma) > 0:
+                oriented = ndimage.gaussian_filter(oriented, sigma=sigma, mode="nearest")
+            x = F.interpolate(torch.from_numpy(oriented)[None, None], size=grid.shape_out, mode="trilinear",
+                              align_corners=False)[0]
+        else:
+            x = torch.from_numpy(oriented)[None]
+        return self._normalise(x, str(volume.meta.get("path", "<array>"))), grid
+
+    def prepare_label(self, label: Volume, grid: GridRecord, labels: LabelMap, *, tolerance: int = 0) -> torch.Tensor:
+        """Class map of a label volume on the prepared grid ``(X, Y, Z)`` uint8 (nearest-neighbour)."""
+        classes = np.ascontiguousarray(apply_orientation(label_classes(label, labels, tolerance=tolerance),
+                                                         grid.transform))
+        return self._resample_classes(torch.from_numpy(classes), grid.shape_out)
+
+    def prepare_pair(
+        self, image_path: str | Path, label_path: str | Path, labels: LabelMap, *, tolerance: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, GridRecord]:
+        """Read and prepare an image and its label volume (geometry checked).
+
+        Raises:
+            DataError: Unreadable files, grids that differ, unknown label values.
+        """
+        image, label = read_volume(image_path), read_volume(label_path)
+        check_same_grid(image, label)
+        x, grid = self.prepare_image(image)
+        return x, self.prepare_label(label, grid, labels, tolerance=tolerance), grid
+
+    # --------------------------------------------------------------------------------- inverse
+    def invert_classes(self, classes: torch.Tensor | np.ndarray, grid: GridRecord) -> np.ndarray:
+        """A class map on the prepared grid -> the original grid (nearest-neighbour), same dtype."""
+        t = torch.as_tensor(np.asarray(classes))
+        back = self._resample_classes(t, grid.oriented_shape).numpy()
+        return _unorient(back, grid)
+
+    @torch.no_grad()
+    def invert_probabilities(self, probs: torch.Tensor, grid: GridRecord) -> np.ndarray:
+        """Class scores ``(K, X, Y, Z)`` on the prepared grid -> class map (uint8/int64) on the original grid.
+
+        Each class is resampled trilinearly to the original size and the argmax kept as it goes, so memory
+        stays at two original-size volumes whatever K is.
+        """
+        k = probs.shape[0]
+        dtype = torch.uint8 if k <= 256 else torch.int64
+        if tuple(probs.shape[1:]) == grid.oriented_shape:
+            return _unorient(probs.argmax(0).to(dtype).cpu().numpy(), grid)
+        best = torch.full(grid.oriented_shape, -torch.inf)
+        arg = torch.zeros(grid.oriented_shape, dtype=dtype)
+        for c in range(k):
+            up = F.interpolate(probs[c][None, None].float().cpu(), size=grid.oriented_shape, mode="trilinear",
+                               align_corners=False)[0, 0]
+            arg[up > best] = c
+            torch.maximum(best, up, out=best)
+        return _unorient(arg.numpy(), grid)
+
+    # --------------------------------------------------------------------------------- helpers
+    def _normalise(self, x: torch.Tensor, source: str) -> torch.Tensor:
+        if self.intensity == "zscore":
+            std = float(x.std())
+            if std < 1e-8:
+                raise DataError(f"{source}: constant volume, cannot z-score normalise it")
+            return ((x - x.mean()) / std).float()
+        return torch.cat([ct_window(x, center_hu=c, width_hu=w) for c, w in self.windows]).float()
+
+    @staticmethod
+    def _resample_classes(classes: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        if tuple(classes.shape) == tuple(shape):
+            return classes
+        dtype = classes.dtype
+        out = F.interpolate(classes[None, None].float(), size=tuple(shape), mode="nearest-exact")[0, 0]
+        return out.to(dtype)
+
+
+def _check_volume(volume: Volume) -> None:
+    if volume.array.ndim != 3:
+        raise DataError(f"{volume.meta.get('path', '<array>')}: expected a 3D volume, got shape {volume.array.shape}")
+
+
+def _source_axes(transform: np.ndarray) -> list[int]:
+    """For each output axis of ``apply_orientation(arr, transform)``, the input axis it comes from."""
+    src = [0, 0, 0]
+    for in_axis, (out_axis, _) in enumerate(transform):
+        src[int(out_axis)] = in_axis
+    return src
+
+
+def _unorient(array: np.ndarray, grid: GridRecord) -> np.ndarray:
+    """Undo the reorientation of ``grid`` on an array of the oriented shape."""
+    out = np.ascontiguousarray(apply_orientation(array, grid.inverse))
+    if out.shape != grid.shape:
+        raise RuntimeError(f"inverse orientation gave shape {out.shape}, expected {grid.shape}")
+    return out

@@ -1,0 +1,213 @@
+"""Compare a folder of predictions with a folder of ground truth: per-case CSV and per-class summary.
+
+Cases pair by file name without extension (``case.png`` <-> ``case.jpg``, ``a.nii.gz`` <-> ``a.nii``).
+Both sides go through the same label mapping and snapping tolerance. A truth case without a
+prediction is scored as an empty prediction (worst case) and flagged, never dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.atomic import write_json_atomic, write_text_atomic
+from medseg.data.label_discovery import discover_label_values
+from medseg.data.labels import LabelMap, labels_from_checkpoint, mask_to_single_channel
+from medseg.errors import ConfigError, DataError, OutputExistsError
+from medseg.io.images import IMAGE_SUFFIXES, read_mask
+from medseg.metrics.case_metrics import CLASS_METRICS, compute_case_metrics, summarize
+
+log = logging.getLogger(__name__)
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+#: Largest affine difference (mm, or direction cosine) accepted between prediction and truth.
+GEOMETRY_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Per-case metrics, their summary and where they were written."""
+
+    cases: list[dict[str, Any]]
+    summary: dict[str, dict[str, dict[str, float]]]
+    csv_path: Path | None
+    summary_path: Path | None
+    missing_predictions: list[str]
+
+    def table(self) -> str:
+        """A plain-text per-class table (mean +- std) for the terminal."""
+        lines = [f"{'class':<20} {'n':>4} " + " ".join(f"{m:>14}" for m in (*CLASS_METRICS, "pixel_acc"))]
+        for name, stats in self.summary.items():
+            cells = []
+            for m in (*CLASS_METRICS, "pixel_accuracy"):
+                s = stats.get(m)
+                cells.append(f"{s['mean']:>7.4f}+-{s['std']:<5.3f}" if s else f"{'':>14}")
+            n = int(next(iter(stats.values()))["n"])
+            lines.append(f"{name:<20} {n:>4} " + " ".join(cells))
+        return "\n".join(lines)
+
+
+def case_name(path: Path) -> str:
+    """File name without its (double) extension."""
+    name = path.name
+    for suffix in VOLUME_SUFFIXES + IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _files(folder: Path, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"{what} folder {folder} does not exist")
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        if p.name.lower().endswith(VOLUME_SUFFIXES + IMAGE_SUFFIXES) and not p.name.endswith(".json"):
+            if p.stem.endswith("_overlay"):
+                continue
+            out[case_name(p)] = p
+    if not out:
+        raise DataError(f"{what} folder {folder} holds no image or volume files")
+    return out
+
+
+def _read(path: Path) -> tuple[np.ndarray, Any]:
+    """Gray values and, for volumes, the volume (for geometry and spacing)."""
+    if path.name.lower().endswith(VOLUME_SUFFIXES):
+        from medseg.io.volume_io import read_volume
+
+        vol = read_volume(path)
+        arr = vol.array
+        if arr.dtype.kind == "f":
+            arr = np.rint(arr).astype(np.int64)
+        return arr, vol
+    return mask_to_single_channel(read_mask(path), source=str(path)), None
+
+
+def _check_geometry(pred: Path, truth: Path, pv: Any, tv: Any, p_arr: np.ndarray, t_arr: np.ndarray) -> None:
+    if p_arr.shape != t_arr.shape:
+        raise DataError(f"{pred}: shape {p_arr.shape} differs from truth {truth.name} shape {t_arr.shape}")
+    if pv is not None and tv is not None:
+        diff = float(np.abs(np.asarray(pv.affine) - np.asarray(tv.affine)).max())
+        if diff > GEOMETRY_TOLERANCE:
+            raise DataError(
+                f"{pred}: geometry differs from truth {truth.name} (largest affine difference {diff:.4g}, "
+                f"tolerance {GEOMETRY_TOLERANCE}); the prediction is not on the truth's grid"
+            )
+
+
+def evaluate(
+    pred_dir: str | Path,
+    truth_dir: str | Path,
+    *,
+    labels: LabelMap | None = None,
+    tolerance: int = 0,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+) -> EvaluationResult:
+    """Score predicted label maps against ground truth, case by case and class by class.
+
+    Args:
+        pred_dir: Folder of predicted masks (PNG/JPG) or label volumes (NIfTI, MHA, NRRD).
+        truth_dir: Folder of ground-truth files with the same case names.
+        labels: Gray value -> class mapping (e.g. from a checkpoint); discovered from the truth when None.
+        tolerance: Gray levels within which values snap to a mapped value (JPEG masks).
+        output: CSV path for per-case rows (a ``.summary.json`` is written beside it); nothing is written when None.
+        overwrite: Replace existing output files.
+
+    Returns:
+        An :class:`EvaluationResult` (HD95 in mm for volumes, in pixels for 2D images).
+
+    Raises:
+        DataError: Missing folders, unreadable files, values outside the mapping, shape or geometry mismatch.
+        OutputExistsError: ``output`` exists and ``overwrite`` is False.
+    """
+    pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
+    out_path = Path(output) if output is not None else None
+    if out_path is not None and out_path.exists() and not overwrite:
+        raise OutputExistsError(f"{out_path}: exists; pass --overwrite to replace it")
+    preds, truths = _files(pred_dir, "prediction"), _files(truth_dir, "truth")
+    if labels is None:
+        found = discover_label_values((_read(p)[0] for p in truths.values()), tolerance=tolerance)
+        labels = LabelMap.from_classes(
+            [("background" if i == 0 else f"class_{v}", [v]) for i, v in enumerate(found.values)]
+        )
+        log.info("truth label values: %s", found.summary())
+    extra = sorted(set(preds) - set(truths))
+    if extra:
+        log.warning("%d predictions have no truth and are ignored: %s", len(extra), ", ".join(extra[:10]))
+    missing = sorted(set(truths) - set(preds))
+    if missing:
+        log.warning("%d truth cases have no prediction and score as empty: %s", len(missing), ", ".join(missing[:10]))
+    cases: list[dict[str, Any]] = []
+    results = []
+    for name, truth_path in truths.items():
+        t_arr, tv = _read(truth_path)
+        t_cls, _ = labels.to_class(t_arr, tolerance=tolerance, source=str(truth_path))
+        if name in preds:
+            p_arr, pv = _read(preds[name])
+            _check_geometry(preds[name], truth_path, pv, tv, p_arr, t_arr)
+            p_cls, _ = labels.to_class(p_arr, tolerance=tolerance, source=str(preds[name]))
+        else:
+            p_cls = np.zeros_like(t_cls)
+        spacing = tv.spacing if tv is not None else None
+        metrics = compute_case_metrics(
+            p_cls, t_cls, labels.num_classes, spacing=spacing, class_names=list(labels.names)
+        )
+        results.append(metrics)
+        for cls_name, values in metrics.items():
+            cases.append({"case": name, "class": cls_name, "missing_prediction": name not in preds, **values})
+    summary = summarize(results)
+    csv_path = summary_path = None
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        csv_path = write_text_atomic(out_path, _to_csv(cases))
+        summary_path = write_json_atomic(
+            out_path.with_suffix(".summary.json"),
+            {"labels": labels.to_dict(), "n_cases": len(truths), "missing_predictions": missing, "summary": summary},
+        )
+    return EvaluationResult(cases, summary, csv_path, summary_path, missing)
+
+
+def _to_csv(rows: list[dict[str, Any]]) -> str:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) and not math.isnan(v) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def label_map_from_options(checkpoint: str | Path | None, text: str | None) -> LabelMap | None:
+    """The label mapping for ``evaluate``: from a checkpoint, from ``"0=background,255=polyp"``, or None.
+
+    Raises:
+        ConfigError: Both given, or ``text`` is not ``VALUE=NAME`` items.
+    """
+    if checkpoint is not None and text is not None:
+        raise ConfigError("give --checkpoint or --labels, not both")
+    if checkpoint is not None:
+        from medseg.checkpoint import load_checkpoint
+
+        return labels_from_checkpoint(load_checkpoint(checkpoint))
+    if text is None:
+        return None
+    mapping: dict[int, str] = {}
+    for item in text.split(","):
+        value, sep, name = item.partition("=")
+        try:
+            mapping[int(value)] = name.strip() if sep else f"class_{int(value)}"
+        except ValueError:
+            raise ConfigError(f"--labels: {item!r} is not VALUE=NAME (e.g. '0=background,255=polyp')") from None
+    return LabelMap.from_mapping(mapping)

@@ -1,0 +1,45 @@
+"""``medseg predict`` over paths: the image or the volume batch, by the model's kind."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from medseg.errors import DataError
+from medseg.io.volume import VOLUME_SUFFIXES
+from medseg.prediction.cases import BatchReport
+from medseg.prediction.image import predict_images
+from medseg.prediction.loaded import LoadedModel
+from medseg.prediction.volume import predict_volumes
+
+__all__ = ["predict_paths"]
+
+
+def predict_paths(
+    loaded: LoadedModel,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    overlay: bool = False,
+    dicom_seg: bool = False,
+    progress: bool = True,
+) -> BatchReport:
+    """Predict every case found in ``inputs`` into ``out_dir``.
+
+    Image models: see :func:`~medseg.prediction.image.predict_images`; volume models:
+    :func:`~medseg.prediction.volume.predict_volumes`.
+
+    Raises:
+        DataError: A volume given to an image model (and everything the two batch functions refuse).
+        ConfigError: ``out_dir`` inside an input folder.
+    """
+    paths = [Path(p) for p in inputs]
+    out = Path(out_dir)
+    if not loaded.kind.segments_volumes:
+        volumes = [p for p in paths if p.name.lower().endswith(VOLUME_SUFFIXES)]
+        if volumes:
+            raise DataError(f"{volumes[0]}: is a volume but checkpoint {loaded.source} is a 2D image model "
+                            "(images2d); use a checkpoint trained with data.kind volumes3d or slices2d")
+        return predict_images(loaded, paths, out, overwrite=overwrite, overlay=overlay, progress=progress)
+    return predict_volumes(loaded, paths, out, overwrite=overwrite, dicom_seg=dicom_seg, progress=progress)

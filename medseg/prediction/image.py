@@ -1,0 +1,138 @@
+"""2D image models: one image (resize, network, flip TTA, resize back, largest component) and a folder of them.
+
+Outputs of :func:`predict_images`: ``OUT/<name>.png`` masks in the original gray values and, on request,
+``OUT/<name>_overlay.png``; each written atomically, the mask last, so a case whose mask exists is complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medseg.errors import DataError
+from medseg.io.images import IMAGE_SUFFIXES, read_image, write_mask, write_overlay
+from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
+from medseg.prediction.loaded import LoadedModel
+from medseg.prediction.postprocess import keep_largest_component
+
+__all__ = ["find_image_cases", "predict_image_classes", "predict_images"]
+
+
+@torch.no_grad()
+def predict_image_classes(loaded: LoadedModel, image: str | Path | np.ndarray) -> np.ndarray:
+    """Class indices 0..K-1 (uint8) of one 2D image, at the image's own size.
+
+    Args:
+        loaded: A 2D image model.
+        image: An image file, or an array (H, W, 3) / (H, W) uint8.
+
+    Raises:
+        DataError: Unreadable image, or ``loaded`` is not a 2D image model.
+    """
+    if loaded.kind.segments_volumes:
+        raise DataError(
+            f"{loaded.source}: this checkpoint was trained on {loaded.kind.value!r} data; "
+            "predict_image needs a 2D image model (use predict for volumes)"
+        )
+    pre = loaded.preprocessing
+    if isinstance(image, np.ndarray):
+        array, where = np.asarray(image), "array"
+    else:
+        array, where = read_image(Path(image), mode="RGB" if pre["color"] == "rgb" else "L"), str(image)
+    array = _channels(array, pre["color"], where)
+    h, w = array.shape[:2]
+    x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()[None] * float(pre["scale"])
+    size = tuple(pre["image_size"])
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True) if x.shape[-2:] != size else x
+    probs = _forward(loaded, x.to(loaded.device))
+    probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+    classes = probs.argmax(1)[0].to(torch.uint8).cpu().numpy()
+    if loaded.infer.largest_component:
+        classes = keep_largest_component(classes, loaded.labels.num_classes)
+    return classes
+
+
+def _forward(loaded: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities (1, K, H, W), averaged over flips when ``infer.tta``."""
+    flips: list[tuple[int, ...]] = [()]
+    if loaded.infer.tta:
+        flips += [(2,), (3,), (2, 3)]
+    batch = torch.cat([x.flip(f) if f else x for f in flips])
+    probs = torch.softmax(loaded.model(batch).float(), dim=1)
+    out = torch.zeros_like(probs[:1])
+    for p, f in zip(probs, flips, strict=True):
+        out += p[None].flip(f) if f else p[None]
+    return out / len(flips)
+
+
+def _channels(array: np.ndarray, color: str, source: str) -> np.ndarray:
+    if color == "rgb":
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=-1)
+        if array.ndim != 3 or array.shape[-1] not in (3, 4):
+            raise DataError(f"{source}: expected an RGB image (H, W, 3), got shape {array.shape}")
+        return array[..., :3]
+    if array.ndim == 3:
+        array = array[..., :3].mean(-1)
+    return array[..., None]
+
+
+def find_image_cases(inputs: Sequence[Path]) -> list[Case]:
+    """Image files given directly or inside the given folders (not recursive), in sorted order.
+
+    Raises:
+        DataError: An input does not exist, a folder holds no images, or two inputs share a name.
+    """
+    cases: list[Case] = []
+    for src in inputs:
+        if src.is_file():
+            cases.append(Case(src.stem, src))
+        elif src.is_dir():
+            files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not p.name.startswith("."))
+            if not files:
+                raise DataError(f"{src}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            cases += [Case(p.stem, p) for p in files]
+        else:
+            raise DataError(f"{src}: input does not exist")
+    check_unique_names(cases)
+    return cases
+
+
+def predict_images(
+    loaded: LoadedModel,
+    inputs: Sequence[Path],
+    out_dir: Path,
+    *,
+    overwrite: bool = False,
+    overlay: bool = False,
+    progress: bool = True,
+) -> BatchReport:
+    """Segment 2D images into ``out_dir/<name>.png`` masks in the original gray values.
+
+    Args:
+        loaded: A 2D image model.
+        inputs: Image files and/or folders of images.
+        out_dir: Output folder (created); must not be an input folder.
+        overwrite: Redo cases whose output exists (otherwise they are skipped).
+        overlay: Also write ``<name>_overlay.png`` with the mask drawn over the image.
+        progress: Progress bar on stderr.
+    """
+    inputs = [Path(p) for p in inputs]
+    check_output_dir(out_dir, inputs)
+    cases = find_image_cases(inputs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def run(case: Case) -> list[Path]:
+        classes = predict_image_classes(loaded, case.source)
+        paths = [write_mask(out_dir / f"{case.name}.png", loaded.labels.to_values(classes))]
+        if overlay:
+            image = read_image(case.source, mode="RGB")
+            paths.append(write_overlay(out_dir / f"{case.name}_overlay.png", image, classes))
+        return paths
+
+    return run_cases(cases, lambda c: out_dir / f"{c.name}.png", run, overwrite=overwrite, progress=progress)

@@ -1,0 +1,67 @@
+"""Prediction from a checkpoint alone: ``Predictor.from_checkpoint(path).predict(source)``.
+
+The checkpoint carries the config, the label mapping and the preprocessing the model was trained with, so
+nothing else is needed. :meth:`Predictor.predict` sends a source to the image or the volume path by the
+model's :class:`~medseg.config.kinds.DataKind`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from medseg.errors import DataError
+from medseg.io.volume import Volume
+from medseg.prediction.image import predict_image_classes
+from medseg.prediction.loaded import LoadedModel
+from medseg.prediction.volume import predict_volume
+
+__all__ = ["Prediction", "Predictor"]
+
+#: What :meth:`Predictor.predict` returns: a 2D mask in gray values (image models) or a label-map volume.
+Prediction = Union[np.ndarray, Volume]  # noqa: UP007 (a runtime alias; X | Y needs Python 3.10 at runtime too)
+
+
+class Predictor(LoadedModel):
+    """A trained model with everything needed to turn inputs into label maps.
+
+    Build it with :meth:`from_checkpoint` (see :class:`~medseg.prediction.loaded.LoadedModel` for the fields).
+    """
+
+    def predict(self, source: str | Path | np.ndarray | Volume) -> Prediction:
+        """Segment one input with this model.
+
+        Args:
+            source: For a 2D image model, an image file or array (returns the mask in gray values, a
+                numpy array of the image's size). For a volume model (3D, or 2D slice-wise), a
+                NIfTI/MHA/NRRD file, a DICOM series folder or a :class:`~medseg.io.volume.Volume`
+                (returns a label-map ``Volume`` on the input's grid).
+
+        Raises:
+            DataError: The source does not suit this kind of model, or cannot be read.
+        """
+        if not self.kind.segments_volumes:
+            if isinstance(source, Volume):
+                raise DataError(f"{self.source}: a 2D image model cannot segment a Volume; give an image")
+            return self.predict_image(source)
+        if isinstance(source, np.ndarray):
+            raise DataError(f"{self.source}: a {self.kind.value} model segments volumes; wrap the array in a "
+                            "medseg.Volume with its affine, or give a file or DICOM folder")
+        return predict_volume(self, source)
+
+    def predict_image(self, image: str | Path | np.ndarray) -> np.ndarray:
+        """Segment one 2D image; returns a mask of the image's size in the original gray values.
+
+        Args:
+            image: An image file, or an array (H, W, 3) / (H, W) uint8.
+
+        Raises:
+            DataError: Unreadable image, or this checkpoint is not a 2D image model.
+        """
+        return np.asarray(self.labels.to_values(self.predict_image_classes(image)))
+
+    def predict_image_classes(self, image: str | Path | np.ndarray) -> np.ndarray:
+        """Like :meth:`predict_image` but returns class indices 0..K-1 (uint8)."""
+        return predict_image_classes(self, image)

@@ -1,0 +1,243 @@
+"""Volume models (3D, and 2D slice-wise) onto the input's exact grid, one case or many.
+
+One case: read -> :class:`~medseg.data.volume_preprocessing.VolumePreprocessor` with the checkpoint's settings ->
+sliding window (``loaded.infer``: roi, overlap, blend, precision, flip TTA) -> class probabilities
+resampled back to the original grid (trilinear, argmax there) and reoriented -> optional largest component
+per class -> original label values (``LabelMap.to_values``).
+
+Many cases (:func:`predict_volumes`): ``OUT/<case>.nii.gz`` label maps, ``OUT/<case>.json`` sidecars and,
+for DICOM inputs on request, ``OUT/<case>.seg.dcm``. Outputs are written atomically, the label map last, so a
+case whose ``.nii.gz`` exists is complete and is skipped unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import medseg
+from medseg.atomic import write_json_atomic
+from medseg.data.volume_preprocessing import VolumePreprocessor
+from medseg.errors import CheckpointError, DataError
+from medseg.io.dicom import list_series
+from medseg.io.images import IMAGE_SUFFIXES
+from medseg.io.volume import VOLUME_SUFFIXES, Volume, volume_case_name
+from medseg.io.volume_io import read_volume, write_label_map
+from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
+from medseg.prediction.loaded import LoadedModel
+from medseg.prediction.network import infer_prepared
+from medseg.prediction.postprocess import keep_largest_component
+
+__all__ = ["VolumeCase", "find_volume_cases", "predict_volume", "predict_volumes", "read_input_volume"]
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class VolumeCase(Case):
+    """A volume case: a file, or a DICOM folder with the series to read from it."""
+
+    series_uid: str | None = None
+
+
+# ------------------------------------------------------------------------------------------- one case
+def _check_volume_model(loaded: LoadedModel, what: str) -> None:
+    if not loaded.kind.segments_volumes:
+        raise DataError(
+            f"{what}: checkpoint {loaded.source} is a {loaded.kind.value!r} model (2D images such as PNG/JPEG) and "
+            "cannot segment a volume; use a checkpoint trained with data.kind volumes3d or slices2d"
+        )
+
+
+def read_input_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
+    """Read a volume input, refusing 2D image files with a clear message.
+
+    Raises:
+        DataError: A 2D image file, or anything :func:`~medseg.io.volume_io.read_volume` refuses.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES + (".gif",):
+        raise DataError(
+            f"{path}: is a 2D image but this checkpoint segments 3D volumes (NIfTI/MHA/NRRD files or DICOM "
+            "series folders); use a checkpoint trained with data.kind images2d for 2D images"
+        )
+    return read_volume(path, series_uid=series_uid)
+
+
+def predict_classes(loaded: LoadedModel, volume: Volume) -> np.ndarray:
+    """Class indices (uint8) on ``volume``'s grid."""
+    settings = loaded.preprocessing
+    pre = VolumePreprocessor(settings)
+    if pre.in_channels != loaded.in_channels:
+        raise CheckpointError(
+            f"{loaded.source}: preprocessing gives {pre.in_channels} channels but the model takes "
+            f"{loaded.in_channels}; the checkpoint is inconsistent"
+        )
+    image, grid = pre.prepare_image(volume)
+    tiling = "auto"  # the engine falls back to roi windows for instance/group norm
+    probs = infer_prepared(loaded.model, image, settings, loaded.infer, loaded.device, tiling=tiling)
+    classes = pre.invert_probabilities(probs, grid)
+    if loaded.infer.largest_component:
+        classes = keep_largest_component(classes, loaded.labels.num_classes)
+    return classes
+
+
+def predict_volume(loaded: LoadedModel, source: str | Path | Volume, *, series_uid: str | None = None) -> Volume:
+    """Segment one volume; the result lies on the input's exact grid (shape and affine) in original label values.
+
+    Args:
+        loaded: A volumes3d or slices2d loaded.
+        source: A NIfTI/MHA/NRRD file, a DICOM series folder, or a :class:`~medseg.io.volume_io.Volume`.
+        series_uid: For a DICOM folder holding several series, the one to read.
+
+    Returns:
+        A :class:`~medseg.io.volume_io.Volume` of label values (``meta["classes"]``: class indices array).
+
+    Raises:
+        DataError: A 2D-image checkpoint, a 2D image input, or an unreadable volume.
+    """
+    what = str(source.meta.get("path", "<volume>")) if isinstance(source, Volume) else str(source)
+    _check_volume_model(loaded, what)
+    volume = source if isinstance(source, Volume) else read_input_volume(source, series_uid=series_uid)
+    classes = predict_classes(loaded, volume)
+    values = np.asarray(loaded.labels.to_values(classes))
+    return Volume(values, volume.affine.copy(), {**volume.meta, "classes": classes, "checkpoint": loaded.source})
+
+
+# ------------------------------------------------------------------------------------------- many cases
+def _is_dicom_candidate(path: Path) -> bool:
+    name = path.name.lower()
+    return path.is_file() and not name.startswith(".") and not name.endswith(
+        VOLUME_SUFFIXES + IMAGE_SUFFIXES + (".json", ".txt", ".md", ".csv", ".gif"))
+
+
+def _dicom_cases(folder: Path, name: str) -> list[VolumeCase]:
+    usable = [s for s in list_series([p for p in sorted(folder.iterdir()) if _is_dicom_candidate(p)]) if s.usable]
+    if not usable:
+        raise DataError(f"{folder}: no usable DICOM volume series (see `medseg inspect {folder}`)")
+    if len(usable) == 1:
+        return [VolumeCase(name, folder, usable[0].series_uid)]
+    return [VolumeCase(f"{name}_{i + 1:02d}", folder, s.series_uid) for i, s in enumerate(usable)]
+
+
+def find_volume_cases(inputs: Sequence[Path]) -> list[VolumeCase]:
+    """Cases among the inputs: volume files; DICOM folders (one case per usable series); folders of
+    volume files (one case each) and of DICOM series sub-folders (one case per series).
+
+    Raises:
+        DataError: A missing input, a folder with nothing to segment, or two cases with one output name.
+    """
+    cases: list[VolumeCase] = []
+    for src in (Path(p) for p in inputs):
+        if src.is_file():
+            cases.append(VolumeCase(volume_case_name(src), src))
+        elif src.is_dir():
+            found = _folder_cases(src)
+            if not found:
+                raise DataError(f"{src}: nothing to segment (no {', '.join(VOLUME_SUFFIXES)} files, DICOM files "
+                                "or DICOM series sub-folders)")
+            cases += found
+        else:
+            raise DataError(f"{src}: input does not exist")
+    check_unique_names(cases)
+    return cases
+
+
+def _folder_cases(folder: Path) -> list[VolumeCase]:
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    if any(_is_dicom_candidate(p) for p in entries):
+        return _dicom_cases(folder, folder.name)
+    cases = [VolumeCase(volume_case_name(p), p) for p in entries
+             if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES)]
+    for sub in (p for p in entries if p.is_dir()):
+        if any(_is_dicom_candidate(p) for p in sub.iterdir()):
+            cases += _dicom_cases(sub, sub.name)
+    return cases
+
+
+def describe_result(loaded: LoadedModel, volume: Volume, result: Volume, case: Case, seconds: float
+                    ) -> dict[str, Any]:
+    """The JSON sidecar of one predicted case."""
+    classes = result.meta["classes"]
+    voxel_mm3 = float(abs(np.linalg.det(volume.affine[:3, :3])))
+    counts = np.bincount(classes.ravel(), minlength=loaded.labels.num_classes)
+    return {
+        "case": case.name,
+        "input": str(case.source),
+        "series_uid": getattr(case, "series_uid", None),
+        "input_geometry": {
+            "shape": list(volume.shape),
+            "spacing_mm": list(volume.spacing),
+            "origin_lps": list(volume.origin_lps),
+            "direction_lps": np.asarray(volume.direction_lps).round(8).tolist(),
+            "affine_ras": np.asarray(volume.affine).tolist(),
+        },
+        "voxel_volume_mm3": voxel_mm3,
+        "classes": [
+            {"index": i, "name": c.name, "value": c.values[0], "source_values": list(c.values),
+             "voxels": int(counts[i]), "volume_mm3": float(counts[i]) * voxel_mm3}
+            for i, c in enumerate(loaded.labels.classes)
+        ],
+        "runtime_s": round(seconds, 3),
+        "medseg_version": medseg.__version__,
+        "checkpoint": loaded.source,
+        "preprocessing": loaded.preprocessing,
+        "infer": loaded.infer.model_dump(mode="json"),
+    }
+
+
+def predict_volumes(
+    loaded: LoadedModel,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    dicom_seg: bool = False,
+    progress: bool = True,
+) -> BatchReport:
+    """Segment every volume case found in ``inputs`` into ``out_dir`` (see the module docstring).
+
+    Args:
+        loaded: A volumes3d or slices2d loaded.
+        inputs: Volume files, DICOM series folders, or folders of either.
+        out_dir: Output folder (created); must not lie inside an input folder.
+        overwrite: Redo cases whose ``<case>.nii.gz`` exists (otherwise they are skipped).
+        dicom_seg: For DICOM inputs also write ``<case>.seg.dcm`` referencing the series.
+        progress: Progress bar on stderr.
+
+    Returns:
+        A :class:`~medseg.prediction.cases.BatchReport`; failing cases are listed there and the others still run.
+
+    Raises:
+        DataError: A 2D image checkpoint, missing inputs, or clashing case names.
+        ConfigError: ``out_dir`` inside an input folder.
+    """
+    paths, out = [Path(p) for p in inputs], Path(out_dir)
+    _check_volume_model(loaded, ", ".join(map(str, paths)))
+    check_output_dir(out, paths)
+    cases = find_volume_cases(paths)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def run(case: Case) -> list[Path]:
+        t0 = time.perf_counter()
+        volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None))
+        result = predict_volume(loaded, volume)
+        written = []
+        if dicom_seg and volume.meta.get("format") == "dicom":
+            from medseg.io.dicom_seg import write_dicom_seg
+
+            names = {c.values[0]: c.name for c in loaded.labels.classes[1:]}
+            written.append(write_dicom_seg(out / f"{case.name}.seg.dcm", result.array, volume, names))
+        elif dicom_seg:
+            log.info("%s: not a DICOM input, no DICOM-SEG written", case.source)
+        sidecar = describe_result(loaded, volume, result, case, time.perf_counter() - t0)
+        written.append(write_json_atomic(out / f"{case.name}.json", sidecar))
+        written.append(write_label_map(out / f"{case.name}.nii.gz", result.array, volume))
+        return written[::-1]
+
+    return run_cases(cases, lambda c: out / f"{c.name}.nii.gz", run, overwrite=overwrite, progress=progress)

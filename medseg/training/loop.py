@@ -1,0 +1,372 @@
+"""The training loop: epochs, validation, best/last checkpoints, per-epoch log, resume.
+
+Order and augmentation of every epoch depend only on ``(train.seed, epoch)``, and checkpoints are
+written at epoch ends, so a run resumed from ``checkpoints/last.pt`` repeats exactly what an
+uninterrupted run would have done from there (on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import medseg
+from medseg.atomic import write_json_atomic
+from medseg.checkpoint import load_checkpoint, save_checkpoint
+from medseg.config.loading import config_to_dict, save_config
+from medseg.config.schema import ExperimentConfig
+from medseg.data.labels import LabelMap, labels_from_checkpoint
+from medseg.device import resolve_device, seed_everything
+from medseg.errors import MedsegError
+from medseg.losses.factory import build_loss
+from medseg.metrics.case_metrics import summarize
+from medseg.models.factory import build_model
+from medseg.progress import progress_bar
+from medseg.training.optim import EpochScheduler, build_optimizer
+from medseg.training.plots import plot_curves, plot_preview
+from medseg.training.run_folder import RunLock, prepare_run_dir, read_log
+
+log = logging.getLogger(__name__)
+
+# Keys a resumed run may change without --force.
+RESUMABLE_CHANGES = ("train.max_epochs", "train.early_stopping", "data.num_workers", "train.tensorboard")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a training run left its outputs and how it ended."""
+
+    run_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path
+    best_metric: float | None
+    best_epoch: int | None
+    epochs_run: int
+    stopped_early: bool
+
+
+def default_run_dir(config_path: Path | None, cfg: ExperimentConfig) -> Path:
+    """``runs/<config name>-<YYYYmmdd-HHMMSS>`` in the current folder."""
+    stem = config_path.stem if config_path else f"{cfg.data.kind}"
+    return Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _build_task(cfg: ExperimentConfig, run_dir: Path, labels: LabelMap | None, resume: bool) -> Any:
+    if cfg.data.kind == "images2d":
+        from medseg.training.image_task import ImageTask
+
+        return ImageTask(cfg, run_dir, labels=labels, resume=resume)
+    from medseg.training.volume_task import VolumeTask
+
+    return VolumeTask(cfg, run_dir, labels=labels, resume=resume)
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts, as ``key: old -> new``."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        path = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, path + ".")
+        elif a != b:
+            out.append(f"{path}: {a!r} -> {b!r}")
+    return out
+
+
+def train(
+    cfg: ExperimentConfig,
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a model as the config says, writing everything into a run folder.
+
+    Args:
+        cfg: The experiment.
+        run_dir: Output folder (default ``runs/<kind>-<timestamp>``); with ``resume``, the run to continue.
+        resume: Continue from ``run_dir/checkpoints/last.pt`` (model, optimizer, schedule, epoch, RNG, best metric).
+            ``train.max_epochs`` may be raised to train a finished run longer.
+        overwrite: Replace an existing, non-empty run folder.
+        force: Resume even though the config differs from the saved one in more than ``train.max_epochs``.
+        progress: Show a progress bar on stderr.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        OutputExistsError: ``run_dir`` exists and neither ``resume`` nor ``overwrite`` is set.
+        MedsegError: Bad data, a locked run folder, or a resume with a changed config.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(None, cfg)
+    if resume and not run_dir.is_dir():
+        prepare_run_dir(run_dir, resume=True, overwrite=False)  # raises: nothing to resume
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):  # taken before anything in the folder is checked, cleared or written
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        return _train_locked(cfg, run_dir, resume=resume, force=force, progress=progress)
+
+
+def _train_locked(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, force: bool, progress: bool) -> TrainResult:
+    state: dict[str, Any] | None = None
+    labels: LabelMap | None = None
+    if resume:
+        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        changed = [
+            d for d in config_differences(ckpt["config"], config_to_dict(cfg)) if not d.startswith(RESUMABLE_CHANGES)
+        ]
+        if changed and not force:
+            raise MedsegError(
+                f"{run_dir}: the config differs from the one this run was started with ({'; '.join(changed)}); "
+                "resume with the same config (only train.max_epochs may change) or pass --force"
+            )
+        labels = labels_from_checkpoint(ckpt)
+        state = ckpt
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    task = _build_task(cfg, run_dir, labels, resume)
+    labels = task.labels
+    k = labels.num_classes
+    model = build_model(cfg.model, in_channels=task.in_channels, out_channels=k).to(device)
+    loss_fn = build_loss(cfg.loss, k).to(device)
+    optimizer = build_optimizer(cfg.train, model.parameters())
+    scheduler = EpochScheduler(cfg.train, optimizer)
+    use_amp = cfg.train.amp and device.type == "cuda"
+    if cfg.train.amp and device.type != "cuda":
+        log.info("train.amp is on but the device is %s: training in fp32", device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if cfg.train.deterministic:
+        torch.backends.cudnn.benchmark = False
+
+    records: list[dict[str, Any]] = []
+    start_epoch, best, best_epoch, bad = 0, None, None, 0
+    if state is not None:
+        ts = state["train_state"]
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(ts["optimizer"])
+        scheduler.load_state_dict(ts["scheduler"])
+        scaler.load_state_dict(ts["scaler"]) if ts.get("scaler") else None
+        start_epoch, best, best_epoch, bad = ts["epoch"] + 1, ts["best"], ts["best_epoch"], ts["bad_validations"]
+        _restore_rng(ts["rng"])
+        records = [r for r in read_log(run_dir) if r["epoch"] <= start_epoch]
+        log.info("resuming %s at epoch %d", run_dir, start_epoch + 1)
+    else:
+        save_config(cfg, run_dir / "config.yaml")
+        write_json_atomic(run_dir / "labels.json", labels.to_dict())
+        if cfg.train.preview_samples:
+            imgs, masks = task.preview(cfg.train.preview_samples)
+            plot_preview(imgs, masks, run_dir / "preview.png", title="training samples (augmented) with masks")
+    writer = _tensorboard(run_dir) if cfg.train.tensorboard else None
+
+    payload_base = {
+        "medseg_version": medseg.__version__,
+        "config": config_to_dict(cfg),
+        "labels": labels.to_dict(),
+        "preprocessing": task.preprocessing,
+        "in_channels": task.in_channels,
+        "out_channels": k,
+    }
+    higher_better = cfg.train.best_metric != "loss"
+    stopped_early = False
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, cfg.train.max_epochs):
+        seed_everything(cfg.train.seed * 100_003 + epoch)
+        lr = scheduler.start_epoch(epoch)
+        rec = _run_epoch(model, task, loss_fn, optimizer, scaler, device, cfg, epoch, progress)
+        rec["lr"] = lr
+        last_epoch = epoch == cfg.train.max_epochs - 1
+        if (epoch + 1) % cfg.train.val_every == 0 or last_epoch:
+            t0 = time.perf_counter()
+            val = task.validate(model, loss_fn, device)
+            rec.update(_val_record(val, labels))
+            rec["val_time_s"] = time.perf_counter() - t0
+            scheduler.observe(rec.get("val_loss", rec["train_loss"]))
+            score = rec.get(f"val_{cfg.train.best_metric}")
+            if score is not None and not math.isnan(score):
+                improved = best is None or (score > best if higher_better else score < best)
+                margin = cfg.train.early_stopping_min_delta
+                clearly = best is None or (score > best + margin if higher_better else score < best - margin)
+                bad = 0 if clearly else bad + 1
+                if improved:
+                    best, best_epoch = score, epoch
+                    save_checkpoint(
+                        {**payload_base, "state_dict": model.state_dict(), "epoch": epoch, "metrics": rec,
+                         "train_state": None},
+                        run_dir / "checkpoints" / "best.pt",
+                    )
+        records.append(rec)
+        train_state = {
+            "epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if use_amp else None, "best": best, "best_epoch": best_epoch,
+            "bad_validations": bad, "rng": _rng_state(),
+        }
+        save_checkpoint(
+            {**payload_base, "state_dict": model.state_dict(), "epoch": epoch, "metrics": rec,
+             "train_state": train_state},
+            run_dir / "checkpoints" / "last.pt",
+        )
+        write_json_atomic(run_dir / "log.json", records)
+        plot_curves(records, run_dir / "curves.png")
+        if writer is not None:
+            for key, value in rec.items():
+                if isinstance(value, int | float) and key != "epoch":
+                    writer.add_scalar(key, value, epoch)
+        log.info(_epoch_line(rec, cfg.train.max_epochs))
+        patience = cfg.train.early_stopping_patience
+        if patience is not None and bad >= patience:
+            log.info("early stopping: no improvement of val_%s in %d validations", cfg.train.best_metric, bad)
+            stopped_early = True
+            break
+    if writer is not None:
+        writer.close()
+    best_path = run_dir / "checkpoints" / "best.pt"
+    return TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=best_path if best_path.is_file() else None,
+        last_checkpoint=run_dir / "checkpoints" / "last.pt",
+        best_metric=best,
+        best_epoch=None if best_epoch is None else best_epoch + 1,
+        epochs_run=epoch + 1,
+        stopped_early=stopped_early,
+    )
+
+
+def _run_epoch(
+    model: torch.nn.Module, task: Any, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler, device: torch.device, cfg: ExperimentConfig, epoch: int, progress: bool,
+) -> dict[str, Any]:
+    model.train()
+    loader = task.train_loader(epoch)
+    steps = len(loader) if cfg.train.steps_per_epoch is None else min(len(loader), cfg.train.steps_per_epoch)
+    k = task.labels.num_classes
+    tp, fp, fn = (torch.zeros(k, dtype=torch.float64) for _ in range(3))
+    total_loss, n_items, t_data, t_compute = 0.0, 0, 0.0, 0.0
+    t_start = time.perf_counter()
+    t_mark = t_start
+    use_amp = scaler.is_enabled()
+    augment = getattr(task, "augment_batch", None)  # batch-level augmentation on the device, if the task has it
+    with progress_bar(f"epoch {epoch + 1}/{cfg.train.max_epochs}", steps, enabled=progress) as advance:
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            image = batch["image"].to(device, non_blocking=True)
+            label = batch["label"].to(device, non_blocking=True)
+            if augment is not None:
+                image, label = augment(image, label, epoch, step)
+            t_ready = time.perf_counter()
+            t_data += t_ready - t_mark
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(image)
+                loss = loss_fn(logits.float(), label)
+            loss_value = loss.detach().item()
+            if not math.isfinite(loss_value):
+                raise MedsegError(
+                    f"training diverged at epoch {epoch + 1}, step {step + 1}: loss is {loss_value}; "
+                    "lower train.lr or enable train.grad_clip"
+                )
+            scaler.scale(loss).backward()
+            if cfg.train.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            with torch.no_grad():
+                pred = logits.argmax(1).flatten().cpu()
+                truth = label.flatten().cpu()
+                _confusion(pred, truth, k, tp, fp, fn)
+            total_loss += loss_value * image.shape[0]
+            n_items += image.shape[0]
+            t_mark = time.perf_counter()
+            t_compute += t_mark - t_ready
+            advance(loss=loss_value)
+    fg = slice(1, None)
+    dice = (2 * tp / (2 * tp + fp + fn).clamp(min=1))[fg]
+    iou = (tp / (tp + fp + fn).clamp(min=1))[fg]
+    return {
+        "epoch": epoch + 1,
+        "train_loss": total_loss / max(1, n_items),
+        "train_dice": float(dice.mean()),
+        "train_iou": float(iou.mean()),
+        "steps": min(steps, len(loader)),
+        "epoch_time_s": time.perf_counter() - t_start,
+        "data_time_s": t_data,
+        "compute_time_s": t_compute,
+    }
+
+
+def _confusion(pred: torch.Tensor, truth: torch.Tensor, k: int, tp: torch.Tensor, fp: torch.Tensor,
+               fn: torch.Tensor) -> None:
+    cm = torch.bincount(truth * k + pred, minlength=k * k).reshape(k, k).double()
+    diag = cm.diagonal()
+    tp += diag
+    fp += cm.sum(0) - diag
+    fn += cm.sum(1) - diag
+
+
+def _val_record(val: dict[str, Any], labels: LabelMap) -> dict[str, Any]:
+    if not val:
+        return {}
+    summary = summarize(val["cases"])
+    rec: dict[str, Any] = {"val_loss": val["val_loss"]}
+    for metric in ("dice", "iou"):
+        rec[f"val_{metric}"] = summary["overall"][metric]["mean"]
+    rec["val_per_class"] = {
+        name: {m: v["mean"] for m, v in stats.items()} for name, stats in summary.items() if name in labels.names
+    }
+    return rec
+
+
+def _epoch_line(rec: dict[str, Any], max_epochs: int) -> str:
+    parts = [f"epoch {rec['epoch']}/{max_epochs}", f"loss {rec['train_loss']:.4f}"]
+    for key in ("val_loss", "val_dice", "val_iou"):
+        if key in rec:
+            parts.append(f"{key} {rec[key]:.4f}")
+    parts.append(f"lr {rec['lr']:.2e}")
+    parts.append(f"{rec['epoch_time_s']:.1f}s")
+    return "  ".join(parts)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": _python_state(),
+    }
+
+
+def _python_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise MedsegError("train.tensorboard is on but the tensorboard package is not installed") from None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))

@@ -1,0 +1,104 @@
+"""The run folder: its layout, the per-epoch JSON log, atomic text writes and a single-writer lock.
+
+Layout::
+
+    RUN_DIR/config.yaml        resolved config (every default filled in)
+    RUN_DIR/labels.json        gray value <-> class mapping and class names
+    RUN_DIR/splits/train.txt   case ids, one per line (and val.txt)
+    RUN_DIR/log.json           one record per epoch: loss, lr, per-class metrics, epoch time
+    RUN_DIR/checkpoints/last.pt, best.pt
+    RUN_DIR/curves.png, preview.png, tensorboard/ (optional)
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import MedsegError, OutputExistsError
+
+
+class RunLockedError(MedsegError):
+    """Another training process is writing into this run folder."""
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path:
+    """Create (or check, when resuming) a run folder. Call it while holding :class:`RunLock`.
+
+    Raises:
+        OutputExistsError: The folder exists with content and neither ``resume`` nor ``overwrite`` is set.
+        MedsegError: Resuming a folder that holds no checkpoint.
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        if not (run_dir / "checkpoints" / "last.pt").is_file():
+            raise MedsegError(f"{run_dir}: cannot resume: no checkpoints/last.pt in this folder")
+        return run_dir
+    if run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(
+                f"{run_dir}: run folder exists and is not empty; use --resume {run_dir} to continue it, "
+                "--overwrite to replace it, or another --run-dir"
+            )
+        _clear_run_dir(run_dir)  # the caller holds the run lock, so no other training is writing here
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "splits").mkdir(exist_ok=True)
+    return run_dir
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    known = ("config.yaml", "labels.json", "log.json", "curves.png", "preview.png", "summary.json")
+    for name in known:
+        (run_dir / name).unlink(missing_ok=True)
+    for sub in ("checkpoints", "splits"):
+        for f in (run_dir / sub).glob("*") if (run_dir / sub).is_dir() else ():
+            if f.is_file():
+                f.unlink()
+
+
+class RunLock:
+    """An exclusive lock file (``RUN_DIR/.lock``) held while a training writes into the folder.
+
+    Uses ``fcntl.flock``, which the kernel releases when the process dies, so a killed run never
+    leaves a stale lock behind.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                holder = self.path.read_text().strip() or "another process"
+                raise RunLockedError(
+                    f"{self.path.parent}: another training (pid {holder}) is writing into this run folder; "
+                    "wait for it or choose another --run-dir"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run (empty when none were written)."""
+    path = Path(run_dir) / "log.json"
+    if not path.is_file():
+        return []
+    return list(json.loads(path.read_text(encoding="utf-8")))

@@ -1,0 +1,173 @@
+"""The volume task: loaders, whole-volume validation and previews for ``data.kind: volumes3d | slices2d``.
+
+volumes3d trains a 3D network on random patches (``data.patch_size``) and validates with a sliding window over
+whole preprocessed validation volumes. slices2d trains a 2D network on slices along ``data.slice_axis`` of the
+same preprocessed volumes (crops of ``data.patch_size[:2]``) and validates slice by slice, reassembled into
+volumes. Metrics are computed on the preprocessed grid with its real voxel spacing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.config.schema import ExperimentConfig
+from medseg.data.augmentation import build_train_transforms
+from medseg.data.image_dataset import discover_label_map, label_map_from_config
+from medseg.data.labels import LabelMap
+from medseg.data.pairing import read_split_file, write_split_file
+from medseg.data.volume_dataset import PatchDataset, PreparedCase, find_volume_pairs, prepare_cases
+from medseg.data.volume_preprocessing import VolumePreprocessor, slice_axis_index
+from medseg.errors import ConfigError, DataError
+from medseg.io.volume_io import read_volume
+from medseg.metrics.case_metrics import compute_case_metrics
+from medseg.prediction.network import infer_prepared
+from medseg.training.image_task import select_split
+
+__all__ = ["VolumeTask"]
+
+log = logging.getLogger(__name__)
+
+
+def _read_label_array(path: Any) -> np.ndarray:
+    return read_volume(path).array
+
+
+class VolumeTask:
+    """Everything the training loop needs to know about volume data (3D patches or 2D slices).
+
+    Args:
+        cfg: The experiment (``data.kind`` volumes3d or slices2d).
+        run_dir: The run folder (splits are saved in ``run_dir/splits``).
+        labels: The label map (on resume), else from ``data.labels.classes`` or discovered from the label volumes.
+        resume: Reuse the saved split.
+
+    Raises:
+        ConfigError: Patch size that does not fit the kind or the network.
+        DataError: Missing or mismatched volumes, unknown label values.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None, resume: bool) -> None:
+        self.cfg = cfg
+        d = cfg.data
+        self.kind = d.kind
+        self.spatial_dims = 2 if d.kind == "slices2d" else 3
+        self.patch_size = self._patch_size()
+        pairs = find_volume_pairs(d)
+        saved = None
+        if resume:
+            saved = (read_split_file(run_dir / "splits" / "train.txt"), read_split_file(run_dir / "splits" / "val.txt"))
+        self.train_pairs, self.val_pairs = select_split(pairs, cfg, saved)
+        if not self.train_pairs:
+            raise DataError(f"{d.root}: no training cases left after the split ({len(pairs)} cases found)")
+        if not resume:
+            write_split_file(run_dir / "splits" / "train.txt", [p.case_id for p in self.train_pairs])
+            write_split_file(run_dir / "splits" / "val.txt", [p.case_id for p in self.val_pairs])
+        self.labels = labels or label_map_from_config(d.labels) or discover_label_map(
+            [p.mask for p in self.train_pairs + self.val_pairs], tolerance=0, read=_read_label_array
+        )
+        if not d.cache:
+            log.info("data.cache is off, but volume cases are always kept in memory once preprocessed")
+        self.preprocessor = VolumePreprocessor.from_config(d)
+        self.in_channels = self.preprocessor.in_channels
+        tol = d.labels.tolerance
+        self.train_cases = prepare_cases(self.train_pairs, self.preprocessor, self.labels, tolerance=tol)
+        self.val_cases = prepare_cases(self.val_pairs, self.preprocessor, self.labels, tolerance=tol)
+        self.transform = build_train_transforms(d.augment, spatial_dims=self.spatial_dims)
+        self.slice_axis = slice_axis_index(d.orientation, d.slice_axis) if d.kind == "slices2d" else None
+        log.info("%s data: %d training and %d validation volumes, grid shapes %s", d.kind, len(self.train_cases),
+                 len(self.val_cases), [c.grid.shape_out for c in self.train_cases[:4]])
+
+    def _patch_size(self) -> tuple[int, ...]:
+        d, m = self.cfg.data, self.cfg.model
+        patch = tuple(d.patch_size)
+        if len(patch) == 1:
+            patch = patch * self.spatial_dims
+        if len(patch) < self.spatial_dims or (self.spatial_dims == 3 and len(patch) != 3):
+            raise ConfigError(f"data.patch_size: {d.kind} needs {self.spatial_dims} sizes, got {list(d.patch_size)}")
+        patch = patch[: self.spatial_dims]
+        bad = [n for n in patch if n % m.divisor]
+        if bad:
+            fixed = [-(-n // m.divisor) * m.divisor for n in patch]
+            raise ConfigError(
+                f"data.patch_size: {list(patch)} must be multiples of {m.divisor} (the product of model.strides); "
+                f"use {fixed}"
+            )
+        return patch
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """What a predictor must do to a volume (stored in the checkpoint)."""
+        return {**self.preprocessor.settings, "kind": self.kind, "patch_size": list(self.patch_size),
+                "slice_axis": self.cfg.data.slice_axis}
+
+    def _dataset(self, seed: int) -> PatchDataset:
+        d = self.cfg.data
+        patch: tuple[int, ...] = self.patch_size
+        if self.slice_axis is not None:
+            patch = (*patch[: self.slice_axis], 1, *patch[self.slice_axis:])
+        return PatchDataset(
+            self.train_cases, patch_size=patch, samples_per_volume=d.samples_per_volume,
+            foreground_fraction=d.foreground_fraction, seed=seed, transform=self.transform,
+            squeeze_axis=self.slice_axis,
+        )
+
+    def train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        """Random patches whose positions, order and augmentation depend only on (seed, epoch)."""
+        seed = self.cfg.train.seed * 100_003 + epoch
+        dataset = self._dataset(seed)
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=self.cfg.train.batch_size,
+            shuffle=True,
+            drop_last=len(dataset) > self.cfg.train.batch_size,
+            num_workers=self.cfg.data.num_workers,
+            generator=torch.Generator().manual_seed(seed),
+            persistent_workers=False,
+        )
+
+    @torch.no_grad()
+    def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+        """Loss and per-class metrics on whole preprocessed validation volumes (sliding window, no TTA)."""
+        if not self.val_cases:
+            return {}
+        model.eval()
+        infer = self.cfg.infer.model_copy(update={"tta": False})
+        settings = self.preprocessing
+        tiling = "auto"  # the engine falls back to roi windows for instance/group norm
+        losses, cases = [], []
+        for case in self.val_cases:
+            logits = infer_prepared(model, case.image.float(), settings, infer, device, output="logits",
+                                    tiling=tiling)
+            label = case.label.long()
+            losses.append(float(loss_fn(logits[None].to(device), label[None, None].to(device))))
+            cases.append(compute_case_metrics(
+                logits.argmax(0).numpy(), label.numpy(), self.labels.num_classes,
+                spacing=case.grid.spacing_out, class_names=list(self.labels.names),
+            ))
+        return {"val_loss": float(np.mean(losses)), "cases": cases}
+
+    def preview(self, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Up to ``n`` augmented training patches as uint8 slices (the slice with most foreground) and class maps."""
+        dataset = self._dataset(self.cfg.train.seed)
+        images, masks = [], []
+        for i in range(min(n, len(dataset))):
+            item = dataset[i]
+            image, label = item["image"][0], item["label"][0]
+            if image.ndim == 3:
+                k = int((label > 0).flatten(0, 1).sum(0).argmax())
+                image, label = image[:, :, k], label[:, :, k]
+            lo, hi = float(image.min()), float(image.max())
+            images.append(((image - lo) / max(hi - lo, 1e-6) * 255).round().to(torch.uint8).numpy())
+            masks.append(label.numpy())
+        return images, masks
+
+
+def case_summary(cases: list[PreparedCase]) -> str:
+    """One line per case: name, grid shape and spacing (for logs)."""
+    return "; ".join(f"{c.case_id} {c.grid.shape_out} @ {tuple(round(s, 2) for s in c.grid.spacing_out)} mm"
+                     for c in cases)
