@@ -7,7 +7,7 @@ stay fast until a piece is used.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -56,6 +56,43 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:  # the names the lazy __getattr__ below returns, for mypy and editors (`X as X`: re-exported)
+    from medseg.config.loading import load_config as load_config
+    from medseg.config.loading import validate_config as validate_config
+    from medseg.config.schema import ExperimentConfig as ExperimentConfig
+    from medseg.data.label_discovery import discover_label_values as discover_label_values
+    from medseg.data.label_transforms import InverseMapLabels as InverseMapLabels
+    from medseg.data.label_transforms import InverseMapLabelsd as InverseMapLabelsd
+    from medseg.data.label_transforms import MapLabels as MapLabels
+    from medseg.data.label_transforms import MapLabelsd as MapLabelsd
+    from medseg.data.labels import LabelMap as LabelMap
+    from medseg.data.synthetic.polyp import make_polyp_dataset as make_polyp_dataset
+    from medseg.data.synthetic.spine import make_spine_dataset as make_spine_dataset
+    from medseg.data.synthetic.spine import make_spine_phantom as make_spine_phantom
+    from medseg.data.transforms import WINDOW_PRESETS as WINDOW_PRESETS
+    from medseg.data.transforms import CTWindow as CTWindow
+    from medseg.data.transforms import CTWindowd as CTWindowd
+    from medseg.data.transforms import ct_window as ct_window
+    from medseg.errors import CheckpointError as CheckpointError
+    from medseg.errors import ConfigError as ConfigError
+    from medseg.errors import DataError as DataError
+    from medseg.errors import MedsegError as MedsegError
+    from medseg.errors import OutputExistsError as OutputExistsError
+    from medseg.evaluation.evaluate import evaluate as evaluate
+    from medseg.io.dicom import list_series as list_series
+    from medseg.io.volume import Volume as Volume
+    from medseg.io.volume_io import read_volume as read_volume
+    from medseg.io.volume_io import write_label_map as write_label_map
+    from medseg.io.volume_io import write_volume as write_volume
+    from medseg.losses.factory import build_loss as build_loss
+    from medseg.metrics.case_metrics import compute_case_metrics as compute_case_metrics
+    from medseg.models.factory import build_model as build_model
+    from medseg.prediction.batch import predict_paths as predict_paths
+    from medseg.prediction.predictor import Predictor as Predictor
+    from medseg.sliding_window.predict import sliding_window_predict as sliding_window_predict
+    from medseg.training.loop import TrainResult as TrainResult
+    from medseg.training.loop import train as train
 
 
 def __getattr__(name: str) -> Any:

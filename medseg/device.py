@@ -1,11 +1,9 @@
-"""Choosing the torch device and seeding."""
+"""Choosing the torch device."""
 
 from __future__ import annotations
 
 import logging
-import random
 
-import numpy as np
 import torch
 
 from medseg.errors import ConfigError
@@ -28,10 +26,3 @@ def resolve_device(name: str) -> torch.device:
             raise ConfigError(f"device {name!r} requested but no CUDA device is available; use 'cpu' or 'auto'")
         return torch.device(name)
     raise ConfigError(f"device: unknown {name!r}; choose from auto, cpu, cuda")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

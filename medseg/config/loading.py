@@ -78,7 +78,8 @@ def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def dump_config(cfg: ExperimentConfig) -> str:
     """The resolved config as YAML text."""
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    text: str = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return text
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> Path:

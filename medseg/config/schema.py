@@ -85,6 +85,10 @@ class WindowConfig(Strict):
 WindowSpec = str | WindowConfig
 
 
+def _default_windows() -> list[WindowSpec]:
+    return ["soft_tissue"]
+
+
 class AugmentConfig(Strict):
     """Training-time augmentation (applied to training samples only)."""
 
@@ -116,6 +120,10 @@ class DataConfig(Strict):
         ("Slice", "Labels_slice"), description="For pairing=replace: token in the image name -> token in the mask name."
     )
     pair_list: Path | None = Field(None, description="For pairing=list: file with 'image,mask' lines.")
+    strict: bool = Field(
+        True, description="Refuse images without mask, masks without image and bad pair-list lines "
+        "(false: skip them with a warning)."
+    )
     color: Literal["rgb", "gray"] = Field("rgb", description="2D images: read as RGB (3 channels) or gray (1).")
     image_size: tuple[PositiveInt, PositiveInt] = Field(
         (256, 256), description="2D: images and masks are resized to (height, width) for training."
@@ -130,7 +138,7 @@ class DataConfig(Strict):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     # volumes
     windows: list[WindowSpec] = Field(
-        default_factory=lambda: ["soft_tissue"],
+        default_factory=_default_windows,
         description="CT windows (preset names or {center_hu, width_hu}); several become stacked channels.",
     )
     intensity: Literal["ct_window", "zscore"] = Field(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -128,7 +129,7 @@ def build_train_transforms(cfg: AugmentConfig, *, spatial_dims: int) -> Compose:
     image only. Returns a plain ``monai.transforms.Compose`` (``print`` shows it).
     """
     p = cfg.probability
-    ops: list[object] = []
+    ops: list[Callable[..., Any]] = []
     if cfg.flip:
         ops += [RandFlipd(KEYS, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
     if cfg.rotate90:

@@ -17,54 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medseg.config.schema import DataConfig, LabelsConfig
-from medseg.data.label_discovery import discover_label_values
+from medseg.config.schema import DataConfig
 from medseg.data.labels import LabelMap, mask_to_single_channel
-from medseg.data.pairing import Pair, find_pairs
+from medseg.data.pairing import Pair
 from medseg.errors import DataError
 from medseg.io.images import read_image, read_mask
+from medseg.seeds import substream_seed
 
 log = logging.getLogger(__name__)
-
-
-def find_pairs_from_config(cfg: DataConfig) -> list[Pair]:
-    """Image/mask pairs under ``data.root`` following ``data.pairing``."""
-    return find_pairs(
-        cfg.root,
-        images_dir=cfg.images_dir,
-        masks_dir=cfg.masks_dir,
-        rule=cfg.pairing,
-        mask_suffix=cfg.mask_suffix,
-        replace=cfg.replace,
-        list_file=cfg.pair_list,
-    )
-
-
-def label_map_from_config(cfg: LabelsConfig) -> LabelMap | None:
-    """The configured label map, or None when the values are to be discovered."""
-    if cfg.classes is None:
-        return None
-    return LabelMap.from_classes([(c.name, list(c.values)) for c in cfg.classes], unlisted=cfg.unlisted)
-
-
-def discover_label_map(masks: Sequence[Any], *, tolerance: int, read: Callable[[Any], np.ndarray]) -> LabelMap:
-    """Scan masks for their gray values and build a label map (first value = background).
-
-    Args:
-        masks: Mask sources (paths).
-        tolerance: Snapping tolerance in gray levels (JPEG masks: about 10).
-        read: Reads one source into an integer array.
-    """
-    found = discover_label_values((read(m) for m in masks), tolerance=tolerance)
-    palette, summary = found.values, found.summary()
-    if len(palette) < 2:
-        raise DataError(
-            f"label discovery over {len(masks)} masks found only the value(s) {list(palette)}; "
-            "a segmentation needs a background and at least one class (set data.labels.classes)"
-        )
-    names = ["background"] + [f"class_{v}" for v in palette[1:]]
-    log.info("discovered label values %s (%s)", list(palette), summary)
-    return LabelMap.from_classes([(n, [int(v)]) for n, v in zip(names, palette, strict=True)])
 
 
 def read_mask_gray(path: Any) -> np.ndarray:
@@ -159,7 +119,7 @@ class ImageMaskDataset(torch.utils.data.Dataset):
         item: dict[str, Any] = {"image": s.image.float() / 255.0, "label": s.label}
         if self.transform is not None:
             if hasattr(self.transform, "set_random_state"):
-                self.transform.set_random_state(seed=(self.seed * 1_000_003 + index) % 2**32)
+                self.transform.set_random_state(seed=substream_seed(self.seed, index))
             item = self.transform(item)
         item["image"] = torch.as_tensor(item["image"]).float().contiguous()
         item["label"] = torch.as_tensor(item["label"]).round().long()

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from medseg.data.labels import all_whole_numbers, as_numpy
+from medseg.data.labels import LabelMap, all_whole_numbers, as_numpy
 from medseg.errors import DataError
 
-__all__ = ["LabelDiscovery", "ValueCluster", "discover_label_values"]
+__all__ = ["LabelDiscovery", "ValueCluster", "discover_label_map", "discover_label_values"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,3 +165,38 @@ def _represent(group: list[int], counts: dict[int, int], tolerance: float) -> Va
             tolerance,
         )
     return ValueCluster(value=value, low=group[0], high=group[-1], count=total, num_snapped=total - counts[value])
+
+
+def discover_label_map(
+    sources: Sequence[Any], *, read: Callable[[Any], np.ndarray], tolerance: int, min_classes: int = 2
+) -> LabelMap:
+    """Scan masks for their gray values and build a label map: the lowest value is ``background``, the others
+    ``class_<value>``.
+
+    The one place masks are turned into a label map when no classes are configured (training on images and
+    volumes, and ``medseg evaluate`` without ``--labels``).
+
+    Args:
+        sources: Mask sources (paths or arrays).
+        read: Reads one source into an integer array.
+        tolerance: Snapping tolerance in gray levels (JPEG masks: about 10).
+        min_classes: Fewer distinct values than this is an error (training needs a background and a class).
+
+    Raises:
+        DataError: Fewer than ``min_classes`` values found.
+
+    Example:
+        >>> masks = [np.array([0, 0, 255], np.uint8), np.array([0, 251], np.uint8)]
+        >>> discover_label_map(masks, read=lambda m: m, tolerance=10).to_dict()["classes"]
+        [{'name': 'background', 'values': [0]}, {'name': 'class_255', 'values': [255]}]
+    """
+    found = discover_label_values((read(m) for m in sources), tolerance=tolerance)
+    palette, summary = found.values, found.summary()
+    if len(palette) < min_classes:
+        raise DataError(
+            f"label discovery over {len(sources)} masks found only the value(s) {list(palette)}; "
+            "a segmentation needs a background and at least one class (set data.labels.classes)"
+        )
+    logger.info("discovered label values %s (%s)", list(palette), summary)
+    names = ["background"] + [f"class_{v}" for v in palette[1:]]
+    return LabelMap.from_classes([(n, [int(v)]) for n, v in zip(names, palette, strict=True)])

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
+import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
 from medseg.data.labels import LabelMap
 
 __all__ = ["InverseMapLabels", "InverseMapLabelsd", "MapLabels", "MapLabelsd"]
+
+_ArrayT = TypeVar("_ArrayT", torch.Tensor, np.ndarray)
 
 
 class MapLabels(Transform):
@@ -36,7 +40,7 @@ class MapLabels(Transform):
             raise ValueError(f"MapLabels: tolerance must be >= 0, got {tolerance!r}")
         self.label_map, self.tolerance = label_map, tolerance
 
-    def __call__(self, labels: Any) -> Any:
+    def __call__(self, labels: _ArrayT) -> _ArrayT:
         """Return class indices for ``labels`` (any shape)."""
         return self.label_map.to_class(labels, tolerance=self.tolerance)[0]
 
@@ -88,7 +92,7 @@ class InverseMapLabels(Transform):
             raise TypeError(f"InverseMapLabels: label_map must be a LabelMap, got {type(label_map).__name__}")
         self.label_map = label_map
 
-    def __call__(self, class_indices: Any) -> Any:
+    def __call__(self, class_indices: _ArrayT) -> _ArrayT:
         """Return gray values for ``class_indices`` (any shape)."""
         return self.label_map.to_values(class_indices)
 

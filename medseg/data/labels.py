@@ -15,20 +15,23 @@ mapping as MONAI transforms.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from monai.utils import convert_to_dst_type
 
+from medseg.config.schema import LabelsConfig
 from medseg.dtypes import smallest_int_dtype
 from medseg.errors import CheckpointError, DataError
 
 __all__ = ["LabelClass", "LabelMap", "mask_to_single_channel"]
 
 logger = logging.getLogger(__name__)
+
+_ArrayT = TypeVar("_ArrayT", torch.Tensor, np.ndarray)
 
 _LUT_MAX_RANGE = 1 << 20  # integer inputs spanning fewer values than this use a lookup table
 _MAX_LISTED = 10  # offending values listed in an error message
@@ -91,7 +94,7 @@ class LabelMap:
         object.__setattr__(self, "classes", tuple(checked))
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[int | str, str]) -> LabelMap:
+    def from_mapping(cls, mapping: Mapping[int, str] | Mapping[str, str] | Mapping[int | str, str]) -> LabelMap:
         """Build from ``{gray_value: class_name}``; values sharing a name merge into one class.
 
         Classes are ordered by first appearance; within a class the first listed value is the
@@ -152,7 +155,7 @@ class LabelMap:
         """Gray value written back for each class (its first value), in index order."""
         return [c.values[0] for c in self.classes]
 
-    def to_class(self, array: Any, *, tolerance: float = 0, source: str = "") -> tuple[Any, int]:
+    def to_class(self, array: _ArrayT, *, tolerance: float = 0, source: str = "") -> tuple[_ArrayT, int]:
         """Map gray values to class indices, snapping values within ``tolerance``.
 
         A value not in the palette is snapped to the nearest palette value if it is at most
@@ -220,7 +223,7 @@ class LabelMap:
             return convert_to_dst_type(result, array, dtype=torch.int64)[0], num_snapped
         return result, num_snapped
 
-    def to_values(self, class_indices: Any) -> Any:
+    def to_values(self, class_indices: _ArrayT) -> _ArrayT:
         """Map class indices 0..N-1 back to gray values (the first value of each class).
 
         Args:
@@ -246,7 +249,7 @@ class LabelMap:
         values = self.output_values
         dtype = smallest_int_dtype(min(values), max(values)) or np.dtype(np.int64)
         if isinstance(class_indices, torch.Tensor) and dtype in (np.uint16, np.uint32, np.uint64):
-            dtype = np.int32 if dtype == np.uint16 else np.int64  # torch lacks full uint16/32 support
+            dtype = np.dtype(np.int32 if dtype == np.uint16 else np.int64)  # torch lacks full uint16/32 support
         result = np.asarray(values, dtype=dtype)[arr]
         if isinstance(class_indices, torch.Tensor):
             return convert_to_dst_type(result, class_indices, dtype=torch.from_numpy(result[:0]).dtype)[0]
@@ -313,13 +316,14 @@ def _source_of(array: Any) -> str:
 
 def as_numpy(array: Any) -> np.ndarray:
     if isinstance(array, torch.Tensor):
-        return array.detach().cpu().as_tensor().numpy() if hasattr(array, "as_tensor") else array.detach().cpu().numpy()
+        tensor = array.detach().cpu()
+        return tensor.as_tensor().numpy() if hasattr(tensor, "as_tensor") else tensor.numpy()
     if isinstance(array, np.ndarray):
         return array
     raise TypeError(f"expected a numpy.ndarray or torch.Tensor, got {type(array).__name__}")
 
 
-def _value_table(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
+def _value_table(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Present values, their counts, and a function mapping per-value results back to pixels."""
     if arr.size and arr.dtype.kind == "f" and all_whole_numbers(arr):
         arr = arr.astype(np.int64)  # float label maps (NIfTI) take the fast lookup-table path
@@ -387,3 +391,18 @@ def labels_from_checkpoint(checkpoint: Mapping[str, Any]) -> LabelMap:
     except (TypeError, ValueError, KeyError) as err:
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise CheckpointError(f"{where}: checkpoint entry 'labels' is malformed: {reason}") from None
+
+
+def label_map_from_config(cfg: LabelsConfig) -> LabelMap | None:
+    """The label map of ``data.labels.classes``, or None when the values are to be discovered from the masks.
+
+    Example:
+        >>> from medseg.config.schema import LabelsConfig
+        >>> label_map_from_config(LabelsConfig(classes={0: "background", 255: "polyp"})).names
+        ['background', 'polyp']
+        >>> label_map_from_config(LabelsConfig()) is None
+        True
+    """
+    if cfg.classes is None:
+        return None
+    return LabelMap.from_classes([(c.name, list(c.values)) for c in cfg.classes], unlisted=cfg.unlisted)

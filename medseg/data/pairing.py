@@ -1,43 +1,75 @@
-"""Pair 2D image files with their mask files, and split the pairs into train and validation.
+"""Pair image files with their mask (label) files, 2D images and volumes alike.
 
-Four naming rules cover the common public datasets:
+One finder serves both kinds of data (:data:`IMAGES`: PNG/JPEG/... images with PNG/JPEG/GIF masks;
+:data:`VOLUMES`: NIfTI/MHA/NRRD volumes with label volumes). Four naming rules cover the common datasets:
 
-- ``same_stem``: ``images/x.jpg`` + ``masks/x.<any ext>`` (Kvasir-SEG).
+- ``same_stem``: ``images/x.jpg`` + ``masks/x.<any ext>`` (Kvasir-SEG). For volumes the nnU-Net channel
+  suffix ``_0000`` on the image name is optional (``imagesTr/case_0000.nii.gz`` + ``labelsTr/case.nii.gz``).
 - ``suffix``: ``train/x.jpg`` + ``train_masks/x_mask.gif`` (Carvana); both may be one folder.
 - ``replace``: the mask name is the image name with a token replaced
   (``Slice`` -> ``Labels_slice``).
-- ``list``: a text/CSV file with ``image,mask`` per line, paths relative to the dataset root.
+- ``list``: a text/CSV file with ``image,mask`` per line, paths relative to the dataset root (or absolute).
+
+Case names are file names without their suffix (``case_001.nii.gz`` -> ``case_001``). With ``strict`` (the
+default, ``data.strict``) an image without mask, a mask without image or a bad list line is an error;
+otherwise it is skipped with a warning.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
-import numpy as np
-
-from medseg.atomic import write_text_atomic
+from medseg.config.schema import DataConfig
 from medseg.errors import ConfigError, DataError
 from medseg.io.images import IMAGE_SUFFIXES, MASK_SUFFIXES
+from medseg.io.volume import VOLUME_SUFFIXES, volume_case_name
 
 __all__ = [
+    "IMAGES",
     "PAIRING_RULES",
+    "VOLUMES",
+    "FileKind",
     "Pair",
     "find_pairs",
-    "read_split_file",
-    "split_pairs",
-    "write_split_file",
+    "find_pairs_from_config",
 ]
 
 logger = logging.getLogger(__name__)
 
 PAIRING_RULES = ("same_stem", "suffix", "replace", "list")
 _MAX_LISTED = 10
-T = TypeVar("T")
+_CHANNEL = re.compile(r"_\d{4}$")
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """What the files of one kind of data set look like.
+
+    Attributes:
+        name: ``"images"`` or ``"volumes"`` (used in messages).
+        image_suffixes: Suffixes of image files (lower case, with the dot).
+        mask_suffixes: Suffixes of mask / label files.
+        case_name: File path -> case name (the name without its suffix).
+        channel_suffix: Image names may carry nnU-Net's channel suffix ``_0000`` that the mask name lacks.
+    """
+
+    name: str
+    image_suffixes: tuple[str, ...]
+    mask_suffixes: tuple[str, ...]
+    case_name: Callable[[Path], str]
+    channel_suffix: bool = False
+
+
+#: 2D images (PNG, JPEG, TIFF, BMP) with image masks (also GIF).
+IMAGES = FileKind("images", IMAGE_SUFFIXES, MASK_SUFFIXES, lambda path: path.stem)
+#: Volumes (NIfTI, MHA/MHD, NRRD) with label volumes; nnU-Net's ``_0000`` channel suffix understood.
+VOLUMES = FileKind("volumes", VOLUME_SUFFIXES, VOLUME_SUFFIXES, volume_case_name, channel_suffix=True)
 
 
 @dataclass(frozen=True)
@@ -66,24 +98,25 @@ def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
+def _has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
+    return path.name.lower().endswith(suffixes)
+
+
 def _list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """Visible files in ``folder`` (not recursive) with one of ``suffixes``, sorted by name."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not _is_hidden(p) and p.suffix.lower() in suffixes
-    )
+    return sorted(p for p in folder.iterdir() if p.is_file() and not _is_hidden(p) and _has_suffix(p, suffixes))
 
 
-def _by_stem(files: Iterable[Path], folder: Path) -> dict[str, Path]:
-    """Index files by stem; two files with one stem (``x.jpg``, ``x.png``) are an error."""
+def _by_stem(files: Iterable[Path], folder: Path, case_name: Callable[[Path], str]) -> dict[str, Path]:
+    """Index files by case name; two files with one name (``x.jpg``, ``x.png``) are an error."""
     index: dict[str, Path] = {}
     duplicates: dict[str, list[str]] = {}
     for path in files:
-        if path.stem in index:
-            duplicates.setdefault(path.stem, [index[path.stem].name]).append(path.name)
+        stem = case_name(path)
+        if stem in index:
+            duplicates.setdefault(stem, [index[stem].name]).append(path.name)
         else:
-            index[path.stem] = path
+            index[stem] = path
     if duplicates:
         groups = [f"{stem} ({', '.join(names)})" for stem, names in sorted(duplicates.items())]
         raise DataError(
@@ -111,18 +144,30 @@ def _match(
     images_path: Path,
     masks_path: Path,
     strict: bool,
+    channel_suffix: bool,
 ) -> list[Pair]:
-    """Pair each image stem with ``masks[mask_stem(stem)]``; report leftovers on both sides."""
+    """Pair each image stem with ``masks[mask_stem(stem)]``; report leftovers on both sides.
+
+    With ``channel_suffix``, ``case_0000`` also matches the mask of ``case`` (and the case is named ``case``).
+    """
     pairs: list[Pair] = []
     no_mask: list[str] = []
-    used: set[str] = set()
+    used: dict[str, Path] = {}
     for stem, image in sorted(images.items()):
-        wanted = mask_stem(stem)
-        if wanted in masks:
-            pairs.append(Pair(case_id=stem, image=image, mask=masks[wanted]))
-            used.add(wanted)
-        else:
+        candidates = [(stem, mask_stem(stem))]
+        if channel_suffix and _CHANNEL.search(stem):
+            case = _CHANNEL.sub("", stem)
+            candidates.append((case, mask_stem(case)))
+        found = next(((case, wanted) for case, wanted in candidates if wanted in masks), None)
+        if found is None:
             no_mask.append(image.name)
+            continue
+        case, wanted = found
+        if wanted in used:
+            raise DataError(f"{masks[wanted]}: mask matches images {used[wanted].name} and {image.name} "
+                            "(several channels?); one image per case")
+        pairs.append(Pair(case_id=case, image=image, mask=masks[wanted]))
+        used[wanted] = image
     no_image = sorted(masks[stem].name for stem in masks.keys() - used)
     problems = []
     if no_mask:
@@ -156,7 +201,7 @@ def _naming(
     return (lambda stem: stem.replace(old, new)), (lambda stem: new in stem)
 
 
-def _read_list(root: Path, list_file: Path, *, strict: bool) -> list[Pair]:
+def _read_list(root: Path, list_file: Path, *, strict: bool, kind: FileKind) -> list[Pair]:
     """Read ``image,mask`` lines (``#`` comments, optional header) into pairs."""
     if not list_file.is_absolute():
         list_file = root / list_file
@@ -177,7 +222,7 @@ def _read_list(root: Path, list_file: Path, *, strict: bool) -> list[Pair]:
         if (
             first
             and len(fields) == 2
-            and not any(Path(f).suffix.lower() in MASK_SUFFIXES for f in fields)
+            and not any(_has_suffix(Path(f), kind.mask_suffixes) for f in fields)
         ):
             first = False
             continue  # header such as "image,mask"
@@ -191,18 +236,17 @@ def _read_list(root: Path, list_file: Path, *, strict: bool) -> list[Pair]:
             for kind, name, path in (("image", fields[0], image), ("mask", fields[1], mask))
             if not path.is_file()
         ]
-        if image.suffix.lower() not in IMAGE_SUFFIXES:
-            missing.append(f"image suffix {image.suffix!r} not in {', '.join(IMAGE_SUFFIXES)}")
+        if not _has_suffix(image, kind.image_suffixes):
+            missing.append(f"image suffix {image.suffix!r} not in {', '.join(kind.image_suffixes)}")
         if missing:
             problems.append(f"line {number}: {' and '.join(missing)}")
             continue
-        if image.stem in seen:
-            problems.append(
-                f"line {number}: case {image.stem!r} already on line {seen[image.stem]}"
-            )
+        case = kind.case_name(image)
+        if case in seen:
+            problems.append(f"line {number}: case {case!r} already on line {seen[case]}")
             continue
-        seen[image.stem] = number
-        pairs.append(Pair(case_id=image.stem, image=image, mask=mask))
+        seen[case] = number
+        pairs.append(Pair(case_id=case, image=image, mask=mask))
     if problems and strict:
         raise DataError(
             f"{list_file}: {len(problems)} bad line(s) (paths are relative to {root}): "
@@ -225,12 +269,14 @@ def find_pairs(
     replace: tuple[str, str] = ("Slice", "Labels_slice"),
     list_file: Path | None = None,
     strict: bool = True,
+    kind: FileKind = IMAGES,
 ) -> list[Pair]:
     """Find image/mask pairs under a dataset folder.
 
     Hidden files (``.DS_Store``, ``._x.jpg``), sub-folders and files with other suffixes are
-    ignored. Images have one of :data:`~medseg.io.images.IMAGE_SUFFIXES`, masks one of
-    :data:`~medseg.io.images.MASK_SUFFIXES` (GIF too).
+    ignored. For :data:`IMAGES`, images have one of :data:`~medseg.io.images.IMAGE_SUFFIXES` and masks
+    one of :data:`~medseg.io.images.MASK_SUFFIXES` (GIF too); for :data:`VOLUMES`, both have one of
+    :data:`~medseg.io.volume.VOLUME_SUFFIXES`.
 
     Args:
         root: Dataset folder.
@@ -244,9 +290,10 @@ def find_pairs(
         list_file: ``list`` rule: text/CSV file, relative to ``root`` or absolute.
         strict: Raise on images without mask, masks without image and bad list lines.
             If False they are skipped with a logged warning.
+        kind: :data:`IMAGES` or :data:`VOLUMES`.
 
     Returns:
-        Pairs sorted by ``case_id`` (the image stem).
+        Pairs sorted by ``case_id`` (the image name without suffix).
 
     Raises:
         ConfigError: If ``rule`` is unknown or its settings are inconsistent.
@@ -261,13 +308,13 @@ def find_pairs(
     if rule == "list":
         if list_file is None:
             raise ConfigError("data.pair_list: required when data.pairing is 'list'")
-        return _read_list(root, Path(list_file), strict=strict)
+        return _read_list(root, Path(list_file), strict=strict, kind=kind)
 
     images_path = _check_folder(root, images_dir, "data.images_dir")
     masks_path = _check_folder(root, masks_dir, "data.masks_dir")
     same_folder = images_path.resolve() == masks_path.resolve()
-    image_files = _list_files(images_path, IMAGE_SUFFIXES)
-    mask_files = _list_files(masks_path, MASK_SUFFIXES)
+    image_files = _list_files(images_path, kind.image_suffixes)
+    mask_files = _list_files(masks_path, kind.mask_suffixes)
 
     if rule == "same_stem" and same_folder:
         raise ConfigError(
@@ -276,117 +323,39 @@ def find_pairs(
         )
     mask_stem, is_mask = _naming(rule, mask_suffix=mask_suffix, replace=replace)
     if same_folder:
-        image_files = [p for p in image_files if not is_mask(p.stem)]
-        mask_files = [p for p in mask_files if is_mask(p.stem)]
+        image_files = [p for p in image_files if not is_mask(kind.case_name(p))]
+        mask_files = [p for p in mask_files if is_mask(kind.case_name(p))]
     if not image_files:
         raise DataError(
-            f"{images_path}: no images found; allowed suffixes: {', '.join(IMAGE_SUFFIXES)}"
+            f"{images_path}: no {kind.name} found; allowed suffixes: {', '.join(kind.image_suffixes)}"
         )
-    images = _by_stem(image_files, images_path)
-    masks = _by_stem(mask_files, masks_path)
-    return _match(
-        images, masks, mask_stem, images_path=images_path, masks_path=masks_path, strict=strict
-    )
+    images = _by_stem(image_files, images_path, kind.case_name)
+    masks = _by_stem(mask_files, masks_path, kind.case_name)
+    pairs = _match(images, masks, mask_stem, images_path=images_path, masks_path=masks_path, strict=strict,
+                   channel_suffix=kind.channel_suffix)
+    return sorted(pairs, key=lambda p: p.case_id)
 
 
-def split_pairs(pairs: Sequence[T], *, val_fraction: float, seed: int) -> tuple[list[T], list[T]]:
-    """Split cases into train and validation sets, reproducibly.
-
-    A seeded ``numpy.random.Generator`` permutation picks ``round(n * val_fraction)`` cases,
-    at least 1 when ``val_fraction > 0``, at most ``n - 1``. Both lists keep the input order.
-
-    Args:
-        pairs: Cases to split (``Pair`` objects, case ids, ...).
-        val_fraction: Share of cases for validation, in ``[0, 1)``.
-        seed: Random seed.
-
-    Returns:
-        ``(train, val)``.
-
-    Raises:
-        ValueError: If ``val_fraction`` is outside ``[0, 1)``.
-        DataError: If ``val_fraction > 0`` and there are fewer than 2 cases.
+def find_pairs_from_config(data: DataConfig) -> list[Pair]:
+    """:func:`find_pairs` with the ``data`` section's settings (volumes for volumes3d and slices2d).
 
     Example:
-        >>> train, val = split_pairs(["a", "b", "c", "d"], val_fraction=0.25, seed=0)
-        >>> len(train), len(val)
-        (3, 1)
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for folder, name in [("images", "a.png"), ("masks", "a.png"), ("images", "b.jpg"), ("masks", "b.png")]:
+        ...     (root / folder).mkdir(exist_ok=True)
+        ...     _ = (root / folder / name).write_bytes(b"")
+        >>> [(p.case_id, p.mask.name) for p in find_pairs_from_config(DataConfig(root=root))]
+        [('a', 'a.png'), ('b', 'b.png')]
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n = len(pairs)
-    if val_fraction == 0.0:
-        return list(pairs), []
-    if n < 2:
-        raise DataError(
-            f"cannot split {n} case(s) into train and validation; need at least 2 "
-            "or set val_fraction to 0"
-        )
-    n_val = min(max(1, round(n * val_fraction)), n - 1)
-    chosen = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
-    train = [item for i, item in enumerate(pairs) if i not in chosen]
-    val = [item for i, item in enumerate(pairs) if i in chosen]
-    return train, val
-
-
-def read_split_file(path: Path) -> list[str]:
-    """Read case ids, one per line; blank lines and ``#`` comments are skipped.
-
-    Args:
-        path: Text file written by :func:`write_split_file` or by hand.
-
-    Returns:
-        Case ids in file order.
-
-    Raises:
-        DataError: If the file is missing or unreadable, or lists a case twice.
-    """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: split file does not exist") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read split file: {err}") from err
-    ids: list[str] = []
-    first_line: dict[str, int] = {}
-    duplicates: list[str] = []
-    for number, line in enumerate(lines, start=1):
-        case_id = line.strip()
-        if not case_id or case_id.startswith("#"):
-            continue
-        if case_id in first_line:
-            duplicates.append(f"{case_id} (lines {first_line[case_id]} and {number})")
-            continue
-        first_line[case_id] = number
-        ids.append(case_id)
-    if duplicates:
-        raise DataError(f"{path}: case id(s) listed twice: {_names(duplicates)}; list each once")
-    return ids
-
-
-def write_split_file(path: Path, case_ids: Iterable[str]) -> Path:
-    """Write case ids, one per line, atomically (temp file in the same folder + rename).
-
-    Args:
-        path: Output text file; parent folders are created. An existing file is replaced.
-        case_ids: Case ids; none may be empty, contain a line break or start with ``#``.
-
-    Returns:
-        ``path``.
-
-    Raises:
-        ValueError: If a case id cannot be stored on one line.
-    """
-    path = Path(path)
-    ids = list(case_ids)
-    for case_id in ids:
-        if (
-            not case_id.strip()
-            or case_id != case_id.strip()
-            or "\n" in case_id
-            or "\r" in case_id
-            or case_id.startswith("#")
-        ):
-            raise ValueError(f"case id {case_id!r} cannot be written to a split file")
-    return write_text_atomic(path, "".join(f"{case_id}\n" for case_id in ids))
+    return find_pairs(
+        Path(data.root),
+        images_dir=data.images_dir,
+        masks_dir=data.masks_dir,
+        rule=data.pairing,
+        mask_suffix=data.mask_suffix,
+        replace=data.replace,
+        list_file=data.pair_list,
+        strict=data.strict,
+        kind=IMAGES if data.kind == "images2d" else VOLUMES,
+    )

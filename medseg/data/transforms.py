@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ __all__ = [
     "ct_window",
     "resolve_window",
 ]
+
+_ArrayT = TypeVar("_ArrayT", torch.Tensor, np.ndarray)
 
 #: Named CT windows, name -> (center_hu, width_hu).
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -44,7 +46,7 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 WindowSpec = str | Mapping[str, float] | Sequence[float]
 
 
-def ct_window(image: Any, *, center_hu: float, width_hu: float) -> Any:
+def ct_window(image: _ArrayT, *, center_hu: float, width_hu: float) -> _ArrayT:
     """Map Hounsfield units linearly to 0..1 and clip outside the window.
 
     Args:
@@ -144,6 +146,7 @@ class CTWindow(Transform):
         center_hu: float | None = None,
         width_hu: float | None = None,
     ) -> None:
+        self.windows: tuple[tuple[float, float], ...]
         has_pair = center_hu is not None or width_hu is not None
         if has_pair == (windows is not None):
             raise ValueError("CTWindow: give either windows or center_hu and width_hu, not both or neither")
@@ -158,10 +161,10 @@ class CTWindow(Transform):
         else:
             if not isinstance(windows, Sequence) or len(windows) == 0:
                 raise ValueError(f"CTWindow: windows must be one window or a non-empty list, got {windows!r}")
-            self.windows = tuple(resolve_window(w) for w in windows)
+            self.windows = tuple(resolve_window(w) for w in cast("Sequence[WindowSpec]", windows))
             self.stack = True
 
-    def __call__(self, image: Any) -> Any:
+    def __call__(self, image: _ArrayT) -> _ArrayT:
         """Window ``image`` of shape ``(C, *spatial)``; see the class docstring for shapes."""
         if not self.stack:
             center, width = self.windows[0]

@@ -1,144 +1,33 @@
-"""Volume cases for training: pairing image and label files, in-memory cache, random patch sampling.
+"""Volume cases for training: in-memory cache of prepared cases and random patch sampling.
 
-Pairing (``data.pairing``):
-
-- ``same_stem``: ``root/images_dir/<case>.nii.gz`` + ``root/masks_dir/<case>.nii.gz``; the nnU-Net channel
-  suffix ``_0000`` on the image name is optional (``imagesTr/case_0000.nii.gz`` + ``labelsTr/case.nii.gz``).
-- ``suffix``: label name = case name + ``data.mask_suffix``.
-- ``replace``: label name = case name with ``data.replace[0]`` replaced by ``data.replace[1]``.
-- ``list``: ``data.pair_list``, lines ``image,mask`` with paths relative to ``data.root`` (or absolute).
-
-Volume suffixes: ``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``. Case names drop them.
+The image/label pairs come from :func:`medseg.data.pairing.find_pairs_from_config` (one finder for 2D and 3D).
 """
 
 from __future__ import annotations
 
-import csv
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from medseg.config.schema import DataConfig
 from medseg.data.labels import LabelMap
 from medseg.data.pairing import Pair
 from medseg.data.volume_preprocessing import GridRecord, VolumePreprocessor
-from medseg.errors import ConfigError, DataError
-from medseg.io.volume import VOLUME_SUFFIXES, volume_case_name
+from medseg.seeds import substream_seed
 
 __all__ = [
     "PatchDataset",
     "PreparedCase",
-    "find_volume_pairs",
     "prepare_cases",
 ]
 
 log = logging.getLogger(__name__)
 
-_CHANNEL = re.compile(r"_\d{4}$")
 #: At most this many voxel positions are kept per class for foreground sampling.
 _MAX_FG_POSITIONS = 20_000
-
-
-def _volume_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(VOLUME_SUFFIXES))
-
-
-def _folder(root: Path, name: str, key: str) -> Path:
-    path = root / name
-    if not path.is_dir():
-        raise DataError(f"{key}: folder {path} does not exist (data.root is {root})")
-    return path
-
-
-def find_volume_pairs(data: DataConfig) -> list[Pair]:
-    """Image/label volume pairs under ``data.root`` as ``data.pairing`` says, sorted by case id.
-
-    Raises:
-        DataError: Missing folders or files, images without labels (or the reverse), duplicate cases.
-        ConfigError: ``pairing: list`` without ``pair_list``.
-    """
-    root = Path(data.root)
-    if not root.is_dir():
-        raise DataError(f"data.root: folder {root} does not exist")
-    if data.pairing == "list":
-        if data.pair_list is None:
-            raise ConfigError("data.pair_list: required when data.pairing is 'list'")
-        return _read_pair_list(root, Path(data.pair_list))
-    images = _volume_files(_folder(root, data.images_dir, "data.images_dir"))
-    labels = {volume_case_name(p): p for p in _volume_files(_folder(root, data.masks_dir, "data.masks_dir"))}
-    if not images:
-        raise DataError(f"{root / data.images_dir}: no volumes found; allowed suffixes {', '.join(VOLUME_SUFFIXES)}")
-    rename = _label_name(data)
-    pairs, missing, used = [], [], set()
-    for image in images:
-        case = volume_case_name(image)
-        candidates = [rename(case)]
-        if _CHANNEL.search(case):
-            candidates.append(rename(_CHANNEL.sub("", case)))
-        found = next((c for c in candidates if c in labels), None)
-        if found is None:
-            missing.append(image.name)
-            continue
-        if found in used:
-            raise DataError(f"{labels[found]}: label matches several images (several channels?); one image per case")
-        used.add(found)
-        pairs.append(Pair(case_id=_CHANNEL.sub("", case) if found != rename(case) else case, image=image,
-                          mask=labels[found]))
-    if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise DataError(f"{root / data.masks_dir}: no label volume for {len(missing)} image(s): {shown}")
-    extra = sorted(set(labels) - used)
-    if extra:
-        log.warning("%s: %d label volumes have no image and are ignored: %s", root / data.masks_dir, len(extra),
-                    ", ".join(extra[:10]))
-    return sorted(pairs, key=lambda p: p.case_id)
-
-
-def _label_name(data: DataConfig) -> Callable[[str], str]:
-    if data.pairing == "suffix":
-        return lambda case: case + data.mask_suffix
-    if data.pairing == "replace":
-        old, new = data.replace
-        return lambda case: case.replace(old, new)
-    return lambda case: case
-
-
-def _read_pair_list(root: Path, list_file: Path) -> list[Pair]:
-    path = list_file if list_file.is_absolute() else root / list_file
-    if not path.is_file():
-        raise DataError(f"data.pair_list: file {path} does not exist")
-    pairs: dict[str, Pair] = {}
-    problems = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = [f.strip() for f in next(csv.reader([line]))]
-        if len(fields) == 2 and fields == ["image", "mask"]:
-            continue
-        if len(fields) != 2 or not all(fields):
-            problems.append(f"line {number}: expected 'image,mask', got {line.strip()!r}")
-            continue
-        image, mask = (Path(f) if Path(f).is_absolute() else root / f for f in fields)
-        bad = [f"{p} does not exist" for p in (image, mask) if not p.exists()]
-        case = volume_case_name(image)
-        if case in pairs:
-            bad.append(f"case {case!r} listed twice")
-        if bad:
-            problems.append(f"line {number}: " + "; ".join(bad))
-            continue
-        pairs[case] = Pair(case_id=case, image=image, mask=mask)
-    if problems:
-        raise DataError(f"{path}: {len(problems)} bad line(s): " + "; ".join(problems[:10]))
-    if not pairs:
-        raise DataError(f"{path}: no 'image,mask' lines found")
-    return sorted(pairs.values(), key=lambda p: p.case_id)
 
 
 @dataclass
@@ -267,7 +156,7 @@ class PatchDataset(torch.utils.data.Dataset):
         item: dict[str, Any] = {"image": image, "label": label}
         if self.transform is not None:
             if hasattr(self.transform, "set_random_state"):  # augmentation of item i depends on (seed, i) only
-                self.transform.set_random_state(seed=(self.seed * 1_000_003 + index) % 2**32)
+                self.transform.set_random_state(seed=substream_seed(self.seed, index))
             item = self.transform(item)
         item["image"] = _plain(item["image"]).float().contiguous()
         item["label"] = _plain(item["label"]).round().long().contiguous()

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -209,8 +209,9 @@ class VolumePreprocessor:
         target = axcodes2ornt(tuple(self.orientation))
         transform, inverse = ornt_transform(current, target), ornt_transform(target, current)
         oriented_affine = volume.affine @ inv_ornt_aff(transform, shape)
-        oriented_shape = tuple(int(shape[int(a)]) for a in _source_axes(transform))
+        oriented_shape = cast("tuple[int, int, int]", tuple(int(shape[int(a)]) for a in _source_axes(transform)))
         spacing_in = np.linalg.norm(oriented_affine[:3, :3], axis=0)
+        shape_out: tuple[int, ...]
         if self.spacing_mm is None:
             shape_out = oriented_shape
         else:
@@ -223,8 +224,10 @@ class VolumePreprocessor:
         affine_out = oriented_affine @ scale
         return GridRecord(
             shape=shape, affine=volume.affine.copy(), transform=transform, inverse=inverse,
-            oriented_shape=oriented_shape, oriented_affine=oriented_affine, shape_out=tuple(int(n) for n in shape_out),
-            spacing_out=tuple(float(s) for s in spacing_in * factor), affine_out=affine_out,
+            oriented_shape=oriented_shape, oriented_affine=oriented_affine,
+            shape_out=cast("tuple[int, int, int]", tuple(int(n) for n in shape_out)),
+            spacing_out=cast("tuple[float, float, float]", tuple(float(s) for s in spacing_in * factor)),
+            affine_out=affine_out,
         )
 
     def prepare_image(self, volume: Volume) -> tuple[torch.Tensor, GridRecord]:

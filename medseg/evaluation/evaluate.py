@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from medseg.atomic import write_json_atomic, write_text_atomic
-from medseg.data.label_discovery import discover_label_values
+from medseg.data.label_discovery import discover_label_map
 from medseg.data.labels import LabelMap, labels_from_checkpoint, mask_to_single_channel
 from medseg.errors import ConfigError, DataError, OutputExistsError
 from medseg.io.images import IMAGE_SUFFIXES, read_mask
@@ -136,11 +136,8 @@ def evaluate(
         raise OutputExistsError(f"{out_path}: exists; pass --overwrite to replace it")
     preds, truths = _files(pred_dir, "prediction"), _files(truth_dir, "truth")
     if labels is None:
-        found = discover_label_values((_read(p)[0] for p in truths.values()), tolerance=tolerance)
-        labels = LabelMap.from_classes(
-            [("background" if i == 0 else f"class_{v}", [v]) for i, v in enumerate(found.values)]
-        )
-        log.info("truth label values: %s", found.summary())
+        labels = discover_label_map(list(truths.values()), read=lambda p: _read(p)[0], tolerance=tolerance,
+                                    min_classes=1)
     extra = sorted(set(preds) - set(truths))
     if extra:
         log.warning("%d predictions have no truth and are ignored: %s", len(extra), ", ".join(extra[:10]))

@@ -236,7 +236,7 @@ def _jpeg2k_pixels(ds: Any) -> np.ndarray | str:
         if int(ds.get("SamplesPerPixel", 1)) != 1 or int(ds.get("NumberOfFrames", 1) or 1) != 1 or bits > 16:
             return _stored_pixels(ds)
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-        arr = _jpeg2k_decoder()(frame, numthreads=1)
+        arr: np.ndarray = _jpeg2k_decoder()(frame, numthreads=1)
         signed = int(ds.get("PixelRepresentation", 0)) == 1
         expected = np.dtype(f"{'i' if signed else 'u'}{max(1, bits // 8)}")
         if arr.shape != (rows, cols) or arr.dtype != expected:
@@ -292,7 +292,7 @@ def _rescale(name: str, stack: np.ndarray, headers: list[DicomHeader]) -> tuple[
         for dtype in (np.int16, np.int32):
             if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
                 work = np.int32 if np.iinfo(np.int32).min <= span[0] and span[1] <= np.iinfo(np.int32).max else np.int64
-                wide = stack.astype(work)
+                wide: np.ndarray = stack.astype(work)
                 if len(set(slopes.tolist())) == 1 and len(set(inters.tolist())) == 1:
                     if slopes[0] != 1:
                         wide *= work(slopes[0])

@@ -125,7 +125,7 @@ def _source_headers(source: Volume | str | Path) -> tuple[list[Any], tuple[int, 
                 f"{source.meta.get('path', 'volume')}: DICOM-SEG needs a DICOM source volume "
                 f"(format {source.meta.get('format')!r}); allowed a volume from read_dicom_series or its folder"
             )
-        datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        datasets: list[pydicom.Dataset] = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
         shape = source.shape
     else:
         _, info = select_series(source)

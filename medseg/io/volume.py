@@ -70,8 +70,9 @@ class Volume:
         object.__setattr__(self, "affine", affine)
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(int(n) for n in self.array.shape)
+    def shape(self) -> tuple[int, int, int]:
+        i, j, k = self.array.shape  # 3D, checked in __post_init__
+        return (int(i), int(j), int(k))
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -88,7 +89,8 @@ class Volume:
     @property
     def direction_lps(self) -> np.ndarray:
         """3x3 LPS direction cosines, columns = i, j, k axes (SimpleITK ``GetDirection`` reshaped 3x3)."""
-        return LPS_RAS @ (self.affine[:3, :3] / np.asarray(self.spacing))
+        direction: np.ndarray = LPS_RAS @ (self.affine[:3, :3] / np.asarray(self.spacing))
+        return direction
 
 
 def affine_from_lps(

@@ -9,7 +9,7 @@ import gzip
 import logging
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def _read_nifti(path: Path, max_bytes: int) -> Volume:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        img = cast("nib.Nifti1Image", nib.load(str(path)))  # NIfTI-1, or NIfTI-2 (a subclass), for .nii(.gz)
     except Exception as err:  # nibabel raises many types for corrupt headers
         raise DataError(f"{path}: not a readable NIfTI file ({type(err).__name__}: {err})") from err
     shape = tuple(int(n) for n in img.shape)

@@ -171,9 +171,9 @@ def summarize(
             for metric, value in metrics.items():
                 collected.setdefault(name, {}).setdefault(metric, []).append(float(value))
     summary: dict[str, dict[str, dict[str, float]]] = {}
-    for name, metrics in collected.items():
+    for name, per_metric in collected.items():
         summary[name] = {}
-        for metric, values in metrics.items():
+        for metric, values in per_metric.items():
             arr = np.asarray(values, dtype=np.float64)
             std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
             summary[name][metric] = {"mean": float(arr.mean()), "std": std, "n": float(arr.size)}

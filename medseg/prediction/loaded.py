@@ -67,7 +67,7 @@ class LoadedModel:
             device: ``auto``, ``cpu`` or ``cuda``.
             spell: How a setting is named in error messages (the CLI passes its option names).
             **infer_overrides: Fields of :class:`~medseg.config.InferConfig` to override (e.g. ``tta=True``);
-                ``None`` values are ignored (not given).
+                ``None`` values keep the stored setting, but a name that is no setting is an error.
 
         Raises:
             CheckpointError: Not a medseg checkpoint, damaged, or weights not matching the stored config.

@@ -13,17 +13,20 @@ import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from medseg.config.kinds import DataKind
 from medseg.config.schema import InferConfig
 from medseg.errors import ConfigError
 
-__all__ = ["ALLOWED_VALUES", "IMAGE_MODEL_SETTINGS", "apply_infer_overrides", "parse_roi_size"]
+__all__ = ["ALLOWED_VALUES", "IMAGE_MODEL_SETTINGS", "MAX_ROI", "apply_infer_overrides", "parse_roi_size"]
 
+#: Largest window side accepted (voxels).
+MAX_ROI = 4096
 #: What each inference setting accepts, as said in error messages.
 ALLOWED_VALUES: dict[str, str] = {
-    "roi_size": "positive integers: one size for every axis or one per axis",
+    "roi_size": f"integers 1..{MAX_ROI}: one size for every axis or one per axis",
     "overlap": "a number with 0 <= overlap < 1",
     "sw_batch_size": "an integer >= 1",
     "blend": "gaussian or constant",
@@ -47,7 +50,7 @@ def parse_roi_size(value: Any, *, name: str = "roi_size") -> tuple[int, ...]:
     """
     items: list[Any]
     if isinstance(value, str):
-        items = [p.strip() for p in value.replace("x", ",").split(",")]
+        items = [p.strip() for p in value.lower().replace("x", ",").split(",")]
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
@@ -56,10 +59,12 @@ def parse_roi_size(value: Any, *, name: str = "roi_size") -> tuple[int, ...]:
     for item in items:
         number = _positive_int(item)
         if number is None:
-            raise ConfigError(f"{name}: got {value!r}; allowed {ALLOWED_VALUES['roi_size']} (e.g. 96 or 96,96,64)")
+            raise ConfigError(
+                f"{name}: got {_shown(value)}; allowed {ALLOWED_VALUES['roi_size']} (e.g. 96 or 96,96,64)")
         sizes.append(number)
     if not sizes:
-        raise ConfigError(f"{name}: got {value!r}; allowed {ALLOWED_VALUES['roi_size']} (e.g. 96 or 96,96,64)")
+        raise ConfigError(
+            f"{name}: got {_shown(value)}; allowed {ALLOWED_VALUES['roi_size']} (e.g. 96 or 96,96,64)")
     return tuple(sizes)
 
 
@@ -67,15 +72,18 @@ def _positive_int(item: Any) -> int | None:
     if isinstance(item, bool):
         return None
     if isinstance(item, str):
-        item = item.strip()
-        return int(item) if item.isdigit() and int(item) > 0 else None
+        item = item.strip().lstrip("0") or "0"
+        if not (item.isascii() and item.isdigit()) or len(item) > len(str(MAX_ROI)):
+            return None
     try:
         number = int(item)
     except (TypeError, ValueError, OverflowError):
         return None
     if isinstance(item, float) and (not math.isfinite(item) or item != number):
         return None
-    return number if number > 0 and number == item else None
+    if isinstance(item, str):
+        return number if 0 < number <= MAX_ROI else None
+    return number if 0 < number <= MAX_ROI and number == item else None
 
 
 def apply_infer_overrides(
@@ -89,7 +97,8 @@ def apply_infer_overrides(
 
     Args:
         infer: The settings stored in the checkpoint.
-        overrides: Setting name -> new value.
+        overrides: Setting name -> new value; a ``None`` value means "not given" (the stored value stays),
+            but its name must still be a known setting.
         kind: The model's kind: image models use only ``tta`` and ``largest_component``.
         spell: How a setting is named in messages (the CLI passes ``--sw-batch-size`` style names).
 
@@ -100,18 +109,19 @@ def apply_infer_overrides(
         >>> apply_infer_overrides(InferConfig(), {"overlap": 0.5, "tta": None}, DataKind.VOLUMES3D).overlap
         0.5
     """
-    given = {k: v for k, v in overrides.items() if v is not None}
     known = set(InferConfig.model_fields)
-    for name in given:
+    for name, value in overrides.items():
         if name not in known:
-            raise ConfigError(f"{spell(name)}: unknown inference setting; allowed: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{spell(name)}: got {_shown(value)}; unknown inference setting; allowed: {', '.join(sorted(known))}")
+    given = {k: v for k, v in overrides.items() if v is not None}
     if not kind.segments_volumes:
         unused = sorted(set(given) - IMAGE_MODEL_SETTINGS)
         if unused:
             uses = ", ".join(spell(n) for n in sorted(IMAGE_MODEL_SETTINGS))
             raise ConfigError(
-                f"{spell(unused[0])}: does not apply to this {kind.value} model (it runs once over the resized "
-                f"image, no sliding window); settings it uses: {uses}"
+                f"{spell(unused[0])}: got {_shown(given[unused[0]])}; does not apply to this {kind.value} model "
+                f"(it runs once over the resized image, no sliding window); settings it uses: {uses}"
             )
     if "roi_size" in given:
         roi = parse_roi_size(given["roi_size"], name=spell("roi_size"))
@@ -121,7 +131,9 @@ def apply_infer_overrides(
         given["roi_size"] = roi
     for name, value in given.items():
         _check_type(name, value, spell)
-        if name == "overlap":
+        if name in ("tta", "largest_component"):
+            given[name] = bool(value)
+        elif name == "overlap":
             given[name] = float(value)
         elif name == "sw_batch_size":
             given[name] = int(value)
@@ -131,20 +143,35 @@ def apply_infer_overrides(
         first = err.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else "infer"
         raise ConfigError(
-            f"{spell(name)}: got {given.get(name)!r}; {first['msg'].lower()} (allowed: {ALLOWED_VALUES.get(name, '?')})"
+            f"{spell(name)}: got {_shown(overrides.get(name))}; {first['msg'].lower()} "
+            f"(allowed: {ALLOWED_VALUES.get(name, '?')})"
         ) from None
+
+
+def _finite(value: numbers.Real) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _shown(value: Any) -> str:
+    """``repr`` of a value, cut to a readable length for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_type(name: str, value: Any, spell: Callable[[str], str]) -> None:
     """Refuse what pydantic's lax mode would quietly convert (``True`` as an overlap, ``"1"`` as a flag)."""
     wrong = False
     if name in ("tta", "largest_component"):
-        wrong = not isinstance(value, bool)
+        wrong = not isinstance(value, (bool, np.bool_))
     elif name == "overlap":
-        wrong = isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+        wrong = isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value)
     elif name == "sw_batch_size":
         wrong = isinstance(value, bool) or not isinstance(value, numbers.Integral)
     elif name in ("precision", "blend"):
         wrong = not isinstance(value, str)
     if wrong:
-        raise ConfigError(f"{spell(name)}: got {value!r} ({type(value).__name__}); allowed {ALLOWED_VALUES[name]}")
+        raise ConfigError(
+            f"{spell(name)}: got {_shown(value)} ({type(value).__name__}); allowed {ALLOWED_VALUES[name]}")

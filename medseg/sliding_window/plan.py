@@ -258,17 +258,18 @@ def plan_auto(
         n_tiles = math.prod(c[0] for c in combo)
         mem = math.prod(tile) * tile_bytes_per_voxel
         mem += stitch_bytes(tile, padded, [c[0] for c in combo], row_bytes_per_voxel, div[0])
-        cost = n_tiles * (math.prod(tile) + TILE_OVERHEAD_VOXELS)
+        cost: float = n_tiles * (math.prod(tile) + TILE_OVERHEAD_VOXELS)
         if row_bytes_per_voxel and math.prod(c[0] for c in combo[1:]) > 1:
             cost += ROW_BUFFER_COST * math.prod(padded)
         if mem < smallest_mem:
             smallest, smallest_mem = combo, mem
         if mem <= budget_bytes and cost < best_cost:
             best, best_cost = combo, cost
-    combo = best if best is not None else smallest
-    tiles = [c[1] for c in combo]
-    padded = [c[2] for c in combo]
-    starts = [_aligned_starts(p, t, c[0], d) for c, t, p, d in zip(combo, tiles, padded, div, strict=True)]
+    chosen = best if best is not None else smallest
+    assert chosen is not None  # itertools.product of non-empty option lists yields at least one combo
+    tiles = [c[1] for c in chosen]
+    padded = [c[2] for c in chosen]
+    starts = [_aligned_starts(p, t, c[0], d) for c, t, p, d in zip(chosen, tiles, padded, div, strict=True)]
     return _finish(shape, tiles, padded, starts, div)
 
 
@@ -321,8 +322,8 @@ def flip_sets(spatial_dims: int, tta: bool | Sequence[Sequence[int]]) -> list[tu
     if tta is False or tta is None:
         return [()]
     if tta is True:
-        axes = range(2, 2 + spatial_dims)
-        return [c for k in range(spatial_dims + 1) for c in itertools.combinations(axes, k)]
+        spatial = range(2, 2 + spatial_dims)
+        return [c for k in range(spatial_dims + 1) for c in itertools.combinations(spatial, k)]
     sets = [tuple(sorted(2 + int(a) for a in axes)) for axes in tta]
     for axes in sets:
         if any(a < 2 or a >= 2 + spatial_dims for a in axes):

@@ -24,7 +24,6 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -46,7 +45,7 @@ from medseg.sliding_window.plan import (
     stitch_bytes,
     window_dependent_layers,
 )
-from medseg.sliding_window.tiles import run_tiles
+from medseg.sliding_window.tiles import SlidingWindowStats, TileJob, run_tiles
 
 __all__ = [
     "SlidingWindowMemoryError",
@@ -68,38 +67,6 @@ _logged_roi_fallbacks: set[tuple[str, tuple[str, ...]]] = set()
 
 class SlidingWindowMemoryError(MedsegError, MemoryError):
     """Out of memory even with batch size 1, the smallest tiles and CPU stitching."""
-
-
-@dataclass
-class SlidingWindowStats:
-    """What one call did; ``str()`` gives the one-line summary the progress bar prints."""
-
-    tiles: int = 0  # tile positions x batch items
-    windows: int = 0  # network evaluations of one tile (TTA copies count)
-    seconds: float = 0.0
-    voxels: int = 0  # input voxels (B x spatial)
-    peak_memory_mb: float = 0.0  # CUDA: max allocated during the call; CPU: process peak RSS
-    precision: str = "fp32"
-    plan: str = ""
-    tiling: str = ""  # "auto", "roi", or "roi (auto: <why>)" when auto fell back to roi-size windows
-    batch_size: int = 1
-    device: str = "cpu"
-    fallbacks: list[str] = field(default_factory=list)
-
-    @property
-    def windows_per_s(self) -> float:
-        return self.windows / self.seconds if self.seconds else 0.0
-
-    @property
-    def voxels_per_s(self) -> float:
-        return self.voxels / self.seconds if self.seconds else 0.0
-
-    def __str__(self) -> str:
-        return (
-            f"sliding window: {self.windows} windows ({self.plan}, tiling {self.tiling}, batch {self.batch_size}, "
-            f"{self.precision}, {self.device}) in {self.seconds:.2f} s, {self.windows_per_s:.2f} windows/s, "
-            f"{self.voxels_per_s / 1e6:.2f} Mvoxel/s, peak memory {self.peak_memory_mb:.0f} MB"
-        )
 
 
 def sliding_window_predict(
@@ -185,22 +152,10 @@ def sliding_window_predict(
         run_batch = batch if tiling == "roi" else max(1, min(batch, fits))
         run_batch = min(run_batch, plan.n_tiles)
         try:
-            result = run_tiles(
-                network,
-                image,
-                plan,
-                blend,
-                sigma_scale,
-                dtype,
-                flips,
-                output,
-                device,
-                stitch_device,
-                run_batch,
-                padding_value,
-                progress,
-                stats,
-            )
+            job = TileJob(plan=plan, blend=blend, sigma_scale=sigma_scale, dtype=dtype, flips=flips,
+                          output=output, device=device, stitch_device=stitch_device, batch=run_batch,
+                          padding_value=padding_value, progress=progress)
+            result = run_tiles(network, image, job, stats)
             break
         except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as err:
             if not is_oom(err):

@@ -54,12 +54,13 @@ class _Stitcher:
 
     def _weight(self, start: tuple[int, ...], local: list[slice], dims: range) -> torch.Tensor:
         n = len(self.plan.tile)
-        w = None
+        w: torch.Tensor | None = None
         for d, sl in zip(dims, local, strict=True):
             shape = [1] * n
             wd = self.weights[d][start[d]][sl]
             shape[d] = wd.numel()
             w = wd.view(shape) if w is None else w * wd.view(shape)
+        assert w is not None  # dims is never empty
         return w
 
 
@@ -73,8 +74,12 @@ class DenseAccumulator(_Stitcher):
     def add(self, b: int, start: tuple[int, ...], pred: torch.Tensor) -> None:
         dims = range(len(start))
         local, out = self._clip(start, dims)
-        src = pred[(slice(None), *local)].to(self.device)
-        dst = self.out[(b, slice(None), *out)]
+        # The index tuples are bound to names first: mypy's native parser takes ``x[(a, *b)]`` for the
+        # 3.11-only ``x[a, *b]``; both are the same tuple index.
+        src_index: tuple[slice, ...] = (slice(None), *local)
+        dst_index: tuple[int | slice, ...] = (b, slice(None), *out)
+        src = pred[src_index].to(self.device)
+        dst = self.out[dst_index]
         if self.uniform:
             dst.copy_(src)
         else:
@@ -122,8 +127,9 @@ class LabelStreamer(_Stitcher):
         self.b = b
         rest = range(1, len(start))
         local, out = self._clip(start, rest)
+        src_index: tuple[slice, ...] = (slice(None), slice(None), *local)
         if not self.multi:  # the tile is the whole row: blend and finish it chunk by chunk
-            self._add_single(start[0], pred[(slice(None), slice(None), *local)])
+            self._add_single(start[0], pred[src_index])
             return
         if start[0] != self.row:
             if self.row is not None:
@@ -133,8 +139,10 @@ class LabelStreamer(_Stitcher):
                 self.buf[:, : self.carry.shape[1]] += self.carry
                 self.carry = None
         w = self._weight(start, [slice(None), *local], range(len(start)))
-        dst = self.buf[(slice(None), slice(None), *out)]
-        dst.addcmul_(pred[(slice(None), slice(None), *local)].to(self.device), w)
+        assert self.buf is not None  # set above when this row started
+        dst_index: tuple[slice, ...] = (slice(None), slice(None), *out)
+        dst = self.buf[dst_index]
+        dst.addcmul_(pred[src_index].to(self.device), w)
 
     def _row_range(self, row: int) -> tuple[int, int, int | None]:
         """(first row to finish, end of rows to finish, start of the next tile row) in padded coordinates."""
@@ -183,6 +191,7 @@ class LabelStreamer(_Stitcher):
             v.copy_(pred[:, a:b])
             v *= w0[a:b].view(per_row)
             if a < carry_len:
+                assert self.carry is not None  # carry_len > 0
                 n = min(b, carry_len) - a
                 if self.carry_w is None:
                     v[:, :n] += self.carry[:, a : a + n]
@@ -204,11 +213,13 @@ class LabelStreamer(_Stitcher):
         return self.scratch
 
     def _finish_row(self, chunk: int = 8) -> None:
-        lo, hi, nxt = self._row_range(self.row)
+        row, buf = self.row, self.buf
+        assert row is not None and buf is not None  # only called while a row is open
+        lo, hi, nxt = self._row_range(row)
         for a in range(lo, hi, chunk):
             b = min(a + chunk, hi)
-            self._write(a, b, self.buf[:, a - self.row : b - self.row])
-        self.carry = self.buf[:, nxt - self.row :].clone() if nxt is not None else None
+            self._write(a, b, buf[:, a - row : b - row])
+        self.carry = buf[:, nxt - row :].clone() if nxt is not None else None
         self.buf, self.row = None, None
 
     def finish_item(self, b: int) -> None:

@@ -1,70 +1,126 @@
 """The tile loop of sliding-window inference: pad, gather windows (with flips), run the network, stitch.
 
-Private helper of :mod:`medseg.sliding_window.predict`, which plans the tiles and handles memory fallbacks.
+Called by :func:`medseg.sliding_window.predict.sliding_window_predict`, which plans the tiles and handles
+memory fallbacks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from medseg.progress import progress_bar
 from medseg.sliding_window.plan import TilePlan, blend_weights
 from medseg.sliding_window.stitch import DenseAccumulator, LabelStreamer
 
-__all__ = ["run_tiles"]
+__all__ = ["SlidingWindowStats", "TileJob", "run_tiles"]
 
 
-def run_tiles(
-    network,
-    image,
-    plan,
-    blend,
-    sigma_scale,
-    dtype,
-    flips,
-    output,
-    device,
-    stitch_device,
-    batch,
-    padding_value,
-    progress,
-    stats,
-) -> torch.Tensor:
-    weights = blend_weights(plan, blend, sigma_scale)
+@dataclass
+class SlidingWindowStats:
+    """What one call did; ``str()`` gives the one-line summary the progress bar prints."""
+
+    tiles: int = 0  # tile positions x batch items
+    windows: int = 0  # network evaluations of one tile (TTA copies count)
+    seconds: float = 0.0
+    voxels: int = 0  # input voxels (B x spatial)
+    peak_memory_mb: float = 0.0  # CUDA: max allocated during the call; CPU: process peak RSS
+    precision: str = "fp32"
+    plan: str = ""
+    tiling: str = ""  # "auto", "roi", or "roi (auto: <why>)" when auto fell back to roi-size windows
+    batch_size: int = 1
+    device: str = "cpu"
+    fallbacks: list[str] = field(default_factory=list)
+
+    @property
+    def windows_per_s(self) -> float:
+        return self.windows / self.seconds if self.seconds else 0.0
+
+    @property
+    def voxels_per_s(self) -> float:
+        return self.voxels / self.seconds if self.seconds else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"sliding window: {self.windows} windows ({self.plan}, tiling {self.tiling}, batch {self.batch_size}, "
+            f"{self.precision}, {self.device}) in {self.seconds:.2f} s, {self.windows_per_s:.2f} windows/s, "
+            f"{self.voxels_per_s / 1e6:.2f} Mvoxel/s, peak memory {self.peak_memory_mb:.0f} MB"
+        )
+
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """One pass of the tile loop, as the planner decided it.
+
+    Attributes:
+        plan: Tile size, positions and padding.
+        blend: ``"gaussian"`` or ``"constant"`` weights for overlapping tiles.
+        sigma_scale: Gaussian sigma as a fraction of the tile size.
+        dtype: Autocast dtype, or None for fp32.
+        flips: Flip axes per TTA copy (``[()]`` without TTA).
+        output: ``"logits"``, ``"probabilities"`` or ``"labels"``.
+        device: Where the network runs.
+        stitch_device: Where the output is accumulated (the CPU after a CUDA out-of-memory fallback).
+        batch: Tiles per network call.
+        padding_value: Value of the padding around the image.
+        progress: Show a progress bar on stderr.
+    """
+
+    plan: TilePlan
+    blend: str
+    sigma_scale: float
+    dtype: torch.dtype | None
+    flips: Sequence[tuple[int, ...]]
+    output: str
+    device: torch.device
+    stitch_device: torch.device
+    batch: int
+    padding_value: float
+    progress: bool = False
+
+
+def run_tiles(network: nn.Module, image: torch.Tensor, job: TileJob, stats: SlidingWindowStats) -> torch.Tensor:
+    """Run ``network`` over every tile of ``image`` (B, C, *spatial) and stitch; counts go into ``stats``."""
+    plan, flips, device = job.plan, job.flips, job.device
+    weights = blend_weights(plan, job.blend, job.sigma_scale)
     tiles = plan.tiles()
-    n_batches = math.ceil(len(tiles) / batch)
-    total = image.shape[0] * n_batches
+    n_batches = math.ceil(len(tiles) / job.batch)
     stats.tiles = stats.windows = 0
-    acc = None
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    with torch.no_grad():  # not inference_mode: callers may modify the returned tensor in place
+    acc: LabelStreamer | DenseAccumulator | None = None
+    autocast = torch.autocast(device.type, dtype=job.dtype) if job.dtype is not None else contextlib.nullcontext()
+    with torch.no_grad(), progress_bar("sliding window", image.shape[0] * n_batches, enabled=job.progress) as advance:
+        # not inference_mode: callers may modify the returned tensor in place
         for b in range(image.shape[0]):
-            source = _pad(image[b : b + 1], plan, padding_value)
-            source = source.to(device if stitch_device == device else source.device)
+            source = _pad(image[b : b + 1], plan, job.padding_value)
+            source = source.to(device if job.stitch_device == device else source.device)
             for i in range(n_batches):
-                group = tiles[i * batch : (i + 1) * batch]
+                group = tiles[i * job.batch : (i + 1) * job.batch]
                 x = _gather(source, group, plan.tile, device, flips)
                 with autocast:
                     y = _forward(network, x, plan.tile)
                 y = _merge_flips(y, flips, len(group))
                 if acc is None:
-                    cls = LabelStreamer if output == "labels" else DenseAccumulator
-                    acc = cls(plan, weights, stitch_device, image.shape[0], y.shape[1])
+                    cls = LabelStreamer if job.output == "labels" else DenseAccumulator
+                    acc = cls(plan, weights, job.stitch_device, image.shape[0], y.shape[1])
                 for j, corner in enumerate(group):
                     acc.add(b, corner, y[j])
                 stats.tiles += len(group)
                 stats.windows += len(group) * len(flips)
                 del x, y
-                if progress:
-                    _progress(b * n_batches + i + 1, total)
-            acc.finish_item(b)
-    if output == "labels":
+                advance()
+            if acc is not None:
+                acc.finish_item(b)
+    if isinstance(acc, LabelStreamer):
         return acc.labels
-    return acc.probabilities() if output == "probabilities" else acc.out
+    if isinstance(acc, DenseAccumulator):
+        return acc.probabilities() if job.output == "probabilities" else acc.out
+    raise ValueError(f"image of shape {tuple(image.shape)} gave no tiles")
 
 
 def _pad(item: torch.Tensor, plan: TilePlan, value: float) -> torch.Tensor:
@@ -112,11 +168,3 @@ def _merge_flips(y: torch.Tensor, flips, n: int) -> torch.Tensor:
     for f, axes in enumerate(flips[1:], start=1):
         out += y[f * n : (f + 1) * n].flip(axes)
     return out.div_(len(flips))
-
-
-def _progress(done: int, total: int) -> None:
-    width = 30
-    filled = width * done // total
-    print(
-        f"\rsliding window [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr, flush=True
-    )

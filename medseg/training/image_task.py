@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,59 +11,31 @@ import torch
 
 from medseg.config.schema import ExperimentConfig
 from medseg.data.augmentation import BatchAugment
-from medseg.data.image_dataset import (
-    ImageMaskDataset,
-    discover_label_map,
-    find_pairs_from_config,
-    label_map_from_config,
-    read_mask_gray,
-)
-from medseg.data.labels import LabelMap
-from medseg.data.pairing import Pair, read_split_file, split_pairs, write_split_file
-from medseg.errors import DataError
+from medseg.data.image_dataset import ImageMaskDataset, read_mask_gray
+from medseg.data.label_discovery import discover_label_map
+from medseg.data.labels import LabelMap, label_map_from_config
+from medseg.data.pairing import find_pairs_from_config
+from medseg.data.splits import split_for_run
 from medseg.metrics.case_metrics import compute_case_metrics
+from medseg.seeds import epoch_seed, substream_seed
 
 log = logging.getLogger(__name__)
 
 
-def select_split(
-    pairs: Sequence[Pair], cfg: ExperimentConfig, saved: tuple[list[str], list[str]] | None = None
-) -> tuple[list[Pair], list[Pair]]:
-    """Train/val split: saved lists (resume), then list files, then fraction + seed."""
-    by_id = {p.case_id: p for p in pairs}
-    d = cfg.data
-    if saved is None and d.train_list is not None:
-        saved = (read_split_file(d.train_list), read_split_file(d.val_list) if d.val_list else [])
-    if saved is not None:
-        missing = [c for c in saved[0] + saved[1] if c not in by_id]
-        if missing:
-            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            raise DataError(f"split lists name cases not found under {d.root}: {shown}")
-        return [by_id[c] for c in saved[0]], [by_id[c] for c in saved[1]]
-    if d.val_list is not None:
-        val_ids = set(read_split_file(d.val_list))
-        return [p for p in pairs if p.case_id not in val_ids], [p for p in pairs if p.case_id in val_ids]
-    return split_pairs(list(pairs), val_fraction=d.val_fraction, seed=d.seed)
-
-
 class ImageTask:
-    """Everything the training loop needs to know about 2D image/mask data."""
+    """Everything the training loop needs to know about 2D image/mask data (a :class:`~medseg.training.task.Task`).
+
+    Raises:
+        DataError: Missing or unpaired files, unreadable images, unknown mask values.
+    """
 
     spatial_dims = 2
 
     def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None, resume: bool) -> None:
         self.cfg = cfg
         pairs = find_pairs_from_config(cfg.data)
-        saved = None
-        if resume:
-            saved = (read_split_file(run_dir / "splits" / "train.txt"), read_split_file(run_dir / "splits" / "val.txt"))
-        self.train_pairs, self.val_pairs = select_split(pairs, cfg, saved)
-        if not self.train_pairs:
-            raise DataError(f"{cfg.data.root}: no training cases left after the split")
-        if not resume:
-            write_split_file(run_dir / "splits" / "train.txt", [p.case_id for p in self.train_pairs])
-            write_split_file(run_dir / "splits" / "val.txt", [p.case_id for p in self.val_pairs])
-        self.labels = labels or label_map_from_config(cfg.data.labels) or discover_label_map(
+        self.train_pairs, self.val_pairs = split_for_run(pairs, cfg.data, run_dir, resume=resume)
+        self.labels: LabelMap = labels or label_map_from_config(cfg.data.labels) or discover_label_map(
             [p.mask for p in self.train_pairs], tolerance=cfg.data.labels.tolerance, read=read_mask_gray
         )
         self.in_channels = 3 if cfg.data.color == "rgb" else 1
@@ -83,7 +54,7 @@ class ImageTask:
         """A shuffled loader of cached, un-augmented samples; the order depends only on (seed, epoch)."""
         from monai.data import DataLoader
 
-        gen = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(self.cfg.train.seed, epoch))
         return DataLoader(
             self.train_set,
             batch_size=self.cfg.train.batch_size,
@@ -98,8 +69,8 @@ class ImageTask:
     def augment_batch(self, image: torch.Tensor, label: torch.Tensor, epoch: int, step: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment one training batch on its device; the draws depend only on (seed, epoch, step)."""
-        seed = (self.cfg.train.seed * 100_003 + epoch) * 1_000_003 + step
-        return self.augment(image, label, torch.Generator().manual_seed(seed % 2**63))
+        seed = substream_seed(epoch_seed(self.cfg.train.seed, epoch), step, bits=63)
+        return self.augment(image, label, torch.Generator().manual_seed(seed))
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device) -> dict[str, Any]:

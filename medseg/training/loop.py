@@ -11,7 +11,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,15 +25,17 @@ from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.config.loading import config_to_dict, save_config
 from medseg.config.schema import ExperimentConfig
 from medseg.data.labels import LabelMap, labels_from_checkpoint
-from medseg.device import resolve_device, seed_everything
+from medseg.device import resolve_device
 from medseg.errors import MedsegError
 from medseg.losses.factory import build_loss
 from medseg.metrics.case_metrics import summarize
 from medseg.models.factory import build_model
 from medseg.progress import progress_bar
+from medseg.seeds import epoch_seed, seed_everything
 from medseg.training.optim import EpochScheduler, build_optimizer
 from medseg.training.plots import plot_curves, plot_preview
 from medseg.training.run_folder import RunLock, prepare_run_dir, read_log
+from medseg.training.task import Task, build_task
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +60,6 @@ def default_run_dir(config_path: Path | None, cfg: ExperimentConfig) -> Path:
     """``runs/<config name>-<YYYYmmdd-HHMMSS>`` in the current folder."""
     stem = config_path.stem if config_path else f"{cfg.data.kind}"
     return Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def _build_task(cfg: ExperimentConfig, run_dir: Path, labels: LabelMap | None, resume: bool) -> Any:
-    if cfg.data.kind == "images2d":
-        from medseg.training.image_task import ImageTask
-
-        return ImageTask(cfg, run_dir, labels=labels, resume=resume)
-    from medseg.training.volume_task import VolumeTask
-
-    return VolumeTask(cfg, run_dir, labels=labels, resume=resume)
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -119,26 +111,100 @@ def train(
         return _train_locked(cfg, run_dir, resume=resume, force=force, progress=progress)
 
 
+@dataclass
+class _Run:
+    """A training run in progress: what was built for it and the state that moves from epoch to epoch."""
+
+    cfg: ExperimentConfig
+    run_dir: Path
+    device: torch.device
+    task: Task
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: EpochScheduler
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    records: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    best: float | None = None
+    best_epoch: int | None = None
+    bad: int = 0  # validations in a row without a clear improvement
+
+    @property
+    def labels(self) -> LabelMap:
+        return self.task.labels
+
+    def payload(self, epoch: int, rec: dict[str, Any], train_state: dict[str, Any] | None) -> dict[str, Any]:
+        """A checkpoint: everything prediction needs, plus the resume state for ``last.pt``."""
+        return {
+            "medseg_version": medseg.__version__,
+            "config": config_to_dict(self.cfg),
+            "labels": self.labels.to_dict(),
+            "preprocessing": self.task.preprocessing,
+            "in_channels": self.task.in_channels,
+            "out_channels": self.labels.num_classes,
+            "state_dict": self.model.state_dict(),
+            "epoch": epoch,
+            "metrics": rec,
+            "train_state": train_state,
+        }
+
+
 def _train_locked(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, force: bool, progress: bool) -> TrainResult:
-    state: dict[str, Any] | None = None
-    labels: LabelMap | None = None
-    if resume:
-        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-        changed = [
-            d for d in config_differences(ckpt["config"], config_to_dict(cfg)) if not d.startswith(RESUMABLE_CHANGES)
-        ]
-        if changed and not force:
-            raise MedsegError(
-                f"{run_dir}: the config differs from the one this run was started with ({'; '.join(changed)}); "
-                "resume with the same config (only train.max_epochs may change) or pass --force"
-            )
-        labels = labels_from_checkpoint(ckpt)
-        state = ckpt
+    state = _resume_checkpoint(cfg, run_dir, force=force) if resume else None
+    run = _build_run(cfg, run_dir, labels=labels_from_checkpoint(state) if state else None, resume=resume)
+    if state is not None:
+        _restore(run, state)
+    else:
+        _start_fresh(run)
+    writer = _tensorboard(run_dir) if cfg.train.tensorboard else None
+    stopped_early = False
+    epoch = run.start_epoch - 1
+    try:
+        for epoch in range(run.start_epoch, cfg.train.max_epochs):
+            rec = _train_and_validate(run, epoch, progress)
+            _end_epoch(run, rec, epoch, writer)
+            patience = cfg.train.early_stopping_patience
+            if patience is not None and run.bad >= patience:
+                log.info("early stopping: no improvement of val_%s in %d validations", cfg.train.best_metric, run.bad)
+                stopped_early = True
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+    best_path = run_dir / "checkpoints" / "best.pt"
+    return TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=best_path if best_path.is_file() else None,
+        last_checkpoint=run_dir / "checkpoints" / "last.pt",
+        best_metric=run.best,
+        best_epoch=None if run.best_epoch is None else run.best_epoch + 1,
+        epochs_run=epoch + 1,
+        stopped_early=stopped_early,
+    )
+
+
+def _resume_checkpoint(cfg: ExperimentConfig, run_dir: Path, *, force: bool) -> dict[str, Any]:
+    """``last.pt`` of the run, refused when the config changed beyond :data:`RESUMABLE_CHANGES` (unless forced)."""
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    changed = [
+        d for d in config_differences(ckpt["config"], config_to_dict(cfg)) if not d.startswith(RESUMABLE_CHANGES)
+    ]
+    if changed and not force:
+        raise MedsegError(
+            f"{run_dir}: the config differs from the one this run was started with ({'; '.join(changed)}); "
+            "resume with the same config (only train.max_epochs may change) or pass --force"
+        )
+    return ckpt
+
+
+def _build_run(cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None, resume: bool) -> _Run:
+    """Seed, then data, model, loss, optimizer, schedule and scaler, in this order (it fixes the random draws)."""
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
-    task = _build_task(cfg, run_dir, labels, resume)
-    labels = task.labels
-    k = labels.num_classes
+    task = build_task(cfg, run_dir, labels=labels, resume=resume)
+    k = task.labels.num_classes
     model = build_model(cfg.model, in_channels=task.in_channels, out_channels=k).to(device)
     loss_fn = build_loss(cfg.loss, k).to(device)
     optimizer = build_optimizer(cfg.train, model.parameters())
@@ -149,102 +215,86 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, force: 
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if cfg.train.deterministic:
         torch.backends.cudnn.benchmark = False
+    return _Run(cfg, run_dir, device, task, model, loss_fn, optimizer, scheduler, scaler, use_amp)
 
-    records: list[dict[str, Any]] = []
-    start_epoch, best, best_epoch, bad = 0, None, None, 0
-    if state is not None:
-        ts = state["train_state"]
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        scaler.load_state_dict(ts["scaler"]) if ts.get("scaler") else None
-        start_epoch, best, best_epoch, bad = ts["epoch"] + 1, ts["best"], ts["best_epoch"], ts["bad_validations"]
-        _restore_rng(ts["rng"])
-        records = [r for r in read_log(run_dir) if r["epoch"] <= start_epoch]
-        log.info("resuming %s at epoch %d", run_dir, start_epoch + 1)
-    else:
-        save_config(cfg, run_dir / "config.yaml")
-        write_json_atomic(run_dir / "labels.json", labels.to_dict())
-        if cfg.train.preview_samples:
-            imgs, masks = task.preview(cfg.train.preview_samples)
-            plot_preview(imgs, masks, run_dir / "preview.png", title="training samples (augmented) with masks")
-    writer = _tensorboard(run_dir) if cfg.train.tensorboard else None
 
-    payload_base = {
-        "medseg_version": medseg.__version__,
-        "config": config_to_dict(cfg),
-        "labels": labels.to_dict(),
-        "preprocessing": task.preprocessing,
-        "in_channels": task.in_channels,
-        "out_channels": k,
+def _restore(run: _Run, state: dict[str, Any]) -> None:
+    """Model, optimizer, schedule, scaler, counters, random states and log of an interrupted run."""
+    ts = state["train_state"]
+    run.model.load_state_dict(state["state_dict"])
+    run.optimizer.load_state_dict(ts["optimizer"])
+    run.scheduler.load_state_dict(ts["scheduler"])
+    if ts.get("scaler"):
+        run.scaler.load_state_dict(ts["scaler"])
+    run.start_epoch, run.best, run.best_epoch, run.bad = (
+        ts["epoch"] + 1, ts["best"], ts["best_epoch"], ts["bad_validations"])
+    _restore_rng(ts["rng"])
+    run.records = [r for r in read_log(run.run_dir) if r["epoch"] <= run.start_epoch]
+    log.info("resuming %s at epoch %d", run.run_dir, run.start_epoch + 1)
+
+
+def _start_fresh(run: _Run) -> None:
+    """The files a new run writes before its first epoch: config, labels and the preview of training samples."""
+    save_config(run.cfg, run.run_dir / "config.yaml")
+    write_json_atomic(run.run_dir / "labels.json", run.labels.to_dict())
+    if run.cfg.train.preview_samples:
+        imgs, masks = run.task.preview(run.cfg.train.preview_samples)
+        plot_preview(imgs, masks, run.run_dir / "preview.png", title="training samples (augmented) with masks")
+
+
+def _train_and_validate(run: _Run, epoch: int, progress: bool) -> dict[str, Any]:
+    """One epoch of training, then validation when it is due; keeps ``best.pt`` up to date."""
+    cfg = run.cfg
+    seed_everything(epoch_seed(cfg.train.seed, epoch))
+    lr = run.scheduler.start_epoch(epoch)
+    rec = _run_epoch(run.model, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg, epoch, progress)
+    rec["lr"] = lr
+    if (epoch + 1) % cfg.train.val_every == 0 or epoch == cfg.train.max_epochs - 1:
+        t0 = time.perf_counter()
+        val = run.task.validate(run.model, run.loss_fn, run.device)
+        rec.update(_val_record(val, run.labels))
+        rec["val_time_s"] = time.perf_counter() - t0
+        run.scheduler.observe(rec.get("val_loss", rec["train_loss"]))
+        _keep_best(run, rec, epoch)
+    return rec
+
+
+def _keep_best(run: _Run, rec: dict[str, Any], epoch: int) -> None:
+    """Update the best score and the early-stopping count; write ``best.pt`` when the score improved."""
+    train = run.cfg.train
+    score = rec.get(f"val_{train.best_metric}")
+    if score is None or math.isnan(score):
+        return
+    higher_better = train.best_metric != "loss"
+    best, margin = run.best, train.early_stopping_min_delta
+    improved = best is None or (score > best if higher_better else score < best)
+    clearly = best is None or (score > best + margin if higher_better else score < best - margin)
+    run.bad = 0 if clearly else run.bad + 1
+    if improved:
+        run.best, run.best_epoch = score, epoch
+        save_checkpoint(run.payload(epoch, rec, None), run.run_dir / "checkpoints" / "best.pt")
+
+
+def _end_epoch(run: _Run, rec: dict[str, Any], epoch: int, writer: Any) -> None:
+    """``last.pt`` with the resume state, the log, the curves and TensorBoard scalars."""
+    run.records.append(rec)
+    train_state = {
+        "epoch": epoch, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.use_amp else None, "best": run.best, "best_epoch": run.best_epoch,
+        "bad_validations": run.bad, "rng": _rng_state(),
     }
-    higher_better = cfg.train.best_metric != "loss"
-    stopped_early = False
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.train.max_epochs):
-        seed_everything(cfg.train.seed * 100_003 + epoch)
-        lr = scheduler.start_epoch(epoch)
-        rec = _run_epoch(model, task, loss_fn, optimizer, scaler, device, cfg, epoch, progress)
-        rec["lr"] = lr
-        last_epoch = epoch == cfg.train.max_epochs - 1
-        if (epoch + 1) % cfg.train.val_every == 0 or last_epoch:
-            t0 = time.perf_counter()
-            val = task.validate(model, loss_fn, device)
-            rec.update(_val_record(val, labels))
-            rec["val_time_s"] = time.perf_counter() - t0
-            scheduler.observe(rec.get("val_loss", rec["train_loss"]))
-            score = rec.get(f"val_{cfg.train.best_metric}")
-            if score is not None and not math.isnan(score):
-                improved = best is None or (score > best if higher_better else score < best)
-                margin = cfg.train.early_stopping_min_delta
-                clearly = best is None or (score > best + margin if higher_better else score < best - margin)
-                bad = 0 if clearly else bad + 1
-                if improved:
-                    best, best_epoch = score, epoch
-                    save_checkpoint(
-                        {**payload_base, "state_dict": model.state_dict(), "epoch": epoch, "metrics": rec,
-                         "train_state": None},
-                        run_dir / "checkpoints" / "best.pt",
-                    )
-        records.append(rec)
-        train_state = {
-            "epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if use_amp else None, "best": best, "best_epoch": best_epoch,
-            "bad_validations": bad, "rng": _rng_state(),
-        }
-        save_checkpoint(
-            {**payload_base, "state_dict": model.state_dict(), "epoch": epoch, "metrics": rec,
-             "train_state": train_state},
-            run_dir / "checkpoints" / "last.pt",
-        )
-        write_json_atomic(run_dir / "log.json", records)
-        plot_curves(records, run_dir / "curves.png")
-        if writer is not None:
-            for key, value in rec.items():
-                if isinstance(value, int | float) and key != "epoch":
-                    writer.add_scalar(key, value, epoch)
-        log.info(_epoch_line(rec, cfg.train.max_epochs))
-        patience = cfg.train.early_stopping_patience
-        if patience is not None and bad >= patience:
-            log.info("early stopping: no improvement of val_%s in %d validations", cfg.train.best_metric, bad)
-            stopped_early = True
-            break
+    save_checkpoint(run.payload(epoch, rec, train_state), run.run_dir / "checkpoints" / "last.pt")
+    write_json_atomic(run.run_dir / "log.json", run.records)
+    plot_curves(run.records, run.run_dir / "curves.png")
     if writer is not None:
-        writer.close()
-    best_path = run_dir / "checkpoints" / "best.pt"
-    return TrainResult(
-        run_dir=run_dir,
-        best_checkpoint=best_path if best_path.is_file() else None,
-        last_checkpoint=run_dir / "checkpoints" / "last.pt",
-        best_metric=best,
-        best_epoch=None if best_epoch is None else best_epoch + 1,
-        epochs_run=epoch + 1,
-        stopped_early=stopped_early,
-    )
+        for key, value in rec.items():
+            if isinstance(value, int | float) and key != "epoch":
+                writer.add_scalar(key, value, epoch)
+    log.info(_epoch_line(rec, run.cfg.train.max_epochs))
 
 
 def _run_epoch(
-    model: torch.nn.Module, task: Any, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    model: torch.nn.Module, task: Task, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, device: torch.device, cfg: ExperimentConfig, epoch: int, progress: bool,
 ) -> dict[str, Any]:
     model.train()
@@ -256,15 +306,13 @@ def _run_epoch(
     t_start = time.perf_counter()
     t_mark = t_start
     use_amp = scaler.is_enabled()
-    augment = getattr(task, "augment_batch", None)  # batch-level augmentation on the device, if the task has it
     with progress_bar(f"epoch {epoch + 1}/{cfg.train.max_epochs}", steps, enabled=progress) as advance:
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
             image = batch["image"].to(device, non_blocking=True)
             label = batch["label"].to(device, non_blocking=True)
-            if augment is not None:
-                image, label = augment(image, label, epoch, step)
+            image, label = task.augment_batch(image, label, epoch, step)
             t_ready = time.perf_counter()
             t_data += t_ready - t_mark
             optimizer.zero_grad(set_to_none=True)

@@ -15,18 +15,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from medseg.config.kinds import DataKind
 from medseg.config.schema import ExperimentConfig
 from medseg.data.augmentation import build_train_transforms
-from medseg.data.image_dataset import discover_label_map, label_map_from_config
-from medseg.data.labels import LabelMap
-from medseg.data.pairing import read_split_file, write_split_file
-from medseg.data.volume_dataset import PatchDataset, PreparedCase, find_volume_pairs, prepare_cases
+from medseg.data.label_discovery import discover_label_map
+from medseg.data.labels import LabelMap, label_map_from_config
+from medseg.data.pairing import find_pairs_from_config
+from medseg.data.splits import split_for_run
+from medseg.data.volume_dataset import PatchDataset, prepare_cases
 from medseg.data.volume_preprocessing import VolumePreprocessor, slice_axis_index
-from medseg.errors import ConfigError, DataError
+from medseg.errors import ConfigError
 from medseg.io.volume_io import read_volume
 from medseg.metrics.case_metrics import compute_case_metrics
 from medseg.prediction.network import infer_prepared
-from medseg.training.image_task import select_split
+from medseg.seeds import epoch_seed
 
 __all__ = ["VolumeTask"]
 
@@ -38,7 +40,8 @@ def _read_label_array(path: Any) -> np.ndarray:
 
 
 class VolumeTask:
-    """Everything the training loop needs to know about volume data (3D patches or 2D slices).
+    """Everything the training loop needs to know about volume data (3D patches or 2D slices); a
+    :class:`~medseg.training.task.Task`.
 
     Args:
         cfg: The experiment (``data.kind`` volumes3d or slices2d).
@@ -54,20 +57,12 @@ class VolumeTask:
     def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None, resume: bool) -> None:
         self.cfg = cfg
         d = cfg.data
-        self.kind = d.kind
-        self.spatial_dims = 2 if d.kind == "slices2d" else 3
+        self.kind = DataKind(d.kind)
+        self.spatial_dims = self.kind.spatial_dims
         self.patch_size = self._patch_size()
-        pairs = find_volume_pairs(d)
-        saved = None
-        if resume:
-            saved = (read_split_file(run_dir / "splits" / "train.txt"), read_split_file(run_dir / "splits" / "val.txt"))
-        self.train_pairs, self.val_pairs = select_split(pairs, cfg, saved)
-        if not self.train_pairs:
-            raise DataError(f"{d.root}: no training cases left after the split ({len(pairs)} cases found)")
-        if not resume:
-            write_split_file(run_dir / "splits" / "train.txt", [p.case_id for p in self.train_pairs])
-            write_split_file(run_dir / "splits" / "val.txt", [p.case_id for p in self.val_pairs])
-        self.labels = labels or label_map_from_config(d.labels) or discover_label_map(
+        pairs = find_pairs_from_config(d)
+        self.train_pairs, self.val_pairs = split_for_run(pairs, d, run_dir, resume=resume)
+        self.labels: LabelMap = labels or label_map_from_config(d.labels) or discover_label_map(
             [p.mask for p in self.train_pairs + self.val_pairs], tolerance=0, read=_read_label_array
         )
         if not d.cache:
@@ -78,7 +73,7 @@ class VolumeTask:
         self.train_cases = prepare_cases(self.train_pairs, self.preprocessor, self.labels, tolerance=tol)
         self.val_cases = prepare_cases(self.val_pairs, self.preprocessor, self.labels, tolerance=tol)
         self.transform = build_train_transforms(d.augment, spatial_dims=self.spatial_dims)
-        self.slice_axis = slice_axis_index(d.orientation, d.slice_axis) if d.kind == "slices2d" else None
+        self.slice_axis = slice_axis_index(d.orientation, d.slice_axis) if self.kind is DataKind.SLICES2D else None
         log.info("%s data: %d training and %d validation volumes, grid shapes %s", d.kind, len(self.train_cases),
                  len(self.val_cases), [c.grid.shape_out for c in self.train_cases[:4]])
 
@@ -102,7 +97,7 @@ class VolumeTask:
     @property
     def preprocessing(self) -> dict[str, Any]:
         """What a predictor must do to a volume (stored in the checkpoint)."""
-        return {**self.preprocessor.settings, "kind": self.kind, "patch_size": list(self.patch_size),
+        return {**self.preprocessor.settings, "kind": self.kind.value, "patch_size": list(self.patch_size),
                 "slice_axis": self.cfg.data.slice_axis}
 
     def _dataset(self, seed: int) -> PatchDataset:
@@ -118,7 +113,7 @@ class VolumeTask:
 
     def train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
         """Random patches whose positions, order and augmentation depend only on (seed, epoch)."""
-        seed = self.cfg.train.seed * 100_003 + epoch
+        seed = epoch_seed(self.cfg.train.seed, epoch)
         dataset = self._dataset(seed)
         return torch.utils.data.DataLoader(
             dataset,
@@ -129,6 +124,11 @@ class VolumeTask:
             generator=torch.Generator().manual_seed(seed),
             persistent_workers=False,
         )
+
+    def augment_batch(self, image: torch.Tensor, label: torch.Tensor, epoch: int, step: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch unchanged: volume patches are augmented per sample in the loader (MONAI transforms)."""
+        return image, label
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device) -> dict[str, Any]:
@@ -165,9 +165,3 @@ class VolumeTask:
             images.append(((image - lo) / max(hi - lo, 1e-6) * 255).round().to(torch.uint8).numpy())
             masks.append(label.numpy())
         return images, masks
-
-
-def case_summary(cases: list[PreparedCase]) -> str:
-    """One line per case: name, grid shape and spacing (for logs)."""
-    return "; ".join(f"{c.case_id} {c.grid.shape_out} @ {tuple(round(s, 2) for s in c.grid.spacing_out)} mm"
-                     for c in cases)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from medseg.cli.main import app
 from medseg.config import load_config
-from medseg.data.image_dataset import find_pairs_from_config
+from medseg.data.pairing import find_pairs_from_config
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medseg.config.schema import DataConfig
 from medseg.data.pairing import (
+    VOLUMES,
     Pair,
     find_pairs,
-    read_split_file,
-    split_pairs,
-    write_split_file,
+    find_pairs_from_config,
 )
+from medseg.data.splits import split_pairs
 from medseg.errors import ConfigError, DataError
 from medseg.io.images import image_size
 
@@ -165,43 +166,60 @@ def test_bad_rule_settings(tmp_path):
         find_pairs(tmp_path, masks_dir="images")
 
 
-def test_split_pairs_sizes_and_determinism():
-    items = [f"case_{i:03d}" for i in range(10)]
-    train, val = split_pairs(items, val_fraction=0.25, seed=1)
-    assert (len(train), len(val)) == (8, 2)  # round(2.5) == 2
-    assert sorted(train + val) == items and not set(train) & set(val)
-    assert train == sorted(train) and val == sorted(val)
-    assert split_pairs(items, val_fraction=0.25, seed=1) == (train, val)
-    vals = {tuple(split_pairs(items, val_fraction=0.25, seed=s)[1]) for s in range(5)}
-    assert len(vals) > 1
-    assert split_pairs(items[:3], val_fraction=0.01, seed=0)[1] != []  # at least one
-    assert len(split_pairs(items[:2], val_fraction=0.9, seed=0)[0]) == 1  # at least one train
-    assert split_pairs(items, val_fraction=0.0, seed=0) == (items, [])
 
 
-def test_split_pairs_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\), got 1.0"):
-        split_pairs(["a", "b"], val_fraction=1.0, seed=0)
-    with pytest.raises(DataError, match="need at least 2"):
-        split_pairs(["a"], val_fraction=0.2, seed=0)
 
 
-def test_split_file_round_trip(tmp_path):
-    path = write_split_file(tmp_path / "splits" / "val.txt", ["b", "a", "c"])
-    assert path.read_text() == "b\na\nc\n"
-    assert read_split_file(path) == ["b", "a", "c"]
-    assert sorted(p.name for p in path.parent.iterdir()) == ["val.txt"]
 
 
-def test_split_file_errors(tmp_path):
-    path = tmp_path / "val.txt"
-    path.write_text("# validation cases\na\n\nb\na\n")
-    with pytest.raises(
-        DataError, match=r"val\.txt: case id\(s\) listed twice: a \(lines 2 and 5\)"
-    ):
-        read_split_file(path)
-    with pytest.raises(DataError, match=r"nope\.txt: split file does not exist"):
-        read_split_file(tmp_path / "nope.txt")
-    with pytest.raises(ValueError, match="cannot be written"):
-        write_split_file(tmp_path / "bad.txt", ["ok", "two\nlines"])
-    assert not (tmp_path / "bad.txt").exists()
+
+
+# ------------------------------------------------------------------ one finder for volumes too
+def _touch(root: Path, names: list[str]) -> Path:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"\0")
+    return root
+
+
+def test_volumes_same_stem_with_nnunet_channel_suffix_and_two_dot_suffixes(tmp_path):
+    _touch(tmp_path, ["imagesTr/la_001_0000.nii.gz", "labelsTr/la_001.nii.gz",
+                      "imagesTr/la_002.mha", "labelsTr/la_002.nrrd", "imagesTr/notes.txt"])
+    pairs = find_pairs(tmp_path, images_dir="imagesTr", masks_dir="labelsTr", kind=VOLUMES)
+    assert [(p.case_id, p.image.name, p.mask.name) for p in pairs] == [
+        ("la_001", "la_001_0000.nii.gz", "la_001.nii.gz"), ("la_002", "la_002.mha", "la_002.nrrd")]
+
+
+def test_volumes_two_channels_for_one_label_are_refused_by_name(tmp_path):
+    _touch(tmp_path, ["imagesTr/a_0000.nii.gz", "imagesTr/a_0001.nii.gz", "labelsTr/a.nii.gz"])
+    with pytest.raises(DataError, match=r"a\.nii\.gz: mask matches images a_0000\.nii\.gz and a_0001\.nii\.gz"):
+        find_pairs(tmp_path, images_dir="imagesTr", masks_dir="labelsTr", kind=VOLUMES)
+
+
+def test_volumes_follow_the_same_strict_rule_and_suffix_rule_as_images(tmp_path):
+    _touch(tmp_path, ["img/ct1.nii.gz", "img/ct2.nii.gz", "lab/ct1_seg.nii.gz", "lab/ct9_seg.nii.gz"])
+    with pytest.raises(DataError, match=r"1 image\(s\) without mask.*ct2\.nii\.gz.*1 mask\(s\) without image.*ct9"):
+        find_pairs(tmp_path, images_dir="img", masks_dir="lab", rule="suffix", mask_suffix="_seg", kind=VOLUMES)
+    pairs = find_pairs(tmp_path, images_dir="img", masks_dir="lab", rule="suffix", mask_suffix="_seg",
+                       kind=VOLUMES, strict=False)
+    assert [(p.case_id, p.mask.name) for p in pairs] == [("ct1", "ct1_seg.nii.gz")]
+
+
+def test_volume_list_file_uses_volume_case_names_and_the_header_rule(tmp_path):
+    _touch(tmp_path, ["a/x.nii.gz", "b/x_lab.nii.gz", "a/y.png"])
+    (tmp_path / "pairs.csv").write_text("image,mask\na/x.nii.gz,b/x_lab.nii.gz\n")
+    pairs = find_pairs(tmp_path, rule="list", list_file=Path("pairs.csv"), kind=VOLUMES)
+    assert [(p.case_id, p.mask.name) for p in pairs] == [("x", "x_lab.nii.gz")]
+    (tmp_path / "bad.csv").write_text("a/y.png,b/x_lab.nii.gz\n")
+    with pytest.raises(DataError, match=r"line 1: image suffix '\.png' not in \.nii\.gz"):
+        find_pairs(tmp_path, rule="list", list_file=Path("bad.csv"), kind=VOLUMES)
+
+
+def test_find_pairs_from_config_picks_the_kind_and_strict_from_the_data_section(tmp_path):
+    _touch(tmp_path, ["images/c_0000.nii.gz", "masks/c.nii.gz", "masks/orphan.nii.gz"])
+    data = DataConfig(kind="volumes3d", root=tmp_path)
+    with pytest.raises(DataError, match="orphan"):
+        find_pairs_from_config(data)
+    assert [p.case_id for p in find_pairs_from_config(data.model_copy(update={"strict": False}))] == ["c"]
+    with pytest.raises(DataError, match="no images found"):
+        find_pairs_from_config(data.model_copy(update={"kind": "images2d"}))

@@ -9,7 +9,8 @@ import torch
 
 from medseg.config.schema import DataConfig
 from medseg.data.labels import LabelMap
-from medseg.data.volume_dataset import PatchDataset, crop, find_volume_pairs, prepare_cases
+from medseg.data.pairing import find_pairs_from_config
+from medseg.data.volume_dataset import PatchDataset, crop, prepare_cases
 from medseg.data.volume_preprocessing import VolumePreprocessor, check_same_grid, label_classes, slice_axis_index
 from medseg.errors import DataError
 from medseg.io.volume import Volume, volume_case_name
@@ -143,14 +144,14 @@ def test_pairing_nnunet_channel_suffix_and_list(tmp_path):
     _write(tmp_path / "imagesTr" / "la_002.nii.gz", img)
     _write(tmp_path / "labelsTr" / "la_002.nii.gz", lab)
     cfg = DataConfig(kind="volumes3d", root=tmp_path, images_dir="imagesTr", masks_dir="labelsTr")
-    pairs = find_volume_pairs(cfg)
+    pairs = find_pairs_from_config(cfg)
     assert [p.case_id for p in pairs] == ["la_001", "la_002"]
     (tmp_path / "pairs.csv").write_text("image,mask\nimagesTr/la_002.nii.gz,labelsTr/la_002.nii.gz\n")
-    listed = find_volume_pairs(cfg.model_copy(update={"pairing": "list", "pair_list": tmp_path / "pairs.csv"}))
+    listed = find_pairs_from_config(cfg.model_copy(update={"pairing": "list", "pair_list": tmp_path / "pairs.csv"}))
     assert [(p.case_id, p.mask.name) for p in listed] == [("la_002", "la_002.nii.gz")]
     (tmp_path / "labelsTr" / "la_002.nii.gz").unlink()
     with pytest.raises(DataError, match="la_002"):
-        find_volume_pairs(cfg)
+        find_pairs_from_config(cfg)
     assert volume_case_name("a/b.c.nii.gz") == "b.c" and volume_case_name("x.mha") == "x"
 
 
@@ -161,7 +162,7 @@ def test_patches_are_seeded_padded_and_foreground_biased(tmp_path):
     _write(tmp_path / "images" / "a.nii.gz", img)
     _write(tmp_path / "masks" / "a.nii.gz", lab)
     cfg = DataConfig(kind="volumes3d", root=tmp_path, spacing_mm=None)
-    cases = prepare_cases(find_volume_pairs(cfg), VolumePreprocessor.from_config(cfg), SPINE_LABELS)
+    cases = prepare_cases(find_pairs_from_config(cfg), VolumePreprocessor.from_config(cfg), SPINE_LABELS)
     kwargs = {"patch_size": (8, 16, 8), "samples_per_volume": 20, "foreground_fraction": 1.0}
     a, b = PatchDataset(cases, seed=3, **kwargs), PatchDataset(cases, seed=3, **kwargs)
     assert a.starts == b.starts and len(a) == 20
@@ -183,7 +184,7 @@ def test_patch_augmentation_depends_only_on_seed_and_index(tmp_path):
     _write(tmp_path / "images" / "a.nii.gz", img)
     _write(tmp_path / "masks" / "a.nii.gz", lab)
     cfg = DataConfig(kind="volumes3d", root=tmp_path, spacing_mm=None)
-    cases = prepare_cases(find_volume_pairs(cfg), VolumePreprocessor.from_config(cfg), SPINE_LABELS)
+    cases = prepare_cases(find_pairs_from_config(cfg), VolumePreprocessor.from_config(cfg), SPINE_LABELS)
     transform = build_train_transforms(AugmentConfig(probability=1.0), spatial_dims=3)
     ds = PatchDataset(cases, patch_size=(16, 16, 16), samples_per_volume=3, foreground_fraction=0.5, seed=5,
                       transform=transform)
