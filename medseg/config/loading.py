@@ -62,6 +62,14 @@ def validate_config(
 
     Raises:
         ConfigError: Listing each invalid setting as ``key.path: message (found: value)``.
+
+    Example:
+        >>> cfg = validate_config({"data": {"kind": "volumes3d", "root": "ct"}, "model": {"spatial_dims": 3}})
+        >>> cfg.model.spatial_dims, cfg.data.windows, cfg.train.max_epochs
+        (3, ['soft_tissue'], 50)
+        >>> validate_config({"data": {"root": "ct"}, "train": {"max_epoch": 2}})
+        Traceback (most recent call last):
+        medseg.errors.ConfigError: config: 1 invalid setting(s): train.max_epoch: unknown key (found: 2)
     """
     try:
         return ExperimentConfig.model_validate(raw)

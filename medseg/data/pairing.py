@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from medseg.config.kinds import DataKind
 from medseg.config.schema import DataConfig
 from medseg.errors import ConfigError, DataError
 from medseg.io.images import IMAGE_SUFFIXES, MASK_SUFFIXES
@@ -357,5 +358,5 @@ def find_pairs_from_config(data: DataConfig) -> list[Pair]:
         replace=data.replace,
         list_file=data.pair_list,
         strict=data.strict,
-        kind=IMAGES if data.kind == "images2d" else VOLUMES,
+        kind=VOLUMES if DataKind(data.kind).segments_volumes else IMAGES,
     )

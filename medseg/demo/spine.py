@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medseg.data.pairing import split_pairs
+from medseg.data.splits import split_pairs
 from medseg.data.synthetic.spine import make_spine_dataset
 
 __all__ = ["SPINE_DEMO_CONFIG", "spine_demo_config", "write_spine_demo_data"]
@@ -51,7 +51,7 @@ def write_spine_demo_data(folder: str | Path, *, n_cases: int = 10, seed: int = 
     Returns:
         ``(data_dir, labels_dir, images)``: the data root, its ``labelsTr`` folder, and the image files of
         the validation split that training will draw from the config's ``val_fraction`` and ``seed`` (the
-        same :func:`~medseg.data.pairing.split_pairs` call over the same sorted case names).
+        same :func:`~medseg.data.splits.split_pairs` call over the same sorted case names).
     """
     root = make_spine_dataset(Path(folder), n_cases=n_cases, shape=(64, 64, 96), spacing=(1.5, 1.5, 1.5),
                               n_vertebrae=len(_VERTEBRAE), first_label=_VERTEBRAE[0][1], seed=seed)

@@ -191,6 +191,12 @@ def label_map_from_options(checkpoint: str | Path | None, text: str | None) -> L
 
     Raises:
         ConfigError: Both given, or ``text`` is not ``VALUE=NAME`` items.
+
+    Example:
+        >>> label_map_from_options(None, "0=background,255=polyp").names
+        ['background', 'polyp']
+        >>> label_map_from_options(None, "0,255").output_values
+        [0, 255]
     """
     if checkpoint is not None and text is not None:
         raise ConfigError("give --checkpoint or --labels, not both")

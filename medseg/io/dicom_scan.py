@@ -319,7 +319,16 @@ def list_series(folder: Path | str | Sequence[Path | str]) -> list[SeriesInfo]:
     """Every candidate series under ``folder`` (recursive), usable volumes first.
 
     Example:
-        >>> [s.usable for s in list_series(folder)]  # doctest: +SKIP
+        A folder with one CT slice (pydicom's test file) and a text file: the slice is listed, as no volume.
+
+        >>> import shutil, tempfile
+        >>> from pydicom.data import get_testdata_file
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> _ = shutil.copy(get_testdata_file("CT_small.dcm"), tmp.name)
+        >>> _ = (Path(tmp.name) / "notes.txt").write_text("not DICOM")
+        >>> [(s.modality, s.n_files, s.size, s.usable, s.reason) for s in list_series(tmp.name)]
+        [('CT', 1, (128, 128, 1), False, 'single frame of one file; a volume needs >= 2 slices')]
+        >>> tmp.cleanup()
     """
     return scan_dicom(folder)[1]
 

@@ -318,7 +318,12 @@ def blend_weights(plan: TilePlan, blend: str, sigma_scale: float) -> list[dict[i
 
 
 def flip_sets(spatial_dims: int, tta: bool | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
-    """Flip combinations (tensor dims of a (N, C, *spatial) batch) to average over; () is identity."""
+    """Flip combinations (tensor dims of a (N, C, *spatial) batch) to average over; () is identity.
+
+    Example:
+        >>> flip_sets(2, True), flip_sets(3, [[0]]), flip_sets(3, False)
+        ([(), (2,), (3,), (2, 3)], [(), (2,)], [()])
+    """
     if tta is False or tta is None:
         return [()]
     if tta is True:

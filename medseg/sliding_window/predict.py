@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -140,11 +141,52 @@ def sliding_window_predict(
     tiling, tiling_note = resolve_tiling(network, tiling)
 
     stats = SlidingWindowStats(precision=_dtype_name(dtype), device=str(device), tiling=tiling_note)
-    stitch_device = device
-    batch = sw_batch_size
+    request = _Request(roi=roi, div=div, overlap=overlap, tiling=tiling, output=output, dtype=dtype, flips=flips,
+                       blend=blend, sigma_scale=sigma_scale, padding_value=padding_value, progress=progress)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
+    result, plan, run_batch = _run_with_fallbacks(network, image, request, device, budget, sw_batch_size, stats)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    stats.seconds = time.perf_counter() - start
+    stats.voxels = image.shape[0] * math.prod(image.shape[2:])
+    stats.peak_memory_mb = peak_mb(device)
+    stats.plan, stats.batch_size = plan.describe(), run_batch
+    if progress:
+        print(f"\n{stats}", file=sys.stderr)
+    result = result.to(image.device if image.device.type != "meta" else "cpu")
+    return (result, stats) if return_stats else result
+
+
+@dataclass(frozen=True)
+class _Request:
+    """The settings of one call that stay fixed while the out-of-memory fallbacks change batch, tiles and stitching."""
+
+    roi: tuple[float, ...]
+    div: tuple[int, ...]
+    overlap: float
+    tiling: str
+    output: str
+    dtype: torch.dtype | None
+    flips: list[tuple[int, ...]]
+    blend: str
+    sigma_scale: float
+    padding_value: float
+    progress: bool
+
+
+def _run_with_fallbacks(
+    network: nn.Module, image: torch.Tensor, req: _Request, device: torch.device, budget: float, batch: int,
+    stats: SlidingWindowStats,
+) -> tuple[torch.Tensor, TilePlan, int]:
+    """Plan and run the tiles; on out-of-memory halve the batch, then shrink the tiles, then stitch on the CPU.
+
+    Returns (result, the plan that ran, its batch size).
+    """
+    roi, div, overlap, tiling, output, dtype, flips = (
+        req.roi, req.div, req.overlap, req.tiling, req.output, req.dtype, req.flips)
+    stitch_device = device
     while True:
         plan, bpv, fixed = _plan(image, network, roi, div, overlap, tiling, output, dtype, budget, len(flips))
         tile_bytes = math.prod(plan.tile) * bpv * len(flips)
@@ -152,11 +194,11 @@ def sliding_window_predict(
         run_batch = batch if tiling == "roi" else max(1, min(batch, fits))
         run_batch = min(run_batch, plan.n_tiles)
         try:
-            job = TileJob(plan=plan, blend=blend, sigma_scale=sigma_scale, dtype=dtype, flips=flips,
+            job = TileJob(plan=plan, blend=req.blend, sigma_scale=req.sigma_scale, dtype=dtype, flips=flips,
                           output=output, device=device, stitch_device=stitch_device, batch=run_batch,
-                          padding_value=padding_value, progress=progress)
+                          padding_value=req.padding_value, progress=req.progress)
             result = run_tiles(network, image, job, stats)
-            break
+            return result, plan, run_batch
         except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as err:
             if not is_oom(err):
                 raise
@@ -175,16 +217,6 @@ def sliding_window_predict(
                     f"out of memory on {device} with batch 1, tiles {plan.tile} and CPU stitching "
                     f"({err.__class__.__name__}); use a smaller roi_size or free memory"
                 ) from err
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    stats.seconds = time.perf_counter() - start
-    stats.voxels = image.shape[0] * math.prod(image.shape[2:])
-    stats.peak_memory_mb = peak_mb(device)
-    stats.plan, stats.batch_size = plan.describe(), run_batch
-    if progress:
-        print(f"\n{stats}", file=sys.stderr)
-    result = result.to(image.device if image.device.type != "meta" else "cpu")
-    return (result, stats) if return_stats else result
 
 
 def resolve_tiling(network: nn.Module, tiling: str) -> tuple[str, str]:

@@ -138,7 +138,8 @@ def _gather(source, group, tile, device, flips) -> torch.Tensor:
         return source[:, :, group[0][0] : group[0][0] + tile[0]].to(device)
     x = torch.empty((len(group) * len(flips), source.shape[1], *tile), dtype=source.dtype, device=device)
     for j, corner in enumerate(group):
-        x[j].copy_(source[(0, slice(None), *(slice(c, c + t) for c, t in zip(corner, tile, strict=True)))])
+        window = (0, slice(None), *(slice(c, c + t) for c, t in zip(corner, tile, strict=True)))
+        x[j].copy_(source[window])
     n = len(group)
     for f, axes in enumerate(flips[1:], start=1):
         x[f * n : (f + 1) * n] = x[:n].flip(axes)

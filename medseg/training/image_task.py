@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medseg.config.kinds import DataKind
 from medseg.config.schema import ExperimentConfig
 from medseg.data.augmentation import BatchAugment
 from medseg.data.image_dataset import ImageMaskDataset, read_mask_gray
@@ -48,7 +49,8 @@ class ImageTask:
     def preprocessing(self) -> dict[str, Any]:
         """What a predictor must do to an image file (stored in the checkpoint)."""
         d = self.cfg.data
-        return {"kind": "images2d", "color": d.color, "image_size": list(d.image_size), "scale": 1.0 / 255.0}
+        return {"kind": DataKind.IMAGES2D.value, "color": d.color, "image_size": list(d.image_size),
+                "scale": 1.0 / 255.0}
 
     def train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
         """A shuffled loader of cached, un-augmented samples; the order depends only on (seed, epoch)."""

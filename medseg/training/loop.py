@@ -305,7 +305,6 @@ def _run_epoch(
     total_loss, n_items, t_data, t_compute = 0.0, 0, 0.0, 0.0
     t_start = time.perf_counter()
     t_mark = t_start
-    use_amp = scaler.is_enabled()
     with progress_bar(f"epoch {epoch + 1}/{cfg.train.max_epochs}", steps, enabled=progress) as advance:
         for step, batch in enumerate(loader):
             if step >= steps:
@@ -315,22 +314,12 @@ def _run_epoch(
             image, label = task.augment_batch(image, label, epoch, step)
             t_ready = time.perf_counter()
             t_data += t_ready - t_mark
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(image)
-                loss = loss_fn(logits.float(), label)
-            loss_value = loss.detach().item()
+            loss_value, logits = _train_step(model, loss_fn, optimizer, scaler, image, label, cfg.train.grad_clip)
             if not math.isfinite(loss_value):
                 raise MedsegError(
                     f"training diverged at epoch {epoch + 1}, step {step + 1}: loss is {loss_value}; "
                     "lower train.lr or enable train.grad_clip"
                 )
-            scaler.scale(loss).backward()
-            if cfg.train.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
             with torch.no_grad():
                 pred = logits.argmax(1).flatten().cpu()
                 truth = label.flatten().cpu()
@@ -353,6 +342,30 @@ def _run_epoch(
         "data_time_s": t_data,
         "compute_time_s": t_compute,
     }
+
+
+def _train_step(
+    model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+    image: torch.Tensor, label: torch.Tensor, grad_clip: float | None,
+) -> tuple[float, torch.Tensor]:
+    """One optimizer step (fp16 autocast and loss scaling when the scaler is on); returns (loss, logits).
+
+    A non-finite loss is returned before any gradient is applied, so the caller can stop with a clear message.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(image.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+        logits = model(image)
+        loss = loss_fn(logits.float(), label)
+    loss_value = loss.detach().item()
+    if not math.isfinite(loss_value):
+        return loss_value, logits
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss_value, logits
 
 
 def _confusion(pred: torch.Tensor, truth: torch.Tensor, k: int, tp: torch.Tensor, fp: torch.Tensor,
@@ -388,7 +401,9 @@ def _epoch_line(rec: dict[str, Any], max_epochs: int) -> str:
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    if not isinstance(np_state, tuple):  # legacy=True always gives the tuple form
+        raise TypeError(f"unexpected numpy random state {type(np_state).__name__}")
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
