@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "compute_case_metrics": "medseg.metrics.case_metrics",
     "Predictor": "medseg.prediction.predictor",
     "predict_paths": "medseg.prediction.batch",
+    "structure_statistics": "medseg.prediction.statistics",
     "sliding_window_predict": "medseg.sliding_window.predict",
     # io
     "Volume": "medseg.io.volume",
@@ -90,6 +91,7 @@ if TYPE_CHECKING:  # the names the lazy __getattr__ below returns, for mypy and 
     from medseg.models.factory import build_model as build_model
     from medseg.prediction.batch import predict_paths as predict_paths
     from medseg.prediction.predictor import Predictor as Predictor
+    from medseg.prediction.statistics import structure_statistics as structure_statistics
     from medseg.sliding_window.predict import sliding_window_predict as sliding_window_predict
     from medseg.training.loop import TrainResult as TrainResult
     from medseg.training.loop import train as train

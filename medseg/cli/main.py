@@ -120,6 +120,8 @@ def predict(
     sw_batch_size: Annotated[Optional[int], typer.Option(help="Windows per forward pass.")] = None,  # noqa: UP045
     roi_size: Annotated[Optional[str], typer.Option(help="Sliding-window size: 96 or 96,96,64.")] = None,  # noqa: UP045
     dicom_seg: Annotated[bool, typer.Option(help="DICOM inputs: also write a DICOM-SEG.")] = False,
+    statistics: Annotated[bool, typer.Option(help="Per structure: size, intensity (HU), box, centroid, components, "
+                                                  "in <case>.json and OUT/statistics.csv.")] = False,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -132,7 +134,8 @@ def predict(
         overrides = {"tta": tta, "largest_component": largest_component, "precision": precision,
                      "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size}
         predictor = Predictor.from_checkpoint(checkpoint, device=device, spell=_option_name, **overrides)
-        report = predict_paths(predictor, inputs, output, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg)
+        report = predict_paths(predictor, inputs, output, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg,
+                               statistics=statistics)
         _echo(f"{len(report.written)} files written to {output}, {len(report.skipped)} existing skipped "
                    f"(--overwrite redoes them), {len(report.failed)} failed, {report.seconds:.1f}s")
         for source, message in report.failed:

@@ -23,12 +23,15 @@ def predict_paths(
     overwrite: bool = False,
     overlay: bool = False,
     dicom_seg: bool = False,
+    statistics: bool = False,
     progress: bool = True,
 ) -> BatchReport:
     """Predict every case found in ``inputs`` into ``out_dir``.
 
     Image models: see :func:`~medseg.prediction.image.predict_images`; volume models:
-    :func:`~medseg.prediction.volume.predict_volumes`.
+    :func:`~medseg.prediction.volume.predict_volumes`. ``statistics=True`` adds per-structure statistics to each
+    case's ``<case>.json`` sidecar and writes ``statistics.csv`` over all cases (see
+    :mod:`medseg.prediction.statistics`).
 
     Raises:
         DataError: A volume given to an image model (and everything the two batch functions refuse).
@@ -41,5 +44,7 @@ def predict_paths(
         if volumes:
             raise DataError(f"{volumes[0]}: is a volume but checkpoint {loaded.source} is a 2D image model "
                             "(images2d); use a checkpoint trained with data.kind volumes3d or slices2d")
-        return predict_images(loaded, paths, out, overwrite=overwrite, overlay=overlay, progress=progress)
-    return predict_volumes(loaded, paths, out, overwrite=overwrite, dicom_seg=dicom_seg, progress=progress)
+        return predict_images(loaded, paths, out, overwrite=overwrite, overlay=overlay, statistics=statistics,
+                              progress=progress)
+    return predict_volumes(loaded, paths, out, overwrite=overwrite, dicom_seg=dicom_seg, statistics=statistics,
+                           progress=progress)

@@ -1,7 +1,9 @@
 """2D image models: one image (resize, network, flip TTA, resize back, largest component) and a folder of them.
 
 Outputs of :func:`predict_images`: ``OUT/<name>.png`` masks in the original gray values and, on request,
-``OUT/<name>_overlay.png``; each written atomically, the mask last, so a case whose mask exists is complete.
+``OUT/<name>_overlay.png`` and per-mask statistics (``OUT/<name>.json`` sidecars with a ``statistics`` section,
+``OUT/statistics.csv`` over all images; in pixels, as a 2D image has no spacing); each written atomically, the
+mask last, so a case whose mask exists is complete.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medseg.atomic import write_json_atomic
 from medseg.errors import DataError
-from medseg.io.images import IMAGE_SUFFIXES, read_image, write_mask, write_overlay
+from medseg.io.images import IMAGE_SUFFIXES, read_image, read_mask, write_mask, write_overlay
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
 from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.postprocess import keep_largest_component
+from medseg.prediction.statistics import IMAGE_COLUMNS, mask_statistics, statistics_section
+from medseg.prediction.statistics_table import write_statistics_table
 
 __all__ = ["find_image_cases", "predict_image_classes", "predict_images"]
 
@@ -110,6 +115,7 @@ def predict_images(
     *,
     overwrite: bool = False,
     overlay: bool = False,
+    statistics: bool = False,
     progress: bool = True,
 ) -> BatchReport:
     """Segment 2D images into ``out_dir/<name>.png`` masks in the original gray values.
@@ -120,6 +126,9 @@ def predict_images(
         out_dir: Output folder (created); must not be an input folder.
         overwrite: Redo cases whose output exists (otherwise they are skipped).
         overlay: Also write ``<name>_overlay.png`` with the mask drawn over the image.
+        statistics: Also write ``<name>.json`` with per-mask statistics
+            (:func:`~medseg.prediction.statistics.mask_statistics` over the gray image) and ``statistics.csv``
+            over all finished images, skipped ones included.
         progress: Progress bar on stderr.
     """
     inputs = [Path(p) for p in inputs]
@@ -127,12 +136,25 @@ def predict_images(
     cases = find_image_cases(inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    def stats_of(case: Case, mask: np.ndarray) -> dict[str, object]:
+        gray = read_image(case.source, mode="L")
+        return statistics_section(mask_statistics(gray, mask, loaded.labels))
+
     def run(case: Case) -> list[Path]:
         classes = predict_image_classes(loaded, case.source)
-        paths = [write_mask(out_dir / f"{case.name}.png", loaded.labels.to_values(classes))]
+        mask = loaded.labels.to_values(classes)
+        paths = []
         if overlay:
             image = read_image(case.source, mode="RGB")
             paths.append(write_overlay(out_dir / f"{case.name}_overlay.png", image, classes))
-        return paths
+        if statistics:
+            sidecar = {"case": case.name, "input": str(case.source), "shape": list(mask.shape),
+                       "statistics": stats_of(case, mask)}
+            paths.append(write_json_atomic(out_dir / f"{case.name}.json", sidecar))
+        return [write_mask(out_dir / f"{case.name}.png", mask), *paths]
 
-    return run_cases(cases, lambda c: out_dir / f"{c.name}.png", run, overwrite=overwrite, progress=progress)
+    report = run_cases(cases, lambda c: out_dir / f"{c.name}.png", run, overwrite=overwrite, progress=progress)
+    if statistics:
+        write_statistics_table(out_dir, cases, IMAGE_COLUMNS, is_done=lambda c: (out_dir / f"{c.name}.png").exists(),
+                               compute=lambda c: stats_of(c, read_mask(out_dir / f"{c.name}.png")), report=report)
+    return report

@@ -6,8 +6,10 @@ resampled back to the original grid (trilinear, argmax there) and reoriented -> 
 per class -> original label values (``LabelMap.to_values``).
 
 Many cases (:func:`predict_volumes`): ``OUT/<case>.nii.gz`` label maps, ``OUT/<case>.json`` sidecars and,
-for DICOM inputs on request, ``OUT/<case>.seg.dcm``. Outputs are written atomically, the label map last, so a
-case whose ``.nii.gz`` exists is complete and is skipped unless ``overwrite``.
+for DICOM inputs on request, ``OUT/<case>.seg.dcm``; on request per-structure statistics in each sidecar and
+``OUT/statistics.csv`` over all cases (:mod:`medseg.prediction.statistics`, ``statistics_table``). Outputs are
+written atomically, the label map last, so a case whose ``.nii.gz`` exists is complete and is skipped unless
+``overwrite``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_u
 from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.network import infer_prepared
 from medseg.prediction.postprocess import keep_largest_component
+from medseg.prediction.statistics import VOLUME_COLUMNS, statistics_section, structure_statistics, voxel_volume_mm3
+from medseg.prediction.statistics_table import write_statistics_table
 
 __all__ = ["VolumeCase", "find_volume_cases", "predict_volume", "predict_volumes", "read_input_volume"]
 
@@ -164,7 +168,7 @@ def describe_result(loaded: LoadedModel, volume: Volume, result: Volume, case: C
                     ) -> dict[str, Any]:
     """The JSON sidecar of one predicted case."""
     classes = result.meta["classes"]
-    voxel_mm3 = float(abs(np.linalg.det(volume.affine[:3, :3])))
+    voxel_mm3 = voxel_volume_mm3(volume.affine)
     counts = np.bincount(classes.ravel(), minlength=loaded.labels.num_classes)
     return {
         "case": case.name,
@@ -198,6 +202,7 @@ def predict_volumes(
     *,
     overwrite: bool = False,
     dicom_seg: bool = False,
+    statistics: bool = False,
     progress: bool = True,
 ) -> BatchReport:
     """Segment every volume case found in ``inputs`` into ``out_dir`` (see the module docstring).
@@ -208,6 +213,9 @@ def predict_volumes(
         out_dir: Output folder (created); must not lie inside an input folder.
         overwrite: Redo cases whose ``<case>.nii.gz`` exists (otherwise they are skipped).
         dicom_seg: For DICOM inputs also write ``<case>.seg.dcm`` referencing the series.
+        statistics: Add per-structure statistics (:func:`~medseg.prediction.statistics.structure_statistics`
+            over the input volume) to each sidecar, and write ``statistics.csv`` over all finished cases, skipped
+            ones included (their sidecars are read; one without statistics gets them from its label map).
         progress: Progress bar on stderr.
 
     Returns:
@@ -236,8 +244,19 @@ def predict_volumes(
         elif dicom_seg:
             log.info("%s: not a DICOM input, no DICOM-SEG written", case.source)
         sidecar = describe_result(loaded, volume, result, case, time.perf_counter() - t0)
+        if statistics:
+            sidecar["statistics"] = statistics_section(structure_statistics(volume, result, loaded.labels))
         written.append(write_json_atomic(out / f"{case.name}.json", sidecar))
         written.append(write_label_map(out / f"{case.name}.nii.gz", result.array, volume))
         return written[::-1]
 
-    return run_cases(cases, lambda c: out / f"{c.name}.nii.gz", run, overwrite=overwrite, progress=progress)
+    report = run_cases(cases, lambda c: out / f"{c.name}.nii.gz", run, overwrite=overwrite, progress=progress)
+    if statistics:
+        def from_disk(case: Case) -> dict[str, Any]:
+            volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None))
+            labels = read_volume(out / f"{case.name}.nii.gz")
+            return statistics_section(structure_statistics(volume, labels, loaded.labels))
+
+        write_statistics_table(out, cases, VOLUME_COLUMNS, is_done=lambda c: (out / f"{c.name}.nii.gz").exists(),
+                               compute=from_disk, report=report)
+    return report
