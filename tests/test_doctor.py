@@ -112,3 +112,31 @@ def test_required_packages_are_the_projects_dependencies():
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in deps}
     assert {p.pip.lower() for p in doctor.REQUIRED} == names
+
+
+def test_cuda_devices_lists_name_total_and_free_memory(monkeypatch):
+    import torch
+
+    from medseg.device import CudaDevice, cuda_devices
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU {i}")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: ((10 + i) * gib, 80 * gib))  # (free, total)
+    assert cuda_devices() == [CudaDevice(0, "GPU 0", 80 * gib, 10 * gib), CudaDevice(1, "GPU 1", 80 * gib, 11 * gib)]
+
+
+def test_cuda_lines_of_the_report(report):
+    from dataclasses import replace
+
+    from medseg.device import CudaDevice
+
+    gib = 2**30
+    two = replace(report, cuda_devices=(CudaDevice(0, "NVIDIA H200", 141 * gib, int(140.5 * gib)),
+                                        CudaDevice(1, "NVIDIA H200", 141 * gib, 3 * gib)), cuda_note="")
+    lines = two.text().splitlines()
+    start = lines.index("CUDA         cuda:0 NVIDIA H200: 141.0 GiB total, 140.5 GiB free")
+    assert lines[start + 1] == "             cuda:1 NVIDIA H200: 141.0 GiB total, 3.0 GiB free"
+    none = replace(report, cuda_devices=(), cuda_note="torch is a CPU-only build")
+    assert "CUDA         no CUDA device (torch is a CPU-only build)" in none.text().splitlines()
