@@ -54,6 +54,8 @@ _EXPORTS: dict[str, str] = {
     "write_volume": "medseg.io.volume_io",
     "write_label_map": "medseg.io.volume_io",
     "list_series": "medseg.io.dicom",
+    # the installation
+    "check_environment": "medseg.doctor",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -75,6 +77,7 @@ if TYPE_CHECKING:  # the names the lazy __getattr__ below returns, for mypy and 
     from medseg.data.transforms import CTWindow as CTWindow
     from medseg.data.transforms import CTWindowd as CTWindowd
     from medseg.data.transforms import ct_window as ct_window
+    from medseg.doctor import check_environment as check_environment
     from medseg.errors import CheckpointError as CheckpointError
     from medseg.errors import ConfigError as ConfigError
     from medseg.errors import DataError as DataError

@@ -68,6 +68,22 @@ def _echo(text: str, *, err: bool = False) -> None:
     typer.echo(data, err=err)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from medseg import __version__
+
+        typer.echo(f"medseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the medseg version and exit.")] = False,
+) -> None:
+    """medseg: medical-image segmentation on MONAI and PyTorch."""
+
+
 def _logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
@@ -244,9 +260,22 @@ def inspect(
         _echo(describe_path(path))
 
 
+@app.command()
+def doctor() -> None:
+    """Check the installation: versions, CUDA, CPU bf16, DICOM decoders, free disk; exit 1 if a part is missing."""
+    with user_errors():
+        from medseg.doctor import check_environment
+
+        report = check_environment()
+        _echo(report.text())
+        if not report.ok:
+            _echo(f"error: missing {'; '.join(report.missing)}", err=True)
+            raise typer.Exit(1)
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (also ``python -m medseg``)."""
+    app(prog_name="medseg")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import DataError
+from medseg.io.decoders import JPEG2000_SYNTAXES, jpeg2k_decoder, syntax_support
 from medseg.io.dicom_scan import (
     DicomHeader,
     SeriesInfo,
@@ -43,14 +44,6 @@ __all__ = ["SeriesInfo", "SkippedFile", "list_series", "list_skipped", "read_dic
 logger = logging.getLogger(__name__)
 
 _UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
-#: JPEG 2000 (lossless, lossy) and HTJ2K transfer syntaxes: decoded by imagecodecs in threads (it releases the GIL).
-_JPEG2000 = {
-    "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.4.201",
-    "1.2.840.10008.1.2.4.202",
-    "1.2.840.10008.1.2.4.203",
-}
 #: Compressed series with at least this many slices are decoded in worker processes.
 _PARALLEL_MIN_SLICES = 8
 
@@ -141,7 +134,7 @@ def _read_pixels(name: str, headers: list[DicomHeader], workers: int | None) -> 
     out: np.ndarray | None = None
     for k, pix in enumerate(slices):
         if isinstance(pix, str):
-            raise DataError(f"{name}: cannot decode pixel data of {headers[k].path.name} ({pix})")
+            raise DataError(f"{name}: cannot decode pixel data of {headers[k].path.name} ({pix}){_hint(headers[k])}")
         if out is None:
             out = np.empty((n, first.rows, first.cols), dtype=pix.dtype)
         if pix.shape != out.shape[1:] or pix.dtype != out.dtype:
@@ -155,11 +148,17 @@ def _read_pixels(name: str, headers: list[DicomHeader], workers: int | None) -> 
     return out
 
 
+def _hint(header: DicomHeader) -> str:
+    """``"; <syntax> needs a decoder: pip install ..."`` when no installed decoder handles the file's syntax."""
+    row = syntax_support(str(header.dataset.file_meta.get("TransferSyntaxUID", "")))
+    return f"; no decoder for {row.name} is installed: {row.hint()}" if row.hint() else ""
+
+
 def _decode_slices(headers: list[DicomHeader], workers: int | None) -> list[np.ndarray | str]:
     """Each slice's stored values (or an error string), decoded in threads or worker processes where that pays."""
     syntaxes = {str(h.dataset.file_meta.get("TransferSyntaxUID", "")) for h in headers}
     n = len(headers)
-    if syntaxes <= _JPEG2000 and _jpeg2k_decoder() is not None:
+    if syntaxes <= JPEG2000_SYNTAXES and jpeg2k_decoder() is not None:
         # threads, not processes: the decoder releases the GIL; a slice it cannot vouch for goes to pydicom
         threads = min(8, _cpus(), n) if workers is None else max(1, workers)
         if threads == 1:
@@ -213,15 +212,6 @@ def _decode_files(paths: list[str]) -> list[np.ndarray | str]:
     return out
 
 
-def _jpeg2k_decoder() -> Any:
-    """imagecodecs' ``jpeg2k_decode`` (OpenJPEG, GIL released), or None where it is not installed."""
-    try:
-        from imagecodecs import jpeg2k_decode
-    except ImportError:  # pragma: no cover (a dependency; the pydicom path still decodes)
-        return None
-    return jpeg2k_decode
-
-
 def _jpeg2k_pixels(ds: Any) -> np.ndarray | str:
     """Stored values of a single-frame grayscale JPEG 2000 slice.
 
@@ -236,7 +226,7 @@ def _jpeg2k_pixels(ds: Any) -> np.ndarray | str:
         if int(ds.get("SamplesPerPixel", 1)) != 1 or int(ds.get("NumberOfFrames", 1) or 1) != 1 or bits > 16:
             return _stored_pixels(ds)
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-        arr: np.ndarray = _jpeg2k_decoder()(frame, numthreads=1)
+        arr: np.ndarray = jpeg2k_decoder()(frame, numthreads=1)
         signed = int(ds.get("PixelRepresentation", 0)) == 1
         expected = np.dtype(f"{'i' if signed else 'u'}{max(1, bits // 8)}")
         if arr.shape != (rows, cols) or arr.dtype != expected:

@@ -193,7 +193,7 @@ def test_every_decoding_path_agrees(ct_series, ct_volume, monkeypatch, workers, 
     import medseg.io.dicom as dicom
 
     if not imagecodecs:
-        monkeypatch.setattr(dicom, "_jpeg2k_decoder", lambda: None)
+        monkeypatch.setattr(dicom, "jpeg2k_decoder", lambda: None)
     other = read_dicom_series(ct_series, workers=workers)
     np.testing.assert_array_equal(other.array, ct_volume.array)  # ct_volume: default path
     assert other.array.dtype == ct_volume.array.dtype == np.int16
@@ -209,9 +209,10 @@ def _ct_datasets(ct_series: Path) -> list[pydicom.Dataset]:
 
 
 def test_threaded_jpeg2000_decoder_equals_pydicom_on_every_slice(ct_series):
-    from medseg.io.dicom import _jpeg2k_decoder, _jpeg2k_pixels
+    from medseg.io.decoders import jpeg2k_decoder
+    from medseg.io.dicom import _jpeg2k_pixels
 
-    assert _jpeg2k_decoder() is not None  # a dependency: the fast path must be the one tested here
+    assert jpeg2k_decoder() is not None  # a dependency: the fast path must be the one tested here
     datasets = _ct_datasets(ct_series)
     assert {str(ds.file_meta.TransferSyntaxUID) for ds in datasets} == {"1.2.840.10008.1.2.4.90"}
     for ds in datasets:
