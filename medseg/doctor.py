@@ -44,7 +44,6 @@ REQUIRED: tuple[Package, ...] = (
     Package("highdicom", "highdicom", "highdicom"),
     Package("pillow", "PIL", "pillow"),
     Package("scipy", "scipy", "scipy"),
-    Package("itk", "itk", "itk"),
     Package("pylibjpeg", "pylibjpeg", "pylibjpeg"),
     Package("pylibjpeg-openjpeg", "openjpeg", "pylibjpeg-openjpeg"),
     Package("imagecodecs", "imagecodecs", "imagecodecs"),
