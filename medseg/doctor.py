@@ -47,6 +47,7 @@ REQUIRED: tuple[Package, ...] = (
     Package("pylibjpeg", "pylibjpeg", "pylibjpeg"),
     Package("pylibjpeg-openjpeg", "openjpeg", "pylibjpeg-openjpeg"),
     Package("imagecodecs", "imagecodecs", "imagecodecs"),
+    Package("pyjpegls", "jpeg_ls", "pyjpegls"),
     Package("scikit-image", "skimage", "scikit-image"),
     Package("matplotlib", "matplotlib", "matplotlib"),
     Package("pyyaml", "yaml", "pyyaml"),

@@ -1,7 +1,8 @@
 """Which DICOM transfer syntaxes this installation can decode, and what to install for the others.
 
 medseg reads pixel data two ways (:mod:`medseg.io.dicom`): JPEG 2000 and HTJ2K slices through imagecodecs'
-OpenJPEG decoder in threads, everything else (and any JPEG 2000 slice imagecodecs cannot vouch for) through
+OpenJPEG decoder, and JPEG slices (baseline, extended 12-bit, lossless) through imagecodecs' libjpeg-turbo, both
+in threads; everything else (colour, multi-frame, and any JPEG 2000 slice imagecodecs cannot vouch for) through
 pydicom, whose decoder registry (``pydicom.pixels.decoders``) knows which plug-ins are installed. This module asks
 both, without decoding anything, so that ``medseg doctor`` can say what a DICOM folder needs before it is read.
 """
@@ -15,10 +16,13 @@ from typing import Any
 
 __all__ = [
     "JPEG2000_SYNTAXES",
+    "JPEG_SYNTAXES",
     "TRANSFER_SYNTAXES",
     "SyntaxSupport",
     "decoder_support",
+    "imagecodecs_decoder",
     "jpeg2k_decoder",
+    "jpeg_decoder",
     "pydicom_alternatives",
     "pydicom_decoders",
     "syntax_support",
@@ -53,6 +57,15 @@ JPEG2000_SYNTAXES: frozenset[str] = frozenset({
     "1.2.840.10008.1.2.4.203",
 })
 
+#: JPEG baseline (8-bit), extended (12-bit) and lossless (Process 14, and its selection value 1): medseg decodes
+#: these with imagecodecs' libjpeg-turbo when it is built for every sample precision (libjpeg-turbo 3).
+JPEG_SYNTAXES: frozenset[str] = frozenset({
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+})
+
 #: pydicom's decoder plug-in modules (``pydicom.pixels.decoders.<name>``), each with ``DECODER_DEPENDENCIES``.
 _PLUGIN_MODULES = ("pylibjpeg", "pyjpegls", "gdcm", "pillow", "rle")
 #: import names whose pip package is called differently
@@ -67,7 +80,7 @@ class SyntaxSupport:
         uid: Transfer Syntax UID.
         name: Short name, e.g. ``"JPEG 2000 Lossless"``.
         decoders: What decodes it, in the order medseg uses them (``"imagecodecs"`` for medseg's own JPEG 2000
-            path, otherwise pydicom's plug-in labels; ``"pydicom"`` for the syntaxes pydicom reads itself).
+            and JPEG paths, otherwise pydicom's plug-in labels; ``"pydicom"`` for the syntaxes pydicom reads itself).
         install: When ``decoders`` is empty, alternative pip arguments that would add a decoder, best first
             (e.g. ``("pylibjpeg-libjpeg", "python-gdcm")``); empty otherwise.
     """
@@ -103,6 +116,37 @@ def jpeg2k_decoder() -> Any:
     except ImportError:
         return None
     return jpeg2k_decode
+
+
+def jpeg_decoder() -> Any:
+    """imagecodecs' ``jpeg8_decode`` where it is built on libjpeg-turbo 3 with every precision, else None.
+
+    That build decodes lossy JPEG of 8 and 12 bits and lossless JPEG of 2 to 16 bits, every predictor and point
+    transform, releasing the GIL. Older builds (libjpeg-turbo 2, 8-bit only) are not used: pydicom's plug-ins
+    decode what they can instead.
+    """
+    try:
+        import imagecodecs
+    except ImportError:
+        return None
+    codec = getattr(imagecodecs, "JPEG8", None)
+    if not (getattr(codec, "available", False) and getattr(codec, "all_precisions", False)):
+        return None
+    return imagecodecs.jpeg8_decode
+
+
+def imagecodecs_decoder(uid: str) -> Any:
+    """The imagecodecs decoder medseg uses for the transfer syntax ``uid``, or None (pydicom decodes it).
+
+    Example:
+        >>> imagecodecs_decoder("1.2.840.10008.1.2.1") is None  # uncompressed: pydicom reads it
+        True
+    """
+    if uid in JPEG2000_SYNTAXES:
+        return jpeg2k_decoder()
+    if uid in JPEG_SYNTAXES:
+        return jpeg_decoder()
+    return None
 
 
 def pydicom_decoders(uid: str) -> tuple[str, ...]:
@@ -169,11 +213,12 @@ def syntax_support(uid: str) -> SyntaxSupport:
         ('pydicom',)
     """
     decoders = pydicom_decoders(uid)
-    if uid in JPEG2000_SYNTAXES and jpeg2k_decoder() is not None:
+    if imagecodecs_decoder(uid) is not None:
         decoders = ("imagecodecs", *decoders)
     install: tuple[str, ...] = ()
     if not decoders:
-        options = ([("imagecodecs",)] if uid in JPEG2000_SYNTAXES else []) + pydicom_alternatives(uid)
+        ours = uid in JPEG2000_SYNTAXES or uid in JPEG_SYNTAXES
+        options = ([("imagecodecs",)] if ours else []) + pydicom_alternatives(uid)
         # the native syntaxes have no plug-ins: pydicom reads them itself from 3.0 on
         install = _install_options(options) or (("--upgrade 'pydicom>=3'",) if uid in TRANSFER_SYNTAXES else ())
     return SyntaxSupport(uid, TRANSFER_SYNTAXES.get(uid) or _uid_name(uid) or "no transfer syntax", decoders, install)

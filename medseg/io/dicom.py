@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import DataError
-from medseg.io.decoders import JPEG2000_SYNTAXES, jpeg2k_decoder, syntax_support
+from medseg.io.decoders import (
+    JPEG_SYNTAXES,
+    imagecodecs_decoder,
+    jpeg2k_decoder,
+    jpeg_decoder,
+    pydicom_decoders,
+    syntax_support,
+)
 from medseg.io.dicom_scan import (
     DicomHeader,
     SeriesInfo,
@@ -89,7 +96,7 @@ def read_dicom_series(
         folder_or_files: Folder or files of the series.
         series_uid: Required when several volume series are present.
         max_bytes: Refuse a series whose voxel array would be larger.
-        workers: Decoders working at once on compressed pixel data: threads for JPEG 2000 (imagecodecs
+        workers: Decoders working at once on compressed pixel data: threads for JPEG 2000 and JPEG (imagecodecs
             releases the GIL; default: the CPUs, at most 8), forked processes for other compressed syntaxes
             (default: idle CPUs, at most 8 and one per 4 slices); 1 = in this thread. Only speed depends on it,
             never the result.
@@ -134,7 +141,9 @@ def _read_pixels(name: str, headers: list[DicomHeader], workers: int | None) -> 
     out: np.ndarray | None = None
     for k, pix in enumerate(slices):
         if isinstance(pix, str):
-            raise DataError(f"{name}: cannot decode pixel data of {headers[k].path.name} ({pix}){_hint(headers[k])}")
+            row = syntax_support(_syntax(headers[k].dataset))
+            hint = f"; no decoder for {row.name} is installed: {row.hint()}" if row.hint() else ""
+            raise DataError(f"{name}: cannot decode pixel data of {headers[k].path.name} ({row.name}: {pix}){hint}")
         if out is None:
             out = np.empty((n, first.rows, first.cols), dtype=pix.dtype)
         if pix.shape != out.shape[1:] or pix.dtype != out.dtype:
@@ -148,23 +157,21 @@ def _read_pixels(name: str, headers: list[DicomHeader], workers: int | None) -> 
     return out
 
 
-def _hint(header: DicomHeader) -> str:
-    """``"; <syntax> needs a decoder: pip install ..."`` when no installed decoder handles the file's syntax."""
-    row = syntax_support(str(header.dataset.file_meta.get("TransferSyntaxUID", "")))
-    return f"; no decoder for {row.name} is installed: {row.hint()}" if row.hint() else ""
+def _syntax(ds: Any) -> str:
+    return str(ds.file_meta.get("TransferSyntaxUID", ""))
 
 
 def _decode_slices(headers: list[DicomHeader], workers: int | None) -> list[np.ndarray | str]:
     """Each slice's stored values (or an error string), decoded in threads or worker processes where that pays."""
-    syntaxes = {str(h.dataset.file_meta.get("TransferSyntaxUID", "")) for h in headers}
+    syntaxes = {_syntax(h.dataset) for h in headers}
     n = len(headers)
-    if syntaxes <= JPEG2000_SYNTAXES and jpeg2k_decoder() is not None:
-        # threads, not processes: the decoder releases the GIL; a slice it cannot vouch for goes to pydicom
+    if all(imagecodecs_decoder(uid) is not None for uid in syntaxes):
+        # threads, not processes: imagecodecs releases the GIL; a slice it cannot vouch for goes to pydicom
         threads = min(8, _cpus(), n) if workers is None else max(1, workers)
         if threads == 1:
-            return [_jpeg2k_pixels(h.dataset) for h in headers]
+            return [_imagecodecs_pixels(h.dataset) for h in headers]
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            return list(pool.map(_jpeg2k_pixels, [h.dataset for h in headers]))
+            return list(pool.map(_imagecodecs_pixels, [h.dataset for h in headers]))
     if workers is None:
         workers = min(8, _idle_cpus(), n // 4)
     compressed = not syntaxes <= _UNCOMPRESSED
@@ -212,6 +219,56 @@ def _decode_files(paths: list[str]) -> list[np.ndarray | str]:
     return out
 
 
+def _imagecodecs_pixels(ds: Any) -> np.ndarray | str:
+    """Stored values of a JPEG 2000 or JPEG slice (imagecodecs, or pydicom for what imagecodecs leaves)."""
+    return _jpeg_pixels(ds) if _syntax(ds) in JPEG_SYNTAXES else _jpeg2k_pixels(ds)
+
+
+def _jpeg_pixels(ds: Any) -> np.ndarray | str:
+    """Stored values of a single-frame grayscale JPEG slice (baseline, extended, lossless), or an error string.
+
+    libjpeg-turbo returns the frame's samples unsigned, with the frame's precision. As for uncompressed data (and
+    as GDCM does), bits above BitsStored are dropped and signed values, two's complement in BitsStored bits, are
+    sign-extended; so a frame of precision 16 holding 12-bit signed values already sign-extended reads the same as
+    one of precision 12. Colour and multi-frame files go to pydicom. A frame without its end-of-image marker is
+    refused: libjpeg-turbo would only warn and fill the missing rows.
+    """
+    try:
+        rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+        stored, signed = int(ds.get("BitsStored", bits)), int(ds.get("PixelRepresentation", 0)) == 1
+        single = int(ds.get("SamplesPerPixel", 1)) == 1 and int(ds.get("NumberOfFrames", 1) or 1) == 1
+    except (AttributeError, TypeError, ValueError):  # pydicom reports what is missing or malformed
+        return _stored_pixels(ds)
+    if not single or bits not in (8, 16) or not 0 < stored <= bits:
+        return _stored_pixels(ds)
+    if "PixelData" not in ds:
+        return _NO_PIXEL_DATA
+    try:
+        from pydicom.encaps import generate_frames
+
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception as err:  # noqa: BLE001 (malformed encapsulation; reported with the file name by the caller)
+        return f"encapsulated pixel data unreadable: {_message(err)}"
+    if not frame.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return f"the JPEG frame ({len(frame)} bytes) ends without its end-of-image marker: truncated data"
+    try:
+        arr: np.ndarray = jpeg_decoder()(frame)
+    except Exception as err:  # noqa: BLE001 (a pydicom plug-in may know better; else imagecodecs' word)
+        if pydicom_decoders(_syntax(ds)):
+            return _stored_pixels(ds)
+        return f"{type(err).__name__}: {_message(err)}"
+    if arr.shape != (rows, cols) or arr.dtype.itemsize > bits // 8:
+        return f"the JPEG frame holds {arr.shape} samples of {arr.dtype}; the header says {rows}x{cols}, {bits} bits"
+    arr = arr.astype(np.uint16 if bits == 16 else np.uint8, copy=False)
+    if signed:
+        shift = bits - stored
+        signed = arr.view(np.int16 if bits == 16 else np.int8)
+        return (signed << shift) >> shift if shift else signed
+    if stored < bits:
+        arr &= (1 << stored) - 1
+    return arr
+
+
 def _jpeg2k_pixels(ds: Any) -> np.ndarray | str:
     """Stored values of a single-frame grayscale JPEG 2000 slice.
 
@@ -244,8 +301,10 @@ def _jpeg2k_pixels(ds: Any) -> np.ndarray | str:
 
 def _stored_pixels(ds: Any) -> np.ndarray | str:
     """Stored values of a single-frame grayscale slice, or an error string."""
+    if "PixelData" not in ds:
+        return _NO_PIXEL_DATA
     try:
-        syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+        syntax = _syntax(ds)
         bits, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
         if syntax not in _UNCOMPRESSED or bits not in (8, 16, 32):
             return np.asarray(ds.pixel_array)
@@ -261,7 +320,16 @@ def _stored_pixels(ds: Any) -> np.ndarray | str:
             arr = (arr << shift) >> shift if signed else arr & ((1 << stored) - 1)
         return arr
     except Exception as err:  # noqa: BLE001 (decoder plug-ins raise anything; reported with the file name)
-        return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        return f"{type(err).__name__}: {_message(err)}"
+
+
+#: a file that ends inside its encapsulated pixel data is read without them (see medseg.io.dicom_scan)
+_NO_PIXEL_DATA = "no PixelData element could be read (truncated file?)"
+
+
+def _message(err: Exception) -> str:
+    """The first line of an exception's message, at most 200 characters."""
+    return str(err).splitlines()[0][:200] if str(err) else ""
 
 
 def _rescale(name: str, stack: np.ndarray, headers: list[DicomHeader]) -> tuple[np.ndarray, bool]:

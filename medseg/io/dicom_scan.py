@@ -117,6 +117,11 @@ def _read_header(path: Path) -> DicomHeader | SkippedFile:
         # defer_size: large values (pixel data, vendor blobs) are not read now; touching them later reads
         # them from the file, so uncompressed pixels are read once and headers are parsed once.
         ds = pydicom.dcmread(path, defer_size=1024, force=False)
+        if "PixelData" not in ds:
+            # a file that ends inside its encapsulated pixel data comes back empty (pydicom only warns): its header
+            # alone still says what it is, and reading its pixels then fails naming the file, not a missing slice
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=False)
+            ds = header if len(header) > len(ds) else ds
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
         return SkippedFile(path, f"not a DICOM file ({type(err).__name__}: {str(err).splitlines()[0][:80]})")
     sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))

@@ -44,11 +44,20 @@ def test_table_covers_every_syntax_with_a_decoder_or_an_install_hint():
         assert not row.hint() or row.hint().startswith("pip install "), row
 
 
-def test_uncompressed_and_jpeg2000_rows_name_the_decoders_medseg_uses():
+def test_uncompressed_jpeg2000_and_jpeg_rows_name_the_decoders_medseg_uses():
     assert _row("1.2.840.10008.1.2.1").decoders == ("pydicom",)
-    # JPEG 2000 goes through imagecodecs first (medseg's threaded path), pydicom's plug-ins after
+    # JPEG 2000 and JPEG go through imagecodecs first (medseg's threaded path), pydicom's plug-ins after
     assert _row("1.2.840.10008.1.2.4.90").decoders[0] == "imagecodecs"
     assert _row("1.2.840.10008.1.2.4.203").decoders[0] == "imagecodecs"
+    for uid in ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                "1.2.840.10008.1.2.4.70"):
+        assert _row(uid).decoders[0] == "imagecodecs", uid
+    # lossless JPEG: no pydicom plug-in is a dependency (pylibjpeg-libjpeg is GPL-3, python-gdcm large)
+    assert _row("1.2.840.10008.1.2.4.57").decoders == ("imagecodecs",)
+    assert _row("1.2.840.10008.1.2.4.70").decoders == ("imagecodecs",)
+    # JPEG-LS: pydicom's pyjpegls plug-in (pyjpegls is a declared dependency)
+    assert "pyjpegls" in _row("1.2.840.10008.1.2.4.80").decoders
+    assert "pyjpegls" in _row("1.2.840.10008.1.2.4.81").decoders
 
 
 def test_table_agrees_with_pydicoms_registry():
@@ -56,7 +65,8 @@ def test_table_agrees_with_pydicoms_registry():
 
     for row in decoder_support():
         pydicom_can = get_decoder(row.uid).is_available
-        medseg_can = row.uid in decoders.JPEG2000_SYNTAXES and decoders.jpeg2k_decoder() is not None
+        medseg_can = (row.uid in decoders.JPEG2000_SYNTAXES and decoders.jpeg2k_decoder() is not None) or (
+            row.uid in decoders.JPEG_SYNTAXES and decoders.jpeg_decoder() is not None)
         assert row.decodable == (pydicom_can or medseg_can), row
 
 
@@ -109,17 +119,22 @@ def _htj2k(arr: np.ndarray) -> bytes:
     return bytes(imagecodecs.htj2k_encode(arr))
 
 
-def _lossless_jpeg(ds: pydicom.Dataset, uid: str) -> None:
+def _lossless_jpeg(predictor: int) -> Callable[[pydicom.Dataset, str], None]:
     """Lossless JPEG (SOF3) of the stored values shifted to unsigned, the intercept shifted back: same HU."""
-    import imagecodecs
 
-    shift = 3024  # the series' lowest stored value is -2000 (HU -3024 after the -1024 intercept)
-    unsigned = (ds.pixel_array.astype(np.int32) + shift).astype(np.uint16)
-    ds.PixelRepresentation = 0
-    ds.RescaleIntercept = int(ds.RescaleIntercept) - shift
-    ds.PixelData = encapsulate([bytes(imagecodecs.ljpeg_encode(unsigned))])
-    ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = uid
+    def put(ds: pydicom.Dataset, uid: str) -> None:
+        import imagecodecs
+
+        shift = 3024  # the series' lowest stored value is -2000 (HU -3024 after the -1024 intercept)
+        unsigned = (ds.pixel_array.astype(np.int32) + shift).astype(np.uint16)
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = int(ds.RescaleIntercept) - shift
+        frame = imagecodecs.jpeg8_encode(unsigned, lossless=True, predictor=predictor, bitspersample=16)
+        ds.PixelData = encapsulate([bytes(frame)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = uid
+
+    return put
 
 
 def _write(ds: pydicom.Dataset, path: Path) -> None:
@@ -139,7 +154,8 @@ def _write(ds: pydicom.Dataset, path: Path) -> None:
         ("1.2.840.10008.1.2.4.80", _compress),
         ("1.2.840.10008.1.2.4.90", _compress),
         ("1.2.840.10008.1.2.4.201", _frame(_htj2k)),
-        ("1.2.840.10008.1.2.4.70", _lossless_jpeg),
+        ("1.2.840.10008.1.2.4.70", _lossless_jpeg(1)),
+        ("1.2.840.10008.1.2.4.57", _lossless_jpeg(6)),
     ],
 )
 def test_reported_decodable_exactly_when_read_volume_reads_it(tmp_path, dcmqi_ct, uid, rewrite):
@@ -151,7 +167,7 @@ def test_reported_decodable_exactly_when_read_volume_reads_it(tmp_path, dcmqi_ct
     assert _syntaxes(tmp_path) == {uid}
     if _row(uid).decodable:
         np.testing.assert_array_equal(read_volume(tmp_path).array, reference)
-    else:  # e.g. JPEG Lossless without pylibjpeg-libjpeg or python-gdcm: one clear error, not a crash
+    else:  # e.g. JPEG Lossless where imagecodecs is too old: one clear error, not a crash
         with pytest.raises(DataError, match=r"cannot decode pixel data of 0[123]\.dcm .*") as err:
             read_volume(tmp_path)
         assert str(err.value).endswith(f"no decoder for {_row(uid).name} is installed: {_row(uid).hint()}")
@@ -160,6 +176,7 @@ def test_reported_decodable_exactly_when_read_volume_reads_it(tmp_path, dcmqi_ct
 def test_nothing_available_gives_every_syntax_an_install_hint(monkeypatch):
     monkeypatch.setattr(decoders, "pydicom_decoders", lambda uid: ())
     monkeypatch.setattr(decoders, "jpeg2k_decoder", lambda: None)
+    monkeypatch.setattr(decoders, "jpeg_decoder", lambda: None)
     table = {row.uid: row for row in decoder_support()}
     assert [uid for uid, row in table.items() if row.decodable] == []
     for row in table.values():
@@ -167,8 +184,8 @@ def test_nothing_available_gives_every_syntax_an_install_hint(monkeypatch):
     monkeypatch.setattr(decoders, "_installed", lambda name: False)  # and no decoder package installed at all
     hints = {row.uid: row.hint() for row in decoder_support()}
     assert hints["1.2.840.10008.1.2.1"] == "pip install --upgrade 'pydicom>=3'"  # only pydicom < 3 cannot
-    assert hints["1.2.840.10008.1.2.4.70"] == (
-        "pip install python-gdcm (or: pip install pylibjpeg pylibjpeg-libjpeg)")
+    assert hints["1.2.840.10008.1.2.4.70"] == "pip install imagecodecs (or: pip install python-gdcm)"
+    assert hints["1.2.840.10008.1.2.4.51"] == "pip install imagecodecs (or: pip install python-gdcm)"
     assert hints["1.2.840.10008.1.2.4.90"] == "pip install imagecodecs (or: pip install python-gdcm)"
     assert hints["1.2.840.10008.1.2.4.203"] == (
         "pip install imagecodecs (or: pip install pylibjpeg pylibjpeg-openjpeg)")
