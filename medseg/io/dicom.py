@@ -262,8 +262,8 @@ def _jpeg_pixels(ds: Any) -> np.ndarray | str:
     arr = arr.astype(np.uint16 if bits == 16 else np.uint8, copy=False)
     if signed:
         shift = bits - stored
-        signed = arr.view(np.int16 if bits == 16 else np.int8)
-        return (signed << shift) >> shift if shift else signed
+        values: np.ndarray = arr.view(np.int16 if bits == 16 else np.int8)
+        return (values << shift) >> shift if shift else values
     if stored < bits:
         arr &= (1 << stored) - 1
     return arr
