@@ -130,7 +130,8 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists.")] = False,
     overlay: Annotated[bool, typer.Option(help="2D: also write <name>_overlay.png.")] = False,
     tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Flip test-time augmentation.")] = None,  # noqa: UP045
-    largest_component: Annotated[Optional[bool], typer.Option("--largest-component/--all-components")] = None,  # noqa: UP045,E501
+    largest_component: Annotated[Optional[bool], typer.Option(  # noqa: UP045
+        "--largest-component/--all-components", help="Keep only the largest connected region of each class.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16.")] = None,  # noqa: UP045
     overlap: Annotated[Optional[float], typer.Option(help="Sliding-window overlap (0..1).")] = None,  # noqa: UP045
     sw_batch_size: Annotated[Optional[int], typer.Option(help="Windows per forward pass.")] = None,  # noqa: UP045
@@ -241,7 +242,7 @@ def synth(
     """Write a synthetic dataset in the layout configs/kvasir.yaml or configs/spine.yaml expects."""
     _logging(False, False)
     with user_errors():
-        from medseg.demo.run import make_synthetic
+        from medseg.data.synthetic import make_synthetic
 
         folder = make_synthetic(kind, output, n=n, seed=seed, overwrite=overwrite)
         typer.echo(f"synthetic {kind} dataset: {folder}")

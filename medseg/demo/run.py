@@ -29,26 +29,6 @@ POLYP_CONFIG: dict[str, Any] = {
 }
 
 
-def make_synthetic(kind: str, output: str | Path, *, n: int | None = None, seed: int = 0,
-                   overwrite: bool = False) -> Path:
-    """Write a synthetic dataset laid out as the shipped configs expect (clearly labelled SYNTHETIC).
-
-    ``polyp``: ``images/`` + ``masks/`` (0/255 PNG) like Kvasir-SEG, for configs/kvasir.yaml.
-    ``spine``: ``imagesTr/`` + ``labelsTr/`` CT phantoms (HU, vertebrae 26..30) for configs/spine.yaml.
-
-    Raises:
-        ConfigError: Unknown ``kind``.
-    """
-    from medseg.data.synthetic.polyp import make_polyp_dataset
-    from medseg.data.synthetic.spine import make_spine_dataset
-
-    if kind == "polyp":
-        return make_polyp_dataset(Path(output), n=n or 40, size=(192, 224), seed=seed, overwrite=overwrite)
-    if kind == "spine":
-        return make_spine_dataset(Path(output), n_cases=n or 6, seed=seed, overwrite=overwrite)
-    raise ConfigError(f"kind: unknown {kind!r}; choose from polyp, spine")
-
-
 def run_demo(output: str | Path, *, kind: str = "polyp", epochs: int | None = None,
              overwrite: bool = False) -> dict[str, Any]:
     """Run the demo into ``output`` and return a summary of where everything is.
