@@ -87,6 +87,8 @@ def _root(
 def _logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    for chatty in ("highdicom", "pydicom"):  # their INFO lines (one per copied attribute) drown medseg's
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
 
 
 @app.command()

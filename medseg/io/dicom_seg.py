@@ -58,7 +58,6 @@ def write_dicom_seg(
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
 
     path = Path(path)
     if path.exists() and not overwrite:
@@ -93,7 +92,23 @@ def write_dicom_seg(
         )
         for n, c in enumerate(ids, 1)
     ]
-    seg = hd.seg.Segmentation(
+    try:
+        seg = _segmentation(hd, datasets, segments, ids, descriptions, series_number, manufacturer,
+                            algorithm_name, algorithm_version, series_description)
+    except (AttributeError, ValueError, TypeError, KeyError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise DataError(f"{path}: cannot build a DICOM-SEG from this source series: {reason}") from None
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp)
+    return path
+
+
+def _segmentation(hd: Any, datasets: list[Any], segments: np.ndarray, ids: list[int], descriptions: list[Any],
+                  series_number: int, manufacturer: str, algorithm_name: str, algorithm_version: str,
+                  series_description: str) -> Any:
+    from pydicom.uid import generate_uid
+
+    return hd.seg.Segmentation(
         source_images=datasets,
         pixel_array=segments if len(ids) > 1 else segments.astype(bool),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -108,9 +123,11 @@ def write_dicom_seg(
         device_serial_number="0",
         series_description=series_description,
     )
-    with atomic_path(path) as tmp:
-        seg.save_as(tmp)
-    return path
+
+
+#: Patient and study attributes of type 2 that a SEG copies from its source (highdicom needs them present).
+_TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                        "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
 def _source_headers(source: Volume | str | Path) -> tuple[list[Any], tuple[int, int, int]]:
@@ -139,6 +156,12 @@ def _source_headers(source: Volume | str | Path) -> tuple[list[Any], tuple[int, 
     }
     filled: set[str] = set()
     for ds in datasets:
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            del ds.SpecificCharacterSet  # empty means the default repertoire; highdicom refuses the empty value
+        for key in _TYPE2_PATIENT_STUDY:  # type 2: must be present, may be empty; a SEG copies them
+            if key not in ds:
+                ds.setdefault(key, None)
+                filled.add(key)
         if not ds.get("SOPClassUID"):
             ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
         if not ds.get("SOPInstanceUID"):
@@ -148,7 +171,8 @@ def _source_headers(source: Volume | str | Path) -> tuple[list[Any], tuple[int, 
                 filled.add(key)
                 setattr(ds, key, uid)
     if filled:
-        logger.warning("source series has no %s; the SEG references derived UIDs", "/".join(sorted(filled)))
+        logger.warning("source series has no %s; the SEG gets derived UIDs and empty type-2 attributes",
+                       "/".join(sorted(filled)))
     return datasets, (int(shape[0]), int(shape[1]), int(shape[2]))
 
 

@@ -94,3 +94,22 @@ def test_write_refuses_non_dicom_source(tmp_path, shared_data):
     nifti = read_volume(shared_data / "ct-organs-totalseg" / "example_ct_sm.nii.gz")
     with pytest.raises(DataError, match="needs a DICOM source"):
         write_dicom_seg(tmp_path / "z.dcm", np.zeros(nifti.shape, np.uint8), nifti, {1: "a"})
+
+
+def test_seg_from_a_series_without_type2_patient_attributes(tmp_path, dcmqi_ct):
+    # anonymised exports often drop type-2 attributes; highdicom needs them present (empty is allowed)
+    folder = tmp_path / "anon"
+    folder.mkdir()
+    for i, f in enumerate(sorted(p for p in dcmqi_ct.iterdir() if p.is_file())):
+        ds = pydicom.dcmread(f)
+        for key in ("PatientBirthDate", "PatientSex", "ReferringPhysicianName"):
+            if key in ds:
+                delattr(ds, key)
+        ds.save_as(folder / f"{i:03d}.dcm")
+    volume = read_volume(folder)
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[2:6, 3:7, 0] = 5
+    out = write_dicom_seg(tmp_path / "anon.seg.dcm", labels, volume, {5: "liver"})
+    seg = pydicom.dcmread(out)
+    assert seg.PatientBirthDate == "" and seg.PatientSex == ""
+    np.testing.assert_array_equal(read_dicom_seg(out, volume, class_names={5: "liver"}), labels)
