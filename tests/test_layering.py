@@ -31,8 +31,9 @@ ALLOWED: dict[str, set[str]] = {
     "evaluation": {"config", "io", "data", "metrics"},
     "training": {"config", "io", "data", "models", "losses", "metrics", "sliding_window", "prediction"},
     "demo": {"config", "io", "data", "training", "prediction", "evaluation"},
+    "export": {"config", "io", "data", "models", "prediction", "sliding_window"},
     "cli": {"config", "io", "data", "models", "losses", "metrics", "sliding_window", "prediction", "evaluation",
-            "training", "demo"},
+            "training", "demo", "export"},
 }
 
 
