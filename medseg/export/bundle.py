@@ -14,19 +14,26 @@ bundles do).
 
 What the bundle does, step by step, and the medseg step it stands for: ``LoadImaged`` + ``EnsureChannelFirstd``
 (read_volume); ``Orientationd`` (reorientation by axis permutation and flips, as medseg's); the bundled
-``ResampleToSpacingd`` (medseg's extent-keeping resampling with anti-aliasing); ``ScaleIntensityRanged`` per CT
-window, stacked as channels with ``CopyItemsd``/``ConcatItemsd`` (``ct_window``), or ``NormalizeIntensityd``
-(zscore); ``SlidingWindowInferer`` (volumes3d) or ``SliceInferer`` (slices2d) with the checkpoint's roi,
-overlap, blend; ``Activationsd`` softmax, ``Invertd`` (probabilities back to the input grid, trilinear),
-``AsDiscreted`` argmax, ``KeepLargestConnectedComponentd`` when ``infer.largest_component``,
-``MapLabelValued`` (class index -> the class's first gray value), ``SaveImaged``.
+``ResampleToSpacingd`` (medseg's extent-keeping resampling with anti-aliasing; MONAI's ``Spacingd`` differs);
+``ScaleIntensityRanged`` per CT window, stacked as channels with ``CopyItemsd``/``ConcatItemsd`` (``ct_window``),
+or ``NormalizeIntensityd`` (zscore); the bundled ``PadForNetworkd`` (zero padding to the network's divisor and
+the roi, placed as medseg's tile plan places it); ``SimpleInferer``, one pass over the padded volume (volumes3d),
+or ``SliceInferer`` with one window per padded slice (slices2d): for a network whose output does not depend on
+the window, that is what medseg's tiles compute; ``Activationsd`` softmax, ``Invertd`` (padding cropped,
+probabilities back to the input grid, trilinear), ``AsDiscreted`` argmax, ``KeepLargestConnectedComponentd``
+when ``infer.largest_component``, ``MapLabelValued`` (class index -> the class's first gray value),
+``SaveImaged``.
 
-What is refused rather than exported wrong: 2D image models (images2d: MONAI's image readers order PNG/JPEG
-axes differently and medseg resizes with antialiasing), flip test-time augmentation (``infer.tta``; MONAI's
-inferers have none), and model names other than ``unet``.
-What differs and is not refused: MONAI's sliding window places and blends windows differently from medseg's
-tiles (measured: labels agree to Dice >= 0.99 per class on the test models, docs/export.md) and runs in fp32
-whatever ``infer.precision`` says.
+Refused rather than exported wrong (:func:`bundle_refusal`): 2D image models (images2d: MONAI's image readers
+order PNG/JPEG axes differently and medseg resizes with antialiasing), flip test-time augmentation
+(``infer.tta``), networks whose output depends on the window (instance or group norm: medseg then runs roi
+windows, and MONAI's ``SlidingWindowInferer`` blends them with a clamped Gaussian that medseg does not use;
+measured on a test model, 95.5 % of voxels agreed), and model names other than ``unet``.
+
+Not refused: the bundle runs one pass where medseg may split a large volume into a few large tiles (they agree
+but for the context lost at tile borders), in fp32 whatever ``infer.precision`` says, and memory grows with the
+volume (override ``--inferer#_target_ SlidingWindowInferer --inferer#roi_size [96,96,96]`` to bound it, at the
+price of agreement). Measured agreement with ``medseg predict``: docs/export.md.
 """
 
 from __future__ import annotations
@@ -71,6 +78,11 @@ def bundle_refusal(loaded: LoadedModel) -> str | None:
         return "infer.tta is true: MONAI's inferers have no flip test-time augmentation; retrain or export onnx"
     if loaded.config.model.name != "unet":
         return f"model.name {loaded.config.model.name!r}: the bundle writer knows 'unet' only"
+    layers = window_dependent_layers(loaded.model)
+    if layers:
+        return (f"the network's output depends on the window ({', '.join(layers)}, model.norm "
+                f"{loaded.config.model.norm!r}): medseg and MONAI's SlidingWindowInferer blend roi windows with "
+                "different weights (MONAI clamps its Gaussian), so the labels would differ; use --format onnx")
     return None
 
 
@@ -167,8 +179,7 @@ def _preprocessing(loaded: LoadedModel) -> list[dict[str, Any]]:
         steps.append({"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": False, "channel_wise": False})
     else:
         steps += _windows(pre)
-    if _one_pass(loaded):
-        steps.append(_network_padding(loaded))
+    steps.append(_network_padding(loaded))
     return steps
 
 
@@ -195,12 +206,6 @@ def _slice_axis(loaded: LoadedModel) -> int | None:
                             str(loaded.preprocessing.get("slice_axis", "axial")))
 
 
-def _one_pass(loaded: LoadedModel) -> bool:
-    """True when medseg's tiles compute what one pass over the padded image computes (no window-dependent
-    layers), so the bundle runs one pass; else both run roi-size windows placed the same way."""
-    return not window_dependent_layers(loaded.model)
-
-
 def _network_padding(loaded: LoadedModel) -> dict[str, Any]:
     """``PadForNetworkd`` with the network's divisor and roi as 3D sizes (1 on the slice axis of slices2d)."""
     roi = list(export_roi(loaded))
@@ -214,16 +219,13 @@ def _network_padding(loaded: LoadedModel) -> dict[str, Any]:
 
 
 def _inferer(loaded: LoadedModel) -> dict[str, Any]:
-    infer = loaded.infer
+    """One pass over the padded volume (volumes3d) or over each padded slice (slices2d): what medseg's tiles
+    compute for a network whose output does not depend on the window (the only kind exported)."""
     axis = _slice_axis(loaded)
-    if _one_pass(loaded) and axis is None:
+    if axis is None:
         return {"_target_": "SimpleInferer"}
-    roi = [-1] * loaded.kind.spatial_dims if _one_pass(loaded) else list(export_roi(loaded))
-    common = {"roi_size": roi, "sw_batch_size": infer.sw_batch_size, "overlap": infer.overlap,
-              "mode": infer.blend, "sigma_scale": 0.125, "padding_mode": "constant", "cval": 0.0}
-    if axis is not None:
-        return {"_target_": "SliceInferer", "spatial_dim": axis, **common}
-    return {"_target_": "SlidingWindowInferer", **common}
+    return {"_target_": "SliceInferer", "spatial_dim": axis, "roi_size": [-1, -1],
+            "sw_batch_size": loaded.infer.sw_batch_size, "overlap": 0.0, "mode": "constant"}
 
 
 def _postprocessing(loaded: LoadedModel) -> list[dict[str, Any]]:
@@ -340,8 +342,6 @@ def _readme(loaded: LoadedModel) -> str:
     notes = []
     if loaded.infer.precision in ("bf16", "fp16"):
         notes.append(f"- medseg runs this model in {loaded.infer.precision}; the bundle runs fp32.")
-    if window_dependent_layers(loaded.model):
-        notes.append("- the network's normalisation depends on the window; both run roi-size windows.")
     return "\n".join([
         f"# medseg {loaded.kind.value} model: {', '.join(loaded.labels.names)}",
         "",
