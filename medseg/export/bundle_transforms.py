@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -156,7 +156,9 @@ class PadForNetworkd(MapTransform, InvertibleTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             pads = network_padding(tuple(d[key].shape[1:]), self.divisor, self.min_size)
-            d[key] = self.padder(d[key], to_pad=[(0, 0), *pads])
+            # MONAI annotates to_pad as a 1-tuple of pairs; it takes one pair per dim, channels first
+            to_pad = cast("tuple[tuple[int, int]]", ((0, 0), *pads))
+            d[key] = self.padder(d[key], to_pad=to_pad)
         return d
 
     def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
