@@ -29,8 +29,6 @@ from medseg.models.factory import build_model
 from medseg.prediction.loaded import LoadedModel
 from medseg.training.loop import train
 
-pytest.importorskip("ignite")  # MONAI's evaluator (in the test extra)
-
 runner = CliRunner()
 CLASSES = [{"name": "background", "values": [0]}, {"name": "vertebrae", "values": [26, 27, 28]}]
 REAL_CTS = [("spine-ct-verse-cutout", "sub-ct_label-22_ct.nii.gz"), ("spine-ct-totalseg", "example_ct.nii.gz")]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import onnxruntime as ort  # the test extra installs it (CI runs these tests)
 import pytest
 import torch
 import torch.nn.functional as F
@@ -36,8 +37,6 @@ from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.onnx_network import OnnxNetwork
 from medseg.prediction.predictor import Predictor
 from medseg.training.loop import train
-
-ort = pytest.importorskip("onnxruntime")  # in the test extra; skipped only where it cannot install
 
 runner = CliRunner()
 ATOL = 1e-4
