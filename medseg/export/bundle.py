@@ -5,7 +5,7 @@ The folder::
     BUNDLE/configs/metadata.json     MONAI bundle metadata (versions, network_data_format, labels) + "medseg"
     BUNDLE/configs/inference.json    network_def, preprocessing, inferer, postprocessing, evaluator
     BUNDLE/models/model.pt           the network's state dict (plain tensors; loads with weights_only=True)
-    BUNDLE/scripts/medseg_transforms.py   medseg's resampling as a MONAI transform (numpy, torch, MONAI only)
+    BUNDLE/scripts/medseg_transforms.py   medseg's resampling and padding as MONAI transforms (numpy, torch, MONAI)
     BUNDLE/docs/README.md            how to run it and what differs from ``medseg predict``
 
 Run it with ``python -m monai.bundle run --config_file BUNDLE/configs/inference.json --bundle_root BUNDLE

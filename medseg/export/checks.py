@@ -7,8 +7,6 @@ the same input, and their logits must agree within ``|a - b| <= ATOL + RTOL * |b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from medseg.errors import ExportError
@@ -16,7 +14,7 @@ from medseg.export.metadata import export_roi
 from medseg.prediction.loaded import LoadedModel
 from medseg.sliding_window.plan import network_divisor, round_up
 
-__all__ = ["ATOL", "RTOL", "check_outputs", "example_input", "run_reference", "shape_text"]
+__all__ = ["ATOL", "RTOL", "check_outputs", "example_input", "run_reference"]
 
 #: Tolerance on logits (fp32): absolute ...
 ATOL = 1e-4
@@ -76,7 +74,3 @@ def run_reference(loaded: LoadedModel, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return loaded.model.to("cpu").eval()(x).float()
 
-
-def shape_text(shape: Sequence[int]) -> str:
-    """``(1, 2, 16, 16, 16)`` -> ``1x2x16x16x16``."""
-    return "x".join(str(int(n)) for n in shape)
