@@ -48,6 +48,8 @@ _EXPORTS: dict[str, str] = {
     "predict_paths": "medseg.prediction.batch",
     "structure_statistics": "medseg.prediction.statistics",
     "sliding_window_predict": "medseg.sliding_window.predict",
+    "export_model": "medseg.export.run",
+    "ExportReport": "medseg.export.run",
     # io
     "Volume": "medseg.io.volume",
     "read_volume": "medseg.io.volume_io",
@@ -84,6 +86,8 @@ if TYPE_CHECKING:  # the names the lazy __getattr__ below returns, for mypy and 
     from medseg.errors import MedsegError as MedsegError
     from medseg.errors import OutputExistsError as OutputExistsError
     from medseg.evaluation.evaluate import evaluate as evaluate
+    from medseg.export.run import ExportReport as ExportReport
+    from medseg.export.run import export_model as export_model
     from medseg.io.dicom import list_series as list_series
     from medseg.io.volume import Volume as Volume
     from medseg.io.volume_io import read_volume as read_volume

@@ -25,3 +25,11 @@ class CheckpointError(MedsegError):
 
 class OutputExistsError(MedsegError):
     """An output file or folder exists and ``overwrite`` was not requested."""
+
+
+class DependencyError(MedsegError):
+    """An optional package a feature needs is not installed (the message names the pip extra)."""
+
+
+class ExportError(MedsegError):
+    """A model export failed, or the exported network does not compute what the PyTorch network computes."""

@@ -34,8 +34,9 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"config", "io", "data", "models", "losses", "metrics", "sliding_window", "prediction"},
     "demo": {"config", "io", "data", "training", "prediction", "evaluation"},
     "doctor": {"io", "sliding_window"},
+    "export": {"config", "io", "data", "models", "prediction", "sliding_window"},
     "cli": {"config", "io", "data", "models", "losses", "metrics", "sliding_window", "prediction", "evaluation",
-            "training", "demo", "doctor"},
+            "training", "demo", "doctor", "export"},
 }
 
 

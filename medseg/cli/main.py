@@ -125,7 +125,7 @@ def train(
 
 @app.command()
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint .pt file or run folder.")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint .pt file, run folder, or exported .onnx model.")],
     inputs: Annotated[list[Path], typer.Argument(help="Images, volumes, DICOM series folders, or folders of them.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -161,6 +161,25 @@ def predict(
             _echo(f"failed: {source}: {' '.join(message.split())}", err=True)
         if not report.ok:
             raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint .pt file or run folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="model.onnx, model.ts, or a bundle folder.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx, torchscript or bundle.")] = "onnx",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Compare with PyTorch on a random input.")] = True,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    """Export a trained model with its labels and preprocessing: ONNX, TorchScript or a MONAI bundle."""
+    _logging(verbose, quiet)
+    with user_errors():
+        from medseg.export.run import export_model
+
+        report = export_model(checkpoint, output, format=format, overwrite=overwrite, check=check)
+        _echo(report.summary())
 
 
 def _option_name(setting: str) -> str:

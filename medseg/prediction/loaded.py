@@ -20,8 +20,9 @@ from medseg.config.loading import validate_config
 from medseg.config.schema import ExperimentConfig, InferConfig
 from medseg.data.labels import LabelMap, labels_from_checkpoint
 from medseg.device import resolve_device
-from medseg.errors import CheckpointError
+from medseg.errors import CheckpointError, ConfigError
 from medseg.models.factory import build_model
+from medseg.prediction.onnx_network import is_onnx_file, load_onnx_network
 from medseg.prediction.settings import apply_infer_overrides
 
 __all__ = ["LoadedModel"]
@@ -41,8 +42,12 @@ class LoadedModel:
         infer: Sliding-window / TTA / postprocessing settings (from the checkpoint, overridable).
         device: Where the network runs.
         kind: The kind of data the model segments (decided once, from the stored config).
-        source: The checkpoint file.
+        source: The checkpoint file (or exported ONNX model).
         in_channels: Input channels of the network.
+        divisor: What every tile dim must be a multiple of, one per spatial dim of the network; None reads it
+            from the network (MONAI UNet strides). Set for networks that cannot be inspected (ONNX Runtime).
+        tiling: The sliding window's tiling: "auto" (larger tiles where the network allows, decided by
+            inspecting it) or "roi" (roi-size windows, for networks whose output depends on the window).
     """
 
     model: torch.nn.Module
@@ -54,6 +59,8 @@ class LoadedModel:
     kind: DataKind
     source: str = ""
     in_channels: int = 1
+    divisor: tuple[int, ...] | None = None
+    tiling: str = "auto"
 
     @classmethod
     def from_checkpoint(
@@ -63,7 +70,8 @@ class LoadedModel:
         """Load a medseg checkpoint (``weights_only=True``) and build the model.
 
         Args:
-            path: A ``.pt`` checkpoint or a run folder (``checkpoints/best.pt`` is used, else ``last.pt``).
+            path: A ``.pt`` checkpoint or a run folder (``checkpoints/best.pt`` is used, else ``last.pt``), or an
+                ``.onnx`` model exported by ``medseg export`` (see :meth:`from_onnx`).
             device: ``auto``, ``cpu`` or ``cuda``.
             spell: How a setting is named in error messages (the CLI passes its option names).
             **infer_overrides: Fields of :class:`~medseg.config.InferConfig` to override (e.g. ``tta=True``);
@@ -73,12 +81,12 @@ class LoadedModel:
             CheckpointError: Not a medseg checkpoint, damaged, or weights not matching the stored config.
             ConfigError: An override names no inference setting, has a value out of range, or does not
                 apply to this kind of model.
+            DependencyError: An ``.onnx`` file and ONNX Runtime is not installed.
         """
+        if is_onnx_file(path):
+            return cls.from_onnx(path, device=device, spell=spell, **infer_overrides)
         ckpt = load_checkpoint(path)
-        cfg = validate_config(ckpt["config"], source=f"{ckpt['path']} (stored config)")
-        labels = labels_from_checkpoint(ckpt)
-        kind = _kind_of(ckpt, cfg)
-        infer = apply_infer_overrides(cfg.infer, infer_overrides, kind, spell=spell or (lambda name: name))
+        cfg, labels, kind, infer = _settings(ckpt, ckpt["path"], spell, infer_overrides)
         dev = resolve_device(device)
         model = build_model(cfg.model, in_channels=ckpt["in_channels"], out_channels=ckpt["out_channels"])
         try:
@@ -90,10 +98,69 @@ class LoadedModel:
         return cls(model, cfg, labels, dict(ckpt["preprocessing"]), infer, dev, kind, source=str(ckpt["path"]),
                    in_channels=int(ckpt["in_channels"]))
 
+    @classmethod
+    def from_onnx(
+        cls: type[M], path: str | Path, *, device: str = "auto", spell: Callable[[str], str] | None = None,
+        **infer_overrides: Any,
+    ) -> M:
+        """Load an ONNX model exported by ``medseg export``; it runs under ONNX Runtime in the same engine.
+
+        Labels, preprocessing, inference settings and what the sliding window needs (divisor, whether the
+        network needs roi-size windows) come from the model's medseg metadata.
+
+        Args:
+            path: The ``.onnx`` file.
+            device: ``auto``, ``cpu`` or ``cuda`` (CUDA only with an ONNX Runtime that has its provider).
+            spell: How a setting is named in error messages.
+            **infer_overrides: As for :meth:`from_checkpoint`.
+
+        Raises:
+            CheckpointError: Not an ONNX model, or no (or malformed) medseg metadata in it.
+            ConfigError: A bad override, or a precision other than auto or fp32 (ONNX Runtime runs the exported
+                fp32 network; a stored bf16/fp16 setting becomes fp32).
+            DependencyError: ONNX Runtime is not installed (the message names ``pip install "medseg[onnx]"``).
+        """
+        dev = resolve_device(device)
+        network, meta = load_onnx_network(path, dev)
+        source = str(path)
+        parts = {**meta, "path": source, "in_channels": meta["network"]["in_channels"],
+                 "out_channels": meta["network"]["out_channels"]}
+        cfg, labels, kind, infer = _settings(parts, source, spell, infer_overrides)
+        if labels.num_classes != network.out_channels:
+            raise CheckpointError(f"{source}: medseg metadata lists {labels.num_classes} classes but the network "
+                                  f"has {network.out_channels} outputs (damaged file?)")
+        divisor = tuple(meta["network"]["divisor"])
+        if len(divisor) != kind.spatial_dims:
+            raise CheckpointError(f"{source}: medseg metadata entry network.divisor {list(divisor)} does not fit a "
+                                  f"{kind.value} model ({kind.spatial_dims} sizes)")
+        tiling = "roi" if meta["network"]["window_dependent"] else "auto"
+        infer = _fp32_only(infer, infer_overrides.get("precision"), spell or (lambda name: name))
+        return cls(network.eval(), cfg, labels, dict(meta["preprocessing"]), infer, dev, kind, source=source,
+                   in_channels=network.in_channels, divisor=divisor, tiling=tiling)
+
     @property
     def spatial_dims(self) -> int:
         """2 for image models (also slice-wise models), 3 for volume models."""
         return self.kind.spatial_dims
+
+
+def _settings(
+    ckpt: dict[str, Any], source: str, spell: Callable[[str], str] | None, overrides: dict[str, Any]
+) -> tuple[ExperimentConfig, LabelMap, DataKind, InferConfig]:
+    """Config, labels, kind and inference settings of a checkpoint (or of an export's metadata)."""
+    cfg = validate_config(ckpt["config"], source=f"{source} (stored config)")
+    labels = labels_from_checkpoint(ckpt)
+    kind = _kind_of(ckpt, cfg)
+    infer = apply_infer_overrides(cfg.infer, overrides, kind, spell=spell or (lambda name: name))
+    return cfg, labels, kind, infer
+
+
+def _fp32_only(infer: InferConfig, requested: Any, spell: Callable[[str], str]) -> InferConfig:
+    """ONNX Runtime runs the exported network in fp32: ask for bf16/fp16 and be told so; stored ones give way."""
+    if requested in ("bf16", "fp16"):
+        raise ConfigError(f"{spell('precision')}: got {requested!r}; an ONNX model runs in fp32 under ONNX Runtime "
+                          "(allowed: auto or fp32)")
+    return infer.model_copy(update={"precision": "fp32"})
 
 
 def _kind_of(ckpt: dict[str, Any], cfg: ExperimentConfig) -> DataKind:

@@ -25,12 +25,13 @@ SLICE_BATCH = 32
 
 def _sliding_window(
     network: torch.nn.Module, x: torch.Tensor, roi: Sequence[int], *, infer: InferConfig, device: torch.device,
-    output: str, tiling: str,
+    output: str, tiling: str, divisor: Sequence[int] | None,
 ) -> torch.Tensor:
     """The one place the sliding-window engine is called ((B, C, *spatial) -> (B, K, *spatial))."""
     return sliding_window_predict(  # type: ignore[return-value]
         network, x, tuple(roi), overlap=infer.overlap, sw_batch_size=infer.sw_batch_size, blend=infer.blend,
         precision=infer.precision, tta=infer.tta, output=output, device=device, tiling=tiling,
+        divisor=None if divisor is None else tuple(int(d) for d in divisor),
     )
 
 
@@ -56,19 +57,23 @@ def infer_prepared(
     *,
     output: str = "probabilities",
     tiling: str = "auto",
+    divisor: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Run the network over a prepared ``(C, X, Y, Z)`` image; returns ``(K, X, Y, Z)`` float32 on the CPU.
 
     3D models run a 3D sliding window; slices2d models run a 2D sliding window over batches of slices
-    along ``preprocessing["slice_axis"]``.
+    along ``preprocessing["slice_axis"]``. ``divisor`` (one per spatial dim of the network) is what every
+    tile dim must be a multiple of; None reads it from the network (MONAI UNet strides), which a network
+    behind ONNX Runtime cannot tell.
     """
     model.eval()
     roi = roi_for(preprocessing, infer)
     if DataKind.of(preprocessing) is not DataKind.SLICES2D:
         return _sliding_window(model, image[None], roi, infer=infer, device=device, output=output,
-                               tiling=tiling)[0].float().cpu()
+                               tiling=tiling, divisor=divisor)[0].float().cpu()
     axis = slice_axis_index(preprocessing.get("orientation", "RAS"), preprocessing.get("slice_axis", "axial"))
     slices = image.movedim(axis + 1, 0)  # (S, C, H, W)
     parts = [_sliding_window(model, slices[i:i + SLICE_BATCH], roi, infer=infer, device=device, output=output,
-                             tiling=tiling).float().cpu() for i in range(0, slices.shape[0], SLICE_BATCH)]
+                             tiling=tiling, divisor=divisor).float().cpu()
+             for i in range(0, slices.shape[0], SLICE_BATCH)]
     return torch.cat(parts).movedim(0, axis + 1)  # (K, X, Y, Z)

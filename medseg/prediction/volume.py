@@ -83,8 +83,9 @@ def predict_classes(loaded: LoadedModel, volume: Volume) -> np.ndarray:
             f"{loaded.in_channels}; the checkpoint is inconsistent"
         )
     image, grid = pre.prepare_image(volume)
-    tiling = "auto"  # the engine falls back to roi windows for instance/group norm
-    probs = infer_prepared(loaded.model, image, settings, loaded.infer, loaded.device, tiling=tiling)
+    # loaded.tiling "auto": the engine falls back to roi windows for instance/group norm
+    probs = infer_prepared(loaded.model, image, settings, loaded.infer, loaded.device, tiling=loaded.tiling,
+                           divisor=loaded.divisor)
     classes = pre.invert_probabilities(probs, grid)
     if loaded.infer.largest_component:
         classes = keep_largest_component(classes, loaded.labels.num_classes)

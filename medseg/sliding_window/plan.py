@@ -64,21 +64,33 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
 
 
 def network_in_channels(network: nn.Module) -> int | None:
-    """Input channels of the first convolution/linear layer, or None when it can't be told."""
+    """Input channels of the first convolution/linear layer, or None when it can't be told.
+
+    A network without torch layers (e.g. an ONNX Runtime session behind a module) may declare them as an
+    ``in_channels`` attribute.
+    """
     for module in network.modules():
         if isinstance(module, nn.modules.conv._ConvNd):
             return int(module.in_channels)
         if isinstance(module, nn.Linear):
             return int(module.in_features)
-    return None
+    return _declared(network, "in_channels")
 
 
 def network_first_width(network: nn.Module) -> int:
-    """Output channels of the first convolution (the widest full-resolution activation in a UNet)."""
+    """Output channels of the first convolution (the widest full-resolution activation in a UNet).
+
+    A network without torch layers may declare it as a ``first_width`` attribute (1 when unknown).
+    """
     for module in network.modules():
         if isinstance(module, nn.modules.conv._ConvNd):
             return int(module.out_channels)
-    return 1
+    return _declared(network, "first_width") or 1
+
+
+def _declared(network: nn.Module, name: str) -> int | None:
+    value = getattr(network, name, None)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def network_out_channels(network: nn.Module) -> int | None:
