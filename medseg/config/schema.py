@@ -297,4 +297,22 @@ class ExperimentConfig(Strict):
             raise ValueError(
                 f"loss.class_weights has {len(weights)} entries but data.labels.classes has {len(labels)}"
             )
+        self._check_bottleneck()
         return self
+
+    def _check_bottleneck(self) -> None:
+        """Instance norm needs more than one voxel per channel at the deepest level (PyTorch refuses one)."""
+        if self.model.norm != "instance":
+            return
+        div = self.model.divisor
+        sizes = {"data.image_size": tuple(self.data.image_size)} if self.data.kind == "images2d" else {
+            "data.patch_size": tuple(self.data.patch_size)[: self.model.spatial_dims]}
+        if self.infer.roi_size is not None:
+            sizes["infer.roi_size"] = tuple(self.infer.roi_size)
+        for key, size in sizes.items():
+            if any(n <= div for n in size):
+                fixed = [max(n, 2 * div) for n in size]
+                raise ValueError(
+                    f"{key}: {list(size)} leaves one voxel per channel after the strides (their product is {div}), "
+                    f"which model.norm 'instance' cannot normalise; use sizes above {div}, e.g. {fixed}"
+                )

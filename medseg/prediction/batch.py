@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from medseg.errors import DataError
+from medseg.errors import ConfigError, DataError
 from medseg.io.volume import VOLUME_SUFFIXES
 from medseg.prediction.cases import BatchReport
 from medseg.prediction.image import predict_images
@@ -35,10 +35,17 @@ def predict_paths(
 
     Raises:
         DataError: A volume given to an image model (and everything the two batch functions refuse).
-        ConfigError: ``out_dir`` inside an input folder.
+        ConfigError: ``out_dir`` inside an input folder, or an output this kind of model cannot write
+            (``overlay`` for a volume model, ``dicom_seg`` for an image model).
     """
     paths = [Path(p) for p in inputs]
     out = Path(out_dir)
+    if overlay and loaded.kind.segments_volumes:
+        raise ConfigError(f"--overlay: {loaded.source} is a {loaded.kind.value} model; overlays are drawn for 2D "
+                          "image models only (volume models write label maps and JSON sidecars)")
+    if dicom_seg and not loaded.kind.segments_volumes:
+        raise ConfigError(f"--dicom-seg: {loaded.source} is a 2D image model; DICOM-SEG is written for volume "
+                          "models given DICOM series")
     if not loaded.kind.segments_volumes:
         volumes = [p for p in paths if p.name.lower().endswith(VOLUME_SUFFIXES)]
         if volumes:

@@ -152,7 +152,19 @@ def _settings(
     labels = labels_from_checkpoint(ckpt)
     kind = _kind_of(ckpt, cfg)
     infer = apply_infer_overrides(cfg.infer, overrides, kind, spell=spell or (lambda name: name))
+    _check_roi_bottleneck(cfg, infer, spell or (lambda name: name))
     return cfg, labels, kind, infer
+
+
+def _check_roi_bottleneck(cfg: ExperimentConfig, infer: InferConfig, spell: Callable[[str], str]) -> None:
+    """An instance-norm network runs roi-sized windows: each side must leave more than one voxel at the bottom."""
+    div = cfg.model.divisor
+    if cfg.model.norm != "instance" or infer.roi_size is None or all(n > div for n in infer.roi_size):
+        return
+    raise ConfigError(
+        f"{spell('roi_size')}: got {list(infer.roi_size)}; this instance-norm network needs windows larger than "
+        f"{div} (the product of its strides), e.g. {[max(n, 2 * div) for n in infer.roi_size]}"
+    )
 
 
 def _fp32_only(infer: InferConfig, requested: Any, spell: Callable[[str], str]) -> InferConfig:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from medseg.errors import DataError, MedsegError
+from medseg.errors import ConfigError, DataError, MedsegError
 from medseg.sliding_window.memory import budget_bytes, free_cache, is_oom, network_device, peak_mb
 from medseg.sliding_window.plan import (
     ACTIVATION_FACTOR,
@@ -58,6 +58,8 @@ __all__ = [
 ]
 
 OUTPUTS = ("logits", "probabilities", "labels")
+#: Windows one image may need; more means an overlap near 1 (0.99 on a CT: millions of windows, days of work).
+MAX_TILES = 100_000
 BLENDS = ("gaussian", "constant")
 TILINGS = ("auto", "roi")
 NONFINITE = ("error", "zero")
@@ -189,6 +191,12 @@ def _run_with_fallbacks(
     stitch_device = device
     while True:
         plan, bpv, fixed = _plan(image, network, roi, div, overlap, tiling, output, dtype, budget, len(flips))
+        if plan.n_tiles > MAX_TILES:
+            raise ConfigError(
+                f"overlap: {overlap} with windows of {'x'.join(str(round(r)) for r in roi)} needs {plan.n_tiles} "
+                f"windows for an image of {'x'.join(map(str, image.shape[2:]))} (at most {MAX_TILES}); lower the "
+                "overlap (0.25-0.5 is usual) or use larger windows"
+            )
         tile_bytes = math.prod(plan.tile) * bpv * len(flips)
         fits = int((budget - fixed) // max(tile_bytes, 1))
         run_batch = batch if tiling == "roi" else max(1, min(batch, fits))

@@ -149,6 +149,13 @@ def _gather(source, group, tile, device, flips) -> torch.Tensor:
 def _forward(network: nn.Module, x: torch.Tensor, tile) -> torch.Tensor:
     try:
         y = network(x)
+    except ValueError as err:
+        if "more than 1 spatial element" in str(err):
+            raise ValueError(
+                f"network failed on a tile of {tuple(tile)}: its deepest level gets one voxel per channel, which "
+                "instance norm cannot normalise; use a larger roi_size (above the product of the strides)"
+            ) from err
+        raise
     except RuntimeError as err:
         if "size" in str(err).lower() and "match" in str(err).lower():
             raise ValueError(
