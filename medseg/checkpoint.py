@@ -12,6 +12,7 @@ It loads with ``torch.load(weights_only=True)``, so a file carrying a pickled Py
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a medseg checkpoint (``weights_only=True``; nothing is executed).
 
     Raises:
-        CheckpointError: Missing, truncated, not a medseg checkpoint, a newer format, or carrying
-            pickled objects that a weights-only load refuses.
+        CheckpointError: Missing, empty, no torch.save file at all (text, an image ...), truncated, not a
+            medseg checkpoint, a newer format, or carrying pickled objects that a weights-only load refuses. The
+            message is one line: PyTorch's own text is cut to its first sentence, without colour codes and
+            without its advice to load with ``weights_only=False``.
     """
     path = Path(path)
     if path.is_dir():
@@ -54,18 +57,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: folder holds no checkpoints/best.pt or checkpoints/last.pt")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    _check_crc(path)
+    _check_container(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
         raise CheckpointError(
             f"{path}: refused: the file carries pickled Python objects that a weights-only load does not "
-            f"allow ({first[:200]}); medseg checkpoints hold tensors and plain values only"
+            f"allow ({_unpickler_reason(err)}); medseg checkpoints hold tensors and plain values only"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        reason = " ".join(str(err).split())[:200]
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {_first_sentence(err)}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(
@@ -86,15 +89,67 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def _check_crc(path: Path) -> None:
-    """torch.load does not check the zip CRCs, so a flipped bit in the weights would load silently."""
+#: What a legacy (PyTorch < 1.6, ``_use_new_zipfile_serialization=False``) torch.save file starts with: its
+#: magic number pickled with protocol 2 (``torch.serialization.MAGIC_NUMBER``).
+_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+_ZIP_LOCAL_HEADER = b"PK\x03\x04"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _check_container(path: Path) -> None:
+    """Refuse what is no torch.save file at all before torch.load misreads it, and check the zip CRCs.
+
+    torch.save writes a zip archive (a legacy pickle before PyTorch 1.6); torch.load reports any other file as a
+    pickle it refuses to unpickle, which sends the reader looking for the wrong problem. A file that starts like
+    a zip archive but is damaged (truncated) is left to torch.load, which says so.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint file ({err.strerror or err})") from None
+    if size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes); not a checkpoint")
+    if head.startswith(_LEGACY_MAGIC):
+        return  # a legacy torch.save file: torch.load reads it with weights_only too
+    if not zipfile.is_zipfile(path):
+        if head.startswith(_ZIP_LOCAL_HEADER):
+            return  # a damaged zip archive: torch.load reports it
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (a .pt file saved by torch.save is a zip archive; this file starts "
+            f"with {head!r})"
+        )
     try:
         with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return  # not a zip (or unreadable): torch.load reports it
+            names = zf.namelist()
+            bad = zf.testzip()  # torch.load does not check the CRCs, so a flipped bit would load silently
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):
+        return  # unreadable as a zip after all: torch.load reports it
+    if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (a zip archive without the data.pkl entry that "
+                              f"torch.save writes; it holds {len(names)} entries)")
     if bad is not None:
         raise CheckpointError(f"{path}: checkpoint is corrupt (CRC mismatch in {bad}); restore it from a copy")
+
+
+def _clean(text: str) -> str:
+    """One line of ``text``, without ANSI colour codes."""
+    return " ".join(_ANSI.sub("", text).split())
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The first sentence of an exception's message (torch appends paragraphs of advice), at most 200 chars."""
+    text = _clean(str(err)) or type(err).__name__
+    return text.split(". ")[0].rstrip(".")[:200]
+
+
+def _unpickler_reason(err: BaseException) -> str:
+    """What the weights-only unpickler refused, without PyTorch's advice to load with weights_only=False."""
+    text = _clean(str(err))
+    _, found, reason = text.partition("WeightsUnpickler error:")
+    reason = reason.strip().split(". ")[0].rstrip(".") if found else ""
+    return reason[:200] or "an object other than tensors and plain values"
 
 
 def _check_entries(path: Path, payload: dict[str, Any]) -> None:

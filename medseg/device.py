@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import torch
@@ -12,21 +13,46 @@ from medseg.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+_ALLOWED = "auto, cpu, cuda or cuda:N"
+_DEVICE_NAME = re.compile(r"(auto|cpu|cuda)(:\d+)?")
+
+
 def resolve_device(name: str) -> torch.device:
     """Turn ``auto|cpu|cuda[:N]`` into a device; ``auto`` picks CUDA when available.
 
+    ``cpu:N`` is accepted as torch accepts it (there is one CPU device: it means ``cpu``).
+
+    Example:
+        >>> resolve_device("cpu"), resolve_device("cpu:0")
+        (device(type='cpu'), device(type='cpu'))
+        >>> resolve_device("gpu")
+        Traceback (most recent call last):
+        ...
+        medseg.errors.ConfigError: device: got 'gpu'; allowed: auto, cpu, cuda or cuda:N
+
     Raises:
-        ConfigError: ``cuda`` was asked for but no CUDA device is available, or the name is unknown.
+        ConfigError: Not a string, an unknown name, or CUDA asked for (``cuda``, ``cuda:N``) where there is no
+            such CUDA device.
     """
-    if name == "auto":
+    if not isinstance(name, str):
+        raise ConfigError(f"device: got {name!r} ({type(name).__name__}); allowed: {_ALLOWED}")
+    match = _DEVICE_NAME.fullmatch(name.strip().lower())
+    if match is None or (match.group(1) == "auto" and match.group(2)):
+        raise ConfigError(f"device: got {name!r}; allowed: {_ALLOWED}")
+    kind, index = match.group(1), match.group(2)
+    if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
+    if kind == "cpu":
         return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} requested but no CUDA device is available; use 'cpu' or 'auto'")
-        return torch.device(name)
-    raise ConfigError(f"device: unknown {name!r}; choose from auto, cpu, cuda")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but no CUDA device is available; use 'cpu' or 'auto'")
+    if index is None:
+        return torch.device("cuda")
+    count = torch.cuda.device_count()
+    if int(index[1:]) >= count:
+        raise ConfigError(f"device: got {name!r} but this machine has {count} CUDA device(s) "
+                          f"(allowed: cuda:0 to cuda:{count - 1})")
+    return torch.device(f"cuda{index}")
 
 
 @dataclass(frozen=True)

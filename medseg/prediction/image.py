@@ -24,7 +24,7 @@ from medseg.prediction.postprocess import keep_largest_component
 from medseg.prediction.statistics import IMAGE_COLUMNS, mask_statistics, statistics_section
 from medseg.prediction.statistics_table import write_statistics_table
 
-__all__ = ["find_image_cases", "predict_image_classes", "predict_images"]
+__all__ = ["check_image_array", "find_image_cases", "predict_image_classes", "predict_images"]
 
 
 @torch.no_grad()
@@ -33,10 +33,13 @@ def predict_image_classes(loaded: LoadedModel, image: str | Path | np.ndarray) -
 
     Args:
         loaded: A 2D image model.
-        image: An image file, or an array (H, W, 3) / (H, W) uint8.
+        image: An image file, or an array (H, W, 3) / (H, W) of numbers (uint8 0..255 as read from files; the
+            values are scaled as the training scaled them).
 
     Raises:
-        DataError: Unreadable image, or ``loaded`` is not a 2D image model.
+        TypeError: ``image`` is neither a path nor a numpy array.
+        DataError: Unreadable image, a folder, an empty array, an array that holds no numbers (object, string,
+            bool dtypes) or NaN/Inf, a shape that is no image, or ``loaded`` is not a 2D image model.
     """
     if loaded.kind.segments_volumes:
         raise DataError(
@@ -45,9 +48,13 @@ def predict_image_classes(loaded: LoadedModel, image: str | Path | np.ndarray) -
         )
     pre = loaded.preprocessing
     if isinstance(image, np.ndarray):
-        array, where = np.asarray(image), "array"
-    else:
+        array, where = check_image_array(image), "array"
+    elif isinstance(image, (str, Path)):
+        if Path(image).is_dir():
+            raise DataError(f"{image}: is a folder; give one image file (medseg predict handles folders)")
         array, where = read_image(Path(image), mode="RGB" if pre["color"] == "rgb" else "L"), str(image)
+    else:
+        raise TypeError(f"image: expected a path (str or pathlib.Path) or a numpy array, got {type(image).__name__}")
     array = _channels(array, pre["color"], where)
     h, w = array.shape[:2]
     x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()[None] * float(pre["scale"])
@@ -74,7 +81,33 @@ def _forward(loaded: LoadedModel, x: torch.Tensor) -> torch.Tensor:
     return out / len(flips)
 
 
+def check_image_array(array: np.ndarray, where: str = "array") -> np.ndarray:
+    """Refuse an array that is no 2D image: empty, not numbers, NaN/Inf, or not (H, W) / (H, W, C).
+
+    Example:
+        >>> check_image_array(np.zeros((0, 0, 3), np.uint8))
+        Traceback (most recent call last):
+        ...
+        medseg.errors.DataError: array: empty image (shape (0, 0, 3)); expected (H, W) or (H, W, 3) with H, W >= 1
+
+    Raises:
+        DataError: Naming ``where``, what was found and what is allowed.
+    """
+    if array.dtype.kind not in "iuf":
+        raise DataError(f"{where}: dtype {array.dtype} holds no pixel values; allowed: integer dtypes (uint8 "
+                        "0..255 as image files give) or float dtypes")
+    if array.ndim not in (2, 3):
+        raise DataError(f"{where}: shape {array.shape} is not a 2D image; expected (H, W) or (H, W, 3)")
+    if array.size == 0:
+        raise DataError(f"{where}: empty image (shape {array.shape}); expected (H, W) or (H, W, 3) with H, W >= 1")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise DataError(f"{where}: holds NaN or infinite values; pixel values must be finite")
+    return array
+
+
 def _channels(array: np.ndarray, color: str, source: str) -> np.ndarray:
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
     if color == "rgb":
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=-1)

@@ -12,7 +12,7 @@ from typing import Union
 
 import numpy as np
 
-from medseg.errors import DataError
+from medseg.errors import ConfigError, DataError
 from medseg.io.volume import Volume
 from medseg.prediction.image import predict_image_classes
 from medseg.prediction.loaded import LoadedModel
@@ -30,7 +30,7 @@ class Predictor(LoadedModel):
     Build it with :meth:`from_checkpoint` (see :class:`~medseg.prediction.loaded.LoadedModel` for the fields).
     """
 
-    def predict(self, source: str | Path | np.ndarray | Volume) -> Prediction:
+    def predict(self, source: str | Path | np.ndarray | Volume, *, series_uid: str | None = None) -> Prediction:
         """Segment one input with this model.
 
         Args:
@@ -38,18 +38,32 @@ class Predictor(LoadedModel):
                 numpy array of the image's size). For a volume model (3D, or 2D slice-wise), a
                 NIfTI/MHA/NRRD file, a DICOM series folder or a :class:`~medseg.io.volume.Volume`
                 (returns a label-map ``Volume`` on the input's grid).
+            series_uid: Volume models: the series to read from a DICOM folder holding several (``medseg inspect
+                FOLDER`` or :func:`~medseg.io.dicom.list_series` lists them).
 
         Raises:
+            TypeError: ``source`` is none of the types above.
             DataError: The source does not suit this kind of model, or cannot be read.
+            ConfigError: ``series_uid`` with an image model, or with a file or ``Volume`` (it chooses a series
+                of a DICOM folder).
         """
+        if not isinstance(source, (str, Path, np.ndarray, Volume)):
+            raise TypeError(f"source: expected a path (str or pathlib.Path), a numpy array or a medseg.Volume, got "
+                            f"{type(source).__name__}")
+        if series_uid is not None and not isinstance(series_uid, str):
+            raise TypeError(f"series_uid: expected a str (a DICOM SeriesInstanceUID) or None, got "
+                            f"{type(series_uid).__name__}")
         if not self.kind.segments_volumes:
+            if series_uid is not None:
+                raise ConfigError(f"series_uid: got {series_uid!r} but {self.source} is a {self.kind.value} model "
+                                  "(2D images); series_uid chooses a DICOM series for volume models only")
             if isinstance(source, Volume):
                 raise DataError(f"{self.source}: a 2D image model cannot segment a Volume; give an image")
             return self.predict_image(source)
         if isinstance(source, np.ndarray):
             raise DataError(f"{self.source}: a {self.kind.value} model segments volumes; wrap the array in a "
                             "medseg.Volume with its affine, or give a file or DICOM folder")
-        return predict_volume(self, source)
+        return predict_volume(self, source, series_uid=series_uid)
 
     def predict_image(self, image: str | Path | np.ndarray) -> np.ndarray:
         """Segment one 2D image; returns a mask of the image's size in the original gray values.
@@ -58,7 +72,9 @@ class Predictor(LoadedModel):
             image: An image file, or an array (H, W, 3) / (H, W) uint8.
 
         Raises:
-            DataError: Unreadable image, or this checkpoint is not a 2D image model.
+            TypeError: ``image`` is neither a path nor a numpy array.
+            DataError: Unreadable image, a folder, an empty or non-numeric array, or this checkpoint is not a 2D
+                image model.
         """
         return np.asarray(self.labels.to_values(self.predict_image_classes(image)))
 

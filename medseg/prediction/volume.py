@@ -26,8 +26,8 @@ import numpy as np
 import medseg
 from medseg.atomic import write_json_atomic
 from medseg.data.volume_preprocessing import VolumePreprocessor
-from medseg.errors import CheckpointError, DataError
-from medseg.io.dicom import list_series
+from medseg.errors import CheckpointError, ConfigError, DataError
+from medseg.io.dicom import SeriesInfo, list_series
 from medseg.io.images import IMAGE_SUFFIXES
 from medseg.io.volume import VOLUME_SUFFIXES, Volume, volume_case_name
 from medseg.io.volume_io import read_volume, write_label_map
@@ -59,18 +59,31 @@ def _check_volume_model(loaded: LoadedModel, what: str) -> None:
 
 
 def read_input_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
-    """Read a volume input, refusing 2D image files with a clear message.
+    """Read a volume input, refusing 2D image files and folders of volume files with a clear message.
 
     Raises:
-        DataError: A 2D image file, or anything :func:`~medseg.io.volume_io.read_volume` refuses.
+        DataError: A 2D image file, a folder of volume files (cases for :func:`predict_volumes`, not one
+            volume), or anything :func:`~medseg.io.volume_io.read_volume` refuses.
+        ConfigError: ``series_uid`` given with a file.
     """
     path = Path(path)
+    if series_uid is not None and path.is_file():
+        raise ConfigError(f"series_uid: got {series_uid!r} but {path} is a file; series_uid chooses a series of a "
+                          "DICOM folder (allowed with a folder only)")
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES + (".gif",):
         raise DataError(
             f"{path}: is a 2D image but this checkpoint segments 3D volumes (NIfTI/MHA/NRRD files or DICOM "
             "series folders); use a checkpoint trained with data.kind images2d for 2D images"
         )
-    return read_volume(path, series_uid=series_uid)
+    try:
+        return read_volume(path, series_uid=series_uid)
+    except DataError:
+        if path.is_dir() and _volume_files(path) and not any(s.usable for s in list_series(path)):
+            raise DataError(
+                f"{path}: a folder of volume files, not one DICOM series; give one file, or use predict_paths / "
+                "`medseg predict` for a folder of cases"
+            ) from None
+        raise
 
 
 def predict_classes(loaded: LoadedModel, volume: Volume) -> np.ndarray:
@@ -104,10 +117,14 @@ def predict_volume(loaded: LoadedModel, source: str | Path | Volume, *, series_u
         A :class:`~medseg.io.volume_io.Volume` of label values (``meta["classes"]``: class indices array).
 
     Raises:
-        DataError: A 2D-image checkpoint, a 2D image input, or an unreadable volume.
+        DataError: A 2D-image checkpoint, a 2D image input, a folder of volume files, or an unreadable volume.
+        ConfigError: ``series_uid`` given with a file or a ``Volume``.
     """
     what = str(source.meta.get("path", "<volume>")) if isinstance(source, Volume) else str(source)
     _check_volume_model(loaded, what)
+    if isinstance(source, Volume) and series_uid is not None:
+        raise ConfigError(f"series_uid: got {series_uid!r} with a Volume; it chooses a series of a DICOM folder "
+                          "(allowed with a folder only)")
     volume = source if isinstance(source, Volume) else read_input_volume(source, series_uid=series_uid)
     classes = predict_classes(loaded, volume)
     values = np.asarray(loaded.labels.to_values(classes))
@@ -121,32 +138,60 @@ def _is_dicom_candidate(path: Path) -> bool:
         VOLUME_SUFFIXES + IMAGE_SUFFIXES + (".json", ".txt", ".md", ".csv", ".gif"))
 
 
-def _dicom_cases(folder: Path, name: str) -> list[VolumeCase]:
-    usable = [s for s in list_series([p for p in sorted(folder.iterdir()) if _is_dicom_candidate(p)]) if s.usable]
-    if not usable:
-        raise DataError(f"{folder}: no usable DICOM volume series (see `medseg inspect {folder}`)")
+def _volume_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if not p.name.startswith(".") and p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
+
+
+def _dicom_series(folder: Path) -> list[SeriesInfo] | None:
+    """The DICOM image series among the folder's own files (usable first); None when no file could be DICOM."""
+    candidates = [p for p in sorted(folder.iterdir()) if _is_dicom_candidate(p)]
+    return list_series(candidates) if candidates else None
+
+
+def _dicom_cases(folder: Path, series: list[SeriesInfo]) -> list[VolumeCase]:
+    """One case per usable series: named after the folder, or ``<folder>_01``, ``_02`` ... for several."""
+    usable = [s for s in series if s.usable]
     if len(usable) == 1:
-        return [VolumeCase(name, folder, usable[0].series_uid)]
-    return [VolumeCase(f"{name}_{i + 1:02d}", folder, s.series_uid) for i, s in enumerate(usable)]
+        return [VolumeCase(folder.name, folder, usable[0].series_uid)]
+    return [VolumeCase(f"{folder.name}_{i + 1:02d}", folder, s.series_uid) for i, s in enumerate(usable)]
 
 
 def find_volume_cases(inputs: Sequence[Path]) -> list[VolumeCase]:
-    """Cases among the inputs: volume files; DICOM folders (one case per usable series); folders of
-    volume files (one case each) and of DICOM series sub-folders (one case per series).
+    """Cases among the inputs: volume files, and what each folder holds.
+
+    A folder's cases are all of these, in this order:
+
+    * the usable DICOM series among its own files: one case named after the folder, or ``<folder>_01``,
+      ``<folder>_02`` ... for several (in the order :func:`~medseg.io.dicom.list_series` gives);
+    * each volume file in it (``.nii.gz`` ...), named after the file;
+    * the usable DICOM series among the files of each sub-folder, named after the sub-folder as above.
+
+    A folder counts as a DICOM series folder only through the usable series its files hold, so one stray file
+    (a ``LICENSE``, a DICOM-SEG or report beside a series sub-folder) neither hides the volume files and series
+    sub-folders beside it nor makes a case. DICOM images that form no usable volume (a single slice, a gap) are
+    skipped with a warning, or refused (naming the folder) when the input yields no case at all. Two cases with
+    one name (``ct.nii.gz`` beside a sub-folder ``ct``) are refused, as each would write ``<name>.nii.gz``.
+
+    Example:
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> for name in ("a.nii.gz", "b.mha", "LICENSE"):
+        ...     _ = (Path(tmp.name) / name).write_bytes(b"")
+        >>> [(c.name, c.source.name) for c in find_volume_cases([Path(tmp.name)])]
+        [('a', 'a.nii.gz'), ('b', 'b.mha')]
+        >>> tmp.cleanup()
 
     Raises:
-        DataError: A missing input, a folder with nothing to segment, or two cases with one output name.
+        DataError: A missing input, a folder with nothing to segment (DICOM files there but no usable series
+            is said so), or two cases with one output name.
     """
     cases: list[VolumeCase] = []
     for src in (Path(p) for p in inputs):
         if src.is_file():
             cases.append(VolumeCase(volume_case_name(src), src))
         elif src.is_dir():
-            found = _folder_cases(src)
-            if not found:
-                raise DataError(f"{src}: nothing to segment (no {', '.join(VOLUME_SUFFIXES)} files, DICOM files "
-                                "or DICOM series sub-folders)")
-            cases += found
+            cases += _folder_cases(src)
         else:
             raise DataError(f"{src}: input does not exist")
     check_unique_names(cases)
@@ -154,14 +199,28 @@ def find_volume_cases(inputs: Sequence[Path]) -> list[VolumeCase]:
 
 
 def _folder_cases(folder: Path) -> list[VolumeCase]:
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    if any(_is_dicom_candidate(p) for p in entries):
-        return _dicom_cases(folder, folder.name)
-    cases = [VolumeCase(volume_case_name(p), p) for p in entries
-             if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES)]
-    for sub in (p for p in entries if p.is_dir()):
-        if any(_is_dicom_candidate(p) for p in sub.iterdir()):
-            cases += _dicom_cases(sub, sub.name)
+    cases: list[VolumeCase] = []
+    no_volume: list[Path] = []  # DICOM images there, but they form no usable volume series
+    own_dicom = False  # files in the folder itself that could be DICOM (perhaps only stray files)
+    for where in [folder, *sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))]:
+        series = _dicom_series(where)
+        if where == folder:
+            own_dicom = series is not None
+        if series and any(s.usable for s in series):
+            cases += _dicom_cases(where, series)
+        elif series:
+            no_volume.append(where)
+        if where == folder:
+            cases += [VolumeCase(volume_case_name(p), p) for p in _volume_files(folder)]
+    if not cases and (no_volume or own_dicom):
+        where = no_volume[0] if no_volume else folder
+        raise DataError(f"{where}: no usable DICOM volume series (see `medseg inspect {where}`)")
+    if not cases:
+        raise DataError(f"{folder}: nothing to segment (no {', '.join(VOLUME_SUFFIXES)} files, DICOM files "
+                        "or DICOM series sub-folders)")
+    for where in no_volume:
+        log.warning("%s: DICOM images that form no usable volume series, skipped (see `medseg inspect %s`)",
+                    where, where)
     return cases
 
 
