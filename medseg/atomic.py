@@ -57,6 +57,11 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def folder_mode() -> int:
+    """The mode a plain ``mkdir`` would give: 0o777 less the umask (``tempfile.mkdtemp``'s folders are 0o700)."""
+    return 0o777 & ~_umask()
+
+
 def _file_mode() -> int:
     """The mode a plain ``open(path, "w")`` would give: 0o666 less the umask (mkstemp's files are 0o600)."""
     return 0o666 & ~_umask()

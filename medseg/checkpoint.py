@@ -126,6 +126,9 @@ def _check_container(path: Path) -> None:
             bad = zf.testzip()  # torch.load does not check the CRCs, so a flipped bit would load silently
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):
         return  # unreadable as a zip after all: torch.load reports it
+    if any(name.endswith("/constants.pkl") for name in names):
+        raise CheckpointError(f"{path}: is an exported TorchScript model; give a run folder, a .pt checkpoint saved "
+                              "by medseg train, or an exported .onnx")
     if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (a zip archive without the data.pkl entry that "
                               f"torch.save writes; it holds {len(names)} entries)")

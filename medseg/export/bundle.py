@@ -52,6 +52,7 @@ import torch
 
 import medseg
 import medseg.export.bundle_transforms as bundle_transforms
+from medseg.atomic import folder_mode
 from medseg.config.kinds import DataKind
 from medseg.data.volume_preprocessing import slice_axis_index
 from medseg.dtypes import NIFTI_LABEL_DTYPES, smallest_int_dtype
@@ -112,6 +113,7 @@ def export_bundle(loaded: LoadedModel, folder: Path, *, overwrite: bool = False,
     build = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
         result = _write(loaded, build, check=check, name=str(folder))
+        os.chmod(build, folder_mode())
         _replace(build, folder)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)

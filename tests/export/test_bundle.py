@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +126,9 @@ def test_bundle_layout_and_metadata(ckpt3d, tmp_path):
     result = runner.invoke(app, ["export", str(ckpt3d), "-o", str(bundle), "--format", "bundle"])
     assert result.exit_code == 0, result.output
     assert "max abs diff vs PyTorch 0 on a 1x2x16x16x16 input" in result.output  # same class, same weights
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o777 & ~umask  # readable like a plain mkdir, not mkdtemp's 0700
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     for key in ("version", "monai_version", "pytorch_version", "numpy_version", "name", "task", "description"):
         assert isinstance(meta[key], str) and meta[key], key

@@ -26,7 +26,7 @@ from medseg.config import validate_config
 from medseg.data.synthetic.polyp import make_polyp_dataset
 from medseg.data.synthetic.spine import make_spine_dataset
 from medseg.data.volume_preprocessing import VolumePreprocessor
-from medseg.errors import DependencyError, ExportError, OutputExistsError
+from medseg.errors import CheckpointError, DependencyError, ExportError, OutputExistsError
 from medseg.export import export_model
 from medseg.export.bundle import export_bundle
 from medseg.export.torchscript import read_torchscript_metadata
@@ -251,6 +251,8 @@ def test_torchscript_round_trip(which, ckpt2d, ckpt3d, kvasir, shared_data, tmp_
     scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
     meta = parse_model_metadata(files["medseg.json"], str(path))
     assert meta == parse_model_metadata(read_torchscript_metadata(path), str(path))
+    with pytest.raises(CheckpointError, match=r"model\.ts: is an exported TorchScript model; give a run folder"):
+        load_checkpoint(path)  # predict and export take checkpoints, not their own TorchScript output
     ckpt_payload = load_checkpoint(ckpt)
     assert meta["labels"]["classes"] == ckpt_payload["labels"]["classes"]
     assert meta["preprocessing"] == ckpt_payload["preprocessing"] and meta["export"]["format"] == "torchscript"
