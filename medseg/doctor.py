@@ -59,8 +59,12 @@ _SHOWN = 8
 
 #: Optional parts: reported with their version, or as "not installed".
 OPTIONAL: tuple[Package, ...] = (
-    Package("onnxruntime", "onnxruntime", "onnxruntime"),
-    Package("tensorboard", "tensorboard", "tensorboard"),
+    Package("onnxruntime", "onnxruntime", "onnxruntime"),  # predict on .onnx (extra: onnx)
+    Package("onnx", "onnx", "onnx"),  # export --format onnx (extra: onnx)
+    Package("onnxscript", "onnxscript", "onnxscript"),  # PyTorch's ONNX exporter (extra: onnx)
+    Package("pytorch-ignite", "ignite", "pytorch-ignite"),  # running an exported bundle (extra: bundle)
+    Package("fire", "fire", "fire"),  # python -m monai.bundle run (extra: bundle)
+    Package("tensorboard", "tensorboard", "tensorboard"),  # train.tensorboard (extra: tensorboard)
 )
 
 #: Syntaxes every DICOM folder of the default pipelines may use: missing decoders for these fail the check.
@@ -146,7 +150,7 @@ class DoctorReport:
         """The report on one screen (about 30 lines), as ``medseg doctor`` prints it."""
         lines = [f"medseg {self.medseg_version}", f"{'python':<13}{self.python_version}  {self.python_executable}"]
         shown = [p for p in self.packages if p.required][:_SHOWN] + [p for p in self.packages if not p.required]
-        cells = [f"{p.name:<13}{p.version or 'not installed (pip install ' + p.pip + ')'}" for p in shown]
+        cells = [f"{p.name + ' ':<13}{p.version or 'not installed (pip install ' + p.pip + ')'}" for p in shown]
         width = max(31, *(len(cell) + 2 for cell in cells[::2]))
         pairs = zip(cells[::2], cells[1::2] + [""] * (len(cells) % 2), strict=True)
         lines += [f"{left:<{width}}{right}".rstrip() for left, right in pairs]
