@@ -23,7 +23,6 @@ from typer.testing import CliRunner
 from medseg.checkpoint import load_checkpoint
 from medseg.cli.main import app
 from medseg.config import validate_config
-from medseg.data.synthetic.polyp import make_polyp_dataset
 from medseg.data.synthetic.spine import make_spine_dataset
 from medseg.data.volume_preprocessing import VolumePreprocessor
 from medseg.errors import CheckpointError, DependencyError, ExportError, OutputExistsError
@@ -46,17 +45,9 @@ CLASSES_3D = [{"name": "background", "values": [0]}] + [{"name": f"v{v}", "value
 
 # ------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def ckpt2d(tmp_path_factory) -> Path:
-    """A tiny images2d UNet trained one epoch on 6 synthetic polyp images."""
-    tmp = tmp_path_factory.mktemp("export2d")
-    data = make_polyp_dataset(tmp / "data", n=6, size=(32, 32), seed=1)
-    cfg = validate_config({
-        "data": {"kind": "images2d", "root": str(data), "image_size": [32, 32], "val_fraction": 0.34,
-                 "labels": {"classes": {0: "background", 255: "polyp"}, "tolerance": 20}},
-        "model": {"spatial_dims": 2, "channels": [4, 8], "strides": [2], "num_res_units": 0},
-        "train": {"max_epochs": 1, "batch_size": 2, "device": "cpu", "preview_samples": 0},
-    })
-    return train(cfg, run_dir=tmp / "run", progress=False).last_checkpoint
+def ckpt2d(ckpt2d: tuple[Path, Path]) -> Path:
+    """The shared tiny images2d checkpoint (tests/conftest.py), without its images."""
+    return ckpt2d[0]
 
 
 def _spine_config(root: Path, **model) -> dict:

@@ -7,7 +7,6 @@ Unit tests of :func:`apply_infer_overrides` / :func:`parse_roi_size`, then the s
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,15 +14,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medseg.cli.main import app
-from medseg.config import validate_config
 from medseg.config.kinds import DataKind
 from medseg.config.schema import InferConfig
-from medseg.data.synthetic.polyp import make_polyp_dataset
-from medseg.data.synthetic.spine import make_spine_dataset
 from medseg.errors import ConfigError
 from medseg.prediction.predictor import Predictor
 from medseg.prediction.settings import MAX_ROI, apply_infer_overrides, parse_roi_size
-from medseg.training.loop import train
 
 V3, S2, I2 = DataKind.VOLUMES3D, DataKind.SLICES2D, DataKind.IMAGES2D
 runner = CliRunner()
@@ -259,34 +254,6 @@ def test_huge_int_overlap_is_a_config_error(value):
 
 
 # ------------------------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def ckpt2d(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny images2d UNet trained one epoch on 6 synthetic polyp images (a few seconds), and its images."""
-    tmp = tmp_path_factory.mktemp("settings2d")
-    data = make_polyp_dataset(tmp / "data", n=6, size=(32, 32), seed=1)
-    cfg = validate_config({
-        "data": {"kind": "images2d", "root": str(data), "image_size": [32, 32], "val_fraction": 0.34,
-                 "labels": {"classes": {0: "background", 255: "polyp"}, "tolerance": 20}},
-        "model": {"spatial_dims": 2, "channels": [4, 8], "strides": [2], "num_res_units": 0},
-        "train": {"max_epochs": 1, "batch_size": 2, "device": "cpu", "preview_samples": 0},
-    })
-    return train(cfg, run_dir=tmp / "run", progress=False).last_checkpoint, data / "images"
-
-
-@pytest.fixture(scope="module")
-def ckpt3d(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny volumes3d UNet trained one epoch on 2 small synthetic spine phantoms (about a second)."""
-    tmp = tmp_path_factory.mktemp("settings3d")
-    root = make_spine_dataset(tmp / "data", n_cases=2, shape=(24, 24, 32), spacing=(3.0, 3.0, 3.0), n_vertebrae=3)
-    classes = [{"name": "background", "values": [0]}] + [{"name": f"v{v}", "values": [v]} for v in (26, 27, 28)]
-    cfg = validate_config({
-        "data": {"kind": "volumes3d", "root": str(root), "images_dir": "imagesTr", "masks_dir": "labelsTr",
-                 "val_fraction": 0.5, "labels": {"classes": classes}, "windows": ["bone"],
-                 "spacing_mm": [6.0, 6.0, 6.0], "patch_size": [16, 16, 16], "samples_per_volume": 1},
-        "model": {"spatial_dims": 3, "channels": [4, 8], "strides": [2], "num_res_units": 0},
-        "train": {"max_epochs": 1, "batch_size": 1, "device": "cpu", "preview_samples": 0},
-    })
-    return train(cfg, run_dir=tmp / "run", progress=False).last_checkpoint, root / "imagesTr"
 
 
 def _refused(args: list[str]) -> str:

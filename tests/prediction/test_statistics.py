@@ -12,10 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg.cli.main import app
-from medseg.config import validate_config
 from medseg.data.labels import LabelMap
-from medseg.data.synthetic.polyp import make_polyp_dataset
-from medseg.data.synthetic.spine import make_spine_dataset
 from medseg.errors import DataError
 from medseg.io.images import read_image, read_mask
 from medseg.io.volume import Volume
@@ -28,7 +25,6 @@ from medseg.prediction.statistics import (
     structure_statistics,
 )
 from medseg.prediction.statistics_table import read_statistics_csv
-from medseg.training.loop import train
 
 runner = CliRunner()
 
@@ -179,20 +175,6 @@ def test_real_ct_vertebrae_agree_with_simpleitk(shared_data):
 
 
 # ------------------------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def ckpt3d(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny volumes3d UNet trained one epoch on 2 small synthetic spine phantoms (about a second)."""
-    tmp = tmp_path_factory.mktemp("stats3d")
-    root = make_spine_dataset(tmp / "data", n_cases=2, shape=(24, 24, 32), spacing=(3.0, 3.0, 3.0), n_vertebrae=3)
-    classes = [{"name": "background", "values": [0]}] + [{"name": f"v{v}", "values": [v]} for v in (26, 27, 28)]
-    cfg = validate_config({
-        "data": {"kind": "volumes3d", "root": str(root), "images_dir": "imagesTr", "masks_dir": "labelsTr",
-                 "val_fraction": 0.5, "labels": {"classes": classes}, "windows": ["bone"],
-                 "spacing_mm": [6.0, 6.0, 6.0], "patch_size": [16, 16, 16], "samples_per_volume": 1},
-        "model": {"spatial_dims": 3, "channels": [4, 8], "strides": [2], "num_res_units": 0},
-        "train": {"max_epochs": 1, "batch_size": 1, "device": "cpu", "preview_samples": 0},
-    })
-    return train(cfg, run_dir=tmp / "run", progress=False).last_checkpoint, root / "imagesTr"
 
 
 def _sidecar_rows(out: Path) -> list[dict]:
@@ -267,20 +249,6 @@ def test_unusable_sidecar_fails_its_case_with_one_line(ckpt3d, tmp_path):
     assert "Traceback" not in result.output
     assert f"{victim}: its 'statistics' section does not hold the fields this medseg writes" in result.output
     assert len(read_statistics_csv(out / "statistics.csv")) == 3  # the other case is still in the table
-
-
-@pytest.fixture(scope="module")
-def ckpt2d(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny images2d UNet trained one epoch on 6 synthetic polyp images (a few seconds), and its images."""
-    tmp = tmp_path_factory.mktemp("stats2d")
-    data = make_polyp_dataset(tmp / "data", n=6, size=(32, 32), seed=1)
-    cfg = validate_config({
-        "data": {"kind": "images2d", "root": str(data), "image_size": [32, 32], "val_fraction": 0.34,
-                 "labels": {"classes": {0: "background", 255: "polyp"}, "tolerance": 20}},
-        "model": {"spatial_dims": 2, "channels": [4, 8], "strides": [2], "num_res_units": 0},
-        "train": {"max_epochs": 1, "batch_size": 2, "device": "cpu", "preview_samples": 0},
-    })
-    return train(cfg, run_dir=tmp / "run", progress=False).last_checkpoint, data / "images"
 
 
 def test_cli_statistics_for_2d_images(ckpt2d, tmp_path):
