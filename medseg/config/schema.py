@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -120,7 +120,7 @@ class DataConfig(Strict):
         ("Slice", "Labels_slice"), description="For pairing=replace: token in the image name -> token in the mask name."
     )
     pair_list: Path | None = Field(None, description="For pairing=list: file with 'image,mask' lines.")
-    strict: bool = Field(
+    strict: StrictBool = Field(
         True, description="Refuse images without mask, masks without image and bad pair-list lines "
         "(false: skip them with a warning)."
     )

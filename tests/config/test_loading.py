@@ -139,3 +139,10 @@ def test_validate_config_from_dict():
 def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     assert cfg.data.root.is_absolute()
+
+
+@pytest.mark.parametrize("value", ["1", "0", "'true'", "'off'", "1.0"])
+def test_data_strict_takes_booleans_only(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"data\.strict \(line 3\): Input should be a valid boolean"):
+        load_config(_write(tmp_path, f"data:\n  root: x\n  strict: {value}\n"))
+    assert load_config(_write(tmp_path, "data:\n  root: x\n  strict: false\n")).data.strict is False
