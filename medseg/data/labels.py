@@ -23,9 +23,8 @@ import numpy as np
 import torch
 from monai.utils import convert_to_dst_type
 
-from medseg.config.schema import LabelsConfig
 from medseg.dtypes import smallest_int_dtype
-from medseg.errors import CheckpointError, DataError
+from medseg.errors import DataError
 
 __all__ = ["LabelClass", "LabelMap", "mask_to_single_channel"]
 
@@ -370,39 +369,3 @@ def _nearest(values: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.nd
     d_left, d_right = np.abs(values - palette[left]), np.abs(values - palette[right])
     use_right = d_right < d_left
     return np.where(use_right, palette[right], palette[left]), np.where(use_right, d_right, d_left)
-
-
-def labels_from_checkpoint(checkpoint: Mapping[str, Any]) -> LabelMap:
-    """The label map stored in a checkpoint loaded by :func:`medseg.checkpoint.load_checkpoint`.
-
-    The one place a checkpoint's ``labels`` entry is parsed (prediction, evaluation and resumed training use it).
-
-    Raises:
-        CheckpointError: The entry is missing or malformed, naming the checkpoint file.
-
-    Example:
-        >>> labels_from_checkpoint({"labels": {"classes": [{"name": "background", "values": [0]},
-        ...                                                {"name": "polyp", "values": [255]}]}}).names
-        ['background', 'polyp']
-    """
-    where = checkpoint.get("path", "checkpoint")
-    try:
-        return LabelMap.from_dict(checkpoint["labels"])
-    except (TypeError, ValueError, KeyError) as err:
-        reason = " ".join(str(err).split())[:200] or type(err).__name__
-        raise CheckpointError(f"{where}: checkpoint entry 'labels' is malformed: {reason}") from None
-
-
-def label_map_from_config(cfg: LabelsConfig) -> LabelMap | None:
-    """The label map of ``data.labels.classes``, or None when the values are to be discovered from the masks.
-
-    Example:
-        >>> from medseg.config.schema import LabelsConfig
-        >>> label_map_from_config(LabelsConfig(classes={0: "background", 255: "polyp"})).names
-        ['background', 'polyp']
-        >>> label_map_from_config(LabelsConfig()) is None
-        True
-    """
-    if cfg.classes is None:
-        return None
-    return LabelMap.from_classes([(c.name, list(c.values)) for c in cfg.classes], unlisted=cfg.unlisted)

@@ -19,7 +19,8 @@ import numpy as np
 
 from medseg.atomic import write_json_atomic, write_text_atomic
 from medseg.data.label_discovery import discover_label_map
-from medseg.data.labels import LabelMap, labels_from_checkpoint, mask_to_single_channel
+from medseg.data.label_sources import labels_from_checkpoint
+from medseg.data.labels import LabelMap, mask_to_single_channel
 from medseg.errors import ConfigError, DataError, OutputExistsError
 from medseg.io.images import IMAGE_SUFFIXES, read_mask
 from medseg.metrics.case_metrics import CLASS_METRICS, compute_case_metrics, summarize

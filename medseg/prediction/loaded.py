@@ -18,7 +18,8 @@ from medseg.checkpoint import load_checkpoint
 from medseg.config.kinds import DataKind
 from medseg.config.loading import validate_config
 from medseg.config.schema import ExperimentConfig, InferConfig
-from medseg.data.labels import LabelMap, labels_from_checkpoint
+from medseg.data.label_sources import labels_from_checkpoint
+from medseg.data.labels import LabelMap
 from medseg.device import resolve_device
 from medseg.errors import CheckpointError, ConfigError
 from medseg.models.factory import build_model

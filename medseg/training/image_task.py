@@ -14,7 +14,8 @@ from medseg.config.schema import ExperimentConfig
 from medseg.data.augmentation import BatchAugment
 from medseg.data.image_dataset import ImageMaskDataset, read_mask_gray
 from medseg.data.label_discovery import discover_label_map
-from medseg.data.labels import LabelMap, label_map_from_config
+from medseg.data.label_sources import label_map_from_config
+from medseg.data.labels import LabelMap
 from medseg.data.pairing import find_pairs_from_config
 from medseg.data.splits import split_for_run
 from medseg.metrics.case_metrics import compute_case_metrics

@@ -24,14 +24,15 @@ from medseg.atomic import write_json_atomic
 from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.config.loading import config_to_dict, save_config
 from medseg.config.schema import ExperimentConfig
-from medseg.data.labels import LabelMap, labels_from_checkpoint
+from medseg.data.label_sources import labels_from_checkpoint
+from medseg.data.labels import LabelMap
 from medseg.device import resolve_device
 from medseg.errors import MedsegError
 from medseg.losses.factory import build_loss
 from medseg.metrics.case_metrics import summarize
 from medseg.models.factory import build_model
-from medseg.progress import progress_bar
 from medseg.seeds import epoch_seed, seed_everything
+from medseg.training.epoch import run_epoch
 from medseg.training.optim import EpochScheduler, build_optimizer
 from medseg.training.plots import plot_curves, plot_preview
 from medseg.training.run_folder import RunLock, prepare_run_dir, read_log
@@ -247,7 +248,7 @@ def _train_and_validate(run: _Run, epoch: int, progress: bool) -> dict[str, Any]
     cfg = run.cfg
     seed_everything(epoch_seed(cfg.train.seed, epoch))
     lr = run.scheduler.start_epoch(epoch)
-    rec = _run_epoch(run.model, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg, epoch, progress)
+    rec = run_epoch(run.model, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg, epoch, progress)
     rec["lr"] = lr
     if (epoch + 1) % cfg.train.val_every == 0 or epoch == cfg.train.max_epochs - 1:
         t0 = time.perf_counter()
@@ -291,90 +292,6 @@ def _end_epoch(run: _Run, rec: dict[str, Any], epoch: int, writer: Any) -> None:
             if isinstance(value, int | float) and key != "epoch":
                 writer.add_scalar(key, value, epoch)
     log.info(_epoch_line(rec, run.cfg.train.max_epochs))
-
-
-def _run_epoch(
-    model: torch.nn.Module, task: Task, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler, device: torch.device, cfg: ExperimentConfig, epoch: int, progress: bool,
-) -> dict[str, Any]:
-    model.train()
-    loader = task.train_loader(epoch)
-    steps = len(loader) if cfg.train.steps_per_epoch is None else min(len(loader), cfg.train.steps_per_epoch)
-    k = task.labels.num_classes
-    tp, fp, fn = (torch.zeros(k, dtype=torch.float64) for _ in range(3))
-    total_loss, n_items, t_data, t_compute = 0.0, 0, 0.0, 0.0
-    t_start = time.perf_counter()
-    t_mark = t_start
-    with progress_bar(f"epoch {epoch + 1}/{cfg.train.max_epochs}", steps, enabled=progress) as advance:
-        for step, batch in enumerate(loader):
-            if step >= steps:
-                break
-            image = batch["image"].to(device, non_blocking=True)
-            label = batch["label"].to(device, non_blocking=True)
-            image, label = task.augment_batch(image, label, epoch, step)
-            t_ready = time.perf_counter()
-            t_data += t_ready - t_mark
-            loss_value, logits = _train_step(model, loss_fn, optimizer, scaler, image, label, cfg.train.grad_clip)
-            if not math.isfinite(loss_value):
-                raise MedsegError(
-                    f"training diverged at epoch {epoch + 1}, step {step + 1}: loss is {loss_value}; "
-                    "lower train.lr or enable train.grad_clip"
-                )
-            with torch.no_grad():
-                pred = logits.argmax(1).flatten().cpu()
-                truth = label.flatten().cpu()
-                _confusion(pred, truth, k, tp, fp, fn)
-            total_loss += loss_value * image.shape[0]
-            n_items += image.shape[0]
-            t_mark = time.perf_counter()
-            t_compute += t_mark - t_ready
-            advance(loss=loss_value)
-    fg = slice(1, None)
-    dice = (2 * tp / (2 * tp + fp + fn).clamp(min=1))[fg]
-    iou = (tp / (tp + fp + fn).clamp(min=1))[fg]
-    return {
-        "epoch": epoch + 1,
-        "train_loss": total_loss / max(1, n_items),
-        "train_dice": float(dice.mean()),
-        "train_iou": float(iou.mean()),
-        "steps": min(steps, len(loader)),
-        "epoch_time_s": time.perf_counter() - t_start,
-        "data_time_s": t_data,
-        "compute_time_s": t_compute,
-    }
-
-
-def _train_step(
-    model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-    image: torch.Tensor, label: torch.Tensor, grad_clip: float | None,
-) -> tuple[float, torch.Tensor]:
-    """One optimizer step (fp16 autocast and loss scaling when the scaler is on); returns (loss, logits).
-
-    A non-finite loss is returned before any gradient is applied, so the caller can stop with a clear message.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(image.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
-        logits = model(image)
-        loss = loss_fn(logits.float(), label)
-    loss_value = loss.detach().item()
-    if not math.isfinite(loss_value):
-        return loss_value, logits
-    scaler.scale(loss).backward()
-    if grad_clip is not None:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss_value, logits
-
-
-def _confusion(pred: torch.Tensor, truth: torch.Tensor, k: int, tp: torch.Tensor, fp: torch.Tensor,
-               fn: torch.Tensor) -> None:
-    cm = torch.bincount(truth * k + pred, minlength=k * k).reshape(k, k).double()
-    diag = cm.diagonal()
-    tp += diag
-    fp += cm.sum(0) - diag
-    fn += cm.sum(1) - diag
 
 
 def _val_record(val: dict[str, Any], labels: LabelMap) -> dict[str, Any]:

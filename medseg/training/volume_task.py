@@ -19,7 +19,8 @@ from medseg.config.kinds import DataKind
 from medseg.config.schema import ExperimentConfig
 from medseg.data.augmentation import build_train_transforms
 from medseg.data.label_discovery import discover_label_map
-from medseg.data.labels import LabelMap, label_map_from_config
+from medseg.data.label_sources import label_map_from_config
+from medseg.data.labels import LabelMap
 from medseg.data.pairing import find_pairs_from_config
 from medseg.data.splits import split_for_run
 from medseg.data.volume_dataset import PatchDataset, prepare_cases

@@ -27,7 +27,7 @@ from medseg.training.run_folder import RunLock
 WRAPPER = '''
 import os, sys
 from contextlib import contextmanager
-import medseg.training.loop as tr
+import medseg.training.epoch as tr
 
 _orig = tr.progress_bar
 
