@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medseg.errors import ConfigError, DataError
+from medseg.io.images import IMAGE_SUFFIXES
 from medseg.io.volume import VOLUME_SUFFIXES
 from medseg.prediction.cases import BatchReport
 from medseg.prediction.image import predict_images
@@ -34,7 +35,8 @@ def predict_paths(
     :mod:`medseg.prediction.statistics`).
 
     Raises:
-        DataError: A volume given to an image model (and everything the two batch functions refuse).
+        DataError: A volume given to an image model, a 2D image file given to a volume model (and everything
+            the two batch functions refuse).
         ConfigError: ``out_dir`` inside an input folder, or an output this kind of model cannot write
             (``overlay`` for a volume model, ``dicom_seg`` for an image model).
     """
@@ -53,5 +55,9 @@ def predict_paths(
                             "(images2d); use a checkpoint trained with data.kind volumes3d or slices2d")
         return predict_images(loaded, paths, out, overwrite=overwrite, overlay=overlay, statistics=statistics,
                               progress=progress)
+    images = [p for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if images:
+        raise DataError(f"{images[0]}: is a 2D image but checkpoint {loaded.source} segments volumes "
+                        f"({loaded.kind.value}); use a checkpoint trained with data.kind images2d for 2D images")
     return predict_volumes(loaded, paths, out, overwrite=overwrite, dicom_seg=dicom_seg, statistics=statistics,
                            progress=progress)

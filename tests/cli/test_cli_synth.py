@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -39,3 +40,12 @@ def test_synth_spine_layout(tmp_path):
 def test_synth_unknown_kind_exit_2(tmp_path):
     result = runner.invoke(app, ["synth", "bones", "-o", str(tmp_path / "x")])
     assert result.exit_code == 2 and "unknown 'bones'; choose from polyp, spine" in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--n", "-5"], "n: got -5; allowed a number of cases >= 1"),
+                                               (["--n", "0"], "n: got 0; allowed a number of cases >= 1"),
+                                               (["--seed", "-1"], "seed: got -1; allowed an integer >= 0")])
+def test_synth_bad_counts_are_one_line_exit_2(tmp_path, args, message):
+    result = runner.invoke(app, ["synth", "polyp", "-o", str(tmp_path / "x"), *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()

@@ -9,7 +9,7 @@ from medseg.checkpoint import save_checkpoint
 from medseg.config.kinds import DataKind
 from medseg.config.loading import config_to_dict, validate_config
 from medseg.data.labels import LabelMap
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, DataError
 from medseg.models.factory import build_model
 from medseg.prediction.batch import predict_paths
 from medseg.prediction.predictor import Predictor
@@ -79,4 +79,16 @@ def test_outputs_a_model_kind_cannot_write_are_refused(tmp_path, kind, option, p
                        torch.device("cpu"), kind, source="m.pt")
     with pytest.raises(ConfigError, match=pattern):
         predict_paths(loaded, [tmp_path], tmp_path / "out", **option)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_file_given_to_a_volume_model_is_refused_before_any_case(tmp_path):
+    cfg = validate_config({"data": {"root": str(tmp_path)}, "model": {"spatial_dims": 2}}, source="t")
+    loaded = Predictor(torch.nn.Identity(), cfg, LabelMap.from_mapping({0: "a", 1: "b"}), {}, cfg.infer,
+                       torch.device("cpu"), DataKind.VOLUMES3D, source="m.pt")
+    png = tmp_path / "x.png"
+    png.write_bytes(b"\x89PNG")
+    with pytest.raises(DataError, match=r"^.*x\.png: is a 2D image but checkpoint m\.pt segments volumes "
+                                        r"\(volumes3d\); use a checkpoint trained with data\.kind images2d"):
+        predict_paths(loaded, [png], tmp_path / "out")
     assert not (tmp_path / "out").exists()

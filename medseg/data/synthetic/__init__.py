@@ -31,12 +31,16 @@ def make_synthetic(kind: str, output: str | Path, *, n: int | None = None, seed:
         ``output`` as a path.
 
     Raises:
-        ConfigError: Unknown ``kind``.
+        ConfigError: Unknown ``kind``, ``n`` below 1 or a negative ``seed``.
         OutputExistsError: ``output`` already holds generated cases and not ``overwrite``.
     """
     from medseg.data.synthetic.polyp import make_polyp_dataset
     from medseg.data.synthetic.spine import make_spine_dataset
 
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(f"n: got {n!r}; allowed a number of cases >= 1 (or leave it out for the default)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed: got {seed!r}; allowed an integer >= 0")
     if kind == "polyp":
         return make_polyp_dataset(Path(output), n=n or 40, size=(192, 224), seed=seed, overwrite=overwrite)
     if kind == "spine":
