@@ -270,6 +270,31 @@ def synth(
 
 
 @app.command()
+def plan(
+    data_dir: Annotated[Path, typer.Argument(
+        help="Data set: imagesTr/ + labelsTr/ (nnU-Net raw) or images/ + masks/.")],
+    output: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--output", "-o",
+        help="Config to write (default: NAME-plan.yaml for a data set NAME); fingerprint.json beside it.",
+    )] = None,
+    device_memory: Annotated[str, typer.Option(
+        help="Memory to plan for: a GPU size such as 24GB, 'cpu' (8 GiB budget), or 'auto' (this machine).")] = "auto",
+    kind: Annotated[Optional[str], typer.Option(help="volumes3d or images2d (default: from the files).")] = None,  # noqa: UP045
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing config and fingerprint.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Fingerprint a data set and write a complete config for it, each chosen value with the reason."""
+    _logging(verbose, False)
+    with user_errors():
+        from medseg.planning.planner import plan_dataset
+
+        result = plan_dataset(data_dir, output, device_memory=device_memory, kind=kind, overwrite=overwrite,
+                              progress=sys.stderr.isatty())
+        _echo(result.plan.summary())
+        _echo(f"config: {result.config_path}\nfingerprint: {result.fingerprint_path}")
+
+
+@app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="A volume file or a folder with DICOM series.")],
     verbose: Verbose = False,
