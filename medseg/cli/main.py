@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -100,6 +100,8 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     force: Annotated[bool, typer.Option(help="Resume even if the config changed.")] = False,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (overrides train.device).")] = None,  # noqa: UP045,E501
+    fold: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Cross-validation (needs data.folds): a fold number or 'all'; runs go to RUN/fold_K.")] = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -115,12 +117,32 @@ def train(
         if resume is not None and run_dir is not None and resume.resolve() != run_dir.resolve():
             raise ConfigError(f"--resume {resume} and --run-dir {run_dir} name different folders; give one")
         folder = resume or run_dir or default_run_dir(config, cfg)
+        if fold is not None:
+            _train_folds(cfg, fold, folder, resume=resume is not None, overwrite=overwrite, force=force)
+            return
         result = run_training(cfg, run_dir=folder, resume=resume is not None, overwrite=overwrite, force=force)
         typer.echo(f"run folder: {result.run_dir}")
         typer.echo(f"last checkpoint: {result.last_checkpoint}")
         if result.best_checkpoint:
             typer.echo(f"best checkpoint: {result.best_checkpoint} "
                        f"(val_{cfg.train.best_metric} {result.best_metric:.4f} at epoch {result.best_epoch})")
+
+
+def _train_folds(cfg: Any, fold: str, folder: Path, *, resume: bool, overwrite: bool, force: bool) -> None:
+    from medseg.training.folds import parse_fold_option, train_folds
+
+    result = train_folds(cfg, parse_fold_option(fold, cfg.data.folds), run_dir=folder, resume=resume,
+                         overwrite=overwrite, force=force)
+    for k, run in result.folds.items():
+        best = f"val_{cfg.train.best_metric} {run.best_metric:.4f}" if run.best_metric is not None else "no validation"
+        typer.echo(f"fold {k}: {run.run_dir} ({best})")
+    if result.cv is None:
+        typer.echo(f"cross-validation: waiting for the other folds of {cfg.data.folds} in {folder}")
+    else:
+        typer.echo(f"cross-validation over {cfg.data.folds} folds: {folder / 'cv_metrics.csv'}")
+        for name, metrics in result.cv.summary.items():
+            if "dice" in metrics:
+                typer.echo(f"  {name}: Dice {metrics['dice']['mean']:.4f} (n={int(metrics['dice']['n'])})")
 
 
 @app.command()

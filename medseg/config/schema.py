@@ -132,6 +132,11 @@ class DataConfig(Strict):
     seed: int = Field(0, description="Seed of the train/val split.")
     train_list: Path | None = Field(None, description="File with training case ids (one per line).")
     val_list: Path | None = Field(None, description="File with validation case ids (one per line).")
+    folds: int | None = Field(
+        None, ge=2, description="Cross-validation: split the cases into this many folds (seeded by data.seed); "
+        "data.fold (or medseg train --fold) picks the validation fold. Replaces val_fraction."
+    )
+    fold: int | None = Field(None, ge=0, description="The validation fold (0 .. data.folds - 1).")
     labels: LabelsConfig = Field(default_factory=LabelsConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     cache: bool = Field(True, description="Keep decoded, resized samples in memory after the first epoch.")
@@ -170,6 +175,17 @@ class DataConfig(Strict):
         if len(value) != 3 or any(c not in axes for c in value) or len({axes[c] for c in value}) != 3:
             raise ValueError(f"must be a 3-letter axis code such as 'RAS' or 'LPS', got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_folds(self) -> DataConfig:
+        if self.fold is not None and self.folds is None:
+            raise ValueError("data.fold is set but data.folds is not; set data.folds (e.g. 5) too")
+        if self.folds is not None and self.fold is not None and self.fold >= self.folds:
+            raise ValueError(f"data.fold: {self.fold} is not a fold of data.folds {self.folds}; allowed 0.."
+                             f"{self.folds - 1}")
+        if self.folds is not None and (self.train_list is not None or self.val_list is not None):
+            raise ValueError("data.folds and data.train_list / data.val_list both choose the split; keep one")
+        return self
 
 
 class ModelConfig(Strict):
