@@ -13,7 +13,7 @@ from medseg.prediction.claims import Sharing
 from medseg.prediction.image import predict_images
 from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.volume import predict_volumes
-from medseg.prediction.workers import predict_parallel
+from medseg.prediction.workers import check_parallel, predict_parallel
 
 __all__ = ["predict_paths"]
 
@@ -60,6 +60,7 @@ def predict_paths(
     if dicom_seg and not loaded.kind.segments_volumes:
         raise ConfigError(f"--dicom-seg: {loaded.source} is a 2D image model; DICOM-SEG is written for volume "
                           "models given DICOM series")
+    check_parallel(workers, sharing, torchrun)
     if workers != 1 or torchrun:
         options = {"overwrite": overwrite, "overlay": overlay, "dicom_seg": dicom_seg, "statistics": statistics,
                    "progress": progress}
