@@ -65,6 +65,16 @@ def test_python_api_refuses_bad_workers(ckpt2d, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_three_shards_together_write_what_one_process_writes(ckpt2d, tmp_path):
+    ckpt, images = ckpt2d
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    whole = predict_paths(predictor, [images], tmp_path / "one", progress=False)
+    taken = [predict_paths(predictor, [images], tmp_path / "shards", sharing=Sharing(shard=(i, 3)),
+                           progress=False).predicted for i in range(3)]
+    assert taken == [["case_000", "case_003"], ["case_001", "case_004"], ["case_002", "case_005"]]
+    assert len(whole.predicted) == 6 and _files(tmp_path / "shards") == _files(tmp_path / "one")
+
+
 @pytest.mark.slow
 def test_two_workers_write_each_output_once_identical_to_one_process(ckpt2d, tmp_path):
     ckpt, images = ckpt2d
