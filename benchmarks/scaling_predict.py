@@ -6,8 +6,10 @@ A small 3D UNet (channels 8-16-32) is trained for one epoch on synthetic spine p
 worker count. One worker runs in this process with every core's torch threads; N > 1 workers are spawned
 processes with ``cores // N`` threads each (what ``medseg predict --workers N`` does), so both use all cores.
 The time of N > 1 includes starting the workers (spawn, importing torch, loading the model): that is what a user
-waits for. Prints the median throughput per worker count and the efficiency ``throughput(N) / (N x
-throughput(1))``. Medians of one run on a shared machine: noisy; compare ratios measured in the same run.
+waits for. That fixed cost is also measured alone (the same run again, every case then skipped), and the
+throughput without it is printed too. Prints the median throughput per worker count and the efficiency
+``throughput(N) / (N x throughput(1))``. Medians of one run on a shared machine: noisy; compare ratios measured
+in the same run.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def main() -> None:
         inputs = sorted(images.iterdir())[: args.cases]
         print(f"{len(inputs)} cases of 64x64x64 voxels, {cores} cores, torch {torch.__version__}")
         rates: dict[int, float] = {}
+        steady: dict[int, float] = {}
         for n in args.workers:
             torch.set_num_threads(cores)
             runs = []
@@ -70,14 +73,25 @@ def main() -> None:
                 report = predict_paths(predictor, inputs, out, workers=n, progress=False)
                 runs.append(time.perf_counter() - start)
                 assert len(report.predicted) == len(inputs) and report.ok, report
-            rates[n] = len(inputs) / statistics.median(runs) * 60
+            fixed = []
+            for r in range(args.repeats):  # every case finished: only starting the workers and skipping
+                start = time.perf_counter()
+                report = predict_paths(predictor, inputs, tmp / f"out-{n}-{r}", workers=n, progress=False)
+                fixed.append(time.perf_counter() - start)
+                assert len(report.skipped) == len(inputs), report
+            total, start_s = statistics.median(runs), statistics.median(fixed)
+            rates[n] = len(inputs) / total * 60
+            steady[n] = len(inputs) / max(total - start_s, 1e-9) * 60
             threads = cores if n == 1 else max(1, cores // n)
-            print(f"workers {n} ({threads} torch thread(s) each): median {statistics.median(runs):.1f} s "
-                  f"over {args.repeats} runs ({', '.join(f'{t:.1f}' for t in runs)}), {rates[n]:.1f} cases/min")
-        base = rates.get(1)
-        for n, rate in rates.items():
-            if base and n > 1:
-                print(f"speed-up {n} workers vs 1: {rate / base:.2f}x, efficiency {rate / (n * base):.2f}")
+            print(f"workers {n} ({threads} torch thread(s) each): median {total:.1f} s over {args.repeats} runs "
+                  f"({', '.join(f'{t:.1f}' for t in runs)}), {rates[n]:.1f} cases/min; start-up alone "
+                  f"{start_s:.1f} s, without it {steady[n]:.1f} cases/min")
+        for label, table in (("with start-up", rates), ("without start-up", steady)):
+            base = table.get(1)
+            for n, rate in table.items():
+                if base and n > 1:
+                    print(f"{label}: speed-up {n} workers vs 1: {rate / base:.2f}x, efficiency "
+                          f"{rate / (n * base):.2f}")
 
 
 if __name__ == "__main__":
