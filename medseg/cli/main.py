@@ -163,6 +163,11 @@ def predict(
     dicom_seg: Annotated[bool, typer.Option(help="DICOM inputs: also write a DICOM-SEG.")] = False,
     statistics: Annotated[bool, typer.Option(help="Per structure: size, intensity (HU), box, centroid, components, "
                                                   "in <case>.json and OUT/statistics.csv.")] = False,
+    shard: Annotated[Optional[str], typer.Option(help="Take shard I of N (0-based, e.g. 0/3; cases sorted by name, "  # noqa: UP045
+                                                      "every N-th from the I-th): one job of a SLURM array.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes that share the cases (one per GPU with --device cuda).")] = 1,
+    claim_timeout: Annotated[float, typer.Option(help="Seconds without heartbeat after which another process takes "
+                                                      "a case over.")] = 600.0,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -170,15 +175,23 @@ def predict(
     _logging(verbose, quiet)
     with user_errors():
         from medseg.prediction.batch import predict_paths
+        from medseg.prediction.claims import Sharing
         from medseg.prediction.predictor import Predictor
+        from medseg.prediction.workers import check_parallel, torchrun_rank
 
+        rank, sharing = torchrun_rank(), Sharing.from_options(shard, claim_timeout)
+        check_parallel(workers, sharing, rank is not None, spell=_option_name)
         overrides = {"tta": tta, "largest_component": largest_component, "precision": precision,
                      "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size}
         predictor = Predictor.from_checkpoint(checkpoint, device=device, spell=_option_name, **overrides)
         report = predict_paths(predictor, inputs, output, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg,
-                               statistics=statistics)
+                               statistics=statistics, sharing=sharing, workers=workers, torchrun=rank is not None)
+        if rank is not None and rank[0] != 0:
+            raise typer.Exit(0 if report.ok else 1)
         _echo(f"{len(report.written)} files written to {output}, {len(report.skipped)} existing skipped "
                    f"(--overwrite redoes them), {len(report.failed)} failed, {report.seconds:.1f}s")
+        if report.workers > 1 or report.elsewhere or shard is not None:
+            _echo(report.counts())
         for source, message in report.failed:
             _echo(f"failed: {source}: {' '.join(message.split())}", err=True)
         if not report.ok:

@@ -1,7 +1,8 @@
 """Running prediction over many cases: skip finished ones, isolate failures, report.
 
 Outputs are written atomically under their final names only when complete, so a rerun after a
-crash skips finished cases and redoes the one that was interrupted.
+crash skips finished cases and redoes the one that was interrupted. Each case is claimed before it is
+computed (:mod:`medseg.prediction.claims`), so processes sharing an output folder never compute one case twice.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import ConfigError, DataError, MedsegError
+from medseg.prediction.claims import Sharing, run_claimed, shard_indices
 from medseg.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -20,17 +22,36 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BatchReport:
-    """What a batch prediction did, case by case."""
+    """What a batch prediction did, case by case.
+
+    Attributes:
+        written: Files written.
+        skipped: Outputs of the cases found finished (not recomputed).
+        failed: ``(input, message)`` of each case that failed.
+        seconds: Wall time.
+        predicted: Names of the cases computed here.
+        elsewhere: Names of the cases other processes finished while this run waited for them.
+        workers: Processes that took part (``--workers``, torchrun ranks).
+    """
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    predicted: list[str] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)
+    workers: int = 1
 
     @property
     def ok(self) -> bool:
         """True when no case failed."""
         return not self.failed
+
+    def counts(self) -> str:
+        """The cases by outcome, e.g. ``"4 cases predicted, 2 skipped, 0 failed, 1 finished by other processes"``."""
+        text = (f"{len(self.predicted)} cases predicted, {len(self.skipped)} skipped, {len(self.failed)} failed, "
+                f"{len(self.elsewhere)} finished by other processes")
+        return text + (f" ({self.workers} workers)" if self.workers > 1 else "")
 
 
 @dataclass(frozen=True)
@@ -85,23 +106,32 @@ def run_cases(
     *,
     overwrite: bool,
     progress: bool,
+    sharing: Sharing | None = None,
 ) -> BatchReport:
     """Run ``run`` on each case, skipping existing outputs and collecting failures (a failing case
-    does not stop the others)."""
+    does not stop the others); each case is claimed first, and only this process's shard is run
+    (:func:`~medseg.prediction.claims.run_claimed`)."""
+    sharing = sharing or Sharing()
     report = BatchReport()
     t0 = time.perf_counter()
-    with progress_bar("predicting", len(cases), enabled=progress) as advance:
-        for case in cases:
-            target = output_of(case)
-            if target.exists() and not overwrite:
-                report.skipped.append(target)
-                advance(case=case.name)
-                continue
-            try:
-                report.written += run(case)
-            except MedsegError as err:
-                report.failed.append((str(case.source), str(err)))
-                log.error("%s: failed: %s", case.source, err)
-            advance(case=case.name)
+    if not cases:
+        return report
+
+    def work(i: int) -> None:
+        case = cases[i]
+        try:
+            report.written += run(case)
+            report.predicted.append(case.name)
+        except MedsegError as err:
+            report.failed.append((str(case.source), str(err)))
+            log.error("%s: failed: %s", case.source, err)
+
+    names = [c.name for c in cases]
+    share = len(cases) if sharing.shard is None else len(shard_indices(names, sharing.shard))
+    with progress_bar("predicting", share, enabled=progress) as advance:
+        found = run_claimed(names, output_of(cases[0]).parent, finished=lambda i: output_of(cases[i]).exists(),
+                            work=work, overwrite=overwrite, sharing=sharing, advance=lambda i: advance(case=names[i]))
+    report.skipped += [output_of(cases[i]) for i in found.skipped]
+    report.elsewhere += [names[i] for i in found.elsewhere]
     report.seconds = time.perf_counter() - t0
     return report

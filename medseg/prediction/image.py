@@ -19,6 +19,7 @@ from medseg.atomic import write_json_atomic
 from medseg.errors import DataError
 from medseg.io.images import IMAGE_SUFFIXES, read_image, read_mask, write_mask, write_overlay
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
+from medseg.prediction.claims import Sharing
 from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.postprocess import keep_largest_component
 from medseg.prediction.statistics import IMAGE_COLUMNS, mask_statistics, statistics_section
@@ -150,6 +151,7 @@ def predict_images(
     overlay: bool = False,
     statistics: bool = False,
     progress: bool = True,
+    sharing: Sharing | None = None,
 ) -> BatchReport:
     """Segment 2D images into ``out_dir/<name>.png`` masks in the original gray values.
 
@@ -163,6 +165,8 @@ def predict_images(
             (:func:`~medseg.prediction.statistics.mask_statistics` over the gray image) and ``statistics.csv``
             over all finished images, skipped ones included.
         progress: Progress bar on stderr.
+        sharing: How this process shares ``out_dir`` with others (claim timeout, shard, run id); each case is
+            claimed before it is computed (:mod:`medseg.prediction.claims`).
     """
     inputs = [Path(p) for p in inputs]
     check_output_dir(out_dir, inputs)
@@ -186,7 +190,8 @@ def predict_images(
             paths.append(write_json_atomic(out_dir / f"{case.name}.json", sidecar))
         return [write_mask(out_dir / f"{case.name}.png", mask), *paths]
 
-    report = run_cases(cases, lambda c: out_dir / f"{c.name}.png", run, overwrite=overwrite, progress=progress)
+    report = run_cases(cases, lambda c: out_dir / f"{c.name}.png", run, overwrite=overwrite, progress=progress,
+                       sharing=sharing)
     if statistics:
         write_statistics_table(out_dir, cases, IMAGE_COLUMNS, is_done=lambda c: (out_dir / f"{c.name}.png").exists(),
                                compute=lambda c: stats_of(c, read_mask(out_dir / f"{c.name}.png")), report=report)

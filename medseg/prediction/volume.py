@@ -32,6 +32,7 @@ from medseg.io.images import IMAGE_SUFFIXES
 from medseg.io.volume import VOLUME_SUFFIXES, Volume, volume_case_name
 from medseg.io.volume_io import read_volume, write_label_map
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
+from medseg.prediction.claims import Sharing
 from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.network import infer_prepared
 from medseg.prediction.postprocess import keep_largest_component
@@ -264,6 +265,7 @@ def predict_volumes(
     dicom_seg: bool = False,
     statistics: bool = False,
     progress: bool = True,
+    sharing: Sharing | None = None,
 ) -> BatchReport:
     """Segment every volume case found in ``inputs`` into ``out_dir`` (see the module docstring).
 
@@ -277,6 +279,8 @@ def predict_volumes(
             over the input volume) to each sidecar, and write ``statistics.csv`` over all finished cases, skipped
             ones included (their sidecars are read; one without statistics gets them from its label map).
         progress: Progress bar on stderr.
+        sharing: How this process shares ``out_dir`` with others (claim timeout, shard, run id); each case is
+            claimed before it is computed (:mod:`medseg.prediction.claims`).
 
     Returns:
         A :class:`~medseg.prediction.cases.BatchReport`; failing cases are listed there and the others still run.
@@ -310,7 +314,8 @@ def predict_volumes(
         written.append(write_label_map(out / f"{case.name}.nii.gz", result.array, volume))
         return written[::-1]
 
-    report = run_cases(cases, lambda c: out / f"{c.name}.nii.gz", run, overwrite=overwrite, progress=progress)
+    report = run_cases(cases, lambda c: out / f"{c.name}.nii.gz", run, overwrite=overwrite, progress=progress,
+                       sharing=sharing)
     if statistics:
         def from_disk(case: Case) -> dict[str, Any]:
             volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None))
