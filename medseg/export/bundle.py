@@ -81,8 +81,9 @@ def bundle_refusal(loaded: LoadedModel) -> str | None:
         return f"model.name {loaded.config.model.name!r}: the bundle writer knows 'unet' only"
     layers = window_dependent_layers(loaded.model)
     if layers:
+        norm = getattr(loaded.config.model, "norm", None)
         return (f"the network's output depends on the window ({', '.join(layers)}, model.norm "
-                f"{loaded.config.model.norm!r}): medseg and MONAI's SlidingWindowInferer blend roi windows with "
+                f"{norm!r}): medseg and MONAI's SlidingWindowInferer blend roi windows with "
                 "different weights (MONAI clamps its Gaussian), so the labels would differ; use --format onnx")
     return None
 
