@@ -185,7 +185,7 @@ class SegResNetConfig(NetworkBase):
     @property
     def divisor(self) -> int:
         """One 2x down-sampling per encoder level after the first."""
-        return 2 ** (len(self.blocks_down) - 1)
+        return int(2 ** (len(self.blocks_down) - 1))
 
     @property
     def needs_above_divisor(self) -> bool:

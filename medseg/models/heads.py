@@ -15,7 +15,7 @@ from monai.networks.nets import BasicUNetPlusPlus, DynUNet
 __all__ = ["DynUNetHeads", "UNetPlusPlus"]
 
 
-class UNetPlusPlus(BasicUNetPlusPlus):  # type: ignore[misc]
+class UNetPlusPlus(BasicUNetPlusPlus):
     """MONAI's BasicUNetPlusPlus returning its deepest nested output (X0,4), or all four, that one first."""
 
     def forward(self, x: torch.Tensor) -> Any:
@@ -24,7 +24,7 @@ class UNetPlusPlus(BasicUNetPlusPlus):  # type: ignore[misc]
         return list(reversed(outs)) if self.training and len(outs) > 1 else outs[-1]
 
 
-class DynUNetHeads(DynUNet):  # type: ignore[misc]
+class DynUNetHeads(DynUNet):
     """MONAI's DynUNet with its training-mode heads as a list instead of one stacked tensor."""
 
     def forward(self, x: torch.Tensor) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medseg.config.networks import NetworkBase
+from medseg.config.networks import DeepLabV3Config, FlexibleUNetConfig, NetworkBase
 from medseg.errors import CheckpointError, ConfigError, MedsegError
 
 __all__ = ["IMAGENET_RESNET_URLS", "PretrainedReport", "load_pretrained", "load_state_dict_file"]
@@ -70,17 +70,17 @@ def load_pretrained(network: nn.Module, cfg: NetworkBase) -> PretrainedReport | 
         state = load_state_dict_file(cfg.pretrained)
         report = _copy_into(network, state, cfg.pretrained)
     else:
-        name = getattr(cfg, "name", "")
-        if name == "deeplabv3":
+        if isinstance(cfg, DeepLabV3Config):
             url = IMAGENET_RESNET_URLS[cfg.backbone]
             state = _fetch(url)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             backbone = network.get_submodule("backbone")
             report = _copy_into(backbone, _fit_first_conv(state, backbone, "conv1.weight"), f"imagenet:{url}")
-        elif name == "flexible_unet":
-            report = _load_efficientnet(network, str(cfg.backbone))
+        elif isinstance(cfg, FlexibleUNetConfig):
+            report = _load_efficientnet(network, cfg.backbone)
         else:
-            raise ConfigError(f"model.pretrained: 'imagenet' is not offered for model.name {name!r}")
+            raise ConfigError(f"model.pretrained: 'imagenet' is not offered for model.name "
+                              f"{getattr(cfg, 'name', '')!r}")
     log.info(report.summary())
     return report
 
