@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
+from medseg.config.networks import ModelConfig, NetworkConfig, default_network_name, size_problem
+
 PositiveInt = Annotated[int, Field(ge=1)]
 
 
@@ -188,38 +190,6 @@ class DataConfig(Strict):
         return self
 
 
-class ModelConfig(Strict):
-    """Network architecture (MONAI's UNet)."""
-
-    name: Literal["unet"] = Field("unet", description="Model registry name.")
-    spatial_dims: Literal[2, 3] = Field(2, description="2 for images and slices, 3 for volumes.")
-    in_channels: PositiveInt | None = Field(None, description="Input channels; default: from the data.")
-    out_channels: int | None = Field(None, ge=2, description="Classes incl. background; default: from labels.")
-    channels: tuple[PositiveInt, ...] = Field((16, 32, 64, 128, 256), description="Features per level.")
-    strides: tuple[PositiveInt, ...] = Field((2, 2, 2, 2), description="Down-sampling per level.")
-    num_res_units: int = Field(2, ge=0, description="Residual units per block.")
-    norm: Literal["batch", "instance", "group"] = Field("batch", description="Normalisation layer.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability.")
-
-    @model_validator(mode="after")
-    def _check_strides(self) -> ModelConfig:
-        if len(self.channels) < 2:
-            raise ValueError(f"channels needs at least 2 levels, got {list(self.channels)}")
-        if len(self.strides) != len(self.channels) - 1:
-            raise ValueError(
-                f"strides needs len(channels) - 1 = {len(self.channels) - 1} entries, got {len(self.strides)}"
-            )
-        return self
-
-    @property
-    def divisor(self) -> int:
-        """Input sizes must be multiples of this (product of the strides)."""
-        out = 1
-        for s in self.strides:
-            out *= s
-        return out
-
-
 class LossConfig(Strict):
     """Loss by name (MONAI's implementations)."""
 
@@ -295,7 +265,7 @@ class ExperimentConfig(Strict):
 
     version: Literal[1] = Field(1, description="Config format version.")
     data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: NetworkConfig = Field(default_factory=ModelConfig, description="Network by model.name (unet when omitted).")
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
@@ -303,6 +273,8 @@ class ExperimentConfig(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         wants_3d = self.data.kind == "volumes3d"
+        if wants_3d and 3 not in self.model.dims_allowed:
+            raise ValueError(f"model.name: {self.model.name!r} is 2D only; data.kind 'volumes3d' needs a 3D network")
         if wants_3d and self.model.spatial_dims != 3:
             raise ValueError("model.spatial_dims must be 3 when data.kind is 'volumes3d'")
         if not wants_3d and self.model.spatial_dims != 2:
@@ -313,22 +285,23 @@ class ExperimentConfig(Strict):
             raise ValueError(
                 f"loss.class_weights has {len(weights)} entries but data.labels.classes has {len(labels)}"
             )
-        self._check_bottleneck()
+        self._check_sizes()
         return self
 
-    def _check_bottleneck(self) -> None:
-        """Instance norm needs more than one voxel per channel at the deepest level (PyTorch refuses one)."""
-        if self.model.norm != "instance":
-            return
-        div = self.model.divisor
+    @field_validator("model", mode="before")
+    @classmethod
+    def _default_name(cls, value: Any) -> Any:
+        return default_network_name(value)
+
+    def _check_sizes(self) -> None:
+        """Training and inference sizes fit the network: multiples of its divisor (above it where needed)."""
+        dims = self.model.spatial_dims
         sizes = {"data.image_size": tuple(self.data.image_size)} if self.data.kind == "images2d" else {
-            "data.patch_size": tuple(self.data.patch_size)[: self.model.spatial_dims]}
+            "data.patch_size": tuple(self.data.patch_size)[:dims]}
         if self.infer.roi_size is not None:
-            sizes["infer.roi_size"] = tuple(self.infer.roi_size)
+            roi = tuple(self.infer.roi_size)
+            sizes["infer.roi_size"] = roi * dims if len(roi) == 1 else roi
         for key, size in sizes.items():
-            if any(n <= div for n in size):
-                fixed = [max(n, 2 * div) for n in size]
-                raise ValueError(
-                    f"{key}: {list(size)} leaves one voxel per channel after the strides (their product is {div}), "
-                    f"which model.norm 'instance' cannot normalise; use sizes above {div}, e.g. {fixed}"
-                )
+            problem = size_problem(key, size, self.model.divisor, self.model.needs_above_divisor)
+            if problem:
+                raise ValueError(f"{problem} (model.name {self.model.name!r})")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from medseg.atomic import write_json_atomic
 from medseg.errors import DataError
 from medseg.io.images import IMAGE_SUFFIXES, read_image, read_mask, write_mask, write_overlay
+from medseg.models.outputs import main_output
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
 from medseg.prediction.claims import Sharing
 from medseg.prediction.loaded import LoadedModel
@@ -75,7 +76,7 @@ def _forward(loaded: LoadedModel, x: torch.Tensor) -> torch.Tensor:
     if loaded.infer.tta:
         flips += [(2,), (3,), (2, 3)]
     batch = torch.cat([x.flip(f) if f else x for f in flips])
-    probs = torch.softmax(loaded.model(batch).float(), dim=1)
+    probs = torch.softmax(main_output(loaded.model(batch)).float(), dim=1)
     out = torch.zeros_like(probs[:1])
     for p, f in zip(probs, flips, strict=True):
         out += p[None].flip(f) if f else p[None]

@@ -158,13 +158,14 @@ def _settings(
 
 
 def _check_roi_bottleneck(cfg: ExperimentConfig, infer: InferConfig, spell: Callable[[str], str]) -> None:
-    """An instance-norm network runs roi-sized windows: each side must leave more than one voxel at the bottom."""
+    """A network normalising its deepest level (instance/group norm) runs roi-sized windows: each side must leave
+    more than one voxel there."""
     div = cfg.model.divisor
-    if cfg.model.norm != "instance" or infer.roi_size is None or all(n > div for n in infer.roi_size):
+    if not cfg.model.needs_above_divisor or infer.roi_size is None or all(n > div for n in infer.roi_size):
         return
     raise ConfigError(
-        f"{spell('roi_size')}: got {list(infer.roi_size)}; this instance-norm network needs windows larger than "
-        f"{div} (the product of its strides), e.g. {[max(n, 2 * div) for n in infer.roi_size]}"
+        f"{spell('roi_size')}: got {list(infer.roi_size)}; this network normalises its deepest level and needs "
+        f"windows larger than {div} (its total down-sampling), e.g. {[max(n, 2 * div) for n in infer.roi_size]}"
     )
 
 

@@ -13,6 +13,7 @@ import torch
 
 from medseg.config.schema import ExperimentConfig
 from medseg.errors import MedsegError
+from medseg.models.outputs import main_output, weighted_loss
 from medseg.progress import progress_bar
 from medseg.training.task import Task
 
@@ -79,14 +80,18 @@ def _train_step(
     model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
     image: torch.Tensor, label: torch.Tensor, grad_clip: float | None,
 ) -> tuple[float, torch.Tensor]:
-    """One optimizer step (fp16 autocast and loss scaling when the scaler is on); returns (loss, logits).
+    """One optimizer step (fp16 autocast and loss scaling when the scaler is on); returns (loss, main logits).
+
+    A network with several outputs (deep supervision, an auxiliary head) has the loss of each, weighted
+    (:func:`~medseg.models.outputs.weighted_loss`).
 
     A non-finite loss is returned before any gradient is applied, so the caller can stop with a clear message.
     """
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(image.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
-        logits = model(image)
-        loss = loss_fn(logits.float(), label)
+        output = model(image)
+        loss = weighted_loss(loss_fn, output, label)
+    logits = main_output(output)
     loss_value = loss.detach().item()
     if not math.isfinite(loss_value):
         return loss_value, logits

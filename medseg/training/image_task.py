@@ -19,6 +19,7 @@ from medseg.data.labels import LabelMap
 from medseg.data.pairing import find_pairs_from_config
 from medseg.data.splits import split_for_run
 from medseg.metrics.case_metrics import compute_case_metrics
+from medseg.models.outputs import main_output
 from medseg.seeds import epoch_seed, substream_seed
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class ImageTask:
             items = [self.val_set[i] for i in range(start, min(start + bs, len(self.val_set)))]
             image = torch.stack([it["image"] for it in items]).to(device)
             label = torch.stack([it["label"] for it in items]).to(device)
-            logits = model(image).float()
+            logits = main_output(model(image)).float()
             losses.append(float(loss_fn(logits, label)) * len(items))
             pred = logits.argmax(1).cpu().numpy()
             for p, t in zip(pred, label[:, 0].cpu().numpy(), strict=True):

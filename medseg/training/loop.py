@@ -30,7 +30,8 @@ from medseg.device import resolve_device
 from medseg.errors import MedsegError
 from medseg.losses.factory import build_loss
 from medseg.metrics.case_metrics import summarize
-from medseg.models.factory import build_model
+from medseg.models.factory import build_model, encoder_parameters
+from medseg.models.pretrained import load_pretrained
 from medseg.seeds import epoch_seed, seed_everything
 from medseg.training.epoch import run_epoch
 from medseg.training.optim import EpochScheduler, build_optimizer
@@ -206,7 +207,11 @@ def _build_run(cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None,
     device = resolve_device(cfg.train.device)
     task = build_task(cfg, run_dir, labels=labels, resume=resume)
     k = task.labels.num_classes
-    model = build_model(cfg.model, in_channels=task.in_channels, out_channels=k).to(device)
+    model = build_model(cfg.model, in_channels=task.in_channels, out_channels=k)
+    if not resume:
+        with torch.random.fork_rng(devices=[]):  # loading weights draws no numbers from the run's stream
+            load_pretrained(model, cfg.model)
+    model = model.to(device)
     loss_fn = build_loss(cfg.loss, k).to(device)
     optimizer = build_optimizer(cfg.train, model.parameters())
     scheduler = EpochScheduler(cfg.train, optimizer)
@@ -243,11 +248,27 @@ def _start_fresh(run: _Run) -> None:
         plot_preview(imgs, masks, run.run_dir / "preview.png", title="training samples (augmented) with masks")
 
 
+def _freeze_encoder(run: _Run, epoch: int) -> None:
+    """Encoder weights fixed during the first ``model.freeze_encoder_epochs`` epochs, trainable after.
+
+    Frozen parameters get no gradient, so the optimizer leaves them (and their weight decay) alone; batch-norm
+    statistics of the encoder still follow the new data.
+    """
+    n = run.cfg.model.freeze_encoder_epochs
+    if not n:
+        return
+    for p in encoder_parameters(run.model, run.cfg.model.name):
+        p.requires_grad_(epoch >= n)
+    if epoch == n:
+        log.info("encoder unfrozen at epoch %d (model.freeze_encoder_epochs)", epoch + 1)
+
+
 def _train_and_validate(run: _Run, epoch: int, progress: bool) -> dict[str, Any]:
     """One epoch of training, then validation when it is due; keeps ``best.pt`` up to date."""
     cfg = run.cfg
     seed_everything(epoch_seed(cfg.train.seed, epoch))
     lr = run.scheduler.start_epoch(epoch)
+    _freeze_encoder(run, epoch)
     rec = run_epoch(run.model, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg, epoch, progress)
     rec["lr"] = lr
     if (epoch + 1) % cfg.train.val_every == 0 or epoch == cfg.train.max_epochs - 1:
