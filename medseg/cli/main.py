@@ -213,6 +213,22 @@ def evaluate(
         typer.echo(f"summary: {result.summary_path}")
 
 
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders of `medseg train` (each with log.json).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG of the runs' curves overlaid.")],
+    table: Annotated[Optional[Path], typer.Option(help="Also write the table as .csv (full precision) or .md.")] = None,  # noqa: UP045,E501
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Overlay the curves of several runs and print each run's best epoch with its validation metrics."""
+    with user_errors():
+        from medseg.training.compare import compare_runs, table_text
+
+        rows = compare_runs(run_dirs, output, table=table, overwrite=overwrite)
+        typer.echo(table_text(rows, "md"), nl=False)
+        typer.echo(f"curves: {output}" + (f"\ntable: {table}" if table is not None else ""))
+
+
 @config_app.command("check")
 def config_check(config: Annotated[Path, typer.Argument(help="Experiment YAML.")], sets: Sets = None) -> None:
     """Validate a config; exit 2 with every problem listed if it is invalid."""

@@ -257,6 +257,10 @@ class TrainConfig(Strict):
     best_metric: Literal["dice", "iou", "loss"] = Field("dice", description="Metric that picks the best checkpoint.")
     steps_per_epoch: PositiveInt | None = Field(None, description="Cap on steps per epoch (None: whole set).")
     tensorboard: bool = Field(False, description="Also write TensorBoard logs to the run folder.")
+    tensorboard_images_every: PositiveInt | None = Field(
+        None, description="With train.tensorboard: every N epochs, the first validation input, truth and "
+        "prediction as TensorBoard images (None: no images)."
+    )
     preview_samples: int = Field(4, ge=0, le=16, description="Training samples drawn in preview.png.")
 
 
