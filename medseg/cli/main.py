@@ -141,6 +141,9 @@ def predict(
     dicom_seg: Annotated[bool, typer.Option(help="DICOM inputs: also write a DICOM-SEG.")] = False,
     statistics: Annotated[bool, typer.Option(help="Per structure: size, intensity (HU), box, centroid, components, "
                                                   "in <case>.json and OUT/statistics.csv.")] = False,
+    probabilities: Annotated[bool, typer.Option(help="Also write class probabilities: <case>_probabilities.nii.gz "
+                                                     "(4D, class last) or <name>_probabilities.npz (images).")] = False,
+    threshold: Annotated[Optional[float], typer.Option(help="Two-class models: foreground where p >= T (0 < T < 1).")] = None,  # noqa: UP045,E501
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -151,10 +154,10 @@ def predict(
         from medseg.prediction.predictor import Predictor
 
         overrides = {"tta": tta, "largest_component": largest_component, "precision": precision,
-                     "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size}
+                     "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size, "threshold": threshold}
         predictor = Predictor.from_checkpoint(checkpoint, device=device, spell=_option_name, **overrides)
         report = predict_paths(predictor, inputs, output, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg,
-                               statistics=statistics)
+                               statistics=statistics, probabilities=probabilities)
         _echo(f"{len(report.written)} files written to {output}, {len(report.skipped)} existing skipped "
                    f"(--overwrite redoes them), {len(report.failed)} failed, {report.seconds:.1f}s")
         for source, message in report.failed:

@@ -276,6 +276,10 @@ class InferConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Inference precision.")
     tta: bool = Field(False, description="Flip test-time augmentation.")
     largest_component: bool = Field(False, description="Keep only the largest connected component per class.")
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="Two-class models: foreground where p(foreground) >= threshold, strictly "
+        "between 0 and 1 (None: the most probable class)."
+    )
 
 
 class ExperimentConfig(Strict):

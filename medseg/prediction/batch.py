@@ -25,6 +25,7 @@ def predict_paths(
     overlay: bool = False,
     dicom_seg: bool = False,
     statistics: bool = False,
+    probabilities: bool = False,
     progress: bool = True,
 ) -> BatchReport:
     """Predict every case found in ``inputs`` into ``out_dir``.
@@ -32,7 +33,8 @@ def predict_paths(
     Image models: see :func:`~medseg.prediction.image.predict_images`; volume models:
     :func:`~medseg.prediction.volume.predict_volumes`. ``statistics=True`` adds per-structure statistics to each
     case's ``<case>.json`` sidecar and writes ``statistics.csv`` over all cases (see
-    :mod:`medseg.prediction.statistics`).
+    :mod:`medseg.prediction.statistics`). ``probabilities=True`` also writes each case's class probabilities:
+    ``<name>_probabilities.npz`` for images, ``<case>_probabilities.nii.gz`` (4D, class last) for volumes.
 
     Raises:
         DataError: A volume given to an image model, a 2D image file given to a volume model (and everything
@@ -54,10 +56,10 @@ def predict_paths(
             raise DataError(f"{volumes[0]}: is a volume but checkpoint {loaded.source} is a 2D image model "
                             "(images2d); use a checkpoint trained with data.kind volumes3d or slices2d")
         return predict_images(loaded, paths, out, overwrite=overwrite, overlay=overlay, statistics=statistics,
-                              progress=progress)
+                              probabilities=probabilities, progress=progress)
     images = [p for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if images:
         raise DataError(f"{images[0]}: is a 2D image but checkpoint {loaded.source} segments volumes "
                         f"({loaded.kind.value}); use a checkpoint trained with data.kind images2d for 2D images")
     return predict_volumes(loaded, paths, out, overwrite=overwrite, dicom_seg=dicom_seg, statistics=statistics,
-                           progress=progress)
+                           probabilities=probabilities, progress=progress)

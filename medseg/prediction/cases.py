@@ -80,20 +80,22 @@ def check_output_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
 
 def run_cases(
     cases: Sequence[Case],
-    output_of: Callable[[Case], Path],
+    output_of: Callable[[Case], Path | Sequence[Path]],
     run: Callable[[Case], list[Path]],
     *,
     overwrite: bool,
     progress: bool,
 ) -> BatchReport:
-    """Run ``run`` on each case, skipping existing outputs and collecting failures (a failing case
-    does not stop the others)."""
+    """Run ``run`` on each case, skipping those whose outputs (``output_of``: one path or every path asked for) all
+    exist, and collecting failures (a failing case does not stop the others)."""
     report = BatchReport()
     t0 = time.perf_counter()
     with progress_bar("predicting", len(cases), enabled=progress) as advance:
         for case in cases:
-            target = output_of(case)
-            if target.exists() and not overwrite:
+            targets = output_of(case)
+            target = targets if isinstance(targets, Path) else targets[0]
+            done = target.exists() if isinstance(targets, Path) else all(t.exists() for t in targets)
+            if done and not overwrite:
                 report.skipped.append(target)
                 advance(case=case.name)
                 continue
