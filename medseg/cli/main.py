@@ -168,6 +168,9 @@ def predict(
     workers: Annotated[int, typer.Option(help="Processes that share the cases (one per GPU with --device cuda).")] = 1,
     claim_timeout: Annotated[float, typer.Option(help="Seconds without heartbeat after which another process takes "
                                                       "a case over.")] = 600.0,
+    probabilities: Annotated[bool, typer.Option(help="Also write class probabilities: <case>_probabilities.nii.gz "
+                                                     "(4D, class last) or <name>_probabilities.npz (images).")] = False,
+    threshold: Annotated[Optional[float], typer.Option(help="Two-class models: foreground where p >= T (0 < T < 1).")] = None,  # noqa: UP045,E501
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -182,10 +185,11 @@ def predict(
         rank, sharing = torchrun_rank(), Sharing.from_options(shard, claim_timeout)
         check_parallel(workers, sharing, rank is not None, spell=_option_name)
         overrides = {"tta": tta, "largest_component": largest_component, "precision": precision,
-                     "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size}
+                     "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size, "threshold": threshold}
         predictor = Predictor.from_checkpoint(checkpoint, device=device, spell=_option_name, **overrides)
         report = predict_paths(predictor, inputs, output, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg,
-                               statistics=statistics, sharing=sharing, workers=workers, torchrun=rank is not None)
+                               statistics=statistics, probabilities=probabilities, sharing=sharing,
+                               workers=workers, torchrun=rank is not None)
         if rank is not None and rank[0] != 0:
             raise typer.Exit(0 if report.ok else 1)
         _echo(f"{len(report.written)} files written to {output}, {len(report.skipped)} existing skipped "
@@ -246,6 +250,22 @@ def evaluate(
         typer.echo(result.table())
         typer.echo(f"per-case CSV: {result.csv_path}")
         typer.echo(f"summary: {result.summary_path}")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders of `medseg train` (each with log.json).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG of the runs' curves overlaid.")],
+    table: Annotated[Optional[Path], typer.Option(help="Also write the table as .csv (full precision) or .md.")] = None,  # noqa: UP045,E501
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Overlay the curves of several runs and print each run's best epoch with its validation metrics."""
+    with user_errors():
+        from medseg.training.compare import compare_runs, table_text
+
+        rows = compare_runs(run_dirs, output, table=table, overwrite=overwrite)
+        typer.echo(table_text(rows, "md"), nl=False)
+        typer.echo(f"curves: {output}" + (f"\ntable: {table}" if table is not None else ""))
 
 
 @config_app.command("check")

@@ -243,6 +243,10 @@ class TrainConfig(Strict):
     best_metric: Literal["dice", "iou", "loss"] = Field("dice", description="Metric that picks the best checkpoint.")
     steps_per_epoch: PositiveInt | None = Field(None, description="Cap on steps per epoch (None: whole set).")
     tensorboard: bool = Field(False, description="Also write TensorBoard logs to the run folder.")
+    tensorboard_images_every: PositiveInt | None = Field(
+        None, description="With train.tensorboard: every N epochs, the first validation input, truth and "
+        "prediction as TensorBoard images (None: no images)."
+    )
     preview_samples: int = Field(4, ge=0, le=16, description="Training samples drawn in preview.png.")
 
 
@@ -258,6 +262,10 @@ class InferConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Inference precision.")
     tta: bool = Field(False, description="Flip test-time augmentation.")
     largest_component: bool = Field(False, description="Keep only the largest connected component per class.")
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="Two-class models: foreground where p(foreground) >= threshold, strictly "
+        "between 0 and 1 (None: the most probable class)."
+    )
 
 
 class ExperimentConfig(Strict):

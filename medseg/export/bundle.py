@@ -78,6 +78,9 @@ def bundle_refusal(loaded: LoadedModel) -> str | None:
                 "medseg resizes with antialiasing); use --format onnx or torchscript")
     if loaded.infer.tta:
         return "infer.tta is true: MONAI's inferers have no flip test-time augmentation; retrain or export onnx"
+    if loaded.infer.threshold is not None:
+        return (f"infer.threshold is {loaded.infer.threshold}: the bundle's postprocessing takes the most probable "
+                "class; export onnx (medseg predict applies the threshold) or retrain without it")
     if loaded.config.model.name != "unet":
         return f"model.name {loaded.config.model.name!r}: the bundle writer knows 'unet' only"
     layers = window_dependent_layers(loaded.model)

@@ -21,7 +21,9 @@ from medseg.io.volume import DEFAULT_MAX_BYTES, Volume, affine_from_lps, check_v
 
 __all__ = [
     "read_volume",
+    "PROBABILITY_STEP",
     "write_label_map",
+    "write_probability_map",
     "write_volume",
 ]
 
@@ -226,6 +228,37 @@ def write_label_map(path: str | Path, labels: np.ndarray, reference: Volume, *, 
     return _save_nifti(Path(path), array, reference.affine, codes, overwrite)
 
 
+#: Probabilities are stored as uint16 counts of this step (NIfTI-1 has no float16): 2 bytes per value.
+PROBABILITY_STEP = 1.0 / 65535.0
+
+
+def write_probability_map(path: str | Path, probabilities: np.ndarray, reference: Volume, *,
+                          overwrite: bool = True) -> Path:
+    """Write per-class probabilities ``(K, *reference.shape)`` as a 4D NIfTI (X, Y, Z, K), class last, atomically.
+
+    NIfTI-1 has no float16 type, so values are stored as uint16 with ``scl_slope`` 1/65535 (2 bytes per value;
+    readers that apply the scaling -- nibabel's ``get_fdata``, SimpleITK, ITK-SNAP, 3D Slicer -- see floats in
+    0..1, to within 7.7e-6). The affine and its codes are the reference's, as for :func:`write_label_map`.
+
+    Raises:
+        DataError: Shape not ``(K, *reference.shape)``, values outside 0..1 or not finite, unsupported suffix or
+            missing parent folder.
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    probs = np.asarray(probabilities)
+    if probs.ndim != 4 or probs.shape[1:] != tuple(reference.shape):
+        raise DataError(f"{path}: probabilities of shape {probs.shape}; allowed (K, *{tuple(reference.shape)})")
+    stored = np.empty((*reference.shape, probs.shape[0]), dtype=np.uint16)
+    for c in range(probs.shape[0]):  # one class at a time: no float32 copy of the whole map
+        p = probs[c].astype(np.float32)
+        if not np.isfinite(p).all() or p.min() < 0 or p.max() > 1.0 + 1e-3:
+            raise DataError(f"{path}: class {c} holds values outside 0..1; probabilities must lie in 0..1")
+        stored[..., c] = np.rint(np.clip(p, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    meta = reference.meta
+    codes = (int(meta.get("qform_code", 1) or 1), int(meta.get("sform_code", 1) or 1))
+    return _save_nifti(Path(path), stored, reference.affine, codes, overwrite, slope=PROBABILITY_STEP)
+
+
 def _label_dtype(path: str | Path, labels: np.ndarray) -> np.dtype:
     if labels.size == 0:
         return np.dtype(np.uint8)
@@ -236,7 +269,8 @@ def _label_dtype(path: str | Path, labels: np.ndarray) -> np.dtype:
     return dtype
 
 
-def _save_nifti(path: Path, array: np.ndarray, affine: np.ndarray, codes: tuple[int, int], overwrite: bool) -> Path:
+def _save_nifti(path: Path, array: np.ndarray, affine: np.ndarray, codes: tuple[int, int], overwrite: bool, *,
+                slope: float = 1.0) -> Path:
     import nibabel as nib
 
     name = path.name.lower()
@@ -250,7 +284,7 @@ def _save_nifti(path: Path, array: np.ndarray, affine: np.ndarray, codes: tuple[
     img.set_qform(affine, code=codes[0])
     img.set_sform(affine, code=codes[1])
     img.header.set_xyzt_units("mm", "sec")
-    img.header.set_slope_inter(1.0, 0.0)
+    img.header.set_slope_inter(slope, 0.0)
     suffix = ".nii.gz" if name.endswith(".gz") else ".nii"
     with atomic_path(path, suffix=".tmp" + suffix) as tmp:
         nib.save(img, tmp)

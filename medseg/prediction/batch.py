@@ -27,6 +27,7 @@ def predict_paths(
     overlay: bool = False,
     dicom_seg: bool = False,
     statistics: bool = False,
+    probabilities: bool = False,
     progress: bool = True,
     sharing: Sharing | None = None,
     workers: int = 1,
@@ -37,7 +38,8 @@ def predict_paths(
     Image models: see :func:`~medseg.prediction.image.predict_images`; volume models:
     :func:`~medseg.prediction.volume.predict_volumes`. ``statistics=True`` adds per-structure statistics to each
     case's ``<case>.json`` sidecar and writes ``statistics.csv`` over all cases (see
-    :mod:`medseg.prediction.statistics`).
+    :mod:`medseg.prediction.statistics`). ``probabilities=True`` also writes each case's class probabilities:
+    ``<name>_probabilities.npz`` for images, ``<case>_probabilities.nii.gz`` (4D, class last) for volumes.
 
     Several processes may share ``out_dir`` (on shared storage too): each case is claimed before it is computed
     (:mod:`medseg.prediction.claims`), so no case is computed twice and a case whose process died is taken over.
@@ -63,7 +65,7 @@ def predict_paths(
     check_parallel(workers, sharing, torchrun)
     if workers != 1 or torchrun:
         options = {"overwrite": overwrite, "overlay": overlay, "dicom_seg": dicom_seg, "statistics": statistics,
-                   "progress": progress}
+                   "probabilities": probabilities, "progress": progress}
         return predict_parallel(predict_paths, loaded, paths, out, workers=workers, torchrun=torchrun,
                                 sharing=sharing, options=options)
     if not loaded.kind.segments_volumes:
@@ -72,10 +74,10 @@ def predict_paths(
             raise DataError(f"{volumes[0]}: is a volume but checkpoint {loaded.source} is a 2D image model "
                             "(images2d); use a checkpoint trained with data.kind volumes3d or slices2d")
         return predict_images(loaded, paths, out, overwrite=overwrite, overlay=overlay, statistics=statistics,
-                              progress=progress, sharing=sharing)
+                              probabilities=probabilities, progress=progress, sharing=sharing)
     images = [p for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if images:
         raise DataError(f"{images[0]}: is a 2D image but checkpoint {loaded.source} segments volumes "
                         f"({loaded.kind.value}); use a checkpoint trained with data.kind images2d for 2D images")
     return predict_volumes(loaded, paths, out, overwrite=overwrite, dicom_seg=dicom_seg, statistics=statistics,
-                           progress=progress, sharing=sharing)
+                           probabilities=probabilities, progress=progress, sharing=sharing)

@@ -101,16 +101,16 @@ def check_output_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
 
 def run_cases(
     cases: Sequence[Case],
-    output_of: Callable[[Case], Path],
+    output_of: Callable[[Case], Path | Sequence[Path]],
     run: Callable[[Case], list[Path]],
     *,
     overwrite: bool,
     progress: bool,
     sharing: Sharing | None = None,
 ) -> BatchReport:
-    """Run ``run`` on each case, skipping existing outputs and collecting failures (a failing case
-    does not stop the others); each case is claimed first, and only this process's shard is run
-    (:func:`~medseg.prediction.claims.run_claimed`)."""
+    """Run ``run`` on each case, skipping those whose outputs (``output_of``: one path or every path asked for)
+    all exist, and collecting failures (a failing case does not stop the others); each case is claimed first,
+    and only this process's shard is run (:func:`~medseg.prediction.claims.run_claimed`)."""
     sharing = sharing or Sharing()
     report = BatchReport()
     t0 = time.perf_counter()
@@ -129,9 +129,15 @@ def run_cases(
     names = [c.name for c in cases]
     share = len(cases) if sharing.shard is None else len(shard_indices(names, sharing.shard))
     with progress_bar("predicting", share, enabled=progress) as advance:
-        found = run_claimed(names, output_of(cases[0]).parent, finished=lambda i: output_of(cases[i]).exists(),
+        found = run_claimed(names, _outputs(output_of(cases[0]))[0].parent,
+                            finished=lambda i: all(t.exists() for t in _outputs(output_of(cases[i]))),
                             work=work, overwrite=overwrite, sharing=sharing, advance=lambda i: advance(case=names[i]))
-    report.skipped += [output_of(cases[i]) for i in found.skipped]
+    report.skipped += [_outputs(output_of(cases[i]))[0] for i in found.skipped]
     report.elsewhere += [names[i] for i in found.elsewhere]
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _outputs(targets: Path | Sequence[Path]) -> list[Path]:
+    """The outputs of a case as a list (the first is the label map)."""
+    return [targets] if isinstance(targets, Path) else list(targets)

@@ -154,6 +154,10 @@ def _settings(
     kind = _kind_of(ckpt, cfg)
     infer = apply_infer_overrides(cfg.infer, overrides, kind, spell=spell or (lambda name: name))
     _check_roi_bottleneck(cfg, infer, spell or (lambda name: name))
+    if infer.threshold is not None and labels.num_classes != 2:
+        raise ConfigError(f"{(spell or (lambda name: name))('threshold')}: got {infer.threshold}; a threshold applies "
+                          f"to two-class models only and {source} has {labels.num_classes} classes "
+                          f"({', '.join(labels.names)})")
     return cfg, labels, kind, infer
 
 

@@ -6,7 +6,8 @@ resampled back to the original grid (trilinear, argmax there) and reoriented -> 
 per class -> original label values (``LabelMap.to_values``).
 
 Many cases (:func:`predict_volumes`): ``OUT/<case>.nii.gz`` label maps, ``OUT/<case>.json`` sidecars and,
-for DICOM inputs on request, ``OUT/<case>.seg.dcm``; on request per-structure statistics in each sidecar and
+for DICOM inputs on request, ``OUT/<case>.seg.dcm``; on request ``OUT/<case>_probabilities.nii.gz``
+(float16 class probabilities, 4D with the class last); on request per-structure statistics in each sidecar and
 ``OUT/statistics.csv`` over all cases (:mod:`medseg.prediction.statistics`, ``statistics_table``). Outputs are
 written atomically, the label map last, so a case whose ``.nii.gz`` exists is complete and is skipped unless
 ``overwrite``.
@@ -30,7 +31,7 @@ from medseg.errors import CheckpointError, ConfigError, DataError
 from medseg.io.dicom import SeriesInfo, list_series
 from medseg.io.images import IMAGE_SUFFIXES
 from medseg.io.volume import VOLUME_SUFFIXES, Volume, volume_case_name
-from medseg.io.volume_io import read_volume, write_label_map
+from medseg.io.volume_io import read_volume, write_label_map, write_probability_map
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
 from medseg.prediction.claims import Sharing
 from medseg.prediction.loaded import LoadedModel
@@ -39,7 +40,8 @@ from medseg.prediction.postprocess import keep_largest_component
 from medseg.prediction.statistics import VOLUME_COLUMNS, statistics_section, structure_statistics, voxel_volume_mm3
 from medseg.prediction.statistics_table import write_statistics_table
 
-__all__ = ["VolumeCase", "find_volume_cases", "predict_volume", "predict_volumes", "read_input_volume"]
+__all__ = ["VolumeCase", "find_volume_cases", "predict_outputs", "predict_volume", "predict_volumes",
+           "read_input_volume"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,18 @@ def read_input_volume(path: str | Path, *, series_uid: str | None = None) -> Vol
 
 def predict_classes(loaded: LoadedModel, volume: Volume) -> np.ndarray:
     """Class indices (uint8) on ``volume``'s grid."""
+    return predict_outputs(loaded, volume, probabilities=False)[0]
+
+
+def predict_outputs(loaded: LoadedModel, volume: Volume, *, probabilities: bool
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class indices (uint8) on ``volume``'s grid and, when asked, the class probabilities there: float16
+    ``(K, *volume.shape)``, class first, each class resampled back like the labels (trilinear), so their argmax is
+    the labels except at ties and where ``infer.largest_component`` removed a region.
+
+    The labels are the most probable class, or with ``infer.threshold`` (two classes) class 1 wherever its
+    probability is ``>= threshold``.
+    """
     settings = loaded.preprocessing
     pre = VolumePreprocessor(settings)
     if pre.in_channels != loaded.in_channels:
@@ -100,19 +114,23 @@ def predict_classes(loaded: LoadedModel, volume: Volume) -> np.ndarray:
     # loaded.tiling "auto": the engine falls back to roi windows for instance/group norm
     probs = infer_prepared(loaded.model, image, settings, loaded.infer, loaded.device, tiling=loaded.tiling,
                            divisor=loaded.divisor)
-    classes = pre.invert_probabilities(probs, grid)
+    classes = pre.invert_probabilities(probs, grid, threshold=loaded.infer.threshold)
     if loaded.infer.largest_component:
         classes = keep_largest_component(classes, loaded.labels.num_classes)
-    return classes
+    maps = pre.invert_probability_maps(probs, grid) if probabilities else None
+    return classes, maps
 
 
-def predict_volume(loaded: LoadedModel, source: str | Path | Volume, *, series_uid: str | None = None) -> Volume:
+def predict_volume(loaded: LoadedModel, source: str | Path | Volume, *, series_uid: str | None = None,
+                   probabilities: bool = False) -> Volume:
     """Segment one volume; the result lies on the input's exact grid (shape and affine) in original label values.
 
     Args:
         loaded: A volumes3d or slices2d loaded.
         source: A NIfTI/MHA/NRRD file, a DICOM series folder, or a :class:`~medseg.io.volume_io.Volume`.
         series_uid: For a DICOM folder holding several series, the one to read.
+        probabilities: Also put the class probabilities on the input grid in ``meta["probabilities"]`` (float16
+            ``(K, *shape)``, class first; see :func:`predict_outputs`).
 
     Returns:
         A :class:`~medseg.io.volume_io.Volume` of label values (``meta["classes"]``: class indices array).
@@ -127,9 +145,12 @@ def predict_volume(loaded: LoadedModel, source: str | Path | Volume, *, series_u
         raise ConfigError(f"series_uid: got {series_uid!r} with a Volume; it chooses a series of a DICOM folder "
                           "(allowed with a folder only)")
     volume = source if isinstance(source, Volume) else read_input_volume(source, series_uid=series_uid)
-    classes = predict_classes(loaded, volume)
+    classes, maps = predict_outputs(loaded, volume, probabilities=probabilities)
     values = np.asarray(loaded.labels.to_values(classes))
-    return Volume(values, volume.affine.copy(), {**volume.meta, "classes": classes, "checkpoint": loaded.source})
+    meta = {**volume.meta, "classes": classes, "checkpoint": loaded.source}
+    if maps is not None:
+        meta["probabilities"] = maps
+    return Volume(values, volume.affine.copy(), meta)
 
 
 # ------------------------------------------------------------------------------------------- many cases
@@ -264,6 +285,7 @@ def predict_volumes(
     overwrite: bool = False,
     dicom_seg: bool = False,
     statistics: bool = False,
+    probabilities: bool = False,
     progress: bool = True,
     sharing: Sharing | None = None,
 ) -> BatchReport:
@@ -278,6 +300,9 @@ def predict_volumes(
         statistics: Add per-structure statistics (:func:`~medseg.prediction.statistics.structure_statistics`
             over the input volume) to each sidecar, and write ``statistics.csv`` over all finished cases, skipped
             ones included (their sidecars are read; one without statistics gets them from its label map).
+        probabilities: Also write ``<case>_probabilities.nii.gz``: 4D (X, Y, Z, K), class last, on the input's
+            grid (:func:`~medseg.io.volume_io.write_probability_map`); a case is skipped only when every output
+            asked for exists.
         progress: Progress bar on stderr.
         sharing: How this process shares ``out_dir`` with others (claim timeout, shard, run id); each case is
             claimed before it is computed (:mod:`medseg.prediction.claims`).
@@ -298,8 +323,11 @@ def predict_volumes(
     def run(case: Case) -> list[Path]:
         t0 = time.perf_counter()
         volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None))
-        result = predict_volume(loaded, volume)
+        result = predict_volume(loaded, volume, probabilities=probabilities)
         written = []
+        if probabilities:
+            written.append(write_probability_map(out / f"{case.name}_probabilities.nii.gz",
+                                                 result.meta.pop("probabilities"), volume))
         if dicom_seg and volume.meta.get("format") == "dicom":
             from medseg.io.dicom_seg import write_dicom_seg
 
@@ -314,8 +342,10 @@ def predict_volumes(
         written.append(write_label_map(out / f"{case.name}.nii.gz", result.array, volume))
         return written[::-1]
 
-    report = run_cases(cases, lambda c: out / f"{c.name}.nii.gz", run, overwrite=overwrite, progress=progress,
-                       sharing=sharing)
+    def outputs(c: Case) -> list[Path]:
+        return [out / f"{c.name}.nii.gz"] + ([out / f"{c.name}_probabilities.nii.gz"] if probabilities else [])
+
+    report = run_cases(cases, outputs, run, overwrite=overwrite, progress=progress, sharing=sharing)
     if statistics:
         def from_disk(case: Case) -> dict[str, Any]:
             volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None))
