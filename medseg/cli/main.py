@@ -29,6 +29,8 @@ app.add_typer(config_app, name="config")
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: key.path=value.")]  # noqa: UP045
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")]
+Irregular = Annotated[str, typer.Option(help="Tilted, unevenly spaced or sheared volumes: refuse, or resample onto "
+                                             "a regular grid (stated in the sidecar).")]
 
 
 @contextmanager
@@ -141,20 +143,23 @@ def predict(
     dicom_seg: Annotated[bool, typer.Option(help="DICOM inputs: also write a DICOM-SEG.")] = False,
     statistics: Annotated[bool, typer.Option(help="Per structure: size, intensity (HU), box, centroid, components, "
                                                   "in <case>.json and OUT/statistics.csv.")] = False,
+    irregular: Irregular = "refuse",
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
     """Segment images or volumes with a trained checkpoint, in the inputs' own size, geometry and label values."""
     _logging(verbose, quiet)
     with user_errors():
+        from medseg.io.dicom import check_irregular
         from medseg.prediction.batch import predict_paths
         from medseg.prediction.predictor import Predictor
 
+        check_irregular(irregular, "--irregular")
         overrides = {"tta": tta, "largest_component": largest_component, "precision": precision,
                      "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size}
         predictor = Predictor.from_checkpoint(checkpoint, device=device, spell=_option_name, **overrides)
         report = predict_paths(predictor, inputs, output, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg,
-                               statistics=statistics)
+                               statistics=statistics, irregular=irregular)
         _echo(f"{len(report.written)} files written to {output}, {len(report.skipped)} existing skipped "
                    f"(--overwrite redoes them), {len(report.failed)} failed, {report.seconds:.1f}s")
         for source, message in report.failed:
@@ -272,14 +277,17 @@ def synth(
 @app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="A volume file or a folder with DICOM series.")],
+    irregular: Irregular = "refuse",
     verbose: Verbose = False,
 ) -> None:
     """List the image series found in a folder (or describe one volume file), and why anything was skipped."""
     _logging(verbose, False)
     with user_errors():
         from medseg.io.describe import describe_path
+        from medseg.io.dicom import check_irregular
 
-        _echo(describe_path(path))
+        check_irregular(irregular, "--irregular")
+        _echo(describe_path(path, irregular=irregular))
 
 
 @app.command()

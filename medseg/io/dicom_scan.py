@@ -74,7 +74,9 @@ class SeriesInfo:
     ``size`` is (cols, rows, slices) like SimpleITK, ``spacing`` (mm) and ``orientation`` (nibabel axis
     codes such as ``"LPS"``: the world direction in which i, j, k grow) describe the volume axes.
     ``usable`` is False when the group cannot be read as one volume; ``reason`` then says why.
-    ``reason`` is also set on usable parts of a split series (``"split: ..."``).
+    ``reason`` is also set on usable parts of a split series (``"split: ..."``). ``irregular`` is set on a usable
+    series whose slices lie on no regular grid (uneven gaps, gantry tilt, a slice shifted in-plane): it says why,
+    naming the slice, and such a series is read only when resampled (``irregular="resample"``).
     """
 
     series_uid: str
@@ -87,12 +89,15 @@ class SeriesInfo:
     files: list[Path]
     usable: bool
     reason: str | None = None
+    irregular: str | None = None
     headers: list[DicomHeader] = field(default_factory=list, repr=False)
     geometry: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def summary(self) -> str:
         size = "x".join(str(n) for n in self.size)
         state = "usable" if self.usable else f"skipped: {self.reason}"
+        if self.usable and self.irregular:
+            state = f"irregular: {self.irregular}"
         uid = self.series_uid or "(no SeriesInstanceUID)"
         return f"{uid} {self.description!r} {self.modality} {self.n_files} files {size} ({state})"
 
@@ -274,7 +279,12 @@ def _judge(uid: str, hs: list[DicomHeader], kind: tuple[Any, ...]) -> SeriesInfo
 
 
 def _judge_geometry(info: SeriesInfo, hs: list[DicomHeader]) -> str | None:
-    """Sort slices along the normal; fill ``info.geometry``; return why it is not a volume, or None."""
+    """Sort slices along the normal; fill ``info.geometry``; return why it is not a volume, or None.
+
+    Every slice's position is checked against the stack, not only the first and last: a series whose slices are
+    unevenly spaced, tilted (positions drifting off the slice normal) or shifted in-plane one by one is still a
+    volume, but an irregular one (``info.irregular`` says why, naming the slice): it is read only when resampled.
+    """
     row, col = np.array(hs[0].orientation[:3]), np.array(hs[0].orientation[3:])  # type: ignore[index]
     if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
         return f"invalid ImageOrientationPatient {hs[0].orientation}"
@@ -294,19 +304,47 @@ def _judge_geometry(info: SeriesInfo, hs: list[DicomHeader]) -> str | None:
     direction = np.column_stack([row, col, normal])
     info.spacing = (float(ps[1]), float(ps[0]), float(spacing))  # type: ignore[index]
     info.orientation = _axcodes(direction)
-    info.geometry = {"origin": positions[0], "direction": direction, "spacing": info.spacing, "positions": positions}
-    typical = float(np.median(steps))
+    info.geometry = {"origin": positions[0], "direction": direction, "spacing": info.spacing, "positions": positions,
+                     "pixel_spacing": (float(ps[0]), float(ps[1]))}  # type: ignore[index]
+    info.irregular = _irregularity(hs, positions, dist, normal)
+    return None
+
+
+def _slice_name(h: DicomHeader) -> str:
+    """``"CT.123 (instance 7)"``: a slice as messages name it."""
+    number = h.dataset.get("InstanceNumber")
+    return f"{h.path.name} (instance {number})" if number not in (None, "") else h.path.name
+
+
+def _irregularity(hs: list[DicomHeader], positions: np.ndarray, dist: np.ndarray, normal: np.ndarray) -> str | None:
+    """Why slices sorted along ``normal`` do not lie on one regular grid, naming the slice; None when they do.
+
+    Checked for every slice: the gaps along the normal (uneven spacing, a missing slice), and each slice's position
+    against the line from the first slice to the last (a slice shifted in-plane or out of line), then that line
+    against the normal (gantry tilt, a sheared stack).
+    """
+    steps = np.diff(dist)
+    typical = float(np.sort(steps)[(len(steps) - 1) // 2])  # the lower median: of two gaps, the smaller
     deviation = np.abs(steps - typical)
     if deviation.max() > max(0.01 * typical, 1e-3):
         k = int(np.argmax(deviation))
         return (
             f"non-uniform slice spacing: {steps[k]:.3f} mm between slices {k} and {k + 1} "
-            f"({hs[k].path.name}, {hs[k + 1].path.name}), expected {typical:.3f} mm (missing slice?)"
+            f"({_slice_name(hs[k])}, {_slice_name(hs[k + 1])}), expected {typical:.3f} mm (missing slice?)"
         )
-    offaxis = positions[-1] - positions[0] - (dist[-1] - dist[0]) * normal
-    if np.linalg.norm(offaxis) > max(1e-3 * abs(dist[-1] - dist[0]), 1e-3):
-        tilt = np.degrees(np.arctan2(np.linalg.norm(offaxis), abs(dist[-1] - dist[0])))
-        return f"gantry tilt / sheared stack: slices move {tilt:.2f} deg off the slice normal; resample first"
+    span = dist[-1] - dist[0]
+    along = (dist - dist[0]) / span
+    line = positions[0] + along[:, None] * (positions[-1] - positions[0])
+    off_line = np.linalg.norm(positions - line, axis=1)
+    tolerance = max(1e-3 * typical, 1e-3)
+    if off_line.max() > tolerance:
+        k = int(np.argmax(off_line))
+        return (f"slice {k} ({_slice_name(hs[k])}) lies {off_line[k]:.3f} mm off the line through the first and "
+                "last slices (shifted in-plane or out of line)")
+    offaxis = positions[-1] - positions[0] - span * normal
+    if np.linalg.norm(offaxis) > max(1e-3 * abs(span), 1e-3):
+        tilt = np.degrees(np.arctan2(np.linalg.norm(offaxis), abs(span)))
+        return f"gantry tilt / sheared stack: slices move {tilt:.2f} deg off the slice normal"
     return None
 
 

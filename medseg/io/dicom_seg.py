@@ -18,6 +18,7 @@ import numpy as np
 from medseg.atomic import atomic_path
 from medseg.errors import DataError, OutputExistsError
 from medseg.io.dicom import read_dicom_series, select_series
+from medseg.io.resample import labels_on_slices
 from medseg.io.volume import Volume
 from medseg.io.volume_io import read_volume
 
@@ -46,7 +47,10 @@ def write_dicom_seg(
     Args:
         path: Output ``.dcm`` file.
         labels: Integer label map, shape ``(I, J, K)`` equal to the source volume's shape; 0 = background.
-        source: The DICOM Volume the labels were made on (from :func:`read_dicom_series`) or its folder.
+        source: The DICOM Volume the labels were made on (from :func:`read_dicom_series`) or its folder. For a
+            series read with ``irregular="resample"`` the labels lie on the regular grid; the SEG's frames still
+            lie on the original slices (each pixel takes the label of the nearest grid node), so they overlay the
+            series as it is stored.
         class_names: Label value -> segment label, e.g. ``{1: "liver"}``. Every non-zero value must be a key.
 
     Returns:
@@ -66,6 +70,12 @@ def write_dicom_seg(
         raise DataError(f"{path}: parent folder {path.parent} does not exist; create it first")
     datasets, shape = _source_headers(source)
     labels = np.asarray(labels)
+    if isinstance(source, Volume) and "slice_geometry" in source.meta:
+        if labels.shape != source.shape:
+            raise DataError(f"{path}: label map shape {labels.shape} differs from the resampled grid {source.shape}")
+        geo = source.meta["slice_geometry"]
+        labels = labels_on_slices(labels, source.affine, np.asarray(geo["positions_lps"]),
+                                  np.asarray(geo["direction_lps"]), tuple(geo["pixel_spacing"]), tuple(geo["size"]))
     if labels.shape != shape:
         raise DataError(f"{path}: label map shape {labels.shape} differs from source series shape {shape}")
     if labels.dtype.kind not in "biu":
@@ -144,6 +154,9 @@ def _source_headers(source: Volume | str | Path) -> tuple[list[Any], tuple[int, 
             )
         datasets: list[pydicom.Dataset] = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
         shape = source.shape
+        if "slice_geometry" in source.meta:  # resampled: the SEG's frames lie on the original slices
+            rows, cols = source.meta["slice_geometry"]["size"]
+            shape = (int(cols), int(rows), len(files))
     else:
         _, info = select_series(source)
         datasets = [h.dataset for h in info.headers]

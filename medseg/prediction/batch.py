@@ -26,13 +26,15 @@ def predict_paths(
     dicom_seg: bool = False,
     statistics: bool = False,
     progress: bool = True,
+    irregular: str = "refuse",
 ) -> BatchReport:
     """Predict every case found in ``inputs`` into ``out_dir``.
 
     Image models: see :func:`~medseg.prediction.image.predict_images`; volume models:
     :func:`~medseg.prediction.volume.predict_volumes`. ``statistics=True`` adds per-structure statistics to each
     case's ``<case>.json`` sidecar and writes ``statistics.csv`` over all cases (see
-    :mod:`medseg.prediction.statistics`).
+    :mod:`medseg.prediction.statistics`). ``irregular="resample"`` resamples tilted, unevenly spaced or sheared
+    volumes onto a regular grid (refused by default); see :func:`~medseg.prediction.volume.predict_volumes`.
 
     Raises:
         DataError: A volume given to an image model, a 2D image file given to a volume model (and everything
@@ -48,6 +50,9 @@ def predict_paths(
     if dicom_seg and not loaded.kind.segments_volumes:
         raise ConfigError(f"--dicom-seg: {loaded.source} is a 2D image model; DICOM-SEG is written for volume "
                           "models given DICOM series")
+    if irregular != "refuse" and not loaded.kind.segments_volumes:
+        raise ConfigError(f"--irregular: {loaded.source} is a 2D image model; irregular volumes are resampled for "
+                          "volume models only")
     if not loaded.kind.segments_volumes:
         volumes = [p for p in paths if p.name.lower().endswith(VOLUME_SUFFIXES)]
         if volumes:
@@ -60,4 +65,4 @@ def predict_paths(
         raise DataError(f"{images[0]}: is a 2D image but checkpoint {loaded.source} segments volumes "
                         f"({loaded.kind.value}); use a checkpoint trained with data.kind images2d for 2D images")
     return predict_volumes(loaded, paths, out, overwrite=overwrite, dicom_seg=dicom_seg, statistics=statistics,
-                           progress=progress)
+                           progress=progress, irregular=irregular)
