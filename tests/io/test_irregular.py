@@ -173,3 +173,37 @@ def test_qform_and_sform_are_written_back_as_read(tmp_path):
             assert (int(header["qform_code"]), int(header["sform_code"])) == codes
             np.testing.assert_allclose(header.get_qform(), qform, atol=1e-5)
             np.testing.assert_allclose(header.get_sform(), sform, atol=1e-5)
+
+
+def test_seg_of_a_resampled_series_lies_on_the_original_slices(tmp_path, dcmqi_ct, copy_files):
+    """Labels on the regular grid of a tilted series -> a SEG whose frames are the original slices, each frame's
+    position that slice's ImagePositionPatient and its pixels the labels at that slice's pixels."""
+    from medseg.io.dicom_seg import write_dicom_seg
+
+    folder = copy_files(sorted(dcmqi_ct.iterdir()), tmp_path / "tilt")
+    datasets = _edit(folder, _move({0: (0.0, 2 * PIXEL, 0.0), 1: (0.0, PIXEL, 0.0)}))
+    volume = read_volume(folder, irregular="resample")
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[100:200, 150:300, :] = 1  # a box on the grid: on slice k it covers rows 150 - k .. 299 - k
+    labels[300:320, 10:20, 1] = 2
+    seg = pydicom.dcmread(write_dicom_seg(tmp_path / "a.seg.dcm", labels, volume, {1: "box", 2: "dot"}))
+    by_position = {tuple(round(float(v), 3) for v in ds.ImagePositionPatient): k
+                   for k, ds in enumerate(datasets)}  # 01.dcm is the top slice, k = 2 on the grid
+    frames = seg.pixel_array.reshape(-1, 512, 512)
+    found = {}
+    for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        position = tuple(round(float(v), 3) for v in item.PlanePositionSequence[0].ImagePositionPatient)
+        segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        k = by_position[position]
+        assert source == datasets[k].SOPInstanceUID
+        found[(k, segment)] = frames[f]
+    for k in range(3):
+        grid_k = 2 - k
+        expected = np.zeros((512, 512), np.uint8)  # [row, col]
+        expected[150 - grid_k:300 - grid_k, 100:200] = 1
+        np.testing.assert_array_equal(found[(k, 1)], expected)
+    dot = np.zeros((512, 512), np.uint8)
+    dot[9:19, 300:320] = 1  # grid k = 1 is 02.dcm, one pixel along +y
+    np.testing.assert_array_equal(found[(1, 2)], dot)
+    assert set(found) == {(0, 1), (1, 1), (2, 1), (1, 2)}  # empty frames are left out
