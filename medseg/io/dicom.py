@@ -153,6 +153,7 @@ def read_dicom_series(
         "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
         "sop_instance_uids": [h.sop_uid for h in info.headers],
         "files": [str(h.path) for h in info.headers],
+        **({"frames": [h.frame for h in info.headers]} if info.headers[0].frame is not None else {}),
         "rescaled": rescaled,
         "photometric": str(first.get("PhotometricInterpretation", "")),
         **extra,
@@ -205,6 +206,8 @@ def _syntax(ds: Any) -> str:
 
 def _decode_slices(headers: list[DicomHeader], workers: int | None) -> list[np.ndarray | str]:
     """Each slice's stored values (or an error string), decoded in threads or worker processes where that pays."""
+    if any(h.frame is not None for h in headers):
+        return _frame_pixels(headers)
     syntaxes = {_syntax(h.dataset) for h in headers}
     n = len(headers)
     if all(imagecodecs_decoder(uid) is not None for uid in syntaxes):
@@ -231,6 +234,22 @@ def _decode_slices(headers: list[DicomHeader], workers: int | None) -> list[np.n
         for future in futures:
             slices.extend(future.result())
     return slices
+
+
+def _frame_pixels(headers: list[DicomHeader]) -> list[np.ndarray | str]:
+    """Stored values of frames of enhanced multi-frame files (each file decoded once, by pydicom)."""
+    decoded: dict[Path, np.ndarray | str] = {}
+    out: list[np.ndarray | str] = []
+    for h in headers:
+        if h.path not in decoded:
+            try:
+                frames = np.asarray(h.dataset.pixel_array)
+                decoded[h.path] = frames.reshape(h.dataset.NumberOfFrames, h.rows, h.cols)
+            except Exception as err:  # noqa: BLE001 (decoder plug-ins raise anything; reported with the file name)
+                decoded[h.path] = f"{type(err).__name__}: {_message(err)}"
+        frames = decoded[h.path]
+        out.append(frames if isinstance(frames, str) else frames[h.frame or 0])
+    return out
 
 
 def _cpus() -> int:
@@ -378,8 +397,9 @@ def _rescale(name: str, stack: np.ndarray, headers: list[DicomHeader]) -> tuple[
     """Apply RescaleSlope/Intercept per slice: int16 or int32 when both are integral and the values fit, else
     float32. Integer results are exact (the range is worked out from each slice's stored minimum and maximum
     before choosing the narrowest dtype that holds every intermediate value)."""
-    slopes = np.array([float(h.dataset.get("RescaleSlope", 1) or 1) for h in headers])
-    inters = np.array([float(h.dataset.get("RescaleIntercept", 0) or 0) for h in headers])
+    slopes = np.array([h.rescale[0] if h.rescale else float(h.dataset.get("RescaleSlope", 1) or 1) for h in headers])
+    inters = np.array([h.rescale[1] if h.rescale else float(h.dataset.get("RescaleIntercept", 0) or 0)
+                       for h in headers])
     if np.all(slopes == 1) and np.all(inters == 0):
         return stack, False
     shape = (-1, 1, 1)

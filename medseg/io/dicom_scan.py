@@ -11,7 +11,7 @@ import os
 import stat
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,9 @@ class DicomHeader:
     orientation: tuple[float, ...] | None
     frames: int
     dataset: Any = field(repr=False, compare=False)
+    #: enhanced multi-frame files: the frame (0-based) this header describes, with its own rescale
+    frame: int | None = None
+    rescale: tuple[float, float] | None = None
 
 
 @dataclass
@@ -108,7 +111,7 @@ class SkippedFile:
     reason: str
 
 
-def _read_header(path: Path) -> DicomHeader | SkippedFile:
+def _read_header(path: Path) -> DicomHeader | SkippedFile | list[DicomHeader]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -134,7 +137,7 @@ def _read_header(path: Path) -> DicomHeader | SkippedFile:
         if sop_class.startswith(prefix) and not (name == "secondary capture" and "ImagePositionPatient" in ds):
             return SkippedFile(path, f"non-image SOP class {name}")
     try:
-        return DicomHeader(
+        header = DicomHeader(
             path=path,
             series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
             sop_class=sop_class,
@@ -150,8 +153,48 @@ def _read_header(path: Path) -> DicomHeader | SkippedFile:
             frames=int(ds.get("NumberOfFrames", 1) or 1),
             dataset=ds,
         )
-    except (ValueError, TypeError) as err:
+        if header.frames > 1 and "PerFrameFunctionalGroupsSequence" in ds:
+            return _frame_headers(header)
+    except (ValueError, TypeError, AttributeError, IndexError) as err:
         return SkippedFile(path, f"malformed DICOM header ({err})")
+    return header
+
+
+def _frame_headers(header: DicomHeader) -> list[DicomHeader]:
+    """One header per frame of an enhanced (or legacy-converted enhanced) multi-frame image.
+
+    Each frame's position, orientation, pixel spacing and rescale come from its per-frame functional groups, or
+    from the shared ones; a frame then sorts and is judged like a single-frame slice.
+    """
+    ds = header.dataset
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared_item = shared[0] if shared else None
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) != header.frames:
+        raise ValueError(f"{len(per_frame)} per-frame functional groups for {header.frames} frames")
+
+    def group(item: Any, sequence: str) -> Any:
+        for where in (item, shared_item):
+            if where is not None and sequence in where and len(where[sequence].value):
+                return where[sequence].value[0]
+        return None
+
+    out = []
+    for f, item in enumerate(per_frame):
+        position, plane, measures = (group(item, s) for s in ("PlanePositionSequence", "PlaneOrientationSequence",
+                                                               "PixelMeasuresSequence"))
+        transform = group(item, "PixelValueTransformationSequence")
+        rescale = None
+        if transform is not None:
+            rescale = (float(transform.get("RescaleSlope", 1) or 1), float(transform.get("RescaleIntercept", 0) or 0))
+        out.append(replace(
+            header,
+            position=_floats(position.get("ImagePositionPatient") if position else None, 3),  # type: ignore[arg-type]
+            orientation=_floats(plane.get("ImageOrientationPatient") if plane else None, 6),
+            pixel_spacing=_floats(measures.get("PixelSpacing") if measures else None, 2),  # type: ignore[arg-type]
+            frames=1, frame=f, rescale=rescale,
+        ))
+    return out
 
 
 def _floats(value: Any, n: int) -> tuple[float, ...] | None:
@@ -201,11 +244,13 @@ def scan_dicom(source: Path | str | Sequence[Path | str]) -> tuple[str, list[Ser
 
 def _read_all(files: list[Path]) -> list[DicomHeader | SkippedFile]:
     if len(files) < 64:
-        return [_read_header(f) for f in files]
-    from concurrent.futures import ThreadPoolExecutor
+        read = [_read_header(f) for f in files]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(_read_header, files))
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            read = list(pool.map(_read_header, files))
+    return [h for item in read for h in (item if isinstance(item, list) else [item])]
 
 
 def _series_key(h: DicomHeader) -> tuple[str, ...]:
@@ -255,7 +300,7 @@ def _split_cause(keys: list[tuple[Any, ...]]) -> str:
 def _judge(uid: str, hs: list[DicomHeader], kind: tuple[Any, ...]) -> SeriesInfo:
     first = hs[0]
     info = SeriesInfo(
-        series_uid=uid, description=first.description, modality=first.modality, n_files=len(hs),
+        series_uid=uid, description=first.description, modality=first.modality, n_files=len({h.path for h in hs}),
         size=(first.cols, first.rows, len(hs)), spacing=None, orientation=None,
         files=[h.path for h in hs], usable=False, headers=hs,
     )  # fmt: skip
@@ -267,7 +312,8 @@ def _judge(uid: str, hs: list[DicomHeader], kind: tuple[Any, ...]) -> SeriesInfo
     elif int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         info.reason = f"color image (SamplesPerPixel {ds.SamplesPerPixel}); allowed grayscale"
     elif any(h.frames > 1 for h in hs):
-        info.reason = f"multi-frame files ({first.frames} frames); enhanced multi-frame is not supported"
+        info.reason = (f"multi-frame files ({first.frames} frames) without per-frame functional groups; allowed "
+                       "enhanced multi-frame images or single-frame slices")
     elif first.orientation is None or first.pixel_spacing is None or any(h.position is None for h in hs):
         info.reason = "missing ImagePositionPatient/ImageOrientationPatient/PixelSpacing"
     elif len(hs) == 1:
@@ -311,7 +357,9 @@ def _judge_geometry(info: SeriesInfo, hs: list[DicomHeader]) -> str | None:
 
 
 def _slice_name(h: DicomHeader) -> str:
-    """``"CT.123 (instance 7)"``: a slice as messages name it."""
+    """``"CT.123 (instance 7)"`` (or ``"enhanced.dcm frame 3"``): a slice as messages name it."""
+    if h.frame is not None:
+        return f"{h.path.name} frame {h.frame + 1}"
     number = h.dataset.get("InstanceNumber")
     return f"{h.path.name} (instance {number})" if number not in (None, "") else h.path.name
 

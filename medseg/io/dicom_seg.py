@@ -88,6 +88,11 @@ def write_dicom_seg(
     lut = np.zeros(max(ids + [int(labels.max()), 0]) + 1, dtype=np.uint16)
     lut[ids] = np.arange(1, len(ids) + 1)
     segments = lut[labels.astype(np.int64)].transpose(2, 1, 0)  # [k, row, col] like the source frames
+    frames = source.meta.get("frames") if isinstance(source, Volume) else None
+    if frames is not None:  # one enhanced multi-frame source: the SEG's frames follow the source's frame order
+        in_file_order = np.empty_like(segments)
+        in_file_order[np.asarray(frames)] = segments
+        segments = in_file_order
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
     )
@@ -152,13 +157,18 @@ def _source_headers(source: Volume | str | Path) -> tuple[list[Any], tuple[int, 
                 f"{source.meta.get('path', 'volume')}: DICOM-SEG needs a DICOM source volume "
                 f"(format {source.meta.get('format')!r}); allowed a volume from read_dicom_series or its folder"
             )
+        if source.meta.get("frames") is not None:  # the frames of one enhanced multi-frame file
+            files = list(dict.fromkeys(files))
         datasets: list[pydicom.Dataset] = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
         shape = source.shape
         if "slice_geometry" in source.meta:  # resampled: the SEG's frames lie on the original slices
             rows, cols = source.meta["slice_geometry"]["size"]
-            shape = (int(cols), int(rows), len(files))
+            shape = (int(cols), int(rows), len(source.meta["slice_geometry"]["positions_lps"]))
     else:
         _, info = select_series(source)
+        if info.headers[0].frame is not None:
+            raise DataError(f"{source}: an enhanced multi-frame series; pass the Volume read from it "
+                            "(read_dicom_series) as the source")
         datasets = [h.dataset for h in info.headers]
         shape = info.size
     datasets = [ds.copy() for ds in datasets]
