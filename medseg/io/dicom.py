@@ -243,12 +243,12 @@ def _frame_pixels(headers: list[DicomHeader]) -> list[np.ndarray | str]:
     for h in headers:
         if h.path not in decoded:
             try:
-                frames = np.asarray(h.dataset.pixel_array)
-                decoded[h.path] = frames.reshape(h.dataset.NumberOfFrames, h.rows, h.cols)
+                pixels = np.asarray(h.dataset.pixel_array)
+                decoded[h.path] = pixels.reshape(int(h.dataset.NumberOfFrames), h.rows, h.cols)
             except Exception as err:  # noqa: BLE001 (decoder plug-ins raise anything; reported with the file name)
                 decoded[h.path] = f"{type(err).__name__}: {_message(err)}"
-        frames = decoded[h.path]
-        out.append(frames if isinstance(frames, str) else frames[h.frame or 0])
+        stored = decoded[h.path]
+        out.append(stored if isinstance(stored, str) else stored[h.frame or 0])
     return out
 
 
@@ -397,9 +397,10 @@ def _rescale(name: str, stack: np.ndarray, headers: list[DicomHeader]) -> tuple[
     """Apply RescaleSlope/Intercept per slice: int16 or int32 when both are integral and the values fit, else
     float32. Integer results are exact (the range is worked out from each slice's stored minimum and maximum
     before choosing the narrowest dtype that holds every intermediate value)."""
-    slopes = np.array([h.rescale[0] if h.rescale else float(h.dataset.get("RescaleSlope", 1) or 1) for h in headers])
-    inters = np.array([h.rescale[1] if h.rescale else float(h.dataset.get("RescaleIntercept", 0) or 0)
-                       for h in headers])
+    pairs = [getattr(h, "rescale", None) or (float(h.dataset.get("RescaleSlope", 1) or 1),
+                                             float(h.dataset.get("RescaleIntercept", 0) or 0)) for h in headers]
+    slopes = np.array([slope for slope, _ in pairs])
+    inters = np.array([inter for _, inter in pairs])
     if np.all(slopes == 1) and np.all(inters == 0):
         return stack, False
     shape = (-1, 1, 1)

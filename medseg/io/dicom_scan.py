@@ -137,7 +137,7 @@ def _read_header(path: Path) -> DicomHeader | SkippedFile | list[DicomHeader]:
         if sop_class.startswith(prefix) and not (name == "secondary capture" and "ImagePositionPatient" in ds):
             return SkippedFile(path, f"non-image SOP class {name}")
     try:
-        header = DicomHeader(
+        info = DicomHeader(
             path=path,
             series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
             sop_class=sop_class,
@@ -153,11 +153,11 @@ def _read_header(path: Path) -> DicomHeader | SkippedFile | list[DicomHeader]:
             frames=int(ds.get("NumberOfFrames", 1) or 1),
             dataset=ds,
         )
-        if header.frames > 1 and "PerFrameFunctionalGroupsSequence" in ds:
-            return _frame_headers(header)
+        if info.frames > 1 and "PerFrameFunctionalGroupsSequence" in ds:
+            return _frame_headers(info)
     except (ValueError, TypeError, AttributeError, IndexError) as err:
         return SkippedFile(path, f"malformed DICOM header ({err})")
-    return header
+    return info
 
 
 def _frame_headers(header: DicomHeader) -> list[DicomHeader]:

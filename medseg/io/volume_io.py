@@ -147,10 +147,17 @@ def _read_nifti(path: Path, max_bytes: int) -> Volume:
         "format": "nifti",
         "qform_code": int(hdr["qform_code"]),
         "sform_code": int(hdr["sform_code"]),
-        "qform": hdr.get_qform(),
-        "sform": hdr.get_sform(),
+        **_forms(hdr),
     }
     return _make_volume(path, np.asarray(array), affine, meta)
+
+
+def _forms(header: Any) -> dict[str, np.ndarray]:
+    """The header's qform and sform as stored (none when the quaternion fields are invalid: nibabel refuses them)."""
+    try:
+        return {"qform": np.asarray(header.get_qform(), float), "sform": np.asarray(header.get_sform(), float)}
+    except (ValueError, np.linalg.LinAlgError):
+        return {}
 
 
 def _verify_gzip(path: Path) -> None:
