@@ -29,6 +29,8 @@ app.add_typer(config_app, name="config")
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: key.path=value.")]  # noqa: UP045
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")]
+Irregular = Annotated[str, typer.Option(help="Tilted, unevenly spaced or sheared volumes: refuse, or resample onto "
+                                             "a regular grid (stated in the sidecar).")]
 
 
 @contextmanager
@@ -171,12 +173,14 @@ def predict(
     probabilities: Annotated[bool, typer.Option(help="Also write class probabilities: <case>_probabilities.nii.gz "
                                                      "(4D, class last) or <name>_probabilities.npz (images).")] = False,
     threshold: Annotated[Optional[float], typer.Option(help="Two-class models: foreground where p >= T (0 < T < 1).")] = None,  # noqa: UP045,E501
+    irregular: Irregular = "refuse",
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
     """Segment images or volumes with a trained checkpoint, in the inputs' own size, geometry and label values."""
     _logging(verbose, quiet)
     with user_errors():
+        from medseg.io.dicom import check_irregular
         from medseg.prediction.batch import predict_paths
         from medseg.prediction.claims import Sharing
         from medseg.prediction.predictor import Predictor
@@ -184,12 +188,13 @@ def predict(
 
         rank, sharing = torchrun_rank(), Sharing.from_options(shard, claim_timeout)
         check_parallel(workers, sharing, rank is not None, spell=_option_name)
+        check_irregular(irregular, "--irregular")
         overrides = {"tta": tta, "largest_component": largest_component, "precision": precision,
                      "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size, "threshold": threshold}
         predictor = Predictor.from_checkpoint(checkpoint, device=device, spell=_option_name, **overrides)
         report = predict_paths(predictor, inputs, output, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg,
                                statistics=statistics, probabilities=probabilities, sharing=sharing,
-                               workers=workers, torchrun=rank is not None)
+                               workers=workers, torchrun=rank is not None, irregular=irregular)
         if rank is not None and rank[0] != 0:
             raise typer.Exit(0 if report.ok else 1)
         _echo(f"{len(report.written)} files written to {output}, {len(report.skipped)} existing skipped "
@@ -352,14 +357,17 @@ def plan(
 @app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="A volume file or a folder with DICOM series.")],
+    irregular: Irregular = "refuse",
     verbose: Verbose = False,
 ) -> None:
     """List the image series found in a folder (or describe one volume file), and why anything was skipped."""
     _logging(verbose, False)
     with user_errors():
         from medseg.io.describe import describe_path
+        from medseg.io.dicom import check_irregular
 
-        _echo(describe_path(path))
+        check_irregular(irregular, "--irregular")
+        _echo(describe_path(path, irregular=irregular))
 
 
 @app.command()

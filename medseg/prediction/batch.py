@@ -32,6 +32,7 @@ def predict_paths(
     sharing: Sharing | None = None,
     workers: int = 1,
     torchrun: bool = False,
+    irregular: str = "refuse",
 ) -> BatchReport:
     """Predict every case found in ``inputs`` into ``out_dir``.
 
@@ -45,7 +46,8 @@ def predict_paths(
     (:mod:`medseg.prediction.claims`), so no case is computed twice and a case whose process died is taken over.
     ``sharing=Sharing(shard=(i, n))`` runs shard i of n (a SLURM job array); ``workers=N`` starts N processes
     here, and ``torchrun=True`` makes this process one torchrun rank; both return the report merged over all
-    processes (:mod:`medseg.prediction.workers`).
+    processes (:mod:`medseg.prediction.workers`). ``irregular="resample"`` resamples tilted, unevenly spaced or
+    sheared volumes onto a regular grid (refused by default); see :func:`~medseg.prediction.volume.predict_volumes`.
 
     Raises:
         DataError: A volume given to an image model, a 2D image file given to a volume model (and everything
@@ -62,10 +64,13 @@ def predict_paths(
     if dicom_seg and not loaded.kind.segments_volumes:
         raise ConfigError(f"--dicom-seg: {loaded.source} is a 2D image model; DICOM-SEG is written for volume "
                           "models given DICOM series")
+    if irregular != "refuse" and not loaded.kind.segments_volumes:
+        raise ConfigError(f"--irregular: {loaded.source} is a 2D image model; irregular volumes are resampled for "
+                          "volume models only")
     check_parallel(workers, sharing, torchrun)
     if workers != 1 or torchrun:
         options = {"overwrite": overwrite, "overlay": overlay, "dicom_seg": dicom_seg, "statistics": statistics,
-                   "probabilities": probabilities, "progress": progress}
+                   "probabilities": probabilities, "progress": progress, "irregular": irregular}
         return predict_parallel(predict_paths, loaded, paths, out, workers=workers, torchrun=torchrun,
                                 sharing=sharing, options=options)
     if not loaded.kind.segments_volumes:
@@ -80,4 +85,4 @@ def predict_paths(
         raise DataError(f"{images[0]}: is a 2D image but checkpoint {loaded.source} segments volumes "
                         f"({loaded.kind.value}); use a checkpoint trained with data.kind images2d for 2D images")
     return predict_volumes(loaded, paths, out, overwrite=overwrite, dicom_seg=dicom_seg, statistics=statistics,
-                           probabilities=probabilities, progress=progress, sharing=sharing)
+                           probabilities=probabilities, progress=progress, sharing=sharing, irregular=irregular)

@@ -28,7 +28,7 @@ import medseg
 from medseg.atomic import write_json_atomic
 from medseg.data.volume_preprocessing import VolumePreprocessor
 from medseg.errors import CheckpointError, ConfigError, DataError
-from medseg.io.dicom import SeriesInfo, list_series
+from medseg.io.dicom import SeriesInfo, check_irregular, list_series
 from medseg.io.images import IMAGE_SUFFIXES
 from medseg.io.volume import VOLUME_SUFFIXES, Volume, volume_case_name
 from medseg.io.volume_io import read_volume, write_label_map, write_probability_map
@@ -61,8 +61,11 @@ def _check_volume_model(loaded: LoadedModel, what: str) -> None:
         )
 
 
-def read_input_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
+def read_input_volume(path: str | Path, *, series_uid: str | None = None, irregular: str = "refuse") -> Volume:
     """Read a volume input, refusing 2D image files and folders of volume files with a clear message.
+
+    ``irregular`` is :func:`~medseg.io.volume_io.read_volume`'s: refuse (default) or resample a tilted, unevenly
+    spaced or sheared input.
 
     Raises:
         DataError: A 2D image file, a folder of volume files (cases for :func:`predict_volumes`, not one
@@ -79,7 +82,7 @@ def read_input_volume(path: str | Path, *, series_uid: str | None = None) -> Vol
             "series folders); use a checkpoint trained with data.kind images2d for 2D images"
         )
     try:
-        return read_volume(path, series_uid=series_uid)
+        return read_volume(path, series_uid=series_uid, irregular=irregular)
     except DataError:
         if path.is_dir() and _volume_files(path) and not any(s.usable for s in list_series(path)):
             raise DataError(
@@ -122,7 +125,7 @@ def predict_outputs(loaded: LoadedModel, volume: Volume, *, probabilities: bool
 
 
 def predict_volume(loaded: LoadedModel, source: str | Path | Volume, *, series_uid: str | None = None,
-                   probabilities: bool = False) -> Volume:
+                   probabilities: bool = False, irregular: str = "refuse") -> Volume:
     """Segment one volume; the result lies on the input's exact grid (shape and affine) in original label values.
 
     Args:
@@ -131,6 +134,8 @@ def predict_volume(loaded: LoadedModel, source: str | Path | Volume, *, series_u
         series_uid: For a DICOM folder holding several series, the one to read.
         probabilities: Also put the class probabilities on the input grid in ``meta["probabilities"]`` (float16
             ``(K, *shape)``, class first; see :func:`predict_outputs`).
+        irregular: ``"refuse"`` (default) or ``"resample"`` a tilted, unevenly spaced or sheared input (see
+            :func:`~medseg.io.volume_io.read_volume`); a resampled input's labels lie on the regular grid.
 
     Returns:
         A :class:`~medseg.io.volume_io.Volume` of label values (``meta["classes"]``: class indices array).
@@ -144,7 +149,8 @@ def predict_volume(loaded: LoadedModel, source: str | Path | Volume, *, series_u
     if isinstance(source, Volume) and series_uid is not None:
         raise ConfigError(f"series_uid: got {series_uid!r} with a Volume; it chooses a series of a DICOM folder "
                           "(allowed with a folder only)")
-    volume = source if isinstance(source, Volume) else read_input_volume(source, series_uid=series_uid)
+    volume = source if isinstance(source, Volume) else read_input_volume(source, series_uid=series_uid,
+                                                                          irregular=irregular)
     classes, maps = predict_outputs(loaded, volume, probabilities=probabilities)
     values = np.asarray(loaded.labels.to_values(classes))
     meta = {**volume.meta, "classes": classes, "checkpoint": loaded.source}
@@ -246,6 +252,11 @@ def _folder_cases(folder: Path) -> list[VolumeCase]:
     return cases
 
 
+#: what a sidecar says about the outputs of a resampled input
+_RESAMPLED_OUTPUT = ("the label map (NIfTI) and the statistics lie on the regular grid of input_geometry; a DICOM-SEG "
+                     "lies on the original slices (each pixel takes the label of the nearest grid node)")
+
+
 def describe_result(loaded: LoadedModel, volume: Volume, result: Volume, case: Case, seconds: float
                     ) -> dict[str, Any]:
     """The JSON sidecar of one predicted case."""
@@ -263,6 +274,8 @@ def describe_result(loaded: LoadedModel, volume: Volume, result: Volume, case: C
             "direction_lps": np.asarray(volume.direction_lps).round(8).tolist(),
             "affine_ras": np.asarray(volume.affine).tolist(),
         },
+        **({"resampled": {**volume.meta["resampled"], "output": _RESAMPLED_OUTPUT}} if "resampled" in volume.meta
+           else {}),
         "voxel_volume_mm3": voxel_mm3,
         "classes": [
             {"index": i, "name": c.name, "value": c.values[0], "source_values": list(c.values),
@@ -288,6 +301,7 @@ def predict_volumes(
     probabilities: bool = False,
     progress: bool = True,
     sharing: Sharing | None = None,
+    irregular: str = "refuse",
 ) -> BatchReport:
     """Segment every volume case found in ``inputs`` into ``out_dir`` (see the module docstring).
 
@@ -306,6 +320,8 @@ def predict_volumes(
         progress: Progress bar on stderr.
         sharing: How this process shares ``out_dir`` with others (claim timeout, shard, run id); each case is
             claimed before it is computed (:mod:`medseg.prediction.claims`).
+        irregular: ``"refuse"`` (default: such a case fails, naming the option) or ``"resample"`` tilted, unevenly
+            spaced or sheared inputs onto a regular grid; the sidecar's ``resampled`` says what was done.
 
     Returns:
         A :class:`~medseg.prediction.cases.BatchReport`; failing cases are listed there and the others still run.
@@ -315,6 +331,7 @@ def predict_volumes(
         ConfigError: ``out_dir`` inside an input folder.
     """
     paths, out = [Path(p) for p in inputs], Path(out_dir)
+    check_irregular(irregular)
     _check_volume_model(loaded, ", ".join(map(str, paths)))
     check_output_dir(out, paths)
     cases = find_volume_cases(paths)
@@ -322,7 +339,7 @@ def predict_volumes(
 
     def run(case: Case) -> list[Path]:
         t0 = time.perf_counter()
-        volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None))
+        volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None), irregular=irregular)
         result = predict_volume(loaded, volume, probabilities=probabilities)
         written = []
         if probabilities:
@@ -348,7 +365,8 @@ def predict_volumes(
     report = run_cases(cases, outputs, run, overwrite=overwrite, progress=progress, sharing=sharing)
     if statistics:
         def from_disk(case: Case) -> dict[str, Any]:
-            volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None))
+            volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None),
+                                       irregular=irregular)
             labels = read_volume(out / f"{case.name}.nii.gz")
             return statistics_section(structure_statistics(volume, labels, loaded.labels))
 
