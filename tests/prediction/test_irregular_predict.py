@@ -115,3 +115,14 @@ def test_prediction_keeps_the_input_qform_and_sform_with_their_codes(ckpt3d, tmp
     np.testing.assert_allclose(axes.T @ axes, np.eye(3), atol=1e-5)  # the label map lies on the orthogonal grid
     side = json.loads((tmp_path / "out" / "sheared.json").read_text())
     assert side["resampled"]["reason"].startswith("affine sheared by")
+
+
+def test_inspect_refuses_or_describes_a_sheared_volume(tmp_path):
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    affine[0, 2] = 0.6
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), affine), tmp_path / "sheared.nii.gz")
+    result = runner.invoke(app, ["inspect", str(tmp_path / "sheared.nii.gz")])
+    assert result.exit_code == 1 and "shears the voxel axes by 11.31 deg" in result.output
+    result = runner.invoke(app, ["inspect", str(tmp_path / "sheared.nii.gz"), "--irregular", "resample"])
+    assert result.exit_code == 0 and "shape (4, 5, 6)" in result.output
+    assert "(resampled: affine sheared by 11.31 deg)" in result.output
