@@ -37,10 +37,10 @@ def test_tilted_series_fails_naming_the_option_then_resamples_with_the_sidecar_s
     this CT), so that the SEG's frames can be checked against the original slices pixel for pixel."""
     import medseg.prediction.volume as volume_module
 
-    def box(loaded, volume):
+    def box(loaded, volume, *, probabilities=False):
         classes = np.zeros(volume.shape, np.uint8)
         classes[100:200, 150:300, :] = 1
-        return classes
+        return classes, None
 
     ckpt, _ = ckpt3d
     series = _tilted_ct(shared_data, tmp_path / "tilted")
@@ -48,7 +48,7 @@ def test_tilted_series_fails_naming_the_option_then_resamples_with_the_sidecar_s
     assert result.exit_code == 1
     assert "gantry tilt / sheared stack: slices move 39.03 deg" in result.output
     assert "--irregular resample" in result.output
-    monkeypatch.setattr(volume_module, "predict_classes", box)
+    monkeypatch.setattr(volume_module, "predict_outputs", box)
     result = runner.invoke(app, ["predict", str(ckpt), str(series), "-o", str(tmp_path / "out"),
                                  "--irregular", "resample", "--dicom-seg"])
     assert result.exit_code == 0, result.output
