@@ -343,8 +343,16 @@ def default_network_name(raw: Any) -> Any:
     return raw
 
 
-def size_problem(key: str, size: tuple[int, ...], divisor: int, above: bool) -> str | None:
+def size_problem(key: str, size: tuple[int, ...], divisor: int, above: bool, *, multiple: bool = True) -> str | None:
     """Why ``size`` does not fit a network with this divisor, with the nearest valid sizes; None when it fits.
+
+    Args:
+        key: The dotted key named in the message.
+        size: The sizes, one per spatial dim.
+        divisor: The network's total down-sampling.
+        above: Sizes must also exceed the divisor (one voxel at the deepest level is refused).
+        multiple: Sizes must be multiples of the divisor (training sizes; the sliding window rounds a window
+            size up itself).
 
     Example:
         >>> problem = size_problem("data.image_size", (100, 100), 16, False)
@@ -355,7 +363,7 @@ def size_problem(key: str, size: tuple[int, ...], divisor: int, above: bool) -> 
     """
     low = [max(divisor * (2 if above else 1), n // divisor * divisor) for n in size]
     high = [max(divisor * (2 if above else 1), -(-n // divisor) * divisor) for n in size]
-    if any(n % divisor for n in size):
+    if multiple and any(n % divisor for n in size):
         options = f"{low} or {high}" if low != high else f"{high}"
         return (f"{key}: {list(size)} must be multiples of {divisor} (the network down-samples {divisor}x); "
                 f"nearest valid: {options}")

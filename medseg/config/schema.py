@@ -302,7 +302,9 @@ class ExperimentConfig(Strict):
         return default_network_name(value)
 
     def _check_sizes(self) -> None:
-        """Training and inference sizes fit the network: multiples of its divisor (above it where needed)."""
+        """Training sizes are multiples of the network's divisor; they and ``infer.roi_size`` are above it where
+        the network needs more than one voxel at its deepest level. (The sliding window rounds a roi up to a
+        multiple itself, and checkpoints stored such rois before this check.)"""
         dims = self.model.spatial_dims
         sizes = {"data.image_size": tuple(self.data.image_size)} if self.data.kind == "images2d" else {
             "data.patch_size": tuple(self.data.patch_size)[:dims]}
@@ -310,6 +312,7 @@ class ExperimentConfig(Strict):
             roi = tuple(self.infer.roi_size)
             sizes["infer.roi_size"] = roi * dims if len(roi) == 1 else roi
         for key, size in sizes.items():
-            problem = size_problem(key, size, self.model.divisor, self.model.needs_above_divisor)
+            problem = size_problem(key, size, self.model.divisor, self.model.needs_above_divisor,
+                                   multiple=key != "infer.roi_size")
             if problem:
                 raise ValueError(f"{problem} (model.name {self.model.name!r})")

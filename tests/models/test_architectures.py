@@ -185,12 +185,16 @@ def test_sizes_the_network_cannot_take_are_refused_at_load_with_the_nearest_vali
         validate_config(_raw(tmp_path, model, **data), source="t")
 
 
-def test_roi_size_is_checked_against_the_network(tmp_path):
-    raw = {**_raw(tmp_path, {"name": "segresnet", "spatial_dims": 3}, kind="volumes3d", patch_size=[32, 32, 32]),
-           "infer": {"roi_size": [40, 36, 32]}}
-    with pytest.raises(ConfigError, match=r"infer\.roi_size: \[40, 36, 32\] must be multiples of 8 .*\[40, 32, 32\] "
-                                          r"or \[40, 40, 32\]"):
-        validate_config(raw, source="t")
+def test_roi_size_is_checked_against_the_network_and_may_be_rounded_up(tmp_path):
+    """A roi the sliding window rounds up to the divisor is accepted; one leaving a voxel at the bottom is not."""
+    def roi(value):
+        return {**_raw(tmp_path, {"name": "segresnet", "spatial_dims": 3}, kind="volumes3d",
+                       patch_size=[32, 32, 32]), "infer": {"roi_size": value}}
+
+    with pytest.raises(ConfigError, match=r"infer\.roi_size: \[8, 36, 32\] leaves one voxel .*after the network's "
+                                          r"8x down-sampling.*e\.g\. \[16, 40, 32\]"):
+        validate_config(roi([8, 36, 32]), source="t")
+    assert validate_config(roi([40, 36, 32]), source="t").infer.roi_size == (40, 36, 32)
 
 
 def test_the_size_error_names_the_yaml_line(tmp_path):
