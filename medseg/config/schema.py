@@ -100,6 +100,25 @@ class AugmentConfig(Strict):
     contrast: float = Field(0.1, ge=0, le=1, description="Random contrast factor range (+/- fraction).")
     noise_std: float = Field(0.0, ge=0, description="Gaussian noise std added to the normalised input.")
     probability: float = Field(0.5, ge=0, le=1, description="Probability of each random spatial/intensity op.")
+    elastic_probability: float = Field(
+        0.0, ge=0, le=1, description="Probability of an elastic deformation per sample (0: off); 2D and 3D.")
+    elastic_magnitude: float = Field(
+        4.0, ge=0, description="Elastic: largest displacement of a control point, in pixels (voxels).")
+    elastic_spacing: float = Field(
+        16.0, ge=2, description="Elastic: distance between control points in pixels (voxels); larger is smoother.")
+    crop_probability: float = Field(
+        0.0, ge=0, le=1, description="Probability of a random crop per sample (0: off), resized back to the input "
+        "size; 2D images only (volume patches are random crops already).")
+    crop_min_fraction: float = Field(
+        0.7, gt=0, le=1, description="Random crop: each side keeps a fraction drawn in [crop_min_fraction, 1].")
+    blur_probability: float = Field(
+        0.0, ge=0, le=1, description="Probability of a Gaussian blur per sample (0: off).")
+    blur_sigma: float = Field(
+        1.0, gt=0, le=8, description="Gaussian blur: sigma drawn in [0, blur_sigma] pixels (voxels), all axes.")
+    gamma_probability: float = Field(
+        0.0, ge=0, le=1, description="Probability of a gamma change per sample (0: off): each channel rescaled to "
+        "0..1 by its min and max, raised to gamma, rescaled back.")
+    gamma: float = Field(0.3, ge=0, lt=1, description="Gamma drawn in [1 - gamma, 1 + gamma].")
 
 
 class DataConfig(Strict):
@@ -197,6 +216,14 @@ class DataConfig(Strict):
         if value != 0 and (info.data.get("kind") != "images2d" or info.data.get("intensity") != "ct_window"):
             raise ValueError(f"got {value:g}, but it applies to images2d with CT windows only (volume files carry "
                              "their own rescale to HU)")
+        return value
+
+    @field_validator("augment")
+    @classmethod
+    def _crop_for_images(cls, value: AugmentConfig, info: ValidationInfo) -> AugmentConfig:
+        if value.crop_probability > 0 and info.data.get("kind", "images2d") != "images2d":
+            raise ValueError("crop_probability: random crops are for images2d; volume patches (volumes3d, slices2d) "
+                             "are random crops already (data.patch_size)")
         return value
 
     @field_validator("windows")
