@@ -126,9 +126,10 @@ def _check_single_page(path: Path, image: Image.Image) -> None:
 
 def _check_color_depth(path: Path, image: Image.Image) -> None:
     """Refuse colour images with 16 bits per channel, which Pillow decodes to 8 bits without a word."""
-    if image.mode in _DEEP_MODES or not image.tile:
+    tiles = getattr(image, "tile", None)  # an ImageFile's undecoded tiles; typed on ImageFile only
+    if image.mode in _DEEP_MODES or not tiles:
         return
-    args = image.tile[0].args
+    args = tiles[0].args
     rawmode = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else "")
     if isinstance(rawmode, str) and ";16" in rawmode:
         raise DataError(
