@@ -86,6 +86,31 @@ def validate_config(
         raise ConfigError(f"{source}: {len(problems)} invalid setting(s): {detail}") from None
 
 
+def upgrade_stored_config(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A config stored in a checkpoint by an older medseg, in today's schema.
+
+    Before 2D images kept their bit depth, every stored images2d config said ``intensity: ct_window`` and
+    ``windows: [soft_tissue]`` (the defaults of the time), which 2D images never used: they were scaled by 1/255.
+    Such a config (images2d, no ``data.intensity_offset`` key, which every config stored since has) becomes
+    ``intensity: scale`` without windows; a zscore volume config loses its unused windows likewise. Meant for
+    stored configs only, which hold every key.
+
+    Example:
+        >>> old = {"data": {"kind": "images2d", "root": "x", "intensity": "ct_window", "windows": ["soft_tissue"]}}
+        >>> upgrade_stored_config(old)["data"]["intensity"], "windows" in upgrade_stored_config(old)["data"]
+        ('scale', False)
+    """
+    out = dict(raw)
+    data = out.get("data")
+    if not isinstance(data, Mapping) or "intensity_offset" in data:
+        return out
+    if data.get("kind", "images2d") == "images2d" and data.get("intensity") == "ct_window":
+        out["data"] = {k: v for k, v in data.items() if k != "windows"} | {"intensity": "scale"}
+    elif data.get("intensity") == "zscore":
+        out["data"] = {k: v for k, v in data.items() if k != "windows"}
+    return out
+
+
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     """JSON-safe dict of a config, every default filled in."""
     return cfg.model_dump(mode="json")

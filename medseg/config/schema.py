@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
 from medseg.config.networks import ModelConfig, NetworkConfig, default_network_name, size_problem
 
@@ -102,6 +102,25 @@ class AugmentConfig(Strict):
     contrast: float = Field(0.1, ge=0, le=1, description="Random contrast factor range (+/- fraction).")
     noise_std: float = Field(0.0, ge=0, description="Gaussian noise std added to the normalised input.")
     probability: float = Field(0.5, ge=0, le=1, description="Probability of each random spatial/intensity op.")
+    elastic_probability: float = Field(
+        0.0, ge=0, le=1, description="Probability of an elastic deformation per sample (0: off); 2D and 3D.")
+    elastic_magnitude: float = Field(
+        4.0, ge=0, description="Elastic: largest displacement of a control point, in pixels (voxels).")
+    elastic_spacing: float = Field(
+        16.0, ge=2, description="Elastic: distance between control points in pixels (voxels); larger is smoother.")
+    crop_probability: float = Field(
+        0.0, ge=0, le=1, description="Probability of a random crop per sample (0: off), resized back to the input "
+        "size; 2D images only (volume patches are random crops already).")
+    crop_min_fraction: float = Field(
+        0.7, gt=0, le=1, description="Random crop: each side keeps a fraction drawn in [crop_min_fraction, 1].")
+    blur_probability: float = Field(
+        0.0, ge=0, le=1, description="Probability of a Gaussian blur per sample (0: off).")
+    blur_sigma: float = Field(
+        1.0, gt=0, le=8, description="Gaussian blur: sigma drawn in [0, blur_sigma] pixels (voxels), all axes.")
+    gamma_probability: float = Field(
+        0.0, ge=0, le=1, description="Probability of a gamma change per sample (0: off): each channel rescaled to "
+        "0..1 by its min and max, raised to gamma, rescaled back.")
+    gamma: float = Field(0.3, ge=0, lt=1, description="Gamma drawn in [1 - gamma, 1 + gamma].")
 
 
 class DataConfig(Strict):
@@ -143,13 +162,24 @@ class DataConfig(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     cache: bool = Field(True, description="Keep decoded, resized samples in memory after the first epoch.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
-    # volumes
-    windows: list[WindowSpec] = Field(
-        default_factory=_default_windows,
-        description="CT windows (preset names or {center_hu, width_hu}); several become stacked channels.",
+    # intensity (2D images and volumes)
+    intensity: Literal["ct_window", "zscore", "scale", "minmax"] = Field(
+        "ct_window",
+        description="How stored values become network input. ct_window: data.windows in HU, stacked as channels; "
+        "zscore: mean 0, std 1 per volume or image (MR); images2d only: scale (by bit depth: 8-bit /255, 16-bit "
+        "/65535, float as stored and within 0..1), minmax (each image's min..max to 0..1). Left out: ct_window for "
+        "volumes3d/slices2d; for images2d ct_window when data.windows is given, else scale.",
     )
-    intensity: Literal["ct_window", "zscore"] = Field(
-        "ct_window", description="Volume normalisation: CT windows in HU, or per-volume z-score (MR)."
+    intensity_offset: float = Field(
+        0.0,
+        description="images2d with ct_window: HU = stored value + this, e.g. -32768 for uint16 PNG/TIFF holding "
+        "HU + 32768, -1024 for HU + 1024; 0 for signed integer or float TIFF in HU.",
+    )
+    # volumes
+    windows: list[WindowSpec] | None = Field(
+        None,
+        description="CT windows (preset names or {center_hu, width_hu}); several become stacked channels. Only with "
+        "intensity ct_window, where left out means ['soft_tissue'].",
     )
     spacing_mm: tuple[float, float, float] | None = Field(
         (1.5, 1.5, 1.5), description="Volumes are resampled to this voxel spacing (None keeps the native spacing)."
@@ -162,11 +192,58 @@ class DataConfig(Strict):
     foreground_fraction: float = Field(0.67, ge=0, le=1, description="Share of patches centred on foreground.")
     slice_axis: Literal["axial", "sagittal", "coronal"] = Field("axial", description="slices2d: slicing axis.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_intensity(cls, data: Any) -> Any:
+        """Fill ``intensity`` and ``windows`` when left out (a resolved config then states both)."""
+        if not isinstance(data, dict):
+            return data
+        intensity, windows = data.get("intensity"), data.get("windows")
+        if intensity is None:
+            is_image = data.get("kind", "images2d") == "images2d"
+            intensity = "scale" if is_image and windows is None else "ct_window"
+        if windows is None and intensity == "ct_window":
+            windows = list(_default_windows())
+        return {**data, "intensity": intensity, "windows": windows}
+
+    @field_validator("intensity")
+    @classmethod
+    def _intensity_fits_kind(cls, value: str, info: ValidationInfo) -> str:
+        kind = info.data.get("kind")
+        if kind != "images2d" and value in ("scale", "minmax"):
+            raise ValueError(f"{value!r} is for images2d; volumes take ct_window or zscore")
+        if kind == "images2d" and value == "ct_window" and info.data.get("color") != "gray":
+            raise ValueError("CT windows on 2D images (data.windows, stacked as channels) need 16-bit or float gray "
+                             "images: set data.color: gray")
+        return value
+
+    @field_validator("intensity_offset")
+    @classmethod
+    def _offset_fits_intensity(cls, value: float, info: ValidationInfo) -> float:
+        if value != 0 and (info.data.get("kind") != "images2d" or info.data.get("intensity") != "ct_window"):
+            raise ValueError(f"got {value:g}, but it applies to images2d with CT windows only (volume files carry "
+                             "their own rescale to HU)")
+        return value
+
+    @field_validator("augment")
+    @classmethod
+    def _crop_for_images(cls, value: AugmentConfig, info: ValidationInfo) -> AugmentConfig:
+        if value.crop_probability > 0 and info.data.get("kind", "images2d") != "images2d":
+            raise ValueError("crop_probability: random crops are for images2d; volume patches (volumes3d, slices2d) "
+                             "are random crops already (data.patch_size)")
+        return value
+
     @field_validator("windows")
     @classmethod
-    def _windows_not_empty(cls, value: list[WindowSpec]) -> list[WindowSpec]:
+    def _windows_not_empty(cls, value: list[WindowSpec] | None, info: ValidationInfo) -> list[WindowSpec] | None:
+        if value is None:
+            return None
         if not value:
             raise ValueError("needs at least one window")
+        intensity = info.data.get("intensity")
+        if intensity is not None and intensity != "ct_window":
+            raise ValueError(f"given, but data.intensity is {intensity!r}; windows apply only with intensity "
+                             "ct_window (leave one of the two out)")
         return value
 
     @field_validator("orientation")

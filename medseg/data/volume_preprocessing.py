@@ -170,7 +170,7 @@ class VolumePreprocessor:
     @classmethod
     def from_config(cls, data: DataConfig) -> VolumePreprocessor:
         """Build from the ``data`` section (kind volumes3d or slices2d)."""
-        windows = [list(resolve_window(w if isinstance(w, str) else w.model_dump())) for w in data.windows]
+        windows = [list(resolve_window(w if isinstance(w, str) else w.model_dump())) for w in data.windows or []]
         return cls({
             "kind": data.kind,
             "windows": windows if data.intensity == "ct_window" else [],

@@ -73,7 +73,7 @@ def model_metadata(loaded: LoadedModel, *, export: Mapping[str, Any]) -> dict[st
 def input_channels(loaded: LoadedModel) -> list[str]:
     """What each input channel holds, in order (e.g. ``["CT window 400/1800 HU -> 0..1"]``)."""
     pre = loaded.preprocessing
-    if loaded.kind is DataKind.IMAGES2D:
+    if loaded.kind is DataKind.IMAGES2D and pre.get("intensity", "scale") != "ct_window":
         return ["red", "green", "blue"] if pre.get("color", "rgb") == "rgb" else ["gray"]
     if pre.get("intensity", "ct_window") == "zscore":
         return ["intensity, z-scored over the resampled volume"]

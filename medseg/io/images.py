@@ -1,8 +1,13 @@
-"""Read and write 2D image files (photos, endoscopy frames, masks) with Pillow.
+"""Read and write 2D image files (photos, endoscopy frames, X-ray and microscopy images, masks) with Pillow.
 
 Images come back as numpy arrays in storage order (rows, columns): ``(H, W)`` or ``(H, W, C)``.
 EXIF orientation tags are not applied, so an image and its mask stay aligned pixel for pixel.
 Truncated or corrupt files and decompression bombs raise :class:`~medseg.errors.DataError`.
+
+Bit depth is kept: 16-bit gray PNG/TIFF come back as uint16, 32-bit integer TIFF (and signed 16-bit TIFF,
+which Pillow widens) as int32, 32-bit float TIFF as float32 (:func:`read_image_values`). What is never read
+silently wrong is refused with one line naming the file: a multi-page TIFF (or animated GIF/PNG), a colour image
+with 16 bits per channel (Pillow would keep 8 of them), and a 16-bit or float image asked for as 8-bit RGB/L.
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MASK_SUFFIXES",
     "MAX_IMAGE_PIXELS",
+    "display_uint8",
+    "image_dtype",
     "image_size",
     "read_image",
+    "read_image_values",
     "read_mask",
     "write_mask",
     "blend_overlay",
@@ -42,6 +50,10 @@ MAX_IMAGE_PIXELS = 178_956_970
 """Largest ``H * W`` accepted (Pillow's default bomb limit, ~ 13,000 x 13,000)."""
 
 _PIL_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF")
+
+# Pillow modes of images deeper than 8 bits per pixel -> the numpy dtype their pixels are returned in
+_DEEP_MODES = {"I;16": "uint16", "I;16L": "uint16", "I;16B": "uint16", "I;16N": "uint16", "I": "int32",
+               "F": "float32"}
 
 # Class colors for overlays (RGB); class k uses _PALETTE[(k - 1) % len(_PALETTE)].
 _PALETTE = np.array(
@@ -94,7 +106,36 @@ def _open(path: Path, allowed: tuple[str, ...]) -> Iterator[Image.Image]:
                 f"{path}: cannot read image: {width} x {height} pixels is more than "
                 f"the {MAX_IMAGE_PIXELS} allowed (possible decompression bomb)"
             )
+        _check_single_page(path, image)
+        _check_color_depth(path, image)
         yield image
+
+
+def _check_single_page(path: Path, image: Image.Image) -> None:
+    """Refuse files with several pages or frames: reading the first one alone would be silently partial."""
+    try:
+        frames = int(getattr(image, "n_frames", 1))
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        raise DataError(f"{path}: cannot read image: {err}; the file is truncated or corrupt") from err
+    if frames > 1:
+        raise DataError(
+            f"{path}: holds {frames} pages ({image.format}); medseg reads one 2D image per file: save each page "
+            "as its own file, or the stack as a volume (e.g. NIfTI)"
+        )
+
+
+def _check_color_depth(path: Path, image: Image.Image) -> None:
+    """Refuse colour images with 16 bits per channel, which Pillow decodes to 8 bits without a word."""
+    tiles = getattr(image, "tile", None)  # an ImageFile's undecoded tiles; typed on ImageFile only
+    if image.mode in _DEEP_MODES or not tiles:
+        return
+    args = tiles[0].args
+    rawmode = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else "")
+    if isinstance(rawmode, str) and ";16" in rawmode:
+        raise DataError(
+            f"{path}: colour image with 16 bits per channel ({rawmode}); it cannot be read without dropping "
+            "8 bits of each channel: save it as 16-bit gray, or as 8-bit RGB"
+        )
 
 
 def _decode(path: Path, image: Image.Image) -> None:
@@ -137,6 +178,11 @@ def read_image(path: Path, *, mode: Literal["RGB", "L"] | None = "RGB") -> np.nd
     path = Path(path)
     with _open(path, IMAGE_SUFFIXES) as image:
         _decode(path, image)
+        if mode is not None and image.mode in _DEEP_MODES:
+            raise DataError(
+                f"{path}: {_depth_name(image.mode)} image (Pillow mode {image.mode}); reading it as 8-bit {mode} "
+                "would clip its values: read it with read_image_values (or mode=None)"
+            )
         if mode is not None and image.mode != mode:
             try:
                 image = image.convert(mode)
@@ -145,7 +191,81 @@ def read_image(path: Path, *, mode: Literal["RGB", "L"] | None = "RGB") -> np.nd
                     f"{path}: cannot read image: cannot convert Pillow mode {image.mode} "
                     f"to {mode}: {err}; use mode=None for the stored pixels"
                 ) from err
-        return np.array(image)
+        return _stored(image)
+
+
+def _stored(image: Image.Image) -> np.ndarray:
+    """The decoded pixels in their own dtype (native byte order)."""
+    array = np.array(image)
+    dtype = _DEEP_MODES.get(image.mode)
+    return array.astype(dtype, copy=False) if dtype is not None else array
+
+
+def _depth_name(mode: str) -> str:
+    return {"uint16": "16-bit", "int32": "32-bit integer", "float32": "32-bit float"}[_DEEP_MODES[mode]]
+
+
+def read_image_values(path: Path, *, color: Literal["rgb", "gray"]) -> np.ndarray:
+    """Read a 2D image with its values kept at their bit depth.
+
+    8-bit images (JPEG, 8-bit PNG/BMP/TIFF, palette images) come back converted to ``color``: ``(H, W, 3)`` or
+    ``(H, W)`` uint8. Deeper gray images come back as stored, whatever ``color``: ``(H, W)`` uint16 (16-bit
+    PNG/TIFF), int32 (32-bit or signed 16-bit integer TIFF) or float32 (32-bit float TIFF); whether a model takes
+    them is the caller's decision (see :mod:`medseg.data.image_intensity`).
+
+    Args:
+        path: A file with one of :data:`IMAGE_SUFFIXES`.
+        color: ``"rgb"`` or ``"gray"``, for 8-bit images.
+
+    Returns:
+        The pixel array in storage order.
+
+    Raises:
+        ValueError: If ``color`` is not ``"rgb"`` or ``"gray"``.
+        DataError: As :func:`read_image`, and for multi-page files and colour images with 16 bits per channel.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "x.png"
+        >>> _ = write_mask(out, np.array([[0, 300], [4095, 65535]], dtype=np.uint16))
+        >>> read_image_values(out, color="rgb").tolist()
+        [[0, 300], [4095, 65535]]
+    """
+    if color not in ("rgb", "gray"):
+        raise ValueError(f"color must be 'rgb' or 'gray', got {color!r}")
+    path = Path(path)
+    if image_dtype(path) != np.uint8:
+        return read_image(path, mode=None)
+    return read_image(path, mode="RGB" if color == "rgb" else "L")
+
+
+def image_dtype(path: Path) -> np.dtype:
+    """The dtype :func:`read_image_values` returns for ``path``, from the header (no pixels decoded).
+
+    Returns:
+        ``uint8`` for 8-bit images, ``uint16``, ``int32`` or ``float32`` for deeper ones.
+
+    Raises:
+        DataError: As :func:`read_image_values`.
+    """
+    with _open(Path(path), IMAGE_SUFFIXES) as image:
+        return np.dtype(_DEEP_MODES.get(image.mode, "uint8"))
+
+
+def display_uint8(array: np.ndarray) -> np.ndarray:
+    """An image as uint8 for display (overlays): uint8 as is, other dtypes stretched from their min..max to 0..255.
+
+    Example:
+        >>> display_uint8(np.array([[1000, 3000]], dtype=np.uint16)).tolist()
+        [[0, 255]]
+    """
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        return array
+    values = array.astype(np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -178,7 +298,7 @@ def read_mask(path: Path) -> np.ndarray:
             return array
         if image.mode == "1":
             return np.array(image.convert("L"))
-        return np.array(image)
+        return _stored(image)
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from medseg.atomic import atomic_path, write_json_atomic
+from medseg.data.image_intensity import ImageIntensity
 from medseg.errors import DataError
-from medseg.io.images import IMAGE_SUFFIXES, read_image, read_mask, write_mask, write_overlay
+from medseg.io.images import IMAGE_SUFFIXES, display_uint8, read_image_values, read_mask, write_mask, write_overlay
 from medseg.models.outputs import main_output
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
 from medseg.prediction.claims import Sharing
@@ -47,13 +48,16 @@ def predict_image_outputs(loaded: LoadedModel, image: str | Path | np.ndarray, *
 
     Args:
         loaded: A 2D image model.
-        image: An image file, or an array (H, W, 3) / (H, W) of numbers (uint8 0..255 as read from files; the
-            values are scaled as the training scaled them).
+        image: An image file, or an array (H, W, 3) / (H, W) of the dtype the model was trained on (uint8 0..255
+            for 8-bit images, uint16 for 16-bit ones, any float dtype for float images); its values are normalised
+            by the rule stored in the checkpoint (:mod:`medseg.data.image_intensity`).
 
     Raises:
         TypeError: ``image`` is neither a path nor a numpy array.
         DataError: Unreadable image, a folder, an empty array, an array that holds no numbers (object, string,
-            bool dtypes) or NaN/Inf, a shape that is no image, or ``loaded`` is not a 2D image model.
+            bool dtypes) or NaN/Inf, a shape that is no image, values of another dtype than the training images
+            (a float array to a model trained on uint8, a 16-bit image to an 8-bit model), or ``loaded`` is not a
+            2D image model.
     """
     if loaded.kind.segments_volumes:
         raise DataError(
@@ -61,17 +65,17 @@ def predict_image_outputs(loaded: LoadedModel, image: str | Path | np.ndarray, *
             "predict_image needs a 2D image model (use predict for volumes)"
         )
     pre = loaded.preprocessing
+    rule = ImageIntensity.from_preprocessing(pre)
     if isinstance(image, np.ndarray):
         array, where = check_image_array(image), "array"
     elif isinstance(image, (str, Path)):
         if Path(image).is_dir():
             raise DataError(f"{image}: is a folder; give one image file (medseg predict handles folders)")
-        array, where = read_image(Path(image), mode="RGB" if pre["color"] == "rgb" else "L"), str(image)
+        array, where = read_image_values(Path(image), color="rgb" if rule.color == "rgb" else "gray"), str(image)
     else:
         raise TypeError(f"image: expected a path (str or pathlib.Path) or a numpy array, got {type(image).__name__}")
-    array = _channels(array, pre["color"], where)
     h, w = array.shape[:2]
-    x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()[None] * float(pre["scale"])
+    x = rule.normalise(array, where, trained="this model's training images were")[None]
     size = tuple(pre["image_size"])
     x = F.interpolate(x, size=size, mode="bilinear", antialias=True) if x.shape[-2:] != size else x
     probs = _forward(loaded, x.to(loaded.device))
@@ -119,20 +123,6 @@ def check_image_array(array: np.ndarray, where: str = "array") -> np.ndarray:
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise DataError(f"{where}: holds NaN or infinite values; pixel values must be finite")
     return array
-
-
-def _channels(array: np.ndarray, color: str, source: str) -> np.ndarray:
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if color == "rgb":
-        if array.ndim == 2:
-            array = np.repeat(array[..., None], 3, axis=-1)
-        if array.ndim != 3 or array.shape[-1] not in (3, 4):
-            raise DataError(f"{source}: expected an RGB image (H, W, 3), got shape {array.shape}")
-        return array[..., :3]
-    if array.ndim == 3:
-        array = array[..., :3].mean(-1)
-    return array[..., None]
 
 
 def write_probabilities_npz(path: Path, probabilities: np.ndarray, class_names: Sequence[str]) -> Path:
@@ -201,7 +191,7 @@ def predict_images(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def stats_of(case: Case, mask: np.ndarray) -> dict[str, object]:
-        gray = read_image(case.source, mode="L")
+        gray = read_image_values(case.source, color="gray")
         return statistics_section(mask_statistics(gray, mask, loaded.labels))
 
     def run(case: Case) -> list[Path]:
@@ -212,7 +202,7 @@ def predict_images(
             paths.append(write_probabilities_npz(out_dir / f"{case.name}_probabilities.npz", probs,
                                                  loaded.labels.names))
         if overlay:
-            image = read_image(case.source, mode="RGB")
+            image = display_uint8(read_image_values(case.source, color="rgb"))
             paths.append(write_overlay(out_dir / f"{case.name}_overlay.png", image, classes))
         if statistics:
             sidecar = {"case": case.name, "input": str(case.source), "shape": list(mask.shape),

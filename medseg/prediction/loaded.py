@@ -16,7 +16,7 @@ import torch
 
 from medseg.checkpoint import load_checkpoint
 from medseg.config.kinds import DataKind
-from medseg.config.loading import validate_config
+from medseg.config.loading import upgrade_stored_config, validate_config
 from medseg.config.schema import ExperimentConfig, InferConfig
 from medseg.data.label_sources import labels_from_checkpoint
 from medseg.data.labels import LabelMap
@@ -149,7 +149,7 @@ def _settings(
     ckpt: dict[str, Any], source: str, spell: Callable[[str], str] | None, overrides: dict[str, Any]
 ) -> tuple[ExperimentConfig, LabelMap, DataKind, InferConfig]:
     """Config, labels, kind and inference settings of a checkpoint (or of an export's metadata)."""
-    cfg = validate_config(ckpt["config"], source=f"{source} (stored config)")
+    cfg = validate_config(upgrade_stored_config(ckpt["config"]), source=f"{source} (stored config)")
     labels = labels_from_checkpoint(ckpt)
     kind = _kind_of(ckpt, cfg)
     infer = apply_infer_overrides(cfg.infer, overrides, kind, spell=spell or (lambda name: name))

@@ -115,6 +115,8 @@ def sliding_window_predict(
         divisor: every tile dim is a multiple of it; default read from MONAI UNet/BasicUNet, else 1.
         tiling: "auto" (tiles as large as the budget allows; roi-size windows for networks whose output
             depends on the window, see the module docstring) or "roi" (windows of exactly ``roi_size``).
+        padding_value: value of the padding where the image is smaller than a window; a finite number (NaN or
+            Inf would reach the network and spread through its convolutions).
         nonfinite: "error" raises :class:`DataError` on NaN/Inf voxels; "zero" replaces them with 0.
         return_stats: also return a :class:`SlidingWindowStats`.
 
@@ -123,6 +125,9 @@ def sliding_window_predict(
     then raises :class:`SlidingWindowMemoryError`.
     """
     _check_args(image, overlap, sw_batch_size, blend, output, tiling, nonfinite, sigma_scale)
+    if isinstance(padding_value, bool) or not isinstance(padding_value, (int, float)) or not math.isfinite(
+            padding_value):
+        raise ValueError(f"padding_value must be a finite number (the padding is network input), got {padding_value!r}")
     spatial = image.ndim - 2
     roi = _per_dim(roi_size, spatial, "roi_size")
     div = _per_dim(divisor, spatial, "divisor") if divisor is not None else network_divisor(network, spatial)

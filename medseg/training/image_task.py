@@ -12,7 +12,7 @@ import torch
 from medseg.config.kinds import DataKind
 from medseg.config.schema import ExperimentConfig
 from medseg.data.augmentation import BatchAugment
-from medseg.data.image_dataset import ImageMaskDataset, read_mask_gray
+from medseg.data.image_dataset import ImageMaskDataset, read_mask_gray, training_intensity
 from medseg.data.label_discovery import discover_label_map
 from medseg.data.label_sources import label_map_from_config
 from medseg.data.labels import LabelMap
@@ -42,10 +42,12 @@ class ImageTask:
         self.labels: LabelMap = labels or label_map_from_config(cfg.data.labels) or discover_label_map(
             [p.mask for p in self.train_pairs], tolerance=cfg.data.labels.tolerance, read=read_mask_gray
         )
-        self.in_channels = 3 if cfg.data.color == "rgb" else 1
+        self.intensity = training_intensity(self.train_pairs, cfg.data)
+        self.in_channels = self.intensity.in_channels
         self.augment = BatchAugment(cfg.data.augment, spatial_dims=2)
-        self.train_set = ImageMaskDataset(self.train_pairs, cfg=cfg.data, labels=self.labels)
-        self.val_set = ImageMaskDataset(self.val_pairs, cfg=cfg.data, labels=self.labels) if self.val_pairs else None
+        self.train_set = ImageMaskDataset(self.train_pairs, cfg=cfg.data, labels=self.labels, intensity=self.intensity)
+        self.val_set = ImageMaskDataset(self.val_pairs, cfg=cfg.data, labels=self.labels,
+                                        intensity=self.intensity) if self.val_pairs else None
         log.info("2D data: %d training and %d validation cases", len(self.train_pairs), len(self.val_pairs))
 
     @property
@@ -53,7 +55,7 @@ class ImageTask:
         """What a predictor must do to an image file (stored in the checkpoint)."""
         d = self.cfg.data
         return {"kind": DataKind.IMAGES2D.value, "color": d.color, "image_size": list(d.image_size),
-                "scale": 1.0 / 255.0}
+                **self.intensity.settings}
 
     def train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
         """A shuffled loader of cached, un-augmented samples; the order depends only on (seed, epoch)."""
@@ -115,6 +117,6 @@ class ImageTask:
         images, masks = [], []
         for img_t, lab_t in zip(image, label, strict=True):
             img = (img_t.clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
-            images.append(img[..., 0] if img.shape[-1] == 1 else img)
+            images.append(img if img.shape[-1] == 3 else img[..., 0])  # CT windows: the first one
             masks.append(lab_t[0].numpy())
         return images, masks

@@ -171,11 +171,20 @@ def test_bad_arrays_are_data_errors(image_predictor, array, message):
         image_predictor.predict(array)
 
 
-def test_good_arrays_of_other_dtypes_and_shapes_predict(image_predictor):
-    for array in (np.zeros((9, 7, 3), np.uint8), np.zeros((9, 7), np.uint16), np.zeros((9, 7, 1), np.float64),
-                  np.zeros((9, 7, 4), np.int32)):
+def test_good_arrays_of_other_shapes_predict(image_predictor):
+    for array in (np.zeros((9, 7, 3), np.uint8), np.zeros((9, 7), np.uint8), np.zeros((9, 7, 1), np.uint8),
+                  np.zeros((9, 7, 4), np.uint8)):
         mask = image_predictor.predict(array)
         assert mask.shape == (9, 7) and set(np.unique(mask).tolist()) <= {0, 255}
+
+
+@pytest.mark.parametrize("array", [np.zeros((9, 7), np.uint16), np.zeros((9, 7, 1), np.float64),
+                                   np.zeros((9, 7, 4), np.int32)])
+def test_arrays_of_another_dtype_than_the_training_images_are_refused(image_predictor, array):
+    """The tiny model was trained on 8-bit images: uint16, float and int32 arrays would be scaled by a guess."""
+    with pytest.raises(DataError, match=rf"^array: .*\({array.dtype.name}\) values, but this model's training "
+                                        r"images were 8-bit \(uint8\); convert it"):
+        image_predictor.predict(array)
 
 
 @pytest.mark.parametrize("source", [None, [[0, 1], [1, 0]], 3.5])
