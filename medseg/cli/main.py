@@ -100,6 +100,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     force: Annotated[bool, typer.Option(help="Resume even if the config changed.")] = False,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (overrides train.device).")] = None,  # noqa: UP045,E501
+    nproc: Annotated[Optional[int], typer.Option(help="Train on N processes on this machine (torchrun; one per GPU).")] = None,  # noqa: UP045,E501
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -115,7 +116,18 @@ def train(
         if resume is not None and run_dir is not None and resume.resolve() != run_dir.resolve():
             raise ConfigError(f"--resume {resume} and --run-dir {run_dir} name different folders; give one")
         folder = resume or run_dir or default_run_dir(config, cfg)
+        if nproc is not None and nproc != 1:
+            from medseg.training.distributed import launch_local, micro_batch_size
+
+            micro_batch_size(cfg.train.batch_size, max(1, nproc), cfg.train.grad_accumulation)  # refuse before starting
+            args = [a for s in overrides for a in ("--set", s)] + (["--resume"] if resume else ["--run-dir"])
+            flags = [f for f, on in (("--overwrite", overwrite), ("--force", force), ("-v", verbose), ("-q", quiet))
+                     if on]
+            launch_local(nproc, ["train", str(config), *args, str(folder), *flags])
+            return
         result = run_training(cfg, run_dir=folder, resume=resume is not None, overwrite=overwrite, force=force)
+        if result.rank != 0:
+            return
         typer.echo(f"run folder: {result.run_dir}")
         typer.echo(f"last checkpoint: {result.last_checkpoint}")
         if result.best_checkpoint:

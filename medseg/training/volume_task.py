@@ -30,6 +30,7 @@ from medseg.io.volume_io import read_volume
 from medseg.metrics.case_metrics import compute_case_metrics
 from medseg.prediction.network import infer_prepared
 from medseg.seeds import epoch_seed
+from medseg.training.distributed import Share, epoch_batches, loader_generator
 
 __all__ = ["VolumeTask"]
 
@@ -55,14 +56,15 @@ class VolumeTask:
         DataError: Missing or mismatched volumes, unknown label values.
     """
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None, resume: bool) -> None:
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None, resume: bool,
+                 write: bool = True) -> None:
         self.cfg = cfg
         d = cfg.data
         self.kind = DataKind(d.kind)
         self.spatial_dims = self.kind.spatial_dims
         self.patch_size = self._patch_size()
         pairs = find_pairs_from_config(d)
-        self.train_pairs, self.val_pairs = split_for_run(pairs, d, run_dir, resume=resume)
+        self.train_pairs, self.val_pairs = split_for_run(pairs, d, run_dir, resume=resume, write=write)
         self.labels: LabelMap = labels or label_map_from_config(d.labels) or discover_label_map(
             [p.mask for p in self.train_pairs + self.val_pairs], tolerance=0, read=_read_label_array
         )
@@ -112,28 +114,25 @@ class VolumeTask:
             squeeze_axis=self.slice_axis,
         )
 
-    def train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
-        """Random patches whose positions, order and augmentation depend only on (seed, epoch)."""
-        seed = epoch_seed(self.cfg.train.seed, epoch)
-        dataset = self._dataset(seed)
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=self.cfg.train.batch_size,
-            shuffle=True,
-            drop_last=len(dataset) > self.cfg.train.batch_size,
-            num_workers=self.cfg.data.num_workers,
-            generator=torch.Generator().manual_seed(seed),
-            persistent_workers=False,
-        )
+    def train_loader(self, epoch: int, share: Share) -> torch.utils.data.DataLoader:
+        """This process's micro-batches of random patches; positions, order and augmentation depend only on
+        (seed, epoch) (patch ``i`` is augmented from ``(seed, epoch, i)``)."""
+        dataset = self._dataset(epoch_seed(self.cfg.train.seed, epoch))
+        batches = epoch_batches(len(dataset), self.cfg.train.batch_size, self.cfg.train.seed, epoch, share)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=self.cfg.data.num_workers,
+                                           persistent_workers=False,
+                                           generator=loader_generator(self.cfg.train.seed, epoch))
 
-    def augment_batch(self, image: torch.Tensor, label: torch.Tensor, epoch: int, step: int
+    def augment_batch(self, image: torch.Tensor, label: torch.Tensor, epoch: int, indices: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch unchanged: volume patches are augmented per sample in the loader (MONAI transforms)."""
         return image, label
 
     @torch.no_grad()
-    def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device) -> dict[str, Any]:
-        """Loss and per-class metrics on whole preprocessed validation volumes (sliding window, no TTA)."""
+    def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device, *,
+                 rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+        """Loss and per-class metrics on whole preprocessed validation volumes (sliding window, no TTA);
+        volumes ``rank, rank + world_size, ...``."""
         if not self.val_cases:
             return {}
         model.eval()
@@ -141,7 +140,8 @@ class VolumeTask:
         settings = self.preprocessing
         tiling = "auto"  # the engine falls back to roi windows for instance/group norm
         losses, cases = [], []
-        for case in self.val_cases:
+        mine = list(range(rank, len(self.val_cases), world_size))
+        for case in (self.val_cases[i] for i in mine):
             logits = infer_prepared(model, case.image.float(), settings, infer, device, output="logits",
                                     tiling=tiling)
             label = case.label.long()
@@ -150,7 +150,8 @@ class VolumeTask:
                 logits.argmax(0).numpy(), label.numpy(), self.labels.num_classes,
                 spacing=case.grid.spacing_out, class_names=list(self.labels.names),
             ))
-        return {"val_loss": float(np.mean(losses)), "cases": cases}
+        return {"val_loss": float(np.mean(losses)) if losses else 0.0, "weight": len(mine), "cases": cases,
+                "case_index": mine}
 
     def preview(self, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Up to ``n`` augmented training patches as uint8 slices (the slice with most foreground) and class maps."""
