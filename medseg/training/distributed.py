@@ -286,21 +286,23 @@ def stop_distributed() -> None:
         tdist.destroy_process_group()
 
 
-def wrap_model(model: torch.nn.Module, dist: Dist, device: torch.device, *, sync_batchnorm: bool) -> torch.nn.Module:
-    """``model`` inside DistributedDataParallel (batch norm synchronised if asked); ``model`` itself for one process.
+def wrap_model(model: torch.nn.Module, dist: Dist, device: torch.device, *, sync_batchnorm: bool
+               ) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(model, net)``: the model (with synchronised batch norm if asked) and DistributedDataParallel around it
+    (what trains); ``(model, model)`` for one process.
 
     Raises:
         ConfigError: ``sync_batchnorm`` on CPU processes (PyTorch synchronises batch norm on GPUs only).
     """
     if not dist.enabled:
-        return model
+        return model, model
     if sync_batchnorm:
         if device.type != "cuda":
             raise ConfigError("train.sync_batchnorm: PyTorch synchronises batch norm on CUDA devices only; "
                               "set it to false for CPU processes (or use model.norm: instance)")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return model, torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def launch_local(nproc: int, module_args: Sequence[str]) -> int:
@@ -332,20 +334,18 @@ def launch_local(nproc: int, module_args: Sequence[str]) -> int:
 
 
 def _child_failure(err: Any, nproc: int) -> MedsegError:
+    """One line for the first process that failed (the launcher then stops the others, which fail after it)."""
     import signal
 
-    parts, config_error = [], False
-    for rank, failure in sorted(err.failures.items()):
-        code = failure.exitcode
-        if code < 0:
-            try:
-                how = f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"was killed by signal {-code}"
-        else:
-            how = f"exited with code {code}"
-            config_error |= code == 2
-        parts.append(f"rank {rank} {how}")
-    text = (f"training on {nproc} processes failed: {'; '.join(parts)} (its error is above); the other processes "
-            "were stopped and the run folder keeps the last finished epoch (continue with --resume)")
-    return ConfigError(text) if config_error else MedsegError(text)
+    rank, failure = err.get_first_failure()
+    code = failure.exitcode
+    if code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with code {code} (its error is above)"
+    text = (f"training on {nproc} processes failed: rank {rank} {how}; the launcher stopped the others. The run "
+            "folder keeps the last finished epoch: continue with --resume")
+    return ConfigError(text) if code == 2 else MedsegError(text)

@@ -255,8 +255,7 @@ def _build_run(cfg: ExperimentConfig, run_dir: Path, dist: Dist, device: torch.d
     task = build_task(cfg, run_dir, labels=labels, resume=resume, write=dist.is_main)
     k = task.labels.num_classes
     model = build_model(cfg.model, in_channels=task.in_channels, out_channels=k).to(device)
-    net = wrap_model(model, dist, device, sync_batchnorm=cfg.train.sync_batchnorm)
-    model = net.module if dist.enabled else model  # with sync_batchnorm, the converted model
+    model, net = wrap_model(model, dist, device, sync_batchnorm=cfg.train.sync_batchnorm)
     _log_batch(cfg, dist, micro)
     loss_fn = build_loss(cfg.loss, k).to(device)
     optimizer = build_optimizer(cfg.train, model.parameters())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,9 +30,17 @@ from medseg.config import validate_config
 from medseg.config.schema import AugmentConfig
 from medseg.data.augmentation import BatchAugment
 from medseg.data.synthetic.polyp import make_polyp_dataset
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, MedsegError
 from medseg.seeds import epoch_seed
-from medseg.training.distributed import Dist, Share, epoch_batches, micro_batch_size, start_distributed, wrap_model
+from medseg.training.distributed import (
+    Dist,
+    Share,
+    epoch_batches,
+    launch_local,
+    micro_batch_size,
+    start_distributed,
+    wrap_model,
+)
 from medseg.training.loop import train
 
 ROOT = Path(medseg.__file__).resolve().parents[1]
@@ -232,3 +241,26 @@ def test_a_killed_rank_stops_the_other_with_a_clear_error(tmp_path, polyps):
     assert "train.distributed_timeout_s = 20 s" in last and "--resume" in last
     assert "Traceback" not in err
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] >= 0  # the folder is still resumable
+
+
+@pytest.mark.parametrize(("exitcode", "error", "needle"), [
+    (-9, MedsegError, "rank 1 was killed by SIGKILL; the launcher stopped the others"),
+    (2, ConfigError, "rank 1 exited with code 2 (its error is above)"),
+])
+def test_launcher_names_the_process_that_failed_first(monkeypatch, exitcode, error, needle):
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    first = ProcessFailure(local_rank=1, pid=11, exitcode=exitcode, error_file="")
+    later = ProcessFailure(local_rank=0, pid=10, exitcode=-15, error_file="")
+    later.timestamp = first.timestamp + 1  # stopped by the launcher after rank 1 failed
+
+    def fail(args):
+        assert args.nproc_per_node == "2" and args.standalone and args.module
+        assert args.training_script == "medseg" and args.training_script_args == ["train", "cfg.yaml"]
+        raise ChildFailedError("medseg", {0: later, 1: first})
+
+    monkeypatch.setattr(torchrun, "run", fail)
+    with pytest.raises(error, match=re.escape(needle)) as info:
+        launch_local(2, ["train", "cfg.yaml"])
+    assert type(info.value) is error and "continue with --resume" in str(info.value)
