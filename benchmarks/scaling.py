@@ -12,8 +12,10 @@ samples per second of an epoch's training time (``epoch_time_s`` in ``log.json``
 excluded), the first epoch of each run left out as warm-up. It prints the median samples/s for each N and the
 scaling efficiency ``throughput(N) / (N x throughput(1))``.
 
-On CPU every run gets all the cores: ``OMP_NUM_THREADS = cores // N`` per process, so the figure says whether N
-processes of fewer threads beat one process of many (on a shared machine, the medians of one run are the figure).
+On CPU every run gets all the cores by default: ``OMP_NUM_THREADS = cores // N`` per process, so the figure says
+whether N processes of fewer threads beat one process of many. ``--threads T`` fixes T threads per process
+instead (the classic scaling figure: N workers of the same size). On a shared machine, the medians of one run
+are the figure.
 """
 
 from __future__ import annotations
@@ -47,11 +49,11 @@ def _config(data: Path, args: argparse.Namespace) -> dict:
     }
 
 
-def _train_once(cfg_file: Path, run_dir: Path, nproc: int, device: str) -> list[float]:
+def _train_once(cfg_file: Path, run_dir: Path, nproc: int, args: argparse.Namespace) -> list[float]:
     """Samples per second of each epoch after the first."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    if device == "cpu":
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    if args.device == "cpu":
+        env["OMP_NUM_THREADS"] = str(args.threads or max(1, (os.cpu_count() or 1) // nproc))
     cmd = [sys.executable, "-m", "medseg", "train", str(cfg_file), "--run-dir", str(run_dir), "--nproc", str(nproc),
            "-q"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -72,11 +74,12 @@ def bench_train(args: argparse.Namespace) -> None:
         for repeat in range(args.repeats):
             for n in args.nproc:  # interleaved, so that a busy spell of the machine hits every N alike
                 t0 = time.perf_counter()
-                rates[n] += _train_once(cfg_file, Path(tmp) / f"run-{n}-{repeat}", n, args.device)
+                rates[n] += _train_once(cfg_file, Path(tmp) / f"run-{n}-{repeat}", n, args)
                 print(f"  repeat {repeat + 1}, {n} process(es): {time.perf_counter() - t0:.1f} s wall", flush=True)
     base = statistics.median(rates[args.nproc[0]]) * args.nproc[0]
-    print(f"\ntraining throughput, {args.device}, global batch {args.batch}, {args.images} images of "
-          f"{args.size}x{args.size}, median of {args.repeats} runs x {args.epochs - 1} epochs")
+    threads = f"{args.threads} thread(s)" if args.threads else "cores / N threads"
+    print(f"\ntraining throughput, {args.device} ({threads} per process), global batch {args.batch}, "
+          f"{args.images} images of {args.size}x{args.size}, median of {args.repeats} runs x {args.epochs - 1} epochs")
     print(f"{'processes':>10} {'samples/s':>10} {'efficiency':>11}")
     for n in args.nproc:
         rate = statistics.median(rates[n])
@@ -97,6 +100,7 @@ def main() -> None:
     train.add_argument("--batch", type=int, default=8, help="global batch (divisible by every --nproc)")
     train.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is warm-up)")
     train.add_argument("--repeats", type=int, default=3, help="runs per process count")
+    train.add_argument("--threads", type=int, default=0, help="CPU: threads per process (0: cores / N)")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be 2 or more (the first is warm-up)")

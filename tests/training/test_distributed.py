@@ -9,6 +9,7 @@ would normalise with its own half-batch statistics; ``train.sync_batchnorm`` fix
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -172,7 +173,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_and_resume_on_one(tmp_path, polyps):
+def test_two_processes_train_like_one_and_resume_on_one(tmp_path, polyps, caplog):
     """2 x 2 samples per step = 1 x 4 samples; then the 2-process run continues on 1 process."""
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(_raw(polyps)))
@@ -197,7 +198,9 @@ def test_two_processes_train_like_one_and_resume_on_one(tmp_path, polyps):
         assert r2[key] == pytest.approx(r1[key], rel=1e-4), key
 
     full = train(validate_config(_raw(polyps, max_epochs=2)), run_dir=tmp_path / "full", progress=False)
-    train(validate_config(_raw(polyps, max_epochs=2)), run_dir=run2, resume=True, progress=False)
+    with caplog.at_level(logging.INFO, logger="medseg"):
+        train(validate_config(_raw(polyps, max_epochs=2)), run_dir=run2, resume=True, progress=False)
+    assert "at epoch 2: a run trained with 2 process(es) on 1" in caplog.text
     a, b = (json.loads((r / "log.json").read_text()) for r in (full.run_dir, run2))
     assert [r["epoch"] for r in b] == [1, 2]
     for ra, rb in zip(a, b, strict=True):
