@@ -7,6 +7,7 @@ one line on stderr, never a traceback; anything else is a bug and keeps its trac
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -104,6 +105,7 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (overrides train.device).")] = None,  # noqa: UP045,E501
     fold: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Cross-validation (needs data.folds): a fold number or 'all'; runs go to RUN/fold_K.")] = None,
+    nproc: Annotated[Optional[int], typer.Option(help="Train on N processes on this machine (torchrun; one per GPU).")] = None,  # noqa: UP045,E501
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -120,9 +122,23 @@ def train(
             raise ConfigError(f"--resume {resume} and --run-dir {run_dir} name different folders; give one")
         folder = resume or run_dir or default_run_dir(config, cfg)
         if fold is not None:
+            if (nproc or 1) != 1 or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+                raise ConfigError("--fold: cross-validation runs in one process per fold for now; start one job per "
+                                  "fold (--fold 0, --fold 1, ... with the same -o) instead of --nproc or torchrun")
             _train_folds(cfg, fold, folder, resume=resume is not None, overwrite=overwrite, force=force)
             return
+        if nproc is not None and nproc != 1:
+            from medseg.training.distributed import launch_local, micro_batch_size
+
+            micro_batch_size(cfg.train.batch_size, max(1, nproc), cfg.train.grad_accumulation)  # refuse before starting
+            args = [a for s in overrides for a in ("--set", s)] + (["--resume"] if resume else ["--run-dir"])
+            flags = [f for f, on in (("--overwrite", overwrite), ("--force", force), ("-v", verbose), ("-q", quiet))
+                     if on]
+            launch_local(nproc, ["train", str(config), *args, str(folder), *flags])
+            return
         result = run_training(cfg, run_dir=folder, resume=resume is not None, overwrite=overwrite, force=force)
+        if result.rank != 0:
+            return
         typer.echo(f"run folder: {result.run_dir}")
         typer.echo(f"last checkpoint: {result.last_checkpoint}")
         if result.best_checkpoint:

@@ -299,7 +299,7 @@ class TrainConfig(Strict):
     """Optimisation, validation and checkpointing."""
 
     max_epochs: PositiveInt = Field(50, description="Epochs to train.")
-    batch_size: PositiveInt = Field(8, description="Samples per step.")
+    batch_size: PositiveInt = Field(8, description="Samples per optimizer step over all processes (global batch).")
     lr: float = Field(1e-3, gt=0, description="Initial learning rate.")
     weight_decay: float = Field(1e-5, ge=0, description="Weight decay.")
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="Optimizer.")
@@ -325,6 +325,13 @@ class TrainConfig(Strict):
         "prediction as TensorBoard images (None: no images)."
     )
     preview_samples: int = Field(4, ge=0, le=16, description="Training samples drawn in preview.png.")
+    grad_accumulation: PositiveInt = Field(
+        1, description="Micro-batches per optimizer step: train.batch_size is split over processes x this."
+    )
+    sync_batchnorm: bool = Field(False, description="Several CUDA processes: batch-norm statistics over all of them.")
+    distributed_timeout_s: PositiveInt = Field(
+        600, description="Several processes: longest wait for the others before stopping with an error."
+    )
 
 
 class InferConfig(Strict):

@@ -5,9 +5,10 @@ Batch augmentation, one call per step:
 
 Per-sample transforms cost a Python round trip and a grid resample per image; on a 2-core machine that
 is 10-20 % of a 2D training step. Here one ``affine_grid`` + ``grid_sample`` moves a whole batch, flips
-and intensity changes are tensor ops, and every random draw comes from a ``torch.Generator`` seeded by
-the caller (``(train.seed, epoch, step)``), so results do not depend on data-loader workers and a resumed
-run repeats an uninterrupted one exactly.
+and intensity changes are tensor ops, and every random draw comes from ``torch.Generator`` s seeded by
+the caller. Training gives one generator per sample, seeded by ``(train.seed, epoch, sample index)``, so a
+sample is augmented the same way whatever batch, data-loader worker or training process it lands in, and a
+resumed run repeats an uninterrupted one exactly.
 
 Beyond flips, turns, rotation, zoom, contrast, brightness and noise, each with its own probability (0: off):
 
@@ -29,7 +30,7 @@ ops per sample through :class:`SampleAugmentd`, which runs this same code on a b
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -56,8 +57,10 @@ class BatchAugment:
         cfg: The ``data.augment`` section (probabilities and ranges).
         spatial_dims: 2 or 3.
 
-    Call with ``image`` (B, C, *spatial) float, ``label`` (B, 1, *spatial) integer and a generator;
-    returns both augmented (label values are never interpolated: nearest-neighbour resampling).
+    Call with ``image`` (B, C, *spatial) float, ``label`` (B, 1, *spatial) integer and a generator, or a
+    sequence of B generators (sample ``i`` then draws only from the ``i``-th, so its augmentation does not
+    depend on the rest of the batch); returns both augmented (label values are never interpolated:
+    nearest-neighbour resampling).
 
     Example:
         >>> aug = BatchAugment(AugmentConfig(probability=1.0), spatial_dims=2)
@@ -77,12 +80,18 @@ class BatchAugment:
         return f"BatchAugment({self.cfg!r}, spatial_dims={self.dims})"
 
     def __call__(
-        self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator
+        self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, b = self.cfg, image.shape[0]
+        single = generator if isinstance(generator, torch.Generator) else None
+        gens = [] if isinstance(generator, torch.Generator) else list(generator)
+        if single is None and len(gens) != b:
+            raise ValueError(f"got {len(gens)} generators for a batch of {b}")
 
         def draw(*shape: int) -> torch.Tensor:
-            return torch.rand(shape, generator=generator).to(image.device)
+            if single is None:  # shape[0] is the batch: each sample's values from its own generator
+                return torch.stack([torch.rand(shape[1:], generator=g) for g in gens]).to(image.device)
+            return torch.rand(shape, generator=single).to(image.device)
 
         if cfg.flip:
             for axis in range(self.dims):
@@ -221,7 +230,7 @@ class BatchAugment:
         return theta
 
     def _intensity(self, image: torch.Tensor, b: int, draw: Callable[..., torch.Tensor],
-                   generator: torch.Generator) -> torch.Tensor:
+                   generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
         cfg = self.cfg
         shape = (b, *([1] * (image.ndim - 1)))
         if cfg.contrast > 0:
@@ -233,7 +242,10 @@ class BatchAugment:
             image = image + ((draw(b) * 2 - 1) * cfg.brightness * apply).view(shape)
         if cfg.noise_std > 0:
             apply = (draw(b) < cfg.probability).float().view(shape)
-            noise = torch.randn(tuple(image.shape), generator=generator).to(image)
+            if isinstance(generator, torch.Generator):
+                noise = torch.randn(tuple(image.shape), generator=generator).to(image)
+            else:
+                noise = torch.stack([torch.randn(tuple(image.shape[1:]), generator=g) for g in generator]).to(image)
             image = image + noise * cfg.noise_std * apply
         return image
 

@@ -190,9 +190,11 @@ def select_split(
 
 
 def split_for_run(
-    pairs: Sequence[Pair], data: DataConfig, run_dir: Path, *, resume: bool
+    pairs: Sequence[Pair], data: DataConfig, run_dir: Path, *, resume: bool, write: bool = True
 ) -> tuple[list[Pair], list[Pair]]:
     """The run's split: read back from ``run_dir/splits`` on resume, else chosen and written there.
+
+    ``write=False`` chooses the same split without writing it (the training processes other than rank 0).
 
     Raises:
         DataError: No training case is left, or a saved or listed case is missing.
@@ -202,7 +204,7 @@ def split_for_run(
     train, val = select_split(pairs, data, saved)
     if not train:
         raise DataError(f"{data.root}: no training cases left after the split ({len(pairs)} cases found)")
-    if not resume:
+    if not resume and write:
         write_split_file(folder / "train.txt", [p.case_id for p in train])
         write_split_file(folder / "val.txt", [p.case_id for p in val])
     return train, val

@@ -22,6 +22,7 @@ from medseg.metrics.case_metrics import compute_case_metrics
 from medseg.metrics.confusion import confusion_matrix
 from medseg.models.outputs import main_output
 from medseg.seeds import epoch_seed, substream_seed
+from medseg.training.distributed import Share, epoch_batches, loader_generator
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,11 @@ class ImageTask:
 
     spatial_dims = 2
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None, resume: bool) -> None:
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None, resume: bool,
+                 write: bool = True) -> None:
         self.cfg = cfg
         pairs = find_pairs_from_config(cfg.data)
-        self.train_pairs, self.val_pairs = split_for_run(pairs, cfg.data, run_dir, resume=resume)
+        self.train_pairs, self.val_pairs = split_for_run(pairs, cfg.data, run_dir, resume=resume, write=write)
         self.labels: LabelMap = labels or label_map_from_config(cfg.data.labels) or discover_label_map(
             [p.mask for p in self.train_pairs], tolerance=cfg.data.labels.tolerance, read=read_mask_gray
         )
@@ -57,40 +59,37 @@ class ImageTask:
         return {"kind": DataKind.IMAGES2D.value, "color": d.color, "image_size": list(d.image_size),
                 **self.intensity.settings}
 
-    def train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
-        """A shuffled loader of cached, un-augmented samples; the order depends only on (seed, epoch)."""
+    def train_loader(self, epoch: int, share: Share) -> torch.utils.data.DataLoader:
+        """This process's micro-batches of cached, un-augmented samples (order: seed and epoch only)."""
         from monai.data import DataLoader
 
-        gen = torch.Generator().manual_seed(epoch_seed(self.cfg.train.seed, epoch))
-        return DataLoader(
-            self.train_set,
-            batch_size=self.cfg.train.batch_size,
-            shuffle=True,
-            drop_last=len(self.train_set) > self.cfg.train.batch_size,
-            num_workers=self.cfg.data.num_workers,
-            generator=gen,
-            persistent_workers=False,
-        )
+        batches = epoch_batches(len(self.train_set), self.cfg.train.batch_size, self.cfg.train.seed, epoch, share)
+        return DataLoader(IndexedDataset(self.train_set), batch_sampler=batches,
+                          num_workers=self.cfg.data.num_workers, persistent_workers=False,
+                          generator=loader_generator(self.cfg.train.seed, epoch))
 
     @torch.no_grad()
-    def augment_batch(self, image: torch.Tensor, label: torch.Tensor, epoch: int, step: int
+    def augment_batch(self, image: torch.Tensor, label: torch.Tensor, epoch: int, indices: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augment one training batch on its device; the draws depend only on (seed, epoch, step)."""
-        seed = substream_seed(epoch_seed(self.cfg.train.seed, epoch), step, bits=63)
-        return self.augment(image, label, torch.Generator().manual_seed(seed))
+        """Augment one training batch on its device; sample ``i``'s draws depend only on (seed, epoch, indices[i])."""
+        seed = epoch_seed(self.cfg.train.seed, epoch)
+        gens = [torch.Generator().manual_seed(substream_seed(seed, int(i), bits=63)) for i in indices]
+        return self.augment(image, label, gens)
 
     @torch.no_grad()
-    def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device) -> dict[str, Any]:
-        """Loss, per-class metrics and confusion matrices of whole validation images (at the training size), and the
-        first image with its truth and prediction (``"example"``: 2D arrays for TensorBoard)."""
+    def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device, *,
+                 rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+        """Loss, per-class metrics and confusion matrices of whole validation images (at the training size), this
+        rank's share, and its first image with its truth and prediction (``"example"``: 2D arrays for TensorBoard)."""
         if self.val_set is None:
             return {}
         model.eval()
         losses, cases, confusions = [], [], []
         example: dict[str, np.ndarray] = {}
         bs = max(1, self.cfg.train.batch_size)
-        for start in range(0, len(self.val_set), bs):
-            items = [self.val_set[i] for i in range(start, min(start + bs, len(self.val_set)))]
+        mine = list(range(rank, len(self.val_set), world_size))
+        for start in range(0, len(mine), bs):
+            items = [self.val_set[i] for i in mine[start:start + bs]]
             image = torch.stack([it["image"] for it in items]).to(device)
             label = torch.stack([it["label"] for it in items]).to(device)
             logits = main_output(model(image)).float()
@@ -104,8 +103,8 @@ class ImageTask:
             for p, t in zip(pred, label[:, 0].cpu().numpy(), strict=True):
                 cases.append(compute_case_metrics(p, t, k, class_names=list(self.labels.names)))
                 confusions.append(confusion_matrix(p, t, k))
-        return {"val_loss": sum(losses) / len(self.val_set), "cases": cases, "confusions": confusions,
-                "example": example}
+        return {"val_loss": sum(losses) / max(1, len(mine)), "weight": len(mine), "cases": cases,
+                "confusions": confusions, "case_index": mine, "example": example}
 
     def preview(self, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Up to ``n`` augmented training samples as uint8 images and class maps."""
@@ -113,10 +112,24 @@ class ImageTask:
         if not items:
             return [], []
         image, label = self.augment_batch(torch.stack([it["image"] for it in items]),
-                                          torch.stack([it["label"] for it in items]), -1, 0)
+                                          torch.stack([it["label"] for it in items]), -1,
+                                          torch.arange(len(items)))
         images, masks = [], []
         for img_t, lab_t in zip(image, label, strict=True):
             img = (img_t.clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
             images.append(img if img.shape[-1] == 3 else img[..., 0])  # CT windows: the first one
             masks.append(lab_t[0].numpy())
         return images, masks
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """A dataset of dict items with each item's index added (``"index"``), for per-sample augmentation seeds."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.dataset[index], "index": index}

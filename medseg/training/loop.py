@@ -3,6 +3,9 @@
 Order and augmentation of every epoch depend only on ``(train.seed, epoch)``, and checkpoints are
 written at epoch ends, so a run resumed from ``checkpoints/last.pt`` repeats exactly what an
 uninterrupted run would have done from there (on CPU).
+
+Under torchrun every process runs :func:`train`; rank 0 alone locks and writes the run folder, the others
+train their share of each step (:mod:`medseg.training.distributed`) and validate their share of the cases.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 import math
 import random
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,13 +30,13 @@ from medseg.config.loading import config_to_dict, save_config
 from medseg.config.schema import ExperimentConfig
 from medseg.data.label_sources import labels_from_checkpoint
 from medseg.data.labels import LabelMap
-from medseg.device import resolve_device
-from medseg.errors import MedsegError
+from medseg.errors import ConfigError, MedsegError
 from medseg.losses.factory import build_loss
 from medseg.metrics.confusion import EpochMetrics
 from medseg.models.factory import build_model, encoder_parameters
 from medseg.models.pretrained import load_pretrained
 from medseg.seeds import epoch_seed, seed_everything
+from medseg.training.distributed import Dist, micro_batch_size, start_distributed, stop_distributed, wrap_model
 from medseg.training.epoch import run_epoch
 from medseg.training.optim import EpochScheduler, build_optimizer
 from medseg.training.plots import plot_confusion, plot_curves, plot_preview
@@ -42,7 +46,9 @@ from medseg.training.task import Task, build_task
 log = logging.getLogger(__name__)
 
 # Keys a resumed run may change without --force (prefixes: train.tensorboard covers tensorboard_images_every).
-RESUMABLE_CHANGES = ("train.max_epochs", "train.early_stopping", "data.num_workers", "train.tensorboard")
+# train.grad_accumulation and the number of processes change how a step's batch is cut, not the step itself.
+RESUMABLE_CHANGES = ("train.max_epochs", "train.early_stopping", "data.num_workers", "train.tensorboard",
+                     "train.grad_accumulation", "train.distributed_timeout_s")
 #: Keys of an epoch's record that go to ``RUN_DIR/confusion/epoch_NNNN.json`` rather than ``log.json``.
 CONFUSION_KEYS = ("train_confusion", "val_confusion")
 
@@ -58,6 +64,7 @@ class TrainResult:
     best_epoch: int | None
     epochs_run: int
     stopped_early: bool
+    rank: int = 0
 
 
 def default_run_dir(config_path: Path | None, cfg: ExperimentConfig) -> Path:
@@ -102,17 +109,52 @@ def train(
     Returns:
         A :class:`TrainResult`.
 
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this; rank 0 locks, checks and writes the run
+    folder, and every process returns the same result (with its ``rank``).
+
     Raises:
         OutputExistsError: ``run_dir`` exists and neither ``resume`` nor ``overwrite`` is set.
         MedsegError: Bad data, a locked run folder, or a resume with a changed config.
+        PeerLostError: Another training process died or stopped answering (see ``train.distributed_timeout_s``).
     """
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(None, cfg)
+    dist, device = start_distributed(cfg.train.device, cfg.train.distributed_timeout_s)
+    try:
+        folder = dist.broadcast_object(str(run_dir if run_dir is not None else default_run_dir(None, cfg)))
+        if not dist.is_main:
+            progress = False
+            logging.getLogger("medseg").setLevel(max(logging.WARNING, logging.getLogger("medseg").level))
+        with ExitStack() as lock:
+            problem = None
+            if dist.is_main:
+                try:
+                    _prepare(Path(folder), lock, resume=resume, overwrite=overwrite)
+                except MedsegError as err:
+                    problem = err
+            _raise_everywhere(dist, problem)
+            result = _train_locked(cfg, Path(folder), dist, device, resume=resume, force=force, progress=progress)
+            dist.barrier("finishing")  # rank 0 has written the last files
+            return result
+    finally:
+        stop_distributed()
+
+
+def _prepare(run_dir: Path, lock: ExitStack, *, resume: bool, overwrite: bool) -> None:
+    """Create or check the run folder, holding its lock (in ``lock``) from before anything is checked or cleared."""
     if resume and not run_dir.is_dir():
         prepare_run_dir(run_dir, resume=True, overwrite=False)  # raises: nothing to resume
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):  # taken before anything in the folder is checked, cleared or written
-        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-        return _train_locked(cfg, run_dir, resume=resume, force=force, progress=progress)
+    lock.enter_context(RunLock(run_dir))
+    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+
+
+def _raise_everywhere(dist: Dist, problem: MedsegError | None) -> None:
+    """Raise rank 0's ``problem`` on every process (the others would otherwise wait for it until the timeout)."""
+    shared = dist.broadcast_object(None if problem is None else (isinstance(problem, ConfigError), str(problem)))
+    if problem is not None:
+        raise problem
+    if shared is not None:
+        is_config, text = shared
+        raise (ConfigError if is_config else MedsegError)(f"rank 0 stopped: {text}")
 
 
 @dataclass
@@ -121,9 +163,11 @@ class _Run:
 
     cfg: ExperimentConfig
     run_dir: Path
+    dist: Dist
     device: torch.device
     task: Task
     model: torch.nn.Module
+    net: torch.nn.Module  # what trains: the model, or DistributedDataParallel around it
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: EpochScheduler
@@ -156,14 +200,16 @@ class _Run:
         }
 
 
-def _train_locked(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, force: bool, progress: bool) -> TrainResult:
+def _train_locked(cfg: ExperimentConfig, run_dir: Path, dist: Dist, device: torch.device, *, resume: bool,
+                  force: bool, progress: bool) -> TrainResult:
     state = _resume_checkpoint(cfg, run_dir, force=force) if resume else None
-    run = _build_run(cfg, run_dir, labels=labels_from_checkpoint(state) if state else None, resume=resume)
+    run = _build_run(cfg, run_dir, dist, device, labels=labels_from_checkpoint(state) if state else None,
+                     resume=resume)
     if state is not None:
         _restore(run, state)
-    else:
+    elif dist.is_main:
         _start_fresh(run)
-    writer = _tensorboard(run_dir) if cfg.train.tensorboard else None
+    writer = _tensorboard(run_dir) if cfg.train.tensorboard and dist.is_main else None
     stopped_early = False
     epoch = run.start_epoch - 1
     try:
@@ -187,6 +233,7 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, force: 
         best_epoch=None if run.best_epoch is None else run.best_epoch + 1,
         epochs_run=epoch + 1,
         stopped_early=stopped_early,
+        rank=dist.rank,
     )
 
 
@@ -204,17 +251,23 @@ def _resume_checkpoint(cfg: ExperimentConfig, run_dir: Path, *, force: bool) -> 
     return ckpt
 
 
-def _build_run(cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None, resume: bool) -> _Run:
+def _build_run(cfg: ExperimentConfig, run_dir: Path, dist: Dist, device: torch.device, *, labels: LabelMap | None,
+               resume: bool) -> _Run:
     """Seed, then data, model, loss, optimizer, schedule and scaler, in this order (it fixes the random draws)."""
+    micro = micro_batch_size(cfg.train.batch_size, dist.world_size, cfg.train.grad_accumulation)
     seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
-    task = build_task(cfg, run_dir, labels=labels, resume=resume)
+    task = build_task(cfg, run_dir, labels=labels, resume=resume, write=dist.is_main)
     k = task.labels.num_classes
     model = build_model(cfg.model, in_channels=task.in_channels, out_channels=k)
     if not resume:
         with torch.random.fork_rng(devices=[]):  # loading weights draws no numbers from the run's stream
             load_pretrained(model, cfg.model)
     model = model.to(device)
+    if dist.enabled and getattr(cfg.model, "freeze_encoder_epochs", 0):
+        raise ConfigError("model.freeze_encoder_epochs: freezing the encoder is supported in one process only "
+                          f"(this run has {dist.world_size}); set it to 0 or train with one process")
+    model, net = wrap_model(model, dist, device, sync_batchnorm=cfg.train.sync_batchnorm)
+    _log_batch(cfg, dist, micro)
     loss_fn = build_loss(cfg.loss, k).to(device)
     optimizer = build_optimizer(cfg.train, model.parameters())
     scheduler = EpochScheduler(cfg.train, optimizer)
@@ -224,7 +277,16 @@ def _build_run(cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None,
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if cfg.train.deterministic:
         torch.backends.cudnn.benchmark = False
-    return _Run(cfg, run_dir, device, task, model, loss_fn, optimizer, scheduler, scaler, use_amp)
+    return _Run(cfg, run_dir, dist, device, task, model, net, loss_fn, optimizer, scheduler, scaler, use_amp)
+
+
+def _log_batch(cfg: ExperimentConfig, dist: Dist, micro: int) -> None:
+    t = cfg.train
+    log.info(
+        "effective batch: %d samples per optimizer step = %d process(es) x %d accumulation step(s) x %d samples; "
+        "train.lr %g is for this batch, which does not change with the number of processes (raising "
+        "train.batch_size k times: scale train.lr by k for sgd, by sqrt(k) for adam/adamw, and check)",
+        t.batch_size, dist.world_size, t.grad_accumulation, micro, t.lr)
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
@@ -239,7 +301,9 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
         ts["epoch"] + 1, ts["best"], ts["best_epoch"], ts["bad_validations"])
     _restore_rng(ts["rng"])
     run.records = [r for r in read_log(run.run_dir) if r["epoch"] <= run.start_epoch]
-    log.info("resuming %s at epoch %d", run.run_dir, run.start_epoch + 1)
+    before = ts.get("world_size", 1)
+    log.info("resuming %s at epoch %d: a run trained with %d process(es) on %d", run.run_dir, run.start_epoch + 1,
+             before, run.dist.world_size)
 
 
 def _start_fresh(run: _Run) -> None:
@@ -272,11 +336,15 @@ def _train_and_validate(run: _Run, epoch: int, progress: bool) -> dict[str, Any]
     seed_everything(epoch_seed(cfg.train.seed, epoch))
     lr = run.scheduler.start_epoch(epoch)
     _freeze_encoder(run, epoch)
-    rec = run_epoch(run.model, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg, epoch, progress)
+    rec = run_epoch(run.net, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg, epoch, progress,
+                    run.dist)
     rec["lr"] = lr
     if (epoch + 1) % cfg.train.val_every == 0 or epoch == cfg.train.max_epochs - 1:
         t0 = time.perf_counter()
-        val = run.task.validate(run.model, run.loss_fn, run.device)
+        val = run.task.validate(run.model, run.loss_fn, run.device, rank=run.dist.rank,
+                                world_size=run.dist.world_size)
+        if run.dist.enabled:
+            val = merge_validation(run.dist.gather_objects(val, what="gathering validation results"))
         rec.update(_val_record(val, run.labels))
         run.example = val.get("example") or None
         rec["val_time_s"] = time.perf_counter() - t0
@@ -298,10 +366,11 @@ def _keep_best(run: _Run, rec: dict[str, Any], epoch: int) -> None:
     run.bad = 0 if clearly else run.bad + 1
     if improved:
         run.best, run.best_epoch = score, epoch
-        save_checkpoint(run.payload(epoch, rec, None), run.run_dir / "checkpoints" / "best.pt")
-        if "val_confusion" in rec:
-            plot_confusion(np.asarray(rec["val_confusion"]), run.labels.names, run.run_dir / "confusion_best.png",
-                           title=f"validation, best epoch {epoch + 1}\n(rows: truth, columns: prediction)")
+        if run.dist.is_main:
+            save_checkpoint(run.payload(epoch, rec, None), run.run_dir / "checkpoints" / "best.pt")
+            if "val_confusion" in rec:
+                plot_confusion(np.asarray(rec["val_confusion"]), run.labels.names, run.run_dir / "confusion_best.png",
+                               title=f"validation, best epoch {epoch + 1}\n(rows: truth, columns: prediction)")
 
 
 def _end_epoch(run: _Run, rec: dict[str, Any], epoch: int, writer: Any) -> None:
@@ -311,10 +380,12 @@ def _end_epoch(run: _Run, rec: dict[str, Any], epoch: int, writer: Any) -> None:
                       {"epoch": epoch + 1, "class_names": list(run.labels.names), "rows": "truth",
                        "columns": "prediction", **{k.removesuffix("_confusion"): v for k, v in confusion.items()}})
     run.records.append(rec)
+    if not run.dist.is_main:
+        return
     train_state = {
         "epoch": epoch, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict() if run.use_amp else None, "best": run.best, "best_epoch": run.best_epoch,
-        "bad_validations": run.bad, "rng": _rng_state(),
+        "bad_validations": run.bad, "rng": _rng_state(), "world_size": run.dist.world_size,
     }
     save_checkpoint(run.payload(epoch, rec, train_state), run.run_dir / "checkpoints" / "last.pt")
     write_json_atomic(run.run_dir / "log.json", run.records)
@@ -322,6 +393,29 @@ def _end_epoch(run: _Run, rec: dict[str, Any], epoch: int, writer: Any) -> None:
     if writer is not None:
         _tensorboard_epoch(writer, run, rec, epoch)
     log.info(_epoch_line(rec, run.cfg.train.max_epochs))
+
+
+def merge_validation(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One validation result from the shares of several processes (cases back in order, losses weighted).
+
+    Example:
+        >>> merge_validation([{"val_loss": 1.0, "weight": 2, "cases": ["a", "c"], "case_index": [0, 2]},
+        ...                   {"val_loss": 4.0, "weight": 1, "cases": ["b"], "case_index": [1]}])
+        {'val_loss': 2.0, 'weight': 3, 'cases': ['a', 'b', 'c'], 'case_index': [0, 1, 2]}
+    """
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    weight = sum(p["weight"] for p in parts)
+    order = sorted((i, n, j) for n, p in enumerate(parts) for j, i in enumerate(p["case_index"]))
+    merged = {"val_loss": sum(p["val_loss"] * p["weight"] for p in parts) / max(1, weight), "weight": weight,
+              "cases": [parts[n]["cases"][j] for _, n, j in order], "case_index": [i for i, _, _ in order]}
+    if all("confusions" in p for p in parts):
+        merged["confusions"] = [parts[n]["confusions"][j] for _, n, j in order]
+    example = next((p["example"] for p in parts if p.get("example")), None)
+    if example is not None:
+        merged["example"] = example
+    return merged
 
 
 def _val_record(val: dict[str, Any], labels: LabelMap) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from medseg.config.kinds import DataKind
 from medseg.config.schema import ExperimentConfig
 from medseg.data.labels import LabelMap
+from medseg.training.distributed import Share
 from medseg.training.image_task import ImageTask
 from medseg.training.volume_task import VolumeTask
 
@@ -40,18 +41,21 @@ class Task(Protocol):
         """What a predictor must do to an input (stored in the checkpoint)."""
         ...
 
-    def train_loader(self, epoch: int) -> DataLoader[Any]:
-        """Batches ``{"image": (B, C, *spatial), "label": (B, 1, *spatial)}`` whose order depends on (seed, epoch)."""
+    def train_loader(self, epoch: int, share: Share) -> DataLoader[Any]:
+        """This process's micro-batches ``{"image": (b, C, *spatial), "label": (b, 1, *spatial), "index": (b,)}``
+        of the epoch (:func:`~medseg.training.distributed.epoch_batches`: depends on seed, epoch and share)."""
         ...
 
-    def augment_batch(self, image: torch.Tensor, label: torch.Tensor, epoch: int, step: int
+    def augment_batch(self, image: torch.Tensor, label: torch.Tensor, epoch: int, indices: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augment one batch on its device (draws depend only on seed, epoch, step); may return it unchanged."""
+        """Augment one batch on its device (sample ``i``'s draws depend only on seed, epoch and ``indices[i]``)."""
         ...
 
-    def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device) -> dict[str, Any]:
-        """``{"val_loss": float, "cases": [per-case metrics], "confusions": [(K, K) per case], "example": {"image",
-        "truth", "pred": 2D arrays}}``, or ``{}`` without validation cases."""
+    def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device, *,
+                 rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+        """Validation cases ``rank, rank + world_size, ...``: ``{"val_loss": mean, "weight": items the mean is
+        over, "cases": [per-case metrics], "confusions": [(K, K) per case], "case_index": [their positions],
+        "example": {"image", "truth", "pred": 2D arrays} (rank 0)}``, or ``{}`` without validation cases."""
         ...
 
     def preview(self, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -59,8 +63,9 @@ class Task(Protocol):
         ...
 
 
-def build_task(cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None, resume: bool) -> Task:
-    """The task for ``cfg.data.kind`` (finds the cases, splits them, prepares the data)."""
+def build_task(cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None, resume: bool,
+               write: bool = True) -> Task:
+    """The task for ``cfg.data.kind`` (finds the cases, splits them, prepares the data; ``write``: saves the split)."""
     if DataKind(cfg.data.kind) is DataKind.IMAGES2D:
-        return ImageTask(cfg, run_dir, labels=labels, resume=resume)
-    return VolumeTask(cfg, run_dir, labels=labels, resume=resume)
+        return ImageTask(cfg, run_dir, labels=labels, resume=resume, write=write)
+    return VolumeTask(cfg, run_dir, labels=labels, resume=resume, write=write)

@@ -31,6 +31,7 @@ from medseg.metrics.case_metrics import compute_case_metrics
 from medseg.metrics.confusion import confusion_matrix
 from medseg.prediction.network import infer_prepared
 from medseg.seeds import epoch_seed
+from medseg.training.distributed import Share, epoch_batches, loader_generator
 
 __all__ = ["VolumeTask"]
 
@@ -65,14 +66,15 @@ class VolumeTask:
         DataError: Missing or mismatched volumes, unknown label values.
     """
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None, resume: bool) -> None:
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None, resume: bool,
+                 write: bool = True) -> None:
         self.cfg = cfg
         d = cfg.data
         self.kind = DataKind(d.kind)
         self.spatial_dims = self.kind.spatial_dims
         self.patch_size = self._patch_size()
         pairs = find_pairs_from_config(d)
-        self.train_pairs, self.val_pairs = split_for_run(pairs, d, run_dir, resume=resume)
+        self.train_pairs, self.val_pairs = split_for_run(pairs, d, run_dir, resume=resume, write=write)
         self.labels: LabelMap = labels or label_map_from_config(d.labels) or discover_label_map(
             [p.mask for p in self.train_pairs + self.val_pairs], tolerance=0, read=_read_label_array
         )
@@ -122,29 +124,26 @@ class VolumeTask:
             squeeze_axis=self.slice_axis,
         )
 
-    def train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
-        """Random patches whose positions, order and augmentation depend only on (seed, epoch)."""
-        seed = epoch_seed(self.cfg.train.seed, epoch)
-        dataset = self._dataset(seed)
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=self.cfg.train.batch_size,
-            shuffle=True,
-            drop_last=len(dataset) > self.cfg.train.batch_size,
-            num_workers=self.cfg.data.num_workers,
-            generator=torch.Generator().manual_seed(seed),
-            persistent_workers=False,
-        )
+    def train_loader(self, epoch: int, share: Share) -> torch.utils.data.DataLoader:
+        """This process's micro-batches of random patches; positions, order and augmentation depend only on
+        (seed, epoch) (patch ``i`` is augmented from ``(seed, epoch, i)``)."""
+        dataset = self._dataset(epoch_seed(self.cfg.train.seed, epoch))
+        batches = epoch_batches(len(dataset), self.cfg.train.batch_size, self.cfg.train.seed, epoch, share)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=self.cfg.data.num_workers,
+                                           persistent_workers=False,
+                                           generator=loader_generator(self.cfg.train.seed, epoch))
 
-    def augment_batch(self, image: torch.Tensor, label: torch.Tensor, epoch: int, step: int
+    def augment_batch(self, image: torch.Tensor, label: torch.Tensor, epoch: int, indices: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch unchanged: volume patches are augmented per sample in the loader (MONAI transforms)."""
         return image, label
 
     @torch.no_grad()
-    def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+    def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device, *,
+                 rank: int = 0, world_size: int = 1) -> dict[str, Any]:
         """Loss, per-class metrics and confusion matrices of whole preprocessed validation volumes (sliding window,
-        no TTA), and the slice of the first volume with the most foreground (``"example"``: 2D arrays)."""
+        no TTA), volumes ``rank, rank + world_size, ...``; rank 0 adds the slice of the first volume with the most
+        foreground (``"example"``: 2D arrays)."""
         if not self.val_cases:
             return {}
         model.eval()
@@ -153,7 +152,8 @@ class VolumeTask:
         tiling = "auto"  # the engine falls back to roi windows for instance/group norm
         losses, cases, confusions = [], [], []
         example: dict[str, np.ndarray] = {}
-        for case in self.val_cases:
+        mine = list(range(rank, len(self.val_cases), world_size))
+        for case in (self.val_cases[i] for i in mine):
             logits = infer_prepared(model, case.image.float(), settings, infer, device, output="logits",
                                     tiling=tiling)
             label = case.label.long()
@@ -166,7 +166,8 @@ class VolumeTask:
             confusions.append(confusion_matrix(pred, label.numpy(), self.labels.num_classes))
             if not example:
                 example = _example_slice(case.image[0].float(), label, pred)
-        return {"val_loss": float(np.mean(losses)), "cases": cases, "confusions": confusions, "example": example}
+        return {"val_loss": float(np.mean(losses)) if losses else 0.0, "weight": len(mine), "cases": cases,
+                "confusions": confusions, "case_index": mine, "example": example}
 
     def preview(self, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Up to ``n`` augmented training patches as uint8 slices (the slice with most foreground) and class maps."""
