@@ -28,6 +28,7 @@ def polyps(tmp_path_factory):
     return make_polyp_dataset(tmp_path_factory.mktemp("multi") / "data", n=4, size=(32, 32), seed=2)
 
 
+@pytest.mark.slow  # PyTorch's ONNX exporter over DeepLabV3's 60 convolutions: ~45 s on a loaded 2-core machine
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_onnx_export_has_the_main_output_only_and_agrees_with_pytorch(polyps, tmp_path, name):
     cfg = validate_config({
