@@ -286,6 +286,19 @@ class ClaimFolder:
             log.warning("%s: taking over the stale claim of %s", name, who)
         return Claim(path, [self.path(name, g) for g in gens], self.heartbeat_s)
 
+    def sweep(self, finished: set[str]) -> None:
+        """Remove the stale claims of finished cases (an owner killed after its outputs were written, before it
+        released its claim); a live claim is never removed."""
+        try:
+            entries = os.listdir(self.folder)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            name, _, generation = entry[:-len(".claim")].rpartition("@")
+            if entry.endswith(".claim") and generation.isdigit() and name in finished \
+                    and self.is_stale(self.folder / entry):
+                (self.folder / entry).unlink(missing_ok=True)
+
     def remove_if_empty(self) -> None:
         """Remove the claims folder when no claim is left in it (another process may still be using it)."""
         try:
@@ -373,6 +386,8 @@ def run_claimed(
             elif not attempt(i):
                 still.append(i)
         held = still
+    if not overwrite and claims.folder.is_dir():
+        claims.sweep({names[i] for i in result.skipped})
     if tried is None:
         claims.remove_if_empty()
     return result

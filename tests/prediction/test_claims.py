@@ -110,6 +110,15 @@ def test_claim_from_another_host_is_stale_only_after_the_timeout(tmp_path):
     assert claim is not None and claim.path.name == "old@1.claim"
 
 
+def test_stale_claims_of_finished_cases_are_swept(tmp_path):
+    folder = ClaimFolder(tmp_path)
+    dead = _write_claim(folder, "done", host=socket.gethostname(), pid=_dead_pid())
+    live = _write_claim(folder, "done2", host=socket.gethostname(), pid=os.getpid())
+    other = _write_claim(folder, "running", host=socket.gethostname(), pid=_dead_pid())
+    folder.sweep({"done", "done2"})
+    assert (dead.exists(), live.exists(), other.exists()) == (False, True, True)
+
+
 def test_heartbeat_keeps_a_claim_fresh(tmp_path):
     holder = ClaimFolder(tmp_path, timeout_s=0.4)  # heartbeat every 0.1 s
     claim = holder.acquire("a")

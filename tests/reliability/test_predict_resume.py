@@ -68,7 +68,7 @@ def test_killed_batch_resumes_without_partial_outputs(model_and_images, tmp_path
         mask = np.asarray(Image.open(p))
         assert mask.shape == (900, 1200) and set(np.unique(mask)) <= {0, 255}
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
-    assert all(n.endswith(".tmp") for n in leftovers)
+    assert all(n.endswith(".tmp") or n == ".medseg-claims" for n in leftovers)  # and the killed process's claim
 
     rerun = CliRunner().invoke(app, ["predict", str(ckpt), str(images), "-o", str(out), "--device", "cpu", "-q"])
     assert rerun.exit_code == 0, rerun.output
@@ -76,6 +76,8 @@ def test_killed_batch_resumes_without_partial_outputs(model_and_images, tmp_path
     assert f"{len(finals)} existing skipped" in rerun.stdout
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         f"case_{i:02d}.png" for i in range(40)]
+    claims = out / ".medseg-claims"  # the dead process's claim was taken over or swept, then the folder removed
+    assert not claims.exists(), sorted(p.name for p in claims.iterdir())
     assert _hashes(images) == before  # inputs never touched
     print(f"predict kill-and-resume: killed after {len(finals)}/40 cases, rerun wrote {40 - len(finals)}")
 
