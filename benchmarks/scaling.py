@@ -4,9 +4,11 @@ Usage::
 
     python benchmarks/scaling.py train                            # CPU: 1 and 2 processes
     python benchmarks/scaling.py train --nproc 1 2 4 8 --device cuda --images 512 --size 256 --batch 32
+    python benchmarks/scaling.py predict                          # cases/min with 1 and 2 workers
+    python benchmarks/scaling.py predict --workers 1 2 4 8 --device cuda --cases 64
 
-Each part is a function in ``PARTS`` (``train`` now; a ``predict`` part can sit beside it). ``train`` makes a
-synthetic 2D polyp set, then runs ``medseg train CONFIG --nproc N`` (torchrun on this node; gloo on CPU, NCCL on
+Each part is a function in ``PARTS``; ``predict`` runs benchmarks/scaling_predict.py (its docstring says how).
+``train`` makes a synthetic 2D polyp set, then runs ``medseg train CONFIG --nproc N`` (torchrun on this node; gloo on CPU, NCCL on
 CUDA, one GPU per process) with the same global batch for every N, ``--repeats`` times. Throughput is training
 samples per second of an epoch's training time (``epoch_time_s`` in ``log.json``; validation and process start
 excluded), the first epoch of each run left out as warm-up. It prints the median samples/s for each N and the
@@ -86,7 +88,15 @@ def bench_train(args: argparse.Namespace) -> None:
         print(f"{n:>10} {rate:>10.1f} {rate / (base * n):>11.2f}")
 
 
-PARTS: dict[str, Callable[[argparse.Namespace], None]] = {"train": bench_train}
+def bench_predict(args: argparse.Namespace) -> None:
+    """Prediction cases/min with 1..N workers sharing one output folder (benchmarks/scaling_predict.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import scaling_predict
+
+    scaling_predict.main(args.rest)
+
+
+PARTS: dict[str, Callable[[argparse.Namespace], None]] = {"train": bench_train, "predict": bench_predict}
 
 
 def main() -> None:
@@ -101,7 +111,15 @@ def main() -> None:
     train.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is warm-up)")
     train.add_argument("--repeats", type=int, default=3, help="runs per process count")
     train.add_argument("--threads", type=int, default=0, help="CPU: threads per process (0: cores / N)")
-    args = parser.parse_args()
+    sub.add_parser("predict", add_help=False,
+                   help="prediction cases/min with 1..N workers (--cases, --workers, --repeats, --device)")
+    args, rest = parser.parse_known_args()
+    if args.part == "predict":
+        args.rest = rest
+        PARTS["predict"](args)
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.epochs < 2:
         parser.error("--epochs must be 2 or more (the first is warm-up)")
     PARTS[args.part](args)

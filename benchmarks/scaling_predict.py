@@ -48,18 +48,20 @@ def _checkpoint(tmp: Path, cases: int) -> tuple[Path, Path]:
     return train(cfg, run_dir=tmp / "run", progress=False).last_checkpoint, root / "imagesTr"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: workers spread over the GPUs (cuda:k mod GPUs)")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         ckpt, images = _checkpoint(tmp, args.cases)
-        predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+        predictor = Predictor.from_checkpoint(ckpt, device=args.device)
         inputs = sorted(images.iterdir())[: args.cases]
         print(f"{len(inputs)} cases of 64x64x64 voxels, {cores} cores, torch {torch.__version__}")
         rates: dict[int, float] = {}
