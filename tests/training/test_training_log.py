@@ -109,10 +109,10 @@ class _HandTask:
     def __init__(self, pred: torch.Tensor, truth: torch.Tensor) -> None:
         self.batch = {"image": pred[:, None].float(), "label": truth[:, None]}
 
-    def train_loader(self, epoch):
+    def train_loader(self, epoch, share=None):
         return [self.batch]
 
-    def augment_batch(self, image, label, epoch, step):
+    def augment_batch(self, image, label, epoch, indices):
         return image, label
 
 
