@@ -8,10 +8,10 @@ Usage::
     python benchmarks/scaling.py predict --workers 1 2 4 8 --device cuda --cases 64
 
 Each part is a function in ``PARTS``; ``predict`` runs benchmarks/scaling_predict.py (its docstring says how).
-``train`` makes a synthetic 2D polyp set, then runs ``medseg train CONFIG --nproc N`` (torchrun on this node;
-gloo on CPU, NCCL on CUDA, one GPU per process) with the same global batch for every N, ``--repeats`` times.
-Throughput is training samples per second of an epoch's training time (``epoch_time_s`` in ``log.json``; validation and process start
-excluded), the first epoch of each run left out as warm-up. It prints the median samples/s for each N and the
+``train`` makes a synthetic 2D polyp set, then runs ``medseg train CONFIG --nproc N`` (torchrun on this node; gloo on
+CPU, NCCL on CUDA, one GPU per process) with the same global batch for every N, ``--repeats`` times. Throughput is
+training samples per second of an epoch's training time (``epoch_time_s`` in ``log.json``; validation and process
+start excluded), the first epoch of each run left out as warm-up. It prints the median samples/s for each N and the
 scaling efficiency ``throughput(N) / (N x throughput(1))``.
 
 On CPU every run gets all the cores by default: ``OMP_NUM_THREADS = cores // N`` per process, so the figure says
