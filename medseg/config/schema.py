@@ -6,18 +6,55 @@ Defaults live here and nowhere else; ``medseg config show CONFIG`` prints them r
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
 PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+#: Named CT windows, name -> (center_hu, width_hu); ``data.windows`` entries that are strings must be one of these.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "soft_tissue": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "lung": (-600.0, 1500.0),
+    "brain": (40.0, 80.0),
+    "mediastinum": (50.0, 350.0),
+    # Spine: -450..1050 HU. Narrower than "bone" (-500..1300) so cancellous bone (~150-400 HU)
+    # and intervertebral discs (~80-120 HU) keep contrast, yet wide enough that paraspinal fat
+    # and muscle (-100..60 HU) stay distinguishable and cortical bone (~700-1000+ HU) is not
+    # saturated -- vertebra segmentation needs both the cortex outline and the soft-tissue gaps.
+    "spine": (300.0, 1500.0),
+}
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type admits ``True``/``False`` (bool, StrictBool, or a Literal of them)."""
+    if annotation is bool:
+        return True
+    if typing.get_origin(annotation) is Literal:
+        return any(isinstance(a, bool) for a in typing.get_args(annotation))
+    return any(_takes_bool(a) for a in typing.get_args(annotation) if not isinstance(a, (int, float, str)))
 
 
 class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, values are immutable."""
+    """Base for every config section: unknown keys are errors, values are immutable, floats are finite
+    (NaN and infinity are refused) and a boolean is never taken for a number (``max_epochs: true`` would be 1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None or _takes_bool(field.annotation):
+            return value
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, bool) for v in items):
+            raise ValueError("a boolean is not allowed here; give a number")
+        return value
 
 
 class LabelClassConfig(Strict):
@@ -54,7 +91,11 @@ class LabelsConfig(Strict):
     @classmethod
     def _mapping_shorthand(cls, value: Any) -> Any:
         if isinstance(value, dict):
-            return [{"name": str(name), "values": [int(key)]} for key, name in value.items()]
+            if any(isinstance(x, bool) or not isinstance(x, (int, str)) for x in value):
+                raise ValueError(f"gray values must be integers, got {sorted(map(repr, value))}")
+            if any(not isinstance(x, (str, int)) or isinstance(x, bool) for x in value.values()):
+                raise ValueError(f"class names must be text, got {list(value.values())}")
+            return [{"name": str(name), "values": [key]} for key, name in value.items()]
         return value
 
     @model_validator(mode="after")
@@ -144,7 +185,7 @@ class DataConfig(Strict):
     intensity: Literal["ct_window", "zscore"] = Field(
         "ct_window", description="Volume normalisation: CT windows in HU, or per-volume z-score (MR)."
     )
-    spacing_mm: tuple[float, float, float] | None = Field(
+    spacing_mm: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
         (1.5, 1.5, 1.5), description="Volumes are resampled to this voxel spacing (None keeps the native spacing)."
     )
     orientation: str = Field("RAS", description="Canonical axis orientation volumes are turned into.")
@@ -160,6 +201,10 @@ class DataConfig(Strict):
     def _windows_not_empty(cls, value: list[WindowSpec]) -> list[WindowSpec]:
         if not value:
             raise ValueError("needs at least one window")
+        unknown = [w for w in value if isinstance(w, str) and w not in WINDOW_PRESETS]
+        if unknown:
+            raise ValueError(f"unknown window preset {unknown[0]!r}; choose from {sorted(WINDOW_PRESETS)} "
+                             "or give {center_hu, width_hu}")
         return value
 
     @field_validator("orientation")
@@ -219,6 +264,8 @@ class LossConfig(Strict):
     def _positive(cls, value: list[float] | None) -> list[float] | None:
         if value is not None and any(w < 0 for w in value):
             raise ValueError(f"class weights must be >= 0, got {value}")
+        if value and not any(value):
+            raise ValueError(f"class weights must not all be 0 (every class would count for nothing), got {value}")
         return value
 
 

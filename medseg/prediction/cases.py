@@ -1,7 +1,9 @@
 """Running prediction over many cases: skip finished ones, isolate failures, report.
 
-Outputs are written atomically under their final names only when complete, so a rerun after a
-crash skips finished cases and redoes the one that was interrupted.
+Outputs are written atomically under their final names only when complete. A case counts as finished only when
+every output asked for exists (mask, overlay, DICOM-SEG, JSON sidecar): a rerun skips finished cases, and for a
+case with some outputs missing (interrupted, or an output first asked for on the rerun) it runs the case again
+and writes only the missing ones, keeping those that exist (``overwrite`` redoes them all).
 """
 
 from __future__ import annotations
@@ -80,25 +82,40 @@ def check_output_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
 
 def run_cases(
     cases: Sequence[Case],
-    output_of: Callable[[Case], Path],
-    run: Callable[[Case], list[Path]],
+    outputs_of: Callable[[Case], Sequence[Path]],
+    run: Callable[[Case, set[Path]], list[Path]],
     *,
     overwrite: bool,
     progress: bool,
 ) -> BatchReport:
-    """Run ``run`` on each case, skipping existing outputs and collecting failures (a failing case
-    does not stop the others)."""
+    """Run each case whose outputs are not all there, collecting failures (a failing case does not stop the others).
+
+    Args:
+        cases: The cases.
+        outputs_of: Every output a case is asked to write, its main output (mask or label map) first.
+        run: Runs one case and writes the outputs in the set it is given (the missing ones, or all with
+            ``overwrite``), returning the paths written.
+        overwrite: Run every case and rewrite all its outputs.
+        progress: Progress bar on stderr.
+
+    Returns:
+        The report: a case with every output present is listed once in ``skipped`` (by its main output).
+    """
     report = BatchReport()
     t0 = time.perf_counter()
     with progress_bar("predicting", len(cases), enabled=progress) as advance:
         for case in cases:
-            target = output_of(case)
-            if target.exists() and not overwrite:
-                report.skipped.append(target)
+            targets = list(outputs_of(case))
+            todo = set(targets) if overwrite else {p for p in targets if not p.exists()}
+            if not todo:
+                report.skipped.append(targets[0])
                 advance(case=case.name)
                 continue
+            if len(todo) < len(targets):
+                log.info("%s: completing the case: writing %s (the other outputs exist and are kept)", case.source,
+                         ", ".join(sorted(p.name for p in todo)))
             try:
-                report.written += run(case)
+                report.written += run(case, todo)
             except MedsegError as err:
                 report.failed.append((str(case.source), str(err)))
                 log.error("%s: failed: %s", case.source, err)

@@ -35,7 +35,13 @@ from medseg.seeds import epoch_seed, seed_everything
 from medseg.training.epoch import run_epoch
 from medseg.training.optim import EpochScheduler, build_optimizer
 from medseg.training.plots import plot_curves, plot_preview
-from medseg.training.run_folder import RunLock, prepare_run_dir, read_log
+from medseg.training.run_folder import (
+    RunLock,
+    mark_checkpointed,
+    prepare_run_dir,
+    read_log,
+    remove_unstarted_run,
+)
 from medseg.training.task import Task, build_task
 
 log = logging.getLogger(__name__)
@@ -96,6 +102,10 @@ def train(
         force: Resume even though the config differs from the saved one in more than ``train.max_epochs``.
         progress: Show a progress bar on stderr.
 
+    A run that stops before its first checkpoint (bad data, an interrupt) removes the folder it created; a folder
+    that existed before is left for the next run to take over without ``overwrite``. After a checkpoint, ``resume``
+    continues it.
+
     Returns:
         A :class:`TrainResult`.
 
@@ -106,10 +116,16 @@ def train(
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(None, cfg)
     if resume and not run_dir.is_dir():
         prepare_run_dir(run_dir, resume=True, overwrite=False)  # raises: nothing to resume
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):  # taken before anything in the folder is checked, cleared or written
-        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-        return _train_locked(cfg, run_dir, resume=resume, force=force, progress=progress)
+    try:
+        with RunLock(run_dir):  # taken before anything in the folder is checked, cleared or written
+            prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+            return _train_locked(cfg, run_dir, resume=resume, force=force, progress=progress)
+    except BaseException:
+        if created and remove_unstarted_run(run_dir):  # failed before its first checkpoint: leave nothing
+            log.info("%s: removed; the run stopped before its first checkpoint", run_dir)
+        raise
 
 
 @dataclass
@@ -285,6 +301,7 @@ def _end_epoch(run: _Run, rec: dict[str, Any], epoch: int, writer: Any) -> None:
         "bad_validations": run.bad, "rng": _rng_state(),
     }
     save_checkpoint(run.payload(epoch, rec, train_state), run.run_dir / "checkpoints" / "last.pt")
+    mark_checkpointed(run.run_dir)
     write_json_atomic(run.run_dir / "log.json", run.records)
     plot_curves(run.records, run.run_dir / "curves.png")
     if writer is not None:
