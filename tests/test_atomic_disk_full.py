@@ -15,7 +15,8 @@ def test_enospc_inside_the_block(tmp_path):
     target = tmp_path / "out.txt"
     with pytest.raises(MedsegError) as err, atomic_path(target):
         raise OSError(errno.ENOSPC, "No space left on device")
-    assert str(err.value) == f"no space left on device writing {target}; free some space or choose another output folder"
+    assert str(err.value) == (f"no space left on device writing {target}; free some space or choose another "
+                              "output folder")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -26,7 +27,8 @@ def test_enospc_hidden_in_a_rewrapped_error(tmp_path):
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
         except OSError as exc:
-            raise OSError(f"With tag (7FE0,0010) got exception: {exc}\nTraceback (most recent call last):\n ...") from exc
+            message = f"With tag (7FE0,0010) got exception: {exc}\nTraceback (most recent call last):\n ..."
+            raise OSError(message) from exc
     assert "\n" not in str(err.value) and str(err.value).startswith(f"no space left on device writing {target}")
 
 

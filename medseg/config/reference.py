@@ -25,7 +25,8 @@ def _sections(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, type[B
 def _type_name(ann: object) -> str:
     text = str(ann).replace("typing.", "").replace("pathlib.", "").replace("medseg.config.schema.", "")
     text = text.replace("<class '", "").replace("'>", "")
-    text = text.replace("Annotated[float, FieldInfo(annotation=NoneType, required=True, metadata=[Gt(gt=0)])]", "float>0")
+    positive_float = "Annotated[float, FieldInfo(annotation=NoneType, required=True, metadata=[Gt(gt=0)])]"
+    text = text.replace(positive_float, "float>0")
     return text.replace("Annotated[int, FieldInfo(annotation=NoneType, required=True, metadata=[Ge(ge=1)])]", "int>=1")
 
 

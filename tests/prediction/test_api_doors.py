@@ -33,7 +33,8 @@ def test_cuda_without_cuda_is_a_config_error(ckpt2d):
 
 
 @pytest.mark.parametrize(("array", "message"), [
-    (np.zeros((0, 0, 3), np.uint8), "array: empty image (shape (0, 0, 3)); expected (H, W) or (H, W, 3) with H, W >= 1"),
+    (np.zeros((0, 0, 3), np.uint8),
+     "array: empty image (shape (0, 0, 3)); expected (H, W) or (H, W, 3) with H, W >= 1"),
     (np.zeros((0,), np.uint8), "array: shape (0,) is not a 2D image; expected (H, W) or (H, W, 3)"),
 ])
 def test_empty_array_is_one_line(ckpt2d, array, message):
