@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "train": "medseg.training.loop",
     "TrainResult": "medseg.training.loop",
     "evaluate": "medseg.evaluation.evaluate",
+    "plan_dataset": "medseg.planning.planner",
     "compute_case_metrics": "medseg.metrics.case_metrics",
     "Predictor": "medseg.prediction.predictor",
     "predict_paths": "medseg.prediction.batch",
@@ -96,6 +97,7 @@ if TYPE_CHECKING:  # the names the lazy __getattr__ below returns, for mypy and 
     from medseg.losses.factory import build_loss as build_loss
     from medseg.metrics.case_metrics import compute_case_metrics as compute_case_metrics
     from medseg.models.factory import build_model as build_model
+    from medseg.planning.planner import plan_dataset as plan_dataset
     from medseg.prediction.batch import predict_paths as predict_paths
     from medseg.prediction.predictor import Predictor as Predictor
     from medseg.prediction.statistics import structure_statistics as structure_statistics

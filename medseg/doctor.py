@@ -54,6 +54,7 @@ REQUIRED: tuple[Package, ...] = (
     Package("pydantic", "pydantic", "pydantic"),
     Package("typer", "typer", "typer"),
     Package("rich", "rich", "rich"),
+    Package("einops", "einops", "einops"),  # imported by MONAI's SwinUNETR (model.name: swin_unetr)
 )
 _SHOWN = 8
 

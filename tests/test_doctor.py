@@ -75,7 +75,7 @@ def test_missing_required_package_fails_the_check_naming_the_pip_package(monkeyp
     assert report.cuda_devices == () and report.cpu_native_bf16 is None  # torch is not asked when missing
     text = report.text()
     assert "torch        not installed (pip install torch)" in text
-    assert "other deps   10 of 11 installed, not installed: scipy" in text
+    assert "other deps   11 of 12 installed, not installed: scipy" in text
     assert text.splitlines()[-1] == ("missing: torch (pip install torch); pillow (pip install pillow); "
                                      "scipy (pip install scipy)")
 

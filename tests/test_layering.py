@@ -31,12 +31,14 @@ ALLOWED: dict[str, set[str]] = {
     "sliding_window": set(),
     "prediction": {"config", "io", "data", "models", "sliding_window"},
     "evaluation": {"config", "io", "data", "metrics"},
-    "training": {"config", "io", "data", "models", "losses", "metrics", "sliding_window", "prediction"},
+    "training": {"config", "io", "data", "models", "losses", "metrics", "sliding_window", "prediction",
+                 "evaluation"},
     "demo": {"config", "io", "data", "training", "prediction", "evaluation"},
     "doctor": {"io", "sliding_window"},
     "export": {"config", "io", "data", "models", "prediction", "sliding_window"},
+    "planning": {"config", "io", "data", "models", "sliding_window"},
     "cli": {"config", "io", "data", "models", "losses", "metrics", "sliding_window", "prediction", "evaluation",
-            "training", "demo", "doctor", "export"},
+            "training", "demo", "doctor", "export", "planning"},
 }
 
 

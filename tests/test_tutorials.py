@@ -178,8 +178,8 @@ def _check_gpu(work: Path, outputs: list[str]) -> None:
 def _check_run_folder(work: Path, outputs: list[str]) -> None:
     run = work / "runs" / "tiny"
     listing = outputs[1].split()
-    for name in (".lock", "config.yaml", "labels.json", "log.json", "curves.png", "preview.png", "best.pt",
-                 "last.pt", "train.txt", "val.txt"):
+    for name in (".lock", "config.yaml", "labels.json", "log.json", "curves.png", "preview.png", "best.pt", "confusion",
+                 "confusion_best.png", "last.pt", "train.txt", "val.txt"):
         assert name in listing, name
     assert "polyp" in outputs[2]  # labels.json
     assert [r["epoch"] for r in json.loads((run / "log.json").read_text())] == [1, 2, 3]

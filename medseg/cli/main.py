@@ -69,6 +69,8 @@ app.add_typer(config_app, name="config")
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: key.path=value.")]  # noqa: UP045
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")]
+Irregular = Annotated[str, typer.Option(help="Tilted, unevenly spaced or sheared volumes: refuse, or resample onto "
+                                             "a regular grid (stated in the sidecar).")]
 
 
 @contextmanager
@@ -140,6 +142,8 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     force: Annotated[bool, typer.Option(help="Resume even if the config changed.")] = False,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (overrides train.device).")] = None,  # noqa: UP045,E501
+    fold: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Cross-validation (needs data.folds): a fold number or 'all'; runs go to RUN/fold_K.")] = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -155,12 +159,32 @@ def train(
         if resume is not None and run_dir is not None and resume.resolve() != run_dir.resolve():
             raise ConfigError(f"--resume {resume} and --run-dir {run_dir} name different folders; give one")
         folder = resume or run_dir or default_run_dir(config, cfg)
+        if fold is not None:
+            _train_folds(cfg, fold, folder, resume=resume is not None, overwrite=overwrite, force=force)
+            return
         result = run_training(cfg, run_dir=folder, resume=resume is not None, overwrite=overwrite, force=force)
         typer.echo(f"run folder: {result.run_dir}")
         typer.echo(f"last checkpoint: {result.last_checkpoint}")
         if result.best_checkpoint:
             typer.echo(f"best checkpoint: {result.best_checkpoint} "
                        f"(val_{cfg.train.best_metric} {result.best_metric:.4f} at epoch {result.best_epoch})")
+
+
+def _train_folds(cfg: Any, fold: str, folder: Path, *, resume: bool, overwrite: bool, force: bool) -> None:
+    from medseg.training.folds import parse_fold_option, train_folds
+
+    result = train_folds(cfg, parse_fold_option(fold, cfg.data.folds), run_dir=folder, resume=resume,
+                         overwrite=overwrite, force=force)
+    for k, run in result.folds.items():
+        best = f"val_{cfg.train.best_metric} {run.best_metric:.4f}" if run.best_metric is not None else "no validation"
+        typer.echo(f"fold {k}: {run.run_dir} ({best})")
+    if result.cv is None:
+        typer.echo(f"cross-validation: waiting for the other folds of {cfg.data.folds} in {folder}")
+    else:
+        typer.echo(f"cross-validation over {cfg.data.folds} folds: {folder / 'cv_metrics.csv'}")
+        for name, metrics in result.cv.summary.items():
+            if "dice" in metrics:
+                typer.echo(f"  {name}: Dice {metrics['dice']['mean']:.4f} (n={int(metrics['dice']['n'])})")
 
 
 @app.command()
@@ -181,22 +205,42 @@ def predict(
     dicom_seg: Annotated[bool, typer.Option(help="DICOM inputs: also write a DICOM-SEG.")] = False,
     statistics: Annotated[bool, typer.Option(help="Per structure: size, intensity (HU), box, centroid, components, "
                                                   "in <case>.json and OUT/statistics.csv.")] = False,
+    shard: Annotated[Optional[str], typer.Option(help="Take shard I of N (0-based, e.g. 0/3; cases sorted by name, "  # noqa: UP045
+                                                      "every N-th from the I-th): one job of a SLURM array.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes that share the cases (one per GPU with --device cuda).")] = 1,
+    claim_timeout: Annotated[float, typer.Option(help="Seconds without heartbeat after which another process takes "
+                                                      "a case over.")] = 600.0,
+    probabilities: Annotated[bool, typer.Option(help="Also write class probabilities: <case>_probabilities.nii.gz "
+                                                     "(4D, class last) or <name>_probabilities.npz (images).")] = False,
+    threshold: Annotated[Optional[float], typer.Option(help="Two-class models: foreground where p >= T (0 < T < 1).")] = None,  # noqa: UP045,E501
+    irregular: Irregular = "refuse",
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
     """Segment images or volumes with a trained checkpoint, in the inputs' own size, geometry and label values."""
     _logging(verbose, quiet)
     with user_errors():
+        from medseg.io.dicom import check_irregular
         from medseg.prediction.batch import predict_paths
+        from medseg.prediction.claims import Sharing
         from medseg.prediction.predictor import Predictor
+        from medseg.prediction.workers import check_parallel, torchrun_rank
 
+        rank, sharing = torchrun_rank(), Sharing.from_options(shard, claim_timeout)
+        check_parallel(workers, sharing, rank is not None, spell=_option_name)
+        check_irregular(irregular, "--irregular")
         overrides = {"tta": tta, "largest_component": largest_component, "precision": precision,
-                     "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size}
+                     "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size, "threshold": threshold}
         predictor = Predictor.from_checkpoint(checkpoint, device=device, spell=_option_name, **overrides)
         report = predict_paths(predictor, inputs, output, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg,
-                               statistics=statistics)
+                               statistics=statistics, probabilities=probabilities, sharing=sharing,
+                               workers=workers, torchrun=rank is not None, irregular=irregular)
+        if rank is not None and rank[0] != 0:
+            raise typer.Exit(0 if report.ok else 1)
         _echo(f"{len(report.written)} files written to {output}, {len(report.skipped)} existing skipped "
                    f"(--overwrite redoes them), {len(report.failed)} failed, {report.seconds:.1f}s")
+        if report.workers > 1 or report.elsewhere or shard is not None:
+            _echo(report.counts())
         for source, message in report.failed:
             _echo(f"failed: {source}: {' '.join(message.split())}", err=True)
         if not report.ok:
@@ -251,6 +295,22 @@ def evaluate(
         typer.echo(result.table())
         typer.echo(f"per-case CSV: {result.csv_path}")
         typer.echo(f"summary: {result.summary_path}")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders of `medseg train` (each with log.json).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG of the runs' curves overlaid.")],
+    table: Annotated[Optional[Path], typer.Option(help="Also write the table as .csv (full precision) or .md.")] = None,  # noqa: UP045,E501
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Overlay the curves of several runs and print each run's best epoch with its validation metrics."""
+    with user_errors():
+        from medseg.training.compare import compare_runs, table_text
+
+        rows = compare_runs(run_dirs, output, table=table, overwrite=overwrite)
+        typer.echo(table_text(rows, "md"), nl=False)
+        typer.echo(f"curves: {output}" + (f"\ntable: {table}" if table is not None else ""))
 
 
 @config_app.command("check")
@@ -310,16 +370,44 @@ def synth(
 
 
 @app.command()
+def plan(
+    data_dir: Annotated[Path, typer.Argument(
+        help="Data set: imagesTr/ + labelsTr/ (nnU-Net raw) or images/ + masks/.")],
+    output: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--output", "-o",
+        help="Config to write (default: NAME-plan.yaml for a data set NAME); fingerprint.json beside it.",
+    )] = None,
+    device_memory: Annotated[str, typer.Option(
+        help="Memory to plan for: a GPU size such as 24GB, 'cpu' (8 GiB budget), or 'auto' (this machine).")] = "auto",
+    kind: Annotated[Optional[str], typer.Option(help="volumes3d or images2d (default: from the files).")] = None,  # noqa: UP045
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing config and fingerprint.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Fingerprint a data set and write a complete config for it, each chosen value with the reason."""
+    _logging(verbose, False)
+    with user_errors():
+        from medseg.planning.planner import plan_dataset
+
+        result = plan_dataset(data_dir, output, device_memory=device_memory, kind=kind, overwrite=overwrite,
+                              progress=sys.stderr.isatty())
+        _echo(result.plan.summary())
+        _echo(f"config: {result.config_path}\nfingerprint: {result.fingerprint_path}")
+
+
+@app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="A volume file or a folder with DICOM series.")],
+    irregular: Irregular = "refuse",
     verbose: Verbose = False,
 ) -> None:
     """List the image series found in a folder (or describe one volume file), and why anything was skipped."""
     _logging(verbose, False)
     with user_errors():
         from medseg.io.describe import describe_path
+        from medseg.io.dicom import check_irregular
 
-        _echo(describe_path(path))
+        check_irregular(irregular, "--irregular")
+        _echo(describe_path(path, irregular=irregular))
 
 
 @app.command()

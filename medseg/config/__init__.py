@@ -1,6 +1,7 @@
 """Experiment configuration: schema and YAML loading."""
 
 from medseg.config.loading import config_to_dict, dump_config, load_config, save_config, validate_config
+from medseg.config.networks import ModelConfig
 from medseg.config.schema import (
     AugmentConfig,
     DataConfig,
@@ -9,7 +10,6 @@ from medseg.config.schema import (
     LabelClassConfig,
     LabelsConfig,
     LossConfig,
-    ModelConfig,
     SchedulerConfig,
     TrainConfig,
     WindowConfig,

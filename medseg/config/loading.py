@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from medseg.atomic import write_text_atomic
+from medseg.config.networks import NETWORK_CONFIGS
 from medseg.config.schema import ExperimentConfig
 from medseg.errors import ConfigError
 
@@ -20,7 +22,12 @@ MAX_ALIASES = 100
 MAX_NESTING = 50
 MAX_NODES = 100_000
 # Keys whose values are paths; relative ones resolve against the YAML file's folder.
-PATH_KEYS = (("data", "root"), ("data", "pair_list"), ("data", "train_list"), ("data", "val_list"))
+PATH_KEYS = (("data", "root"), ("data", "pair_list"), ("data", "train_list"), ("data", "val_list"),
+             ("model", "pretrained"))
+#: A validator message that starts with the key it refuses, e.g. "data.image_size: ...".
+_NAMED_KEY = re.compile(r"^([a-z_]+(?:\.[a-z_]+)*): ")
+#: Values of path keys that name something other than a file.
+NOT_PATHS = ("imagenet",)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -245,6 +252,13 @@ def _key_lines(path: Path) -> dict[str, int]:
 
 def _describe(error: Mapping[str, Any], lines: Mapping[str, int]) -> str:
     loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-after", "function-before"))]
+    network = ""
+    if len(loc) >= 2 and loc[0] == "model" and loc[1] in NETWORK_CONFIGS:  # the union's tag, not a key
+        network = loc.pop(1)
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    named = _NAMED_KEY.match(msg)
+    if named and error["type"] == "value_error":  # a validator that names the key it refuses
+        loc, msg = [*loc, *named.group(1).split(".")], msg[named.end():]
     key = ".".join(loc) or "(top level)"
     where = ""
     for n in range(len(loc), 0, -1):
@@ -252,9 +266,16 @@ def _describe(error: Mapping[str, Any], lines: Mapping[str, int]) -> str:
         if line:
             where = f" (line {line})"
             break
-    msg = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         msg = "unknown key"
+        if network:
+            keys = sorted(NETWORK_CONFIGS[network].model_fields)
+            msg = f"unknown key for model.name {network!r} (its keys: {', '.join(keys)})"
+    if error["type"] == "union_tag_invalid":
+        line = lines.get("model.name")
+        where = f" (line {line})" if line else where
+        tag = error.get("ctx", {}).get("tag")
+        return f"model.name{where}: unknown network; choose from {sorted(NETWORK_CONFIGS)} (found: {tag!r})"
     found = error.get("input")
     shown = "" if error["type"] in ("missing",) or isinstance(found, dict) else f" (found: {found!r})"
     return f"{key}{where}: {msg}{shown}"
@@ -298,6 +319,7 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 def _resolve_paths(raw: dict[str, Any], *, base: Path) -> None:
     for keys in PATH_KEYS:
         section = raw.get(keys[0])
-        if isinstance(section, dict) and isinstance(section.get(keys[1]), str | os.PathLike):
+        if isinstance(section, dict) and isinstance(section.get(keys[1]), str | os.PathLike) \
+                and section[keys[1]] not in NOT_PATHS:
             value = Path(os.path.expanduser(str(section[keys[1]])))
             section[keys[1]] = str(value if value.is_absolute() else (base / value).resolve())

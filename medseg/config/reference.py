@@ -14,16 +14,32 @@ from pydantic_core import PydanticUndefined
 from medseg.config.schema import ExperimentConfig
 
 
-def _sections(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, type[BaseModel]]]:
-    yield prefix, model
+def _sections(model: type[BaseModel], prefix: str, title: str = "") -> Iterator[tuple[str, str, type[BaseModel]]]:
+    yield prefix, title or f"`{prefix or '(top level)'}`", model
     for name, field in model.model_fields.items():
         ann = field.annotation
+        key = f"{prefix}.{name}" if prefix else name
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            yield from _sections(ann, f"{prefix}.{name}" if prefix else name)
+            yield from _sections(ann, key)
+        members = _union_members(ann)
+        for member in members:  # one section per network of model.name
+            tag = member.model_fields["name"].annotation
+            yield from _sections(member, key, f"`{key}` (name: {typing.get_args(tag)[0]})")
+
+
+def _union_members(ann: object) -> list[type[BaseModel]]:
+    """The config classes of a union of them (``model``: one per network), else none."""
+    args = typing.get_args(ann)
+    if len(args) > 1 and all(isinstance(a, type) and issubclass(a, BaseModel) for a in args):
+        return list(args)
+    return []
 
 
 def _type_name(ann: object) -> str:
+    if _union_members(ann):
+        return "one of the sections below, by name"
     text = str(ann).replace("typing.", "").replace("pathlib.", "").replace("medseg.config.schema.", "")
+    text = text.replace("medseg.config.networks.", "")
     text = text.replace("<class '", "").replace("'>", "")
     positive_float = "Annotated[float, FieldInfo(annotation=NoneType, required=True, metadata=[Gt(gt=0)])]"
     text = text.replace(positive_float, "float>0")
@@ -47,8 +63,8 @@ def config_reference_markdown() -> str:
     lines = ["# Config reference", "",
              "Generated from `medseg/config/schema.py` by `python -m medseg.config.reference`; do not edit by hand.",
              "Unknown keys are errors. Relative paths resolve against the YAML file's folder.", ""]
-    for prefix, model in _sections(ExperimentConfig, ""):
-        lines += [f"## `{prefix or '(top level)'}`", "", (model.__doc__ or "").strip().splitlines()[0], "",
+    for prefix, title, model in _sections(ExperimentConfig, ""):
+        lines += [f"## {title}", "", (model.__doc__ or "").strip().splitlines()[0], "",
                   "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
         for name, field in model.model_fields.items():
             key = f"{prefix}.{name}" if prefix else name

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
+from medseg.config.networks import ModelConfig, NetworkConfig, default_network_name, size_problem
+
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -173,6 +175,11 @@ class DataConfig(Strict):
     seed: int = Field(0, description="Seed of the train/val split.")
     train_list: Path | None = Field(None, description="File with training case ids (one per line).")
     val_list: Path | None = Field(None, description="File with validation case ids (one per line).")
+    folds: int | None = Field(
+        None, ge=2, description="Cross-validation: split the cases into this many folds (seeded by data.seed); "
+        "data.fold (or medseg train --fold) picks the validation fold. Replaces val_fraction."
+    )
+    fold: int | None = Field(None, ge=0, description="The validation fold (0 .. data.folds - 1).")
     labels: LabelsConfig = Field(default_factory=LabelsConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     cache: bool = Field(True, description="Keep decoded, resized samples in memory after the first epoch.")
@@ -216,37 +223,16 @@ class DataConfig(Strict):
             raise ValueError(f"must be a 3-letter axis code such as 'RAS' or 'LPS', got {value!r}")
         return value
 
-
-class ModelConfig(Strict):
-    """Network architecture (MONAI's UNet)."""
-
-    name: Literal["unet"] = Field("unet", description="Model registry name.")
-    spatial_dims: Literal[2, 3] = Field(2, description="2 for images and slices, 3 for volumes.")
-    in_channels: PositiveInt | None = Field(None, description="Input channels; default: from the data.")
-    out_channels: int | None = Field(None, ge=2, description="Classes incl. background; default: from labels.")
-    channels: tuple[PositiveInt, ...] = Field((16, 32, 64, 128, 256), description="Features per level.")
-    strides: tuple[PositiveInt, ...] = Field((2, 2, 2, 2), description="Down-sampling per level.")
-    num_res_units: int = Field(2, ge=0, description="Residual units per block.")
-    norm: Literal["batch", "instance", "group"] = Field("batch", description="Normalisation layer.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability.")
-
     @model_validator(mode="after")
-    def _check_strides(self) -> ModelConfig:
-        if len(self.channels) < 2:
-            raise ValueError(f"channels needs at least 2 levels, got {list(self.channels)}")
-        if len(self.strides) != len(self.channels) - 1:
-            raise ValueError(
-                f"strides needs len(channels) - 1 = {len(self.channels) - 1} entries, got {len(self.strides)}"
-            )
+    def _check_folds(self) -> DataConfig:
+        if self.fold is not None and self.folds is None:
+            raise ValueError("data.fold is set but data.folds is not; set data.folds (e.g. 5) too")
+        if self.folds is not None and self.fold is not None and self.fold >= self.folds:
+            raise ValueError(f"data.fold: {self.fold} is not a fold of data.folds {self.folds}; allowed 0.."
+                             f"{self.folds - 1}")
+        if self.folds is not None and (self.train_list is not None or self.val_list is not None):
+            raise ValueError("data.folds and data.train_list / data.val_list both choose the split; keep one")
         return self
-
-    @property
-    def divisor(self) -> int:
-        """Input sizes must be multiples of this (product of the strides)."""
-        out = 1
-        for s in self.strides:
-            out *= s
-        return out
 
 
 class LossConfig(Strict):
@@ -304,6 +290,10 @@ class TrainConfig(Strict):
     best_metric: Literal["dice", "iou", "loss"] = Field("dice", description="Metric that picks the best checkpoint.")
     steps_per_epoch: PositiveInt | None = Field(None, description="Cap on steps per epoch (None: whole set).")
     tensorboard: bool = Field(False, description="Also write TensorBoard logs to the run folder.")
+    tensorboard_images_every: PositiveInt | None = Field(
+        None, description="With train.tensorboard: every N epochs, the first validation input, truth and "
+        "prediction as TensorBoard images (None: no images)."
+    )
     preview_samples: int = Field(4, ge=0, le=16, description="Training samples drawn in preview.png.")
 
 
@@ -319,6 +309,10 @@ class InferConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Inference precision.")
     tta: bool = Field(False, description="Flip test-time augmentation.")
     largest_component: bool = Field(False, description="Keep only the largest connected component per class.")
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="Two-class models: foreground where p(foreground) >= threshold, strictly "
+        "between 0 and 1 (None: the most probable class)."
+    )
 
 
 class ExperimentConfig(Strict):
@@ -326,7 +320,7 @@ class ExperimentConfig(Strict):
 
     version: Literal[1] = Field(1, description="Config format version.")
     data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: NetworkConfig = Field(default_factory=ModelConfig, description="Network by model.name (unet when omitted).")
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
@@ -334,6 +328,8 @@ class ExperimentConfig(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         wants_3d = self.data.kind == "volumes3d"
+        if wants_3d and 3 not in self.model.dims_allowed:
+            raise ValueError(f"model.name: {self.model.name!r} is 2D only; data.kind 'volumes3d' needs a 3D network")
         if wants_3d and self.model.spatial_dims != 3:
             raise ValueError("model.spatial_dims must be 3 when data.kind is 'volumes3d'")
         if not wants_3d and self.model.spatial_dims != 2:
@@ -344,22 +340,26 @@ class ExperimentConfig(Strict):
             raise ValueError(
                 f"loss.class_weights has {len(weights)} entries but data.labels.classes has {len(labels)}"
             )
-        self._check_bottleneck()
+        self._check_sizes()
         return self
 
-    def _check_bottleneck(self) -> None:
-        """Instance norm needs more than one voxel per channel at the deepest level (PyTorch refuses one)."""
-        if self.model.norm != "instance":
-            return
-        div = self.model.divisor
+    @field_validator("model", mode="before")
+    @classmethod
+    def _default_name(cls, value: Any) -> Any:
+        return default_network_name(value)
+
+    def _check_sizes(self) -> None:
+        """Training sizes are multiples of the network's divisor; they and ``infer.roi_size`` are above it where
+        the network needs more than one voxel at its deepest level. (The sliding window rounds a roi up to a
+        multiple itself, and checkpoints stored such rois before this check.)"""
+        dims = self.model.spatial_dims
         sizes = {"data.image_size": tuple(self.data.image_size)} if self.data.kind == "images2d" else {
-            "data.patch_size": tuple(self.data.patch_size)[: self.model.spatial_dims]}
+            "data.patch_size": tuple(self.data.patch_size)[:dims]}
         if self.infer.roi_size is not None:
-            sizes["infer.roi_size"] = tuple(self.infer.roi_size)
+            roi = tuple(self.infer.roi_size)
+            sizes["infer.roi_size"] = roi * dims if len(roi) == 1 else roi
         for key, size in sizes.items():
-            if any(n <= div for n in size):
-                fixed = [max(n, 2 * div) for n in size]
-                raise ValueError(
-                    f"{key}: {list(size)} leaves one voxel per channel after the strides (their product is {div}), "
-                    f"which model.norm 'instance' cannot normalise; use sizes above {div}, e.g. {fixed}"
-                )
+            problem = size_problem(key, size, self.model.divisor, self.model.needs_above_divisor,
+                                   multiple=key != "infer.roi_size")
+            if problem:
+                raise ValueError(f"{problem} (model.name {self.model.name!r})")

@@ -17,7 +17,7 @@ from medseg.config.schema import DataConfig
 from medseg.data.pairing import Pair
 from medseg.errors import DataError
 
-__all__ = ["read_split_file", "select_split", "split_for_run", "split_pairs", "write_split_file"]
+__all__ = ["fold_of_each", "read_split_file", "select_split", "split_for_run", "split_pairs", "write_split_file"]
 
 T = TypeVar("T")
 _MAX_LISTED = 10
@@ -67,6 +67,33 @@ def split_pairs(pairs: Sequence[T], *, val_fraction: float, seed: int) -> tuple[
     train = [item for i, item in enumerate(pairs) if i not in chosen]
     val = [item for i, item in enumerate(pairs) if i in chosen]
     return train, val
+
+
+def fold_of_each(n: int, *, folds: int, seed: int) -> list[int]:
+    """The fold of each of ``n`` cases: a seeded permutation dealt round-robin, so fold sizes differ by at most one.
+
+    Args:
+        n: Number of cases (in their sorted order).
+        folds: Number of folds, at least 2.
+        seed: Random seed (``data.seed``).
+
+    Raises:
+        DataError: Fewer cases than folds.
+
+    Example:
+        >>> fold_of_each(5, folds=2, seed=0)
+        [1, 0, 0, 0, 1]
+        >>> sorted(fold_of_each(10, folds=5, seed=3)) == sorted([0, 1, 2, 3, 4] * 2)
+        True
+    """
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    if n < folds:
+        raise DataError(f"data.folds: {folds} folds need at least {folds} cases, found {n}")
+    out = [0] * n
+    for rank, index in enumerate(np.random.default_rng(seed).permutation(n).tolist()):
+        out[index] = rank % folds
+    return out
 
 
 def read_split_file(path: Path) -> list[str]:
@@ -135,7 +162,8 @@ def write_split_file(path: Path, case_ids: Iterable[str]) -> Path:
 def select_split(
     pairs: Sequence[Pair], data: DataConfig, saved: tuple[list[str], list[str]] | None = None
 ) -> tuple[list[Pair], list[Pair]]:
-    """Train/val split: saved lists (resume), then ``data.train_list``/``data.val_list``, then fraction + seed.
+    """Train/val split: saved lists (resume), then ``data.train_list``/``data.val_list``, then fold ``data.fold`` of
+    ``data.folds``, then fraction + seed.
 
     Raises:
         DataError: A list names a case that was not found.
@@ -149,6 +177,12 @@ def select_split(
         if missing:
             raise DataError(f"split lists name cases not found under {d.root}: {_names(missing)}")
         return [by_id[c] for c in saved[0]], [by_id[c] for c in saved[1]]
+    if d.folds is not None:
+        if d.fold is None:
+            raise DataError("data.folds is set but no fold is chosen; pass --fold K (or --fold all), or set data.fold")
+        fold = fold_of_each(len(pairs), folds=d.folds, seed=d.seed)
+        return ([p for p, f in zip(pairs, fold, strict=True) if f != d.fold],
+                [p for p, f in zip(pairs, fold, strict=True) if f == d.fold])
     if d.val_list is not None:
         val_ids = set(read_split_file(d.val_list))
         return [p for p in pairs if p.case_id not in val_ids], [p for p in pairs if p.case_id in val_ids]

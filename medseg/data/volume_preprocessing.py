@@ -281,14 +281,24 @@ class VolumePreprocessor:
         return _unorient(back, grid)
 
     @torch.no_grad()
-    def invert_probabilities(self, probs: torch.Tensor, grid: GridRecord) -> np.ndarray:
+    def invert_probabilities(self, probs: torch.Tensor, grid: GridRecord, *, threshold: float | None = None
+                             ) -> np.ndarray:
         """Class scores ``(K, X, Y, Z)`` on the prepared grid -> class map (uint8/int64) on the original grid.
 
         Each class is resampled trilinearly to the original size and the argmax kept as it goes, so memory
-        stays at two original-size volumes whatever K is.
+        stays at two original-size volumes whatever K is. With ``threshold`` (two classes only), class 1 wherever
+        its resampled probability is ``>= threshold``.
         """
         k = probs.shape[0]
         dtype = torch.uint8 if k <= 256 else torch.int64
+        if threshold is not None:
+            if k != 2:
+                raise ValueError(f"threshold needs two classes, got {k}")
+            fg = probs[1].float().cpu()
+            if tuple(fg.shape) != grid.oriented_shape:
+                fg = F.interpolate(fg[None, None], size=grid.oriented_shape, mode="trilinear",
+                                   align_corners=False)[0, 0]
+            return _unorient((fg >= threshold).to(dtype).numpy(), grid)
         if tuple(probs.shape[1:]) == grid.oriented_shape:
             return _unorient(probs.argmax(0).to(dtype).cpu().numpy(), grid)
         best = torch.full(grid.oriented_shape, -torch.inf)
@@ -299,6 +309,22 @@ class VolumePreprocessor:
             arg[up > best] = c
             torch.maximum(best, up, out=best)
         return _unorient(arg.numpy(), grid)
+
+    def invert_probability_maps(self, probs: torch.Tensor, grid: GridRecord) -> np.ndarray:
+        """Class scores ``(K, X, Y, Z)`` on the prepared grid -> float16 ``(K, *original shape)`` on the original
+        grid, class first.
+
+        Each class is resampled trilinearly (as :meth:`invert_probabilities` does before its argmax) and stored as
+        float16 before the next one, so memory stays at the float16 result plus one float32 class.
+        """
+        out = np.empty((probs.shape[0], *grid.shape), dtype=np.float16)
+        for c in range(probs.shape[0]):
+            up = probs[c].float().cpu()
+            if tuple(up.shape) != grid.oriented_shape:
+                up = F.interpolate(up[None, None], size=grid.oriented_shape, mode="trilinear",
+                                   align_corners=False)[0, 0]
+            out[c] = _unorient(up.numpy(), grid)
+        return out
 
     # --------------------------------------------------------------------------------- helpers
     def _normalise(self, x: torch.Tensor, source: str) -> torch.Tensor:

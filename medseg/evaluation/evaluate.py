@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ def _check_geometry(pred: Path, truth: Path, pv: Any, tv: Any, p_arr: np.ndarray
 
 def evaluate(
     pred_dir: str | Path,
-    truth_dir: str | Path,
+    truth_dir: str | Path | Mapping[str, Path],
     *,
     labels: LabelMap | None = None,
     tolerance: int = 0,
@@ -118,7 +119,8 @@ def evaluate(
 
     Args:
         pred_dir: Folder of predicted masks (PNG/JPG) or label volumes (NIfTI, MHA, NRRD).
-        truth_dir: Folder of ground-truth files with the same case names.
+        truth_dir: Folder of ground-truth files with the same case names, or a mapping of case name (the
+            prediction's file name without suffix) to truth file.
         labels: Gray value -> class mapping (e.g. from a checkpoint); discovered from the truth when None.
         tolerance: Gray levels within which values snap to a mapped value (JPEG masks).
         output: CSV path for per-case rows (a ``.summary.json`` is written beside it); nothing is written when None.
@@ -134,11 +136,12 @@ def evaluate(
     """
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, np.integer)) or not 0 <= tolerance <= 127:
         raise ConfigError(f"--tolerance: got {tolerance!r}; allowed an integer 0..127 (gray levels)")
-    pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
+    pred_dir = Path(pred_dir)
     out_path = Path(output) if output is not None else None
     if out_path is not None and out_path.exists() and not overwrite:
         raise OutputExistsError(f"{out_path}: exists; pass --overwrite to replace it")
-    preds, truths = _files(pred_dir, "prediction"), _files(truth_dir, "truth")
+    preds = _files(pred_dir, "prediction")
+    truths = dict(truth_dir) if isinstance(truth_dir, Mapping) else _files(Path(truth_dir), "truth")
     if labels is None:
         labels = discover_label_map(list(truths.values()), read=lambda p: _read(p)[0], tolerance=tolerance,
                                     min_classes=1)

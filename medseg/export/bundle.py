@@ -54,6 +54,7 @@ import medseg
 import medseg.export.bundle_transforms as bundle_transforms
 from medseg.atomic import folder_mode
 from medseg.config.kinds import DataKind
+from medseg.config.networks import ModelConfig
 from medseg.data.volume_preprocessing import slice_axis_index
 from medseg.dtypes import NIFTI_LABEL_DTYPES, smallest_int_dtype
 from medseg.errors import ExportError, OutputExistsError
@@ -77,12 +78,16 @@ def bundle_refusal(loaded: LoadedModel) -> str | None:
                 "medseg resizes with antialiasing); use --format onnx or torchscript")
     if loaded.infer.tta:
         return "infer.tta is true: MONAI's inferers have no flip test-time augmentation; retrain or export onnx"
+    if loaded.infer.threshold is not None:
+        return (f"infer.threshold is {loaded.infer.threshold}: the bundle's postprocessing takes the most probable "
+                "class; export onnx (medseg predict applies the threshold) or retrain without it")
     if loaded.config.model.name != "unet":
         return f"model.name {loaded.config.model.name!r}: the bundle writer knows 'unet' only"
     layers = window_dependent_layers(loaded.model)
     if layers:
+        norm = getattr(loaded.config.model, "norm", None)
         return (f"the network's output depends on the window ({', '.join(layers)}, model.norm "
-                f"{loaded.config.model.norm!r}): medseg and MONAI's SlidingWindowInferer blend roi windows with "
+                f"{norm!r}): medseg and MONAI's SlidingWindowInferer blend roi windows with "
                 "different weights (MONAI clamps its Gaussian), so the labels would differ; use --format onnx")
     return None
 
@@ -159,6 +164,8 @@ def _bundle_network_output(root: Path, config: dict[str, Any], x: torch.Tensor) 
 def network_def(loaded: LoadedModel) -> dict[str, Any]:
     """MONAI's ``UNet`` with the arguments medseg's model factory gives it."""
     m = loaded.config.model
+    if not isinstance(m, ModelConfig):  # bundle_refusal names it first
+        raise ExportError(f"model.name {m.name!r}: the bundle writer knows 'unet' only")
     norm: Any = m.norm if m.norm != "group" else ["group", {"num_groups": min(8, m.channels[0])}]
     return {"_target_": "monai.networks.nets.UNet", "spatial_dims": m.spatial_dims,
             "in_channels": loaded.in_channels, "out_channels": loaded.labels.num_classes,

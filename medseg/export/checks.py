@@ -11,6 +11,7 @@ import torch
 
 from medseg.errors import ExportError
 from medseg.export.metadata import export_roi
+from medseg.models.outputs import main_output
 from medseg.prediction.loaded import LoadedModel
 from medseg.sliding_window.plan import network_divisor, round_up
 
@@ -70,7 +71,7 @@ def check_outputs(reference: torch.Tensor, exported: torch.Tensor, what: str) ->
 
 
 def run_reference(loaded: LoadedModel, x: torch.Tensor) -> torch.Tensor:
-    """The PyTorch network's logits on ``x`` (fp32, CPU, no grad)."""
+    """The PyTorch network's main logits on ``x`` (fp32, CPU, no grad)."""
     with torch.no_grad():
-        return loaded.model.to("cpu").eval()(x).float()
+        return main_output(loaded.model.to("cpu").eval()(x)).float()
 

@@ -22,6 +22,7 @@ from medseg.atomic import atomic_path
 from medseg.errors import DependencyError, ExportError
 from medseg.export.checks import check_outputs, example_input, run_reference
 from medseg.export.metadata import model_metadata
+from medseg.models.outputs import MainOutput
 from medseg.prediction.artifact import METADATA_KEY
 from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.onnx_network import INSTALL_HINT, require_onnxruntime
@@ -51,7 +52,7 @@ def export_onnx(loaded: LoadedModel, path: Path, *, check: bool = True) -> dict[
         ExportError: The exporter failed, or ONNX Runtime's output differs beyond the tolerance.
     """
     _require_exporter()
-    network = loaded.model.to("cpu").eval()
+    network = MainOutput(loaded.model.to("cpu")).eval()  # the main logits only (no deep-supervision heads)
     dims = loaded.kind.spatial_dims
     names = ("batch", *_SPATIAL_NAMES[dims])
     axes = {0: names[0], **{2 + i: names[1 + i] for i in range(dims)}}
@@ -64,7 +65,7 @@ def export_onnx(loaded: LoadedModel, path: Path, *, check: bool = True) -> dict[
                                         dynamic_shapes=dynamic, verbose=False)
         except Exception as err:  # the exporter raises many types; any failure means no file
             reason = " ".join(str(err).split())[:300]
-            raise ExportError(f"{path}: ONNX export of {type(network).__name__} failed: {reason}") from None
+            raise ExportError(f"{path}: ONNX export of {type(loaded.model).__name__} failed: {reason}") from None
     if program is None:
         raise ExportError(f"{path}: the ONNX exporter returned no program (PyTorch too old? need >= 2.6)")
     export = {"format": "onnx", "opset": OPSET, "torch_version": torch.__version__, "input_name": INPUT_NAME,

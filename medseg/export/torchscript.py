@@ -19,6 +19,7 @@ from medseg.atomic import atomic_path
 from medseg.errors import ExportError
 from medseg.export.checks import check_outputs, example_input, run_reference
 from medseg.export.metadata import model_metadata
+from medseg.models.outputs import main_output
 from medseg.prediction.artifact import METADATA_KEY
 from medseg.prediction.loaded import LoadedModel
 
@@ -60,7 +61,7 @@ def export_torchscript(loaded: LoadedModel, path: Path, *, check: bool = True) -
                 x = example_input(loaded)
                 reloaded = torch.jit.load(str(tmp), map_location="cpu")
                 with torch.no_grad():
-                    out = reloaded(x).float()
+                    out = main_output(reloaded(x)).float()
                 result["max_abs_diff"] = check_outputs(run_reference(loaded, x), out, str(path))
                 result["check_shape"] = list(x.shape)
     return result

@@ -5,8 +5,10 @@ Policy (see :mod:`medseg.io.dicom_scan` for how series are found and judged):
 * slices are sorted by their position projected on the slice normal (row x col of
   ImageOrientationPatient), never by InstanceNumber; the k axis points along that normal;
 * the slice spacing comes from the positions, not SliceThickness/SpacingBetweenSlices;
-* a gap (missing slice, non-uniform spacing) and gantry tilt are refused with a :class:`DataError`;
-  nothing is resampled silently;
+* every slice's position is checked against the stack: a gap (missing slice, non-uniform spacing), gantry tilt
+  and a slice shifted in-plane or out of line are refused with a :class:`DataError` naming the slice and the
+  option, unless ``irregular="resample"`` asks for a regular grid (:mod:`medseg.io.resample`, stated in
+  ``meta["resampled"]``); nothing is resampled silently;
 * mosaics, localizers, several files at one position, single files and non-image SOP classes
   (SEG, SR, RTSTRUCT, KO, PR, ...) are never read as volumes;
 * RescaleSlope/Intercept are applied: int16 (or int32) when they are integral and values fit,
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import DataError
+from medseg.errors import ConfigError, DataError
 from medseg.io.decoders import (
     JPEG_SYNTAXES,
     imagecodecs_decoder,
@@ -44,9 +46,12 @@ from medseg.io.dicom_scan import (
     list_skipped,
     scan_dicom,
 )
+from medseg.io.resample import IRREGULAR_CHOICES, resample_slices
 from medseg.io.volume import DEFAULT_MAX_BYTES, Volume, affine_from_lps, check_volume_size
 
-__all__ = ["SeriesInfo", "SkippedFile", "list_series", "list_skipped", "read_dicom_series", "select_series"]
+__all__ = [
+    "SeriesInfo", "SkippedFile", "check_irregular", "list_series", "list_skipped", "read_dicom_series", "select_series",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +94,7 @@ def read_dicom_series(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     workers: int | None = None,
+    irregular: str = "refuse",
 ) -> Volume:
     """Read one DICOM series (folder searched recursively, or a list of files) as a volume.
 
@@ -100,22 +106,43 @@ def read_dicom_series(
             releases the GIL; default: the CPUs, at most 8), forked processes for other compressed syntaxes
             (default: idle CPUs, at most 8 and one per 4 slices); 1 = in this thread. Only speed depends on it,
             never the result.
+        irregular: ``"refuse"`` (default) a series whose slices lie on no regular grid (uneven gaps, gantry tilt,
+            a slice shifted in-plane), naming the slice; ``"resample"`` it onto a regular grid
+            (:func:`~medseg.io.resample.resample_slices`).
 
     Returns:
         Volume with ``array[i, j, k]`` (i along the row direction, k along the slice normal), RAS affine,
         and meta ``path, format, series_uid, modality, description, study_uid, frame_of_reference_uid,
-        sop_instance_uids, files, rescaled``.
+        sop_instance_uids, files, rescaled``; a resampled series adds ``resampled`` (the grid chosen, and why)
+        and ``slice_geometry`` (the original slices' positions, so a DICOM-SEG can be written on them).
 
     Raises:
-        DataError: See :func:`select_series`; also undecodable pixel data or an absurd size.
+        DataError: See :func:`select_series`; also undecodable pixel data, an absurd size, or an irregular series
+            with ``irregular="refuse"``.
+        ConfigError: ``irregular`` is not one of ``"refuse"``, ``"resample"``.
     """
+    check_irregular(irregular)
     name, info = select_series(folder_or_files, series_uid)
+    if info.irregular and irregular == "refuse":
+        raise DataError(f"{name}: series {info.series_uid or info.description!r}: {info.irregular}; "
+                        "irregular='resample' (--irregular resample) resamples it onto a regular grid")
     first = info.headers[0].dataset
     check_volume_size(name, info.size, 4, max_bytes)
     stack = _read_pixels(name, info.headers, workers)
     array, rescaled = _rescale(name, stack, info.headers)
     geo = info.geometry
-    affine = affine_from_lps(geo["origin"], geo["spacing"], geo["direction"])
+    extra: dict[str, object] = {}
+    if info.irregular:
+        grid, affine, report = resample_slices(array, geo["positions"], geo["direction"], geo["pixel_spacing"])
+        check_volume_size(name, grid.shape, grid.dtype.itemsize, max_bytes)
+        logger.warning("%s: %s; resampled onto a regular grid of %s voxels, spacing %s mm", name, info.irregular,
+                       "x".join(map(str, grid.shape)), "x".join(f"{v:.4g}" for v in report["spacing_mm"]))
+        extra = {"resampled": {"reason": info.irregular, **report}, "slice_geometry": {
+            "positions_lps": np.asarray(geo["positions"]).tolist(), "direction_lps": geo["direction"].tolist(),
+            "pixel_spacing": list(geo["pixel_spacing"]), "size": [info.size[1], info.size[0]]}}
+    else:
+        grid = array.transpose(2, 1, 0)
+        affine = affine_from_lps(geo["origin"], geo["spacing"], geo["direction"])
     meta = {
         "path": str(folder_or_files) if isinstance(folder_or_files, (str, Path)) else name,
         "format": "dicom",
@@ -126,11 +153,27 @@ def read_dicom_series(
         "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
         "sop_instance_uids": [h.sop_uid for h in info.headers],
         "files": [str(h.path) for h in info.headers],
+        **({"frames": [h.frame for h in info.headers]} if info.headers[0].frame is not None else {}),
         "rescaled": rescaled,
         "photometric": str(first.get("PhotometricInterpretation", "")),
+        **extra,
     }
     # stack is [k, row, col]; Volume is [i = col, j = row, k]
-    return Volume(array.transpose(2, 1, 0), affine, meta)
+    return Volume(grid, affine, meta)
+
+
+def check_irregular(irregular: object, name: str = "irregular") -> None:
+    """Refuse an ``irregular`` choice other than ``"refuse"`` and ``"resample"`` (ConfigError, one line).
+
+    Example:
+        >>> check_irregular("resample")
+        >>> check_irregular("fix", "--irregular")
+        Traceback (most recent call last):
+        ...
+        medseg.errors.ConfigError: --irregular: got 'fix'; allowed 'refuse', 'resample'
+    """
+    if irregular not in IRREGULAR_CHOICES:
+        raise ConfigError(f"{name}: got {irregular!r}; allowed {', '.join(map(repr, IRREGULAR_CHOICES))}")
 
 
 def _read_pixels(name: str, headers: list[DicomHeader], workers: int | None) -> np.ndarray:
@@ -163,6 +206,8 @@ def _syntax(ds: Any) -> str:
 
 def _decode_slices(headers: list[DicomHeader], workers: int | None) -> list[np.ndarray | str]:
     """Each slice's stored values (or an error string), decoded in threads or worker processes where that pays."""
+    if any(h.frame is not None for h in headers):
+        return _frame_pixels(headers)
     syntaxes = {_syntax(h.dataset) for h in headers}
     n = len(headers)
     if all(imagecodecs_decoder(uid) is not None for uid in syntaxes):
@@ -189,6 +234,22 @@ def _decode_slices(headers: list[DicomHeader], workers: int | None) -> list[np.n
         for future in futures:
             slices.extend(future.result())
     return slices
+
+
+def _frame_pixels(headers: list[DicomHeader]) -> list[np.ndarray | str]:
+    """Stored values of frames of enhanced multi-frame files (each file decoded once, by pydicom)."""
+    decoded: dict[Path, np.ndarray | str] = {}
+    out: list[np.ndarray | str] = []
+    for h in headers:
+        if h.path not in decoded:
+            try:
+                pixels = np.asarray(h.dataset.pixel_array)
+                decoded[h.path] = pixels.reshape(int(h.dataset.NumberOfFrames), h.rows, h.cols)
+            except Exception as err:  # noqa: BLE001 (decoder plug-ins raise anything; reported with the file name)
+                decoded[h.path] = f"{type(err).__name__}: {_message(err)}"
+        stored = decoded[h.path]
+        out.append(stored if isinstance(stored, str) else stored[h.frame or 0])
+    return out
 
 
 def _cpus() -> int:
@@ -336,8 +397,10 @@ def _rescale(name: str, stack: np.ndarray, headers: list[DicomHeader]) -> tuple[
     """Apply RescaleSlope/Intercept per slice: int16 or int32 when both are integral and the values fit, else
     float32. Integer results are exact (the range is worked out from each slice's stored minimum and maximum
     before choosing the narrowest dtype that holds every intermediate value)."""
-    slopes = np.array([float(h.dataset.get("RescaleSlope", 1) or 1) for h in headers])
-    inters = np.array([float(h.dataset.get("RescaleIntercept", 0) or 0) for h in headers])
+    pairs = [getattr(h, "rescale", None) or (float(h.dataset.get("RescaleSlope", 1) or 1),
+                                             float(h.dataset.get("RescaleIntercept", 0) or 0)) for h in headers]
+    slopes = np.array([slope for slope, _ in pairs])
+    inters = np.array([inter for _, inter in pairs])
     if np.all(slopes == 1) and np.all(inters == 0):
         return stack, False
     shape = (-1, 1, 1)

@@ -11,7 +11,7 @@ import os
 import stat
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,9 @@ class DicomHeader:
     orientation: tuple[float, ...] | None
     frames: int
     dataset: Any = field(repr=False, compare=False)
+    #: enhanced multi-frame files: the frame (0-based) this header describes, with its own rescale
+    frame: int | None = None
+    rescale: tuple[float, float] | None = None
 
 
 @dataclass
@@ -74,7 +77,9 @@ class SeriesInfo:
     ``size`` is (cols, rows, slices) like SimpleITK, ``spacing`` (mm) and ``orientation`` (nibabel axis
     codes such as ``"LPS"``: the world direction in which i, j, k grow) describe the volume axes.
     ``usable`` is False when the group cannot be read as one volume; ``reason`` then says why.
-    ``reason`` is also set on usable parts of a split series (``"split: ..."``).
+    ``reason`` is also set on usable parts of a split series (``"split: ..."``). ``irregular`` is set on a usable
+    series whose slices lie on no regular grid (uneven gaps, gantry tilt, a slice shifted in-plane): it says why,
+    naming the slice, and such a series is read only when resampled (``irregular="resample"``).
     """
 
     series_uid: str
@@ -87,12 +92,15 @@ class SeriesInfo:
     files: list[Path]
     usable: bool
     reason: str | None = None
+    irregular: str | None = None
     headers: list[DicomHeader] = field(default_factory=list, repr=False)
     geometry: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def summary(self) -> str:
         size = "x".join(str(n) for n in self.size)
         state = "usable" if self.usable else f"skipped: {self.reason}"
+        if self.usable and self.irregular:
+            state = f"irregular: {self.irregular}"
         uid = self.series_uid or "(no SeriesInstanceUID)"
         return f"{uid} {self.description!r} {self.modality} {self.n_files} files {size} ({state})"
 
@@ -103,7 +111,7 @@ class SkippedFile:
     reason: str
 
 
-def _read_header(path: Path) -> DicomHeader | SkippedFile:
+def _read_header(path: Path) -> DicomHeader | SkippedFile | list[DicomHeader]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -129,7 +137,7 @@ def _read_header(path: Path) -> DicomHeader | SkippedFile:
         if sop_class.startswith(prefix) and not (name == "secondary capture" and "ImagePositionPatient" in ds):
             return SkippedFile(path, f"non-image SOP class {name}")
     try:
-        return DicomHeader(
+        info = DicomHeader(
             path=path,
             series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
             sop_class=sop_class,
@@ -145,8 +153,48 @@ def _read_header(path: Path) -> DicomHeader | SkippedFile:
             frames=int(ds.get("NumberOfFrames", 1) or 1),
             dataset=ds,
         )
-    except (ValueError, TypeError) as err:
+        if info.frames > 1 and "PerFrameFunctionalGroupsSequence" in ds:
+            return _frame_headers(info)
+    except (ValueError, TypeError, AttributeError, IndexError) as err:
         return SkippedFile(path, f"malformed DICOM header ({err})")
+    return info
+
+
+def _frame_headers(header: DicomHeader) -> list[DicomHeader]:
+    """One header per frame of an enhanced (or legacy-converted enhanced) multi-frame image.
+
+    Each frame's position, orientation, pixel spacing and rescale come from its per-frame functional groups, or
+    from the shared ones; a frame then sorts and is judged like a single-frame slice.
+    """
+    ds = header.dataset
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared_item = shared[0] if shared else None
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) != header.frames:
+        raise ValueError(f"{len(per_frame)} per-frame functional groups for {header.frames} frames")
+
+    def group(item: Any, sequence: str) -> Any:
+        for where in (item, shared_item):
+            if where is not None and sequence in where and len(where[sequence].value):
+                return where[sequence].value[0]
+        return None
+
+    out = []
+    for f, item in enumerate(per_frame):
+        position, plane, measures = (group(item, s) for s in ("PlanePositionSequence", "PlaneOrientationSequence",
+                                                               "PixelMeasuresSequence"))
+        transform = group(item, "PixelValueTransformationSequence")
+        rescale = None
+        if transform is not None:
+            rescale = (float(transform.get("RescaleSlope", 1) or 1), float(transform.get("RescaleIntercept", 0) or 0))
+        out.append(replace(
+            header,
+            position=_floats(position.get("ImagePositionPatient") if position else None, 3),  # type: ignore[arg-type]
+            orientation=_floats(plane.get("ImageOrientationPatient") if plane else None, 6),
+            pixel_spacing=_floats(measures.get("PixelSpacing") if measures else None, 2),  # type: ignore[arg-type]
+            frames=1, frame=f, rescale=rescale,
+        ))
+    return out
 
 
 def _floats(value: Any, n: int) -> tuple[float, ...] | None:
@@ -196,11 +244,13 @@ def scan_dicom(source: Path | str | Sequence[Path | str]) -> tuple[str, list[Ser
 
 def _read_all(files: list[Path]) -> list[DicomHeader | SkippedFile]:
     if len(files) < 64:
-        return [_read_header(f) for f in files]
-    from concurrent.futures import ThreadPoolExecutor
+        read = [_read_header(f) for f in files]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(_read_header, files))
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            read = list(pool.map(_read_header, files))
+    return [h for item in read for h in (item if isinstance(item, list) else [item])]
 
 
 def _series_key(h: DicomHeader) -> tuple[str, ...]:
@@ -250,7 +300,7 @@ def _split_cause(keys: list[tuple[Any, ...]]) -> str:
 def _judge(uid: str, hs: list[DicomHeader], kind: tuple[Any, ...]) -> SeriesInfo:
     first = hs[0]
     info = SeriesInfo(
-        series_uid=uid, description=first.description, modality=first.modality, n_files=len(hs),
+        series_uid=uid, description=first.description, modality=first.modality, n_files=len({h.path for h in hs}),
         size=(first.cols, first.rows, len(hs)), spacing=None, orientation=None,
         files=[h.path for h in hs], usable=False, headers=hs,
     )  # fmt: skip
@@ -262,7 +312,8 @@ def _judge(uid: str, hs: list[DicomHeader], kind: tuple[Any, ...]) -> SeriesInfo
     elif int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         info.reason = f"color image (SamplesPerPixel {ds.SamplesPerPixel}); allowed grayscale"
     elif any(h.frames > 1 for h in hs):
-        info.reason = f"multi-frame files ({first.frames} frames); enhanced multi-frame is not supported"
+        info.reason = (f"multi-frame files ({first.frames} frames) without per-frame functional groups; allowed "
+                       "enhanced multi-frame images or single-frame slices")
     elif first.orientation is None or first.pixel_spacing is None or any(h.position is None for h in hs):
         info.reason = "missing ImagePositionPatient/ImageOrientationPatient/PixelSpacing"
     elif len(hs) == 1:
@@ -274,7 +325,12 @@ def _judge(uid: str, hs: list[DicomHeader], kind: tuple[Any, ...]) -> SeriesInfo
 
 
 def _judge_geometry(info: SeriesInfo, hs: list[DicomHeader]) -> str | None:
-    """Sort slices along the normal; fill ``info.geometry``; return why it is not a volume, or None."""
+    """Sort slices along the normal; fill ``info.geometry``; return why it is not a volume, or None.
+
+    Every slice's position is checked against the stack, not only the first and last: a series whose slices are
+    unevenly spaced, tilted (positions drifting off the slice normal) or shifted in-plane one by one is still a
+    volume, but an irregular one (``info.irregular`` says why, naming the slice): it is read only when resampled.
+    """
     row, col = np.array(hs[0].orientation[:3]), np.array(hs[0].orientation[3:])  # type: ignore[index]
     if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
         return f"invalid ImageOrientationPatient {hs[0].orientation}"
@@ -294,19 +350,49 @@ def _judge_geometry(info: SeriesInfo, hs: list[DicomHeader]) -> str | None:
     direction = np.column_stack([row, col, normal])
     info.spacing = (float(ps[1]), float(ps[0]), float(spacing))  # type: ignore[index]
     info.orientation = _axcodes(direction)
-    info.geometry = {"origin": positions[0], "direction": direction, "spacing": info.spacing, "positions": positions}
-    typical = float(np.median(steps))
+    info.geometry = {"origin": positions[0], "direction": direction, "spacing": info.spacing, "positions": positions,
+                     "pixel_spacing": (float(ps[0]), float(ps[1]))}  # type: ignore[index]
+    info.irregular = _irregularity(hs, positions, dist, normal)
+    return None
+
+
+def _slice_name(h: DicomHeader) -> str:
+    """``"CT.123 (instance 7)"`` (or ``"enhanced.dcm frame 3"``): a slice as messages name it."""
+    if h.frame is not None:
+        return f"{h.path.name} frame {h.frame + 1}"
+    number = h.dataset.get("InstanceNumber")
+    return f"{h.path.name} (instance {number})" if number not in (None, "") else h.path.name
+
+
+def _irregularity(hs: list[DicomHeader], positions: np.ndarray, dist: np.ndarray, normal: np.ndarray) -> str | None:
+    """Why slices sorted along ``normal`` do not lie on one regular grid, naming the slice; None when they do.
+
+    Checked for every slice: the gaps along the normal (uneven spacing, a missing slice), and each slice's position
+    against the line from the first slice to the last (a slice shifted in-plane or out of line), then that line
+    against the normal (gantry tilt, a sheared stack).
+    """
+    steps = np.diff(dist)
+    typical = float(np.sort(steps)[(len(steps) - 1) // 2])  # the lower median: of two gaps, the smaller
     deviation = np.abs(steps - typical)
     if deviation.max() > max(0.01 * typical, 1e-3):
         k = int(np.argmax(deviation))
         return (
             f"non-uniform slice spacing: {steps[k]:.3f} mm between slices {k} and {k + 1} "
-            f"({hs[k].path.name}, {hs[k + 1].path.name}), expected {typical:.3f} mm (missing slice?)"
+            f"({_slice_name(hs[k])}, {_slice_name(hs[k + 1])}), expected {typical:.3f} mm (missing slice?)"
         )
-    offaxis = positions[-1] - positions[0] - (dist[-1] - dist[0]) * normal
-    if np.linalg.norm(offaxis) > max(1e-3 * abs(dist[-1] - dist[0]), 1e-3):
-        tilt = np.degrees(np.arctan2(np.linalg.norm(offaxis), abs(dist[-1] - dist[0])))
-        return f"gantry tilt / sheared stack: slices move {tilt:.2f} deg off the slice normal; resample first"
+    span = dist[-1] - dist[0]
+    along = (dist - dist[0]) / span
+    line = positions[0] + along[:, None] * (positions[-1] - positions[0])
+    off_line = np.linalg.norm(positions - line, axis=1)
+    tolerance = max(1e-3 * typical, 1e-3)
+    if off_line.max() > tolerance:
+        k = int(np.argmax(off_line))
+        return (f"slice {k} ({_slice_name(hs[k])}) lies {off_line[k]:.3f} mm off the line through the first and "
+                "last slices (shifted in-plane or out of line)")
+    offaxis = positions[-1] - positions[0] - span * normal
+    if np.linalg.norm(offaxis) > max(1e-3 * abs(span), 1e-3):
+        tilt = np.degrees(np.arctan2(np.linalg.norm(offaxis), abs(span)))
+        return f"gantry tilt / sheared stack: slices move {tilt:.2f} deg off the slice normal"
     return None
 
 

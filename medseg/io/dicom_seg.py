@@ -18,6 +18,7 @@ import numpy as np
 from medseg.atomic import atomic_path
 from medseg.errors import DataError, OutputExistsError
 from medseg.io.dicom import read_dicom_series, select_series
+from medseg.io.resample import labels_on_slices
 from medseg.io.volume import Volume
 from medseg.io.volume_io import read_volume
 
@@ -46,7 +47,10 @@ def write_dicom_seg(
     Args:
         path: Output ``.dcm`` file.
         labels: Integer label map, shape ``(I, J, K)`` equal to the source volume's shape; 0 = background.
-        source: The DICOM Volume the labels were made on (from :func:`read_dicom_series`) or its folder.
+        source: The DICOM Volume the labels were made on (from :func:`read_dicom_series`) or its folder. For a
+            series read with ``irregular="resample"`` the labels lie on the regular grid; the SEG's frames still
+            lie on the original slices (each pixel takes the label of the nearest grid node), so they overlay the
+            series as it is stored.
         class_names: Label value -> segment label, e.g. ``{1: "liver"}``. Every non-zero value must be a key.
 
     Returns:
@@ -66,6 +70,12 @@ def write_dicom_seg(
         raise DataError(f"{path}: parent folder {path.parent} does not exist; create it first")
     datasets, shape = _source_headers(source)
     labels = np.asarray(labels)
+    if isinstance(source, Volume) and "slice_geometry" in source.meta:
+        if labels.shape != source.shape:
+            raise DataError(f"{path}: label map shape {labels.shape} differs from the resampled grid {source.shape}")
+        geo = source.meta["slice_geometry"]
+        labels = labels_on_slices(labels, source.affine, np.asarray(geo["positions_lps"]),
+                                  np.asarray(geo["direction_lps"]), tuple(geo["pixel_spacing"]), tuple(geo["size"]))
     if labels.shape != shape:
         raise DataError(f"{path}: label map shape {labels.shape} differs from source series shape {shape}")
     if labels.dtype.kind not in "biu":
@@ -78,6 +88,11 @@ def write_dicom_seg(
     lut = np.zeros(max(ids + [int(labels.max()), 0]) + 1, dtype=np.uint16)
     lut[ids] = np.arange(1, len(ids) + 1)
     segments = lut[labels.astype(np.int64)].transpose(2, 1, 0)  # [k, row, col] like the source frames
+    frames = source.meta.get("frames") if isinstance(source, Volume) else None
+    if frames is not None:  # one enhanced multi-frame source: the SEG's frames follow the source's frame order
+        in_file_order = np.empty_like(segments)
+        in_file_order[np.asarray(frames)] = segments
+        segments = in_file_order
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
     )
@@ -142,10 +157,18 @@ def _source_headers(source: Volume | str | Path) -> tuple[list[Any], tuple[int, 
                 f"{source.meta.get('path', 'volume')}: DICOM-SEG needs a DICOM source volume "
                 f"(format {source.meta.get('format')!r}); allowed a volume from read_dicom_series or its folder"
             )
+        if source.meta.get("frames") is not None:  # the frames of one enhanced multi-frame file
+            files = list(dict.fromkeys(files))
         datasets: list[pydicom.Dataset] = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
         shape = source.shape
+        if "slice_geometry" in source.meta:  # resampled: the SEG's frames lie on the original slices
+            rows, cols = source.meta["slice_geometry"]["size"]
+            shape = (int(cols), int(rows), len(source.meta["slice_geometry"]["positions_lps"]))
     else:
         _, info = select_series(source)
+        if info.headers[0].frame is not None:
+            raise DataError(f"{source}: an enhanced multi-frame series; pass the Volume read from it "
+                            "(read_dicom_series) as the source")
         datasets = [h.dataset for h in info.headers]
         shape = info.size
     datasets = [ds.copy() for ds in datasets]

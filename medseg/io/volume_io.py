@@ -16,12 +16,15 @@ import numpy as np
 from medseg.atomic import atomic_path
 from medseg.dtypes import NIFTI_LABEL_DTYPES, smallest_int_dtype
 from medseg.errors import DataError, OutputExistsError
-from medseg.io.dicom import read_dicom_series
+from medseg.io.dicom import check_irregular, read_dicom_series
+from medseg.io.resample import resample_sheared, shear_of
 from medseg.io.volume import DEFAULT_MAX_BYTES, Volume, affine_from_lps, check_volume_size, input_kind
 
 __all__ = [
     "read_volume",
+    "PROBABILITY_STEP",
     "write_label_map",
+    "write_probability_map",
     "write_volume",
 ]
 
@@ -31,9 +34,17 @@ _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 #: deflate cannot expand data by more than ~1032:1, so a .gz claiming more is corrupt or hostile.
 _GZIP_MAX_RATIO = 1100
+#: voxel axes more than this many degrees from perpendicular make an affine sheared (float32 noise is far below)
+_SHEAR_TOL_DEG = 0.01
 
 
-def read_volume(path: str | Path, *, series_uid: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Volume:
+def read_volume(
+    path: str | Path,
+    *,
+    series_uid: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    irregular: str = "refuse",
+) -> Volume:
     """Read a 3D volume from a NIfTI/MHA/MHD/NRRD file or a DICOM folder.
 
     Args:
@@ -41,20 +52,27 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, max_bytes: i
             or a folder searched recursively for one DICOM series.
         series_uid: Pick this SeriesInstanceUID when the folder holds several volume series.
         max_bytes: Refuse files whose header claims a larger voxel array (default 4 GiB).
+        irregular: What to do with geometry that is no regular grid: a DICOM series with uneven gaps, gantry tilt
+            or a slice shifted in-plane, or a NIfTI whose affine shears the voxel axes. ``"refuse"`` (default):
+            a :class:`DataError` naming the problem and this option; ``"resample"``: onto a regular grid
+            (:mod:`medseg.io.resample`), stated in ``meta["resampled"]``.
 
     Returns:
-        The volume; ``array`` keeps the stored dtype (scaled data become float).
+        The volume; ``array`` keeps the stored dtype (scaled data become float). NIfTI volumes keep the header's
+        ``qform``/``sform`` matrices and codes in ``meta``, so writers put back both as they came.
 
     Raises:
         DataError: Missing/unreadable/truncated file, unknown suffix, not 3D, NaN/Inf voxels,
-            absurd size, or an ambiguous/unusable DICOM folder.
+            absurd size, an ambiguous/unusable DICOM folder, or irregular geometry with ``irregular="refuse"``.
+        ConfigError: ``irregular`` is not ``"refuse"`` or ``"resample"``.
     """
+    check_irregular(irregular)
     path = Path(path)
     kind = input_kind(path, "volume")
     if kind == "missing":
         raise DataError(f"{path}: no such file or folder")
     if kind == "dir":
-        return read_dicom_series(path, series_uid=series_uid, max_bytes=max_bytes)
+        return read_dicom_series(path, series_uid=series_uid, max_bytes=max_bytes, irregular=irregular)
     if series_uid is not None:
         raise DataError(
             f"{path}: series_uid={series_uid!r} given but the path is a file; allowed only for DICOM folders"
@@ -69,7 +87,21 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, max_bytes: i
             f"{path}: unknown volume file type; allowed {', '.join(_NIFTI_SUFFIXES + _ITK_SUFFIXES)} or a DICOM folder"
         )
     _check_finite(path, volume.array)
-    return volume
+    return _regular(path, volume, irregular)
+
+
+def _regular(path: Path, volume: Volume, irregular: str) -> Volume:
+    """``volume`` itself when its voxel axes are perpendicular; else refused, or resampled on request."""
+    shear = shear_of(volume.affine)
+    if shear <= _SHEAR_TOL_DEG:
+        return volume
+    if irregular == "refuse":
+        raise DataError(f"{path}: the affine shears the voxel axes by {shear:.2f} deg (no regular grid); "
+                        "irregular='resample' (--irregular resample) resamples it onto an orthogonal grid")
+    array, affine, report = resample_sheared(volume.array, volume.affine)
+    logger.warning("%s: affine sheared by %.2f deg; resampled onto an orthogonal grid", path, shear)
+    meta = {k: v for k, v in volume.meta.items() if k not in ("qform", "sform")}
+    return Volume(array, affine, {**meta, "resampled": {"reason": f"affine sheared by {shear:.2f} deg", **report}})
 
 
 def _make_volume(path: Path, array: np.ndarray, affine: np.ndarray, meta: dict[str, Any]) -> Volume:
@@ -117,8 +149,17 @@ def _read_nifti(path: Path, max_bytes: int) -> Volume:
         "format": "nifti",
         "qform_code": int(hdr["qform_code"]),
         "sform_code": int(hdr["sform_code"]),
+        **_forms(hdr),
     }
     return _make_volume(path, np.asarray(array), affine, meta)
+
+
+def _forms(header: Any) -> dict[str, np.ndarray]:
+    """The header's qform and sform as stored (none when the quaternion fields are invalid: nibabel refuses them)."""
+    try:
+        return {"qform": np.asarray(header.get_qform(), float), "sform": np.asarray(header.get_sform(), float)}
+    except (ValueError, np.linalg.LinAlgError):
+        return {}
 
 
 def _verify_gzip(path: Path) -> None:
@@ -183,8 +224,10 @@ def _check_finite(path: Path | str, array: np.ndarray) -> None:
 def write_volume(path: str | Path, volume: Volume, *, overwrite: bool = True) -> Path:
     """Write ``volume`` as NIfTI-1 (``.nii`` or ``.nii.gz``), atomically.
 
-    ``volume.affine`` goes into both qform and sform; their codes come from ``volume.meta``
-    (``qform_code``/``sform_code``) or default to 1 (scanner). NIfTI stores the affine as float32.
+    A volume read from NIfTI on this grid (``volume.meta`` holds ``qform``/``sform`` and the affine is the one they
+    give) gets both back as they came, with their codes, even when they disagree or the qform cannot hold the
+    sform's shear. Otherwise ``volume.affine`` goes into both, with the codes of ``volume.meta``
+    (``qform_code``/``sform_code``) or 1 (scanner). NIfTI stores the affine as float32.
 
     Raises:
         DataError: Unsupported suffix, missing parent folder or unsupported dtype.
@@ -197,15 +240,15 @@ def write_volume(path: str | Path, volume: Volume, *, overwrite: bool = True) ->
         array = array.astype(_label_dtype(path, array))
     elif array.dtype.kind not in "iuf":
         raise DataError(f"{path}: cannot write dtype {array.dtype}; allowed bool, integer or float arrays")
-    codes = (int(volume.meta.get("qform_code", 1) or 1), int(volume.meta.get("sform_code", 1) or 1))
-    return _save_nifti(Path(path), array, volume.affine, codes, overwrite)
+    return _save_nifti(Path(path), array, _header_forms(volume.meta, volume.affine), overwrite)
 
 
 def write_label_map(path: str | Path, labels: np.ndarray, reference: Volume, *, overwrite: bool = True) -> Path:
     """Write an integer label map on ``reference``'s grid as NIfTI, atomically.
 
-    The dtype is the smallest that holds the values (uint8, uint16, int16, int32). The reference affine
-    goes into both qform and sform, with the codes of ``reference.meta`` (default 1).
+    The dtype is the smallest that holds the values (uint8, uint16, int16, int32). The header's qform and sform
+    are the reference's as read (see :func:`write_volume`), else the reference affine in both, with the codes of
+    ``reference.meta`` (default 1).
 
     Raises:
         DataError: Shape differs from ``reference.shape``, non-integer labels, values beyond int32,
@@ -221,9 +264,53 @@ def write_label_map(path: str | Path, labels: np.ndarray, reference: Volume, *, 
     if labels.dtype.kind not in "biu":
         raise DataError(f"{path}: label map dtype {labels.dtype}; allowed integer or bool labels")
     array = labels.astype(_label_dtype(path, labels), copy=False)
-    meta = reference.meta
-    codes = (int(meta.get("qform_code", 1) or 1), int(meta.get("sform_code", 1) or 1))
-    return _save_nifti(Path(path), array, reference.affine, codes, overwrite)
+    return _save_nifti(Path(path), array, _header_forms(reference.meta, reference.affine), overwrite)
+
+
+#: (qform, qform code, sform, sform code) of a NIfTI header
+_Forms = tuple[np.ndarray, int, np.ndarray, int]
+
+
+def _header_forms(meta: dict[str, Any], affine: np.ndarray) -> _Forms:
+    """The qform and sform to write: those read (when they still describe ``affine``), else ``affine`` twice."""
+    qcode, scode = int(meta.get("qform_code", 1) or 0), int(meta.get("sform_code", 1) or 0)
+    qform, sform = meta.get("qform"), meta.get("sform")
+    if qform is not None and sform is not None:
+        qform, sform = np.asarray(qform, float), np.asarray(sform, float)
+        read = sform if scode > 0 else qform  # the affine nibabel gives for this header
+        if (scode > 0 or qcode > 0) and np.allclose(read, affine, atol=1e-5):
+            return qform, qcode, sform, scode
+    return affine, qcode or 1, affine, scode or 1
+
+
+#: Probabilities are stored as uint16 counts of this step (NIfTI-1 has no float16): 2 bytes per value.
+PROBABILITY_STEP = 1.0 / 65535.0
+
+
+def write_probability_map(path: str | Path, probabilities: np.ndarray, reference: Volume, *,
+                          overwrite: bool = True) -> Path:
+    """Write per-class probabilities ``(K, *reference.shape)`` as a 4D NIfTI (X, Y, Z, K), class last, atomically.
+
+    NIfTI-1 has no float16 type, so values are stored as uint16 with ``scl_slope`` 1/65535 (2 bytes per value;
+    readers that apply the scaling -- nibabel's ``get_fdata``, SimpleITK, ITK-SNAP, 3D Slicer -- see floats in
+    0..1, to within 7.7e-6). The affine and its codes are the reference's, as for :func:`write_label_map`.
+
+    Raises:
+        DataError: Shape not ``(K, *reference.shape)``, values outside 0..1 or not finite, unsupported suffix or
+            missing parent folder.
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    probs = np.asarray(probabilities)
+    if probs.ndim != 4 or probs.shape[1:] != tuple(reference.shape):
+        raise DataError(f"{path}: probabilities of shape {probs.shape}; allowed (K, *{tuple(reference.shape)})")
+    stored = np.empty((*reference.shape, probs.shape[0]), dtype=np.uint16)
+    for c in range(probs.shape[0]):  # one class at a time: no float32 copy of the whole map
+        p = probs[c].astype(np.float32)
+        if not np.isfinite(p).all() or p.min() < 0 or p.max() > 1.0 + 1e-3:
+            raise DataError(f"{path}: class {c} holds values outside 0..1; probabilities must lie in 0..1")
+        stored[..., c] = np.rint(np.clip(p, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    return _save_nifti(Path(path), stored, _header_forms(reference.meta, reference.affine), overwrite,
+                       slope=PROBABILITY_STEP)
 
 
 def _label_dtype(path: str | Path, labels: np.ndarray) -> np.dtype:
@@ -236,7 +323,7 @@ def _label_dtype(path: str | Path, labels: np.ndarray) -> np.dtype:
     return dtype
 
 
-def _save_nifti(path: Path, array: np.ndarray, affine: np.ndarray, codes: tuple[int, int], overwrite: bool) -> Path:
+def _save_nifti(path: Path, array: np.ndarray, forms: _Forms, overwrite: bool, *, slope: float = 1.0) -> Path:
     import nibabel as nib
 
     name = path.name.lower()
@@ -246,11 +333,12 @@ def _save_nifti(path: Path, array: np.ndarray, affine: np.ndarray, codes: tuple[
         raise DataError(f"{path}: parent folder {path.parent} does not exist; create it first")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path}: file exists; pass overwrite=True to replace it")
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=codes[0])
-    img.set_sform(affine, code=codes[1])
+    qform, qcode, sform, scode = forms
+    img = nib.Nifti1Image(array, sform if scode > 0 else qform)
+    img.set_qform(qform, code=qcode)
+    img.set_sform(sform, code=scode)
     img.header.set_xyzt_units("mm", "sec")
-    img.header.set_slope_inter(1.0, 0.0)
+    img.header.set_slope_inter(slope, 0.0)
     suffix = ".nii.gz" if name.endswith(".gz") else ".nii"
     with atomic_path(path, suffix=".tmp" + suffix) as tmp:
         nib.save(img, tmp)

@@ -1,9 +1,11 @@
 """Running prediction over many cases: skip finished ones, isolate failures, report.
 
 Outputs are written atomically under their final names only when complete. A case counts as finished only when
-every output asked for exists (mask, overlay, DICOM-SEG, JSON sidecar): a rerun skips finished cases, and for a
-case with some outputs missing (interrupted, or an output first asked for on the rerun) it runs the case again
-and writes only the missing ones, keeping those that exist (``overwrite`` redoes them all).
+every output asked for exists (mask, overlay, DICOM-SEG, JSON sidecar, probabilities): a rerun skips finished
+cases, and for a case with some outputs missing (interrupted, or an output first asked for on the rerun) it runs
+the case again and writes only the missing ones, keeping those that exist (``overwrite`` redoes them all). Each
+case is claimed before it is computed (:mod:`medseg.prediction.claims`), so processes sharing an output folder
+never compute one case twice.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import ConfigError, DataError, MedsegError
+from medseg.prediction.claims import Sharing, run_claimed, shard_indices
 from medseg.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -22,17 +25,36 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BatchReport:
-    """What a batch prediction did, case by case."""
+    """What a batch prediction did, case by case.
+
+    Attributes:
+        written: Files written.
+        skipped: Outputs of the cases found finished (not recomputed).
+        failed: ``(input, message)`` of each case that failed.
+        seconds: Wall time.
+        predicted: Names of the cases computed here.
+        elsewhere: Names of the cases other processes finished while this run waited for them.
+        workers: Processes that took part (``--workers``, torchrun ranks).
+    """
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    predicted: list[str] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)
+    workers: int = 1
 
     @property
     def ok(self) -> bool:
         """True when no case failed."""
         return not self.failed
+
+    def counts(self) -> str:
+        """The cases by outcome, e.g. ``"4 cases predicted, 2 skipped, 0 failed, 1 finished by other processes"``."""
+        text = (f"{len(self.predicted)} cases predicted, {len(self.skipped)} skipped, {len(self.failed)} failed, "
+                f"{len(self.elsewhere)} finished by other processes")
+        return text + (f" ({self.workers} workers)" if self.workers > 1 else "")
 
 
 @dataclass(frozen=True)
@@ -82,43 +104,60 @@ def check_output_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
 
 def run_cases(
     cases: Sequence[Case],
-    outputs_of: Callable[[Case], Sequence[Path]],
+    output_of: Callable[[Case], Path | Sequence[Path]],
     run: Callable[[Case, set[Path]], list[Path]],
     *,
     overwrite: bool,
     progress: bool,
+    sharing: Sharing | None = None,
 ) -> BatchReport:
-    """Run each case whose outputs are not all there, collecting failures (a failing case does not stop the others).
+    """Run each case whose outputs are not all there, collecting failures (a failing case does not stop the others);
+    each case is claimed first, and only this process's shard is run (:func:`~medseg.prediction.claims.run_claimed`).
 
     Args:
         cases: The cases.
-        outputs_of: Every output a case is asked to write, its main output (mask or label map) first.
+        output_of: Every output a case is asked to write (one path, or a list with the label map first).
         run: Runs one case and writes the outputs in the set it is given (the missing ones, or all with
             ``overwrite``), returning the paths written.
         overwrite: Run every case and rewrite all its outputs.
         progress: Progress bar on stderr.
+        sharing: How processes share the output folder.
 
     Returns:
-        The report: a case with every output present is listed once in ``skipped`` (by its main output).
+        The report: a case with every output present is listed once in ``skipped`` (by its label map).
     """
+    sharing = sharing or Sharing()
     report = BatchReport()
     t0 = time.perf_counter()
-    with progress_bar("predicting", len(cases), enabled=progress) as advance:
-        for case in cases:
-            targets = list(outputs_of(case))
-            todo = set(targets) if overwrite else {p for p in targets if not p.exists()}
-            if not todo:
-                report.skipped.append(targets[0])
-                advance(case=case.name)
-                continue
-            if len(todo) < len(targets):
-                log.info("%s: completing the case: writing %s (the other outputs exist and are kept)", case.source,
-                         ", ".join(sorted(p.name for p in todo)))
-            try:
-                report.written += run(case, todo)
-            except MedsegError as err:
-                report.failed.append((str(case.source), str(err)))
-                log.error("%s: failed: %s", case.source, err)
-            advance(case=case.name)
+    if not cases:
+        return report
+
+    def work(i: int) -> None:
+        case = cases[i]
+        targets = _outputs(output_of(case))
+        todo = set(targets) if overwrite else {t for t in targets if not t.exists()}
+        if 0 < len(todo) < len(targets):
+            log.info("%s: completing the case: writing %s (the other outputs exist and are kept)", case.source,
+                     ", ".join(sorted(t.name for t in todo)))
+        try:
+            report.written += run(case, todo or set(targets))
+            report.predicted.append(case.name)
+        except MedsegError as err:
+            report.failed.append((str(case.source), str(err)))
+            log.error("%s: failed: %s", case.source, err)
+
+    names = [c.name for c in cases]
+    share = len(cases) if sharing.shard is None else len(shard_indices(names, sharing.shard))
+    with progress_bar("predicting", share, enabled=progress) as advance:
+        found = run_claimed(names, _outputs(output_of(cases[0]))[0].parent,
+                            finished=lambda i: all(t.exists() for t in _outputs(output_of(cases[i]))),
+                            work=work, overwrite=overwrite, sharing=sharing, advance=lambda i: advance(case=names[i]))
+    report.skipped += [_outputs(output_of(cases[i]))[0] for i in found.skipped]
+    report.elsewhere += [names[i] for i in found.elsewhere]
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _outputs(targets: Path | Sequence[Path]) -> list[Path]:
+    """The outputs of a case as a list (the first is the label map)."""
+    return [targets] if isinstance(targets, Path) else list(targets)

@@ -15,21 +15,35 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medseg.atomic import write_json_atomic
+from medseg.atomic import atomic_path, write_json_atomic
 from medseg.errors import DataError
 from medseg.io.images import IMAGE_SUFFIXES, read_image, read_mask, write_mask, write_overlay
+from medseg.models.outputs import main_output
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
+from medseg.prediction.claims import Sharing
 from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.postprocess import keep_largest_component
 from medseg.prediction.statistics import IMAGE_COLUMNS, mask_statistics, statistics_section
 from medseg.prediction.statistics_table import write_statistics_table
 
-__all__ = ["check_image_array", "find_image_cases", "predict_image_classes", "predict_images"]
+__all__ = ["check_image_array", "find_image_cases", "predict_image_classes", "predict_image_outputs",
+           "predict_images", "write_probabilities_npz"]
+
+
+def predict_image_classes(loaded: LoadedModel, image: str | Path | np.ndarray) -> np.ndarray:
+    """Class indices 0..K-1 (uint8) of one 2D image, at the image's own size (see :func:`predict_image_outputs`)."""
+    return predict_image_outputs(loaded, image, probabilities=False)[0]
 
 
 @torch.no_grad()
-def predict_image_classes(loaded: LoadedModel, image: str | Path | np.ndarray) -> np.ndarray:
-    """Class indices 0..K-1 (uint8) of one 2D image, at the image's own size.
+def predict_image_outputs(loaded: LoadedModel, image: str | Path | np.ndarray, *, probabilities: bool
+                          ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class indices 0..K-1 (uint8) of one 2D image, at the image's own size, and on request the class
+    probabilities there: float16 ``(K, H, W)``, class first, resized back like the labels (bilinear), so that their
+    argmax is the labels except at ties and where ``infer.largest_component`` removed a region.
+
+    The labels are the most probable class, or with ``infer.threshold`` (two classes) class 1 wherever its
+    probability is ``>= threshold``.
 
     Args:
         loaded: A 2D image model.
@@ -61,11 +75,13 @@ def predict_image_classes(loaded: LoadedModel, image: str | Path | np.ndarray) -
     size = tuple(pre["image_size"])
     x = F.interpolate(x, size=size, mode="bilinear", antialias=True) if x.shape[-2:] != size else x
     probs = _forward(loaded, x.to(loaded.device))
-    probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-    classes = probs.argmax(1)[0].to(torch.uint8).cpu().numpy()
+    probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)[0].cpu()
+    threshold = loaded.infer.threshold
+    winner = probs.argmax(0) if threshold is None else probs[1] >= threshold
+    classes = winner.to(torch.uint8).numpy()
     if loaded.infer.largest_component:
         classes = keep_largest_component(classes, loaded.labels.num_classes)
-    return classes
+    return classes, probs.to(torch.float16).numpy() if probabilities else None
 
 
 def _forward(loaded: LoadedModel, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +90,7 @@ def _forward(loaded: LoadedModel, x: torch.Tensor) -> torch.Tensor:
     if loaded.infer.tta:
         flips += [(2,), (3,), (2, 3)]
     batch = torch.cat([x.flip(f) if f else x for f in flips])
-    probs = torch.softmax(loaded.model(batch).float(), dim=1)
+    probs = torch.softmax(main_output(loaded.model(batch)).float(), dim=1)
     out = torch.zeros_like(probs[:1])
     for p, f in zip(probs, flips, strict=True):
         out += p[None].flip(f) if f else p[None]
@@ -119,6 +135,15 @@ def _channels(array: np.ndarray, color: str, source: str) -> np.ndarray:
     return array[..., None]
 
 
+def write_probabilities_npz(path: Path, probabilities: np.ndarray, class_names: Sequence[str]) -> Path:
+    """``probabilities`` (float16 ``(K, H, W)``, class first) and ``class_names`` (K strings) in one compressed
+    ``.npz``, written atomically: ``np.load(path)["probabilities"]``, ``np.load(path)["class_names"]``."""
+    with atomic_path(path, suffix=".tmp.npz") as tmp, tmp.open("wb") as f:
+        np.savez_compressed(f, probabilities=probabilities.astype(np.float16),
+                            class_names=np.asarray(list(class_names), dtype=str))
+    return path
+
+
 def find_image_cases(inputs: Sequence[Path]) -> list[Case]:
     """Image files given directly or inside the given folders (not recursive), in sorted order.
 
@@ -149,7 +174,9 @@ def predict_images(
     overwrite: bool = False,
     overlay: bool = False,
     statistics: bool = False,
+    probabilities: bool = False,
     progress: bool = True,
+    sharing: Sharing | None = None,
 ) -> BatchReport:
     """Segment 2D images into ``out_dir/<name>.png`` masks in the original gray values.
 
@@ -162,7 +189,11 @@ def predict_images(
         statistics: Also write ``<name>.json`` with per-mask statistics
             (:func:`~medseg.prediction.statistics.mask_statistics` over the gray image) and ``statistics.csv``
             over all finished images, skipped ones included.
+        probabilities: Also write ``<name>_probabilities.npz`` (:func:`write_probabilities_npz`); a case is
+            skipped only when every output asked for exists.
         progress: Progress bar on stderr.
+        sharing: How this process shares ``out_dir`` with others (claim timeout, shard, run id); each case is
+            claimed before it is computed (:mod:`medseg.prediction.claims`).
     """
     inputs = [Path(p) for p in inputs]
     check_output_dir(out_dir, inputs)
@@ -174,13 +205,18 @@ def predict_images(
         return statistics_section(mask_statistics(gray, mask, loaded.labels))
 
     def outputs_of(case: Case) -> list[Path]:
-        return [out_dir / f"{case.name}.png", *([out_dir / f"{case.name}_overlay.png"] if overlay else []),
+        return [out_dir / f"{case.name}.png",
+                *([out_dir / f"{case.name}_probabilities.npz"] if probabilities else []),
+                *([out_dir / f"{case.name}_overlay.png"] if overlay else []),
                 *([out_dir / f"{case.name}.json"] if statistics else [])]
 
     def run(case: Case, todo: set[Path]) -> list[Path]:
-        classes = predict_image_classes(loaded, case.source)
+        classes, probs = predict_image_outputs(loaded, case.source, probabilities=probabilities)
         mask = loaded.labels.to_values(classes)
         mask_path, paths = out_dir / f"{case.name}.png", []
+        if probs is not None and out_dir / f"{case.name}_probabilities.npz" in todo:
+            paths.append(write_probabilities_npz(out_dir / f"{case.name}_probabilities.npz", probs,
+                                                 loaded.labels.names))
         if out_dir / f"{case.name}_overlay.png" in todo:
             image = read_image(case.source, mode="RGB")
             paths.append(write_overlay(out_dir / f"{case.name}_overlay.png", image, classes))
@@ -190,7 +226,7 @@ def predict_images(
             paths.append(write_json_atomic(out_dir / f"{case.name}.json", sidecar))
         return [write_mask(mask_path, mask), *paths] if mask_path in todo else paths
 
-    report = run_cases(cases, outputs_of, run, overwrite=overwrite, progress=progress)
+    report = run_cases(cases, outputs_of, run, overwrite=overwrite, progress=progress, sharing=sharing)
     if statistics:
         write_statistics_table(out_dir, cases, IMAGE_COLUMNS, is_done=lambda c: (out_dir / f"{c.name}.png").exists(),
                                compute=lambda c: stats_of(c, read_mask(out_dir / f"{c.name}.png")), report=report)

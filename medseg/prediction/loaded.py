@@ -154,17 +154,22 @@ def _settings(
     kind = _kind_of(ckpt, cfg)
     infer = apply_infer_overrides(cfg.infer, overrides, kind, spell=spell or (lambda name: name))
     _check_roi_bottleneck(cfg, infer, spell or (lambda name: name))
+    if infer.threshold is not None and labels.num_classes != 2:
+        raise ConfigError(f"{(spell or (lambda name: name))('threshold')}: got {infer.threshold}; a threshold applies "
+                          f"to two-class models only and {source} has {labels.num_classes} classes "
+                          f"({', '.join(labels.names)})")
     return cfg, labels, kind, infer
 
 
 def _check_roi_bottleneck(cfg: ExperimentConfig, infer: InferConfig, spell: Callable[[str], str]) -> None:
-    """An instance-norm network runs roi-sized windows: each side must leave more than one voxel at the bottom."""
+    """A network normalising its deepest level (instance/group norm) runs roi-sized windows: each side must leave
+    more than one voxel there."""
     div = cfg.model.divisor
-    if cfg.model.norm != "instance" or infer.roi_size is None or all(n > div for n in infer.roi_size):
+    if not cfg.model.needs_above_divisor or infer.roi_size is None or all(n > div for n in infer.roi_size):
         return
     raise ConfigError(
-        f"{spell('roi_size')}: got {list(infer.roi_size)}; this instance-norm network needs windows larger than "
-        f"{div} (the product of its strides), e.g. {[max(n, 2 * div) for n in infer.roi_size]}"
+        f"{spell('roi_size')}: got {list(infer.roi_size)}; this network normalises its deepest level and needs "
+        f"windows larger than {div} (its total down-sampling), e.g. {[max(n, 2 * div) for n in infer.roi_size]}"
     )
 
 

@@ -15,6 +15,8 @@ from medseg.config.kinds import DataKind
 from medseg.config.schema import InferConfig
 from medseg.data.volume_preprocessing import slice_axis_index
 from medseg.errors import ConfigError
+from medseg.models.outputs import MainOutput
+from medseg.sliding_window.plan import network_divisor
 from medseg.sliding_window.predict import sliding_window_predict
 
 __all__ = ["SLICE_BATCH", "infer_prepared", "roi_for"]
@@ -27,7 +29,15 @@ def _sliding_window(
     network: torch.nn.Module, x: torch.Tensor, roi: Sequence[int], *, infer: InferConfig, device: torch.device,
     output: str, tiling: str, divisor: Sequence[int] | None,
 ) -> torch.Tensor:
-    """The one place the sliding-window engine is called ((B, C, *spatial) -> (B, K, *spatial))."""
+    """The one place the sliding-window engine is called ((B, C, *spatial) -> (B, K, *spatial)).
+
+    The network's main output is used (a dict's ``"out"``, a list's first); the divisor is read before it is
+    wrapped for that.
+    """
+    if divisor is None and not isinstance(network, MainOutput):
+        divisor = network_divisor(network, x.ndim - 2)
+    if not isinstance(network, MainOutput):
+        network = MainOutput(network)
     return sliding_window_predict(  # type: ignore[return-value]
         network, x, tuple(roi), overlap=infer.overlap, sw_batch_size=infer.sw_batch_size, blend=infer.blend,
         precision=infer.precision, tta=infer.tta, output=output, device=device, tiling=tiling,

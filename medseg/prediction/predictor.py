@@ -14,11 +14,14 @@ import numpy as np
 
 from medseg.errors import ConfigError, DataError
 from medseg.io.volume import Volume
-from medseg.prediction.image import predict_image_classes
+from medseg.prediction.image import predict_image_classes, predict_image_outputs
 from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.volume import predict_volume
 
-__all__ = ["Prediction", "Predictor"]
+__all__ = ["OUTPUTS", "Prediction", "Predictor"]
+
+#: What :meth:`Predictor.predict` can return.
+OUTPUTS = ("labels", "probabilities")
 
 #: What :meth:`Predictor.predict` returns: a 2D mask in gray values (image models) or a label-map volume.
 Prediction = Union[np.ndarray, Volume]  # noqa: UP007 (a runtime alias; X | Y needs Python 3.10 at runtime too)
@@ -30,7 +33,8 @@ class Predictor(LoadedModel):
     Build it with :meth:`from_checkpoint` (see :class:`~medseg.prediction.loaded.LoadedModel` for the fields).
     """
 
-    def predict(self, source: str | Path | np.ndarray | Volume, *, series_uid: str | None = None) -> Prediction:
+    def predict(self, source: str | Path | np.ndarray | Volume, *, series_uid: str | None = None,
+                output: str = "labels") -> Prediction:
         """Segment one input with this model.
 
         Args:
@@ -40,13 +44,19 @@ class Predictor(LoadedModel):
                 (returns a label-map ``Volume`` on the input's grid).
             series_uid: Volume models: the series to read from a DICOM folder holding several (``medseg inspect
                 FOLDER`` or :func:`~medseg.io.dicom.list_series` lists them).
+            output: ``"labels"`` (the default, as above) or ``"probabilities"``: the class probabilities on the
+                input's own grid, a float16 numpy array ``(K, H, W)`` or ``(K, X, Y, Z)``, class first, classes in
+                the order of ``self.labels.names``; resampled back like the labels, so their argmax is the labels
+                except at ties (and where ``infer.largest_component`` removed a region).
 
         Raises:
             TypeError: ``source`` is none of the types above.
             DataError: The source does not suit this kind of model, or cannot be read.
             ConfigError: ``series_uid`` with an image model, or with a file or ``Volume`` (it chooses a series
-                of a DICOM folder).
+                of a DICOM folder); ``output`` not ``"labels"`` or ``"probabilities"``.
         """
+        if output not in OUTPUTS:
+            raise ConfigError(f"output: got {output!r}; allowed: {', '.join(OUTPUTS)}")
         if not isinstance(source, (str, Path, np.ndarray, Volume)):
             raise TypeError(f"source: expected a path (str or pathlib.Path), a numpy array or a medseg.Volume, got "
                             f"{type(source).__name__}")
@@ -59,11 +69,16 @@ class Predictor(LoadedModel):
                                   "(2D images); series_uid chooses a DICOM series for volume models only")
             if isinstance(source, Volume):
                 raise DataError(f"{self.source}: a 2D image model cannot segment a Volume; give an image")
+            if output == "probabilities":
+                probs = predict_image_outputs(self, source, probabilities=True)[1]
+                assert probs is not None  # asked for
+                return probs
             return self.predict_image(source)
         if isinstance(source, np.ndarray):
             raise DataError(f"{self.source}: a {self.kind.value} model segments volumes; wrap the array in a "
                             "medseg.Volume with its affine, or give a file or DICOM folder")
-        return predict_volume(self, source, series_uid=series_uid)
+        result = predict_volume(self, source, series_uid=series_uid, probabilities=output == "probabilities")
+        return result.meta.pop("probabilities") if output == "probabilities" else result
 
     def predict_image(self, image: str | Path | np.ndarray) -> np.ndarray:
         """Segment one 2D image; returns a mask of the image's size in the original gray values.

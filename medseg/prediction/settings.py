@@ -33,9 +33,10 @@ ALLOWED_VALUES: dict[str, str] = {
     "precision": "auto, fp32, bf16 or fp16",
     "tta": "true or false",
     "largest_component": "true or false",
+    "threshold": "a number with 0 < threshold < 1, for two-class models only",
 }
 #: The settings a 2D image model uses (it runs the network once over the resized image, no sliding window).
-IMAGE_MODEL_SETTINGS = frozenset({"tta", "largest_component"})
+IMAGE_MODEL_SETTINGS = frozenset({"tta", "largest_component", "threshold"})
 
 
 def parse_roi_size(value: Any, *, name: str = "roi_size") -> tuple[int, ...]:
@@ -135,7 +136,7 @@ def apply_infer_overrides(
         _check_type(name, value, spell)
         if name in ("tta", "largest_component"):
             given[name] = bool(value)
-        elif name == "overlap":
+        elif name in ("overlap", "threshold"):
             given[name] = float(value)
         elif name == "sw_batch_size":
             given[name] = int(value)
@@ -168,7 +169,7 @@ def _check_type(name: str, value: Any, spell: Callable[[str], str]) -> None:
     wrong = False
     if name in ("tta", "largest_component"):
         wrong = not isinstance(value, (bool, np.bool_))
-    elif name == "overlap":
+    elif name in ("overlap", "threshold"):
         wrong = isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value)
     elif name == "sw_batch_size":
         wrong = isinstance(value, bool) or not isinstance(value, numbers.Integral)

@@ -6,7 +6,8 @@ resampled back to the original grid (trilinear, argmax there) and reoriented -> 
 per class -> original label values (``LabelMap.to_values``).
 
 Many cases (:func:`predict_volumes`): ``OUT/<case>.nii.gz`` label maps, ``OUT/<case>.json`` sidecars and,
-for DICOM inputs on request, ``OUT/<case>.seg.dcm``; on request per-structure statistics in each sidecar and
+for DICOM inputs on request, ``OUT/<case>.seg.dcm``; on request ``OUT/<case>_probabilities.nii.gz``
+(float16 class probabilities, 4D with the class last); on request per-structure statistics in each sidecar and
 ``OUT/statistics.csv`` over all cases (:mod:`medseg.prediction.statistics`, ``statistics_table``). Outputs are
 written atomically; a case whose outputs all exist is skipped unless ``overwrite``, and a case with some missing
 (an interrupted run, or ``dicom_seg`` first asked for on a rerun) is run again to write only those.
@@ -27,18 +28,20 @@ import medseg
 from medseg.atomic import write_json_atomic
 from medseg.data.volume_preprocessing import VolumePreprocessor
 from medseg.errors import CheckpointError, ConfigError, DataError
-from medseg.io.dicom import SeriesInfo, list_series
+from medseg.io.dicom import SeriesInfo, check_irregular, list_series
 from medseg.io.images import IMAGE_SUFFIXES
 from medseg.io.volume import VOLUME_SUFFIXES, Volume, volume_case_name
-from medseg.io.volume_io import read_volume, write_label_map
+from medseg.io.volume_io import read_volume, write_label_map, write_probability_map
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
+from medseg.prediction.claims import Sharing
 from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.network import infer_prepared
 from medseg.prediction.postprocess import keep_largest_component
 from medseg.prediction.statistics import VOLUME_COLUMNS, statistics_section, structure_statistics, voxel_volume_mm3
 from medseg.prediction.statistics_table import write_statistics_table
 
-__all__ = ["VolumeCase", "find_volume_cases", "predict_volume", "predict_volumes", "read_input_volume"]
+__all__ = ["VolumeCase", "find_volume_cases", "predict_outputs", "predict_volume", "predict_volumes",
+           "read_input_volume"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,11 @@ def _check_volume_model(loaded: LoadedModel, what: str) -> None:
         )
 
 
-def read_input_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
+def read_input_volume(path: str | Path, *, series_uid: str | None = None, irregular: str = "refuse") -> Volume:
     """Read a volume input, refusing 2D image files and folders of volume files with a clear message.
+
+    ``irregular`` is :func:`~medseg.io.volume_io.read_volume`'s: refuse (default) or resample a tilted, unevenly
+    spaced or sheared input.
 
     Raises:
         DataError: A 2D image file, a folder of volume files (cases for :func:`predict_volumes`, not one
@@ -76,7 +82,7 @@ def read_input_volume(path: str | Path, *, series_uid: str | None = None) -> Vol
             "series folders); use a checkpoint trained with data.kind images2d for 2D images"
         )
     try:
-        return read_volume(path, series_uid=series_uid)
+        return read_volume(path, series_uid=series_uid, irregular=irregular)
     except DataError:
         if path.is_dir() and _volume_files(path) and not any(s.usable for s in list_series(path)):
             raise DataError(
@@ -88,6 +94,18 @@ def read_input_volume(path: str | Path, *, series_uid: str | None = None) -> Vol
 
 def predict_classes(loaded: LoadedModel, volume: Volume) -> np.ndarray:
     """Class indices (uint8) on ``volume``'s grid."""
+    return predict_outputs(loaded, volume, probabilities=False)[0]
+
+
+def predict_outputs(loaded: LoadedModel, volume: Volume, *, probabilities: bool
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class indices (uint8) on ``volume``'s grid and, when asked, the class probabilities there: float16
+    ``(K, *volume.shape)``, class first, each class resampled back like the labels (trilinear), so their argmax is
+    the labels except at ties and where ``infer.largest_component`` removed a region.
+
+    The labels are the most probable class, or with ``infer.threshold`` (two classes) class 1 wherever its
+    probability is ``>= threshold``.
+    """
     settings = loaded.preprocessing
     pre = VolumePreprocessor(settings)
     if pre.in_channels != loaded.in_channels:
@@ -99,19 +117,25 @@ def predict_classes(loaded: LoadedModel, volume: Volume) -> np.ndarray:
     # loaded.tiling "auto": the engine falls back to roi windows for instance/group norm
     probs = infer_prepared(loaded.model, image, settings, loaded.infer, loaded.device, tiling=loaded.tiling,
                            divisor=loaded.divisor)
-    classes = pre.invert_probabilities(probs, grid)
+    classes = pre.invert_probabilities(probs, grid, threshold=loaded.infer.threshold)
     if loaded.infer.largest_component:
         classes = keep_largest_component(classes, loaded.labels.num_classes)
-    return classes
+    maps = pre.invert_probability_maps(probs, grid) if probabilities else None
+    return classes, maps
 
 
-def predict_volume(loaded: LoadedModel, source: str | Path | Volume, *, series_uid: str | None = None) -> Volume:
+def predict_volume(loaded: LoadedModel, source: str | Path | Volume, *, series_uid: str | None = None,
+                   probabilities: bool = False, irregular: str = "refuse") -> Volume:
     """Segment one volume; the result lies on the input's exact grid (shape and affine) in original label values.
 
     Args:
         loaded: A volumes3d or slices2d loaded.
         source: A NIfTI/MHA/NRRD file, a DICOM series folder, or a :class:`~medseg.io.volume_io.Volume`.
         series_uid: For a DICOM folder holding several series, the one to read.
+        probabilities: Also put the class probabilities on the input grid in ``meta["probabilities"]`` (float16
+            ``(K, *shape)``, class first; see :func:`predict_outputs`).
+        irregular: ``"refuse"`` (default) or ``"resample"`` a tilted, unevenly spaced or sheared input (see
+            :func:`~medseg.io.volume_io.read_volume`); a resampled input's labels lie on the regular grid.
 
     Returns:
         A :class:`~medseg.io.volume_io.Volume` of label values (``meta["classes"]``: class indices array).
@@ -125,10 +149,14 @@ def predict_volume(loaded: LoadedModel, source: str | Path | Volume, *, series_u
     if isinstance(source, Volume) and series_uid is not None:
         raise ConfigError(f"series_uid: got {series_uid!r} with a Volume; it chooses a series of a DICOM folder "
                           "(allowed with a folder only)")
-    volume = source if isinstance(source, Volume) else read_input_volume(source, series_uid=series_uid)
-    classes = predict_classes(loaded, volume)
+    volume = source if isinstance(source, Volume) else read_input_volume(source, series_uid=series_uid,
+                                                                          irregular=irregular)
+    classes, maps = predict_outputs(loaded, volume, probabilities=probabilities)
     values = np.asarray(loaded.labels.to_values(classes))
-    return Volume(values, volume.affine.copy(), {**volume.meta, "classes": classes, "checkpoint": loaded.source})
+    meta = {**volume.meta, "classes": classes, "checkpoint": loaded.source}
+    if maps is not None:
+        meta["probabilities"] = maps
+    return Volume(values, volume.affine.copy(), meta)
 
 
 # ------------------------------------------------------------------------------------------- many cases
@@ -224,6 +252,11 @@ def _folder_cases(folder: Path) -> list[VolumeCase]:
     return cases
 
 
+#: what a sidecar says about the outputs of a resampled input
+_RESAMPLED_OUTPUT = ("the label map (NIfTI) and the statistics lie on the regular grid of input_geometry; a DICOM-SEG "
+                     "lies on the original slices (each pixel takes the label of the nearest grid node)")
+
+
 def describe_result(loaded: LoadedModel, volume: Volume, result: Volume, case: Case, seconds: float
                     ) -> dict[str, Any]:
     """The JSON sidecar of one predicted case."""
@@ -241,6 +274,8 @@ def describe_result(loaded: LoadedModel, volume: Volume, result: Volume, case: C
             "direction_lps": np.asarray(volume.direction_lps).round(8).tolist(),
             "affine_ras": np.asarray(volume.affine).tolist(),
         },
+        **({"resampled": {**volume.meta["resampled"], "output": _RESAMPLED_OUTPUT}} if "resampled" in volume.meta
+           else {}),
         "voxel_volume_mm3": voxel_mm3,
         "classes": [
             {"index": i, "name": c.name, "value": c.values[0], "source_values": list(c.values),
@@ -263,7 +298,10 @@ def predict_volumes(
     overwrite: bool = False,
     dicom_seg: bool = False,
     statistics: bool = False,
+    probabilities: bool = False,
     progress: bool = True,
+    sharing: Sharing | None = None,
+    irregular: str = "refuse",
 ) -> BatchReport:
     """Segment every volume case found in ``inputs`` into ``out_dir`` (see the module docstring).
 
@@ -277,7 +315,14 @@ def predict_volumes(
         statistics: Add per-structure statistics (:func:`~medseg.prediction.statistics.structure_statistics`
             over the input volume) to each sidecar, and write ``statistics.csv`` over all finished cases, skipped
             ones included (their sidecars are read; one without statistics gets them from its label map).
+        probabilities: Also write ``<case>_probabilities.nii.gz``: 4D (X, Y, Z, K), class last, on the input's
+            grid (:func:`~medseg.io.volume_io.write_probability_map`); a case is skipped only when every output
+            asked for exists.
         progress: Progress bar on stderr.
+        sharing: How this process shares ``out_dir`` with others (claim timeout, shard, run id); each case is
+            claimed before it is computed (:mod:`medseg.prediction.claims`).
+        irregular: ``"refuse"`` (default: such a case fails, naming the option) or ``"resample"`` tilted, unevenly
+            spaced or sheared inputs onto a regular grid; the sidecar's ``resampled`` says what was done.
 
     Returns:
         A :class:`~medseg.prediction.cases.BatchReport`; failing cases are listed there and the others still run.
@@ -287,6 +332,7 @@ def predict_volumes(
         ConfigError: ``out_dir`` inside an input folder.
     """
     paths, out = [Path(p) for p in inputs], Path(out_dir)
+    check_irregular(irregular)
     _check_volume_model(loaded, ", ".join(map(str, paths)))
     check_output_dir(out, paths)
     cases = find_volume_cases(paths)
@@ -296,13 +342,17 @@ def predict_volumes(
         is_dicom = getattr(case, "series_uid", None) is not None or not case.source.name.lower().endswith(
             VOLUME_SUFFIXES)
         return [out / f"{case.name}.nii.gz", out / f"{case.name}.json",
+                *([out / f"{case.name}_probabilities.nii.gz"] if probabilities else []),
                 *([out / f"{case.name}.seg.dcm"] if dicom_seg and is_dicom else [])]
 
     def run(case: Case, todo: set[Path]) -> list[Path]:
         t0 = time.perf_counter()
-        volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None))
-        result = predict_volume(loaded, volume)
+        volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None), irregular=irregular)
+        result = predict_volume(loaded, volume, probabilities=probabilities)
         written = []
+        probs = result.meta.pop("probabilities", None)
+        if probabilities and out / f"{case.name}_probabilities.nii.gz" in todo:
+            written.append(write_probability_map(out / f"{case.name}_probabilities.nii.gz", probs, volume))
         if dicom_seg and volume.meta.get("format") == "dicom" and out / f"{case.name}.seg.dcm" in todo:
             from medseg.io.dicom_seg import write_dicom_seg
 
@@ -319,10 +369,11 @@ def predict_volumes(
             written.append(write_label_map(out / f"{case.name}.nii.gz", result.array, volume))
         return written[::-1]
 
-    report = run_cases(cases, outputs_of, run, overwrite=overwrite, progress=progress)
+    report = run_cases(cases, outputs_of, run, overwrite=overwrite, progress=progress, sharing=sharing)
     if statistics:
         def from_disk(case: Case) -> dict[str, Any]:
-            volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None))
+            volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None),
+                                       irregular=irregular)
             labels = read_volume(out / f"{case.name}.nii.gz")
             return statistics_section(structure_statistics(volume, labels, loaded.labels))
 

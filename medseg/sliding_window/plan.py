@@ -100,7 +100,10 @@ def network_out_channels(network: nn.Module) -> int | None:
 
 
 def network_divisor(network: nn.Module, spatial_dims: int) -> tuple[int, ...]:
-    """Size every spatial dim of the network input must be a multiple of (1 when unknown)."""
+    """Size every spatial dim of the network input must be a multiple of (1 when unknown).
+
+    Read from a MONAI UNet's strides, BasicUNet's four poolings, or a ``divisor`` attribute the network declares.
+    """
     strides = getattr(network, "strides", None)
     if strides is not None and type(network).__name__ == "UNet":  # monai.networks.nets.UNet
         div = [1] * spatial_dims
@@ -110,6 +113,9 @@ def network_divisor(network: nn.Module, spatial_dims: int) -> tuple[int, ...]:
         return tuple(div)
     if type(network).__name__ in {"BasicUNet", "BasicUnet", "Basicunet"}:
         return (16,) * spatial_dims
+    declared = _declared(network, "divisor")  # medseg's model factory sets it on every other network
+    if declared is not None:
+        return (declared,) * spatial_dims
     return (1,) * spatial_dims
 
 

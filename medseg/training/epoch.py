@@ -13,6 +13,8 @@ import torch
 
 from medseg.config.schema import ExperimentConfig
 from medseg.errors import MedsegError
+from medseg.metrics.confusion import EpochMetrics
+from medseg.models.outputs import main_output, weighted_loss
 from medseg.progress import progress_bar
 from medseg.training.task import Task
 
@@ -23,7 +25,9 @@ def run_epoch(
     model: torch.nn.Module, task: Task, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, device: torch.device, cfg: ExperimentConfig, epoch: int, progress: bool,
 ) -> dict[str, Any]:
-    """Train ``model`` for one epoch of ``task``'s loader; returns the epoch's log record (loss, Dice, IoU, times).
+    """Train ``model`` for one epoch of ``task``'s loader; returns the epoch's log record (loss, times and the
+    metrics of :meth:`~medseg.metrics.confusion.EpochMetrics.record`, with ``train_confusion``: the pooled
+    confusion matrix as nested lists).
 
     Raises:
         MedsegError: The loss became NaN or infinite (naming the epoch and step).
@@ -31,8 +35,7 @@ def run_epoch(
     model.train()
     loader = task.train_loader(epoch)
     steps = len(loader) if cfg.train.steps_per_epoch is None else min(len(loader), cfg.train.steps_per_epoch)
-    k = task.labels.num_classes
-    tp, fp, fn = (torch.zeros(k, dtype=torch.float64) for _ in range(3))
+    metrics = EpochMetrics(task.labels.names)
     total_loss, n_items, t_data, t_compute = 0.0, 0, 0.0, 0.0
     t_start = time.perf_counter()
     t_mark = t_start
@@ -52,22 +55,17 @@ def run_epoch(
                     "lower train.lr or enable train.grad_clip"
                 )
             with torch.no_grad():
-                pred = logits.argmax(1).flatten().cpu()
-                truth = label.flatten().cpu()
-                _confusion(pred, truth, k, tp, fp, fn)
+                metrics.add_batch(logits.argmax(1).cpu(), label.cpu())
             total_loss += loss_value * image.shape[0]
             n_items += image.shape[0]
             t_mark = time.perf_counter()
             t_compute += t_mark - t_ready
-            advance(loss=loss_value)
-    fg = slice(1, None)
-    dice = (2 * tp / (2 * tp + fp + fn).clamp(min=1))[fg]
-    iou = (tp / (tp + fp + fn).clamp(min=1))[fg]
+            advance(loss=loss_value, dice=metrics.running_dice)
     return {
         "epoch": epoch + 1,
         "train_loss": total_loss / max(1, n_items),
-        "train_dice": float(dice.mean()),
-        "train_iou": float(iou.mean()),
+        **metrics.record("train"),
+        "train_confusion": metrics.confusion.tolist(),
         "steps": min(steps, len(loader)),
         "epoch_time_s": time.perf_counter() - t_start,
         "data_time_s": t_data,
@@ -79,14 +77,18 @@ def _train_step(
     model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
     image: torch.Tensor, label: torch.Tensor, grad_clip: float | None,
 ) -> tuple[float, torch.Tensor]:
-    """One optimizer step (fp16 autocast and loss scaling when the scaler is on); returns (loss, logits).
+    """One optimizer step (fp16 autocast and loss scaling when the scaler is on); returns (loss, main logits).
+
+    A network with several outputs (deep supervision, an auxiliary head) has the loss of each, weighted
+    (:func:`~medseg.models.outputs.weighted_loss`).
 
     A non-finite loss is returned before any gradient is applied, so the caller can stop with a clear message.
     """
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(image.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
-        logits = model(image)
-        loss = loss_fn(logits.float(), label)
+        output = model(image)
+        loss = weighted_loss(loss_fn, output, label)
+    logits = main_output(output)
     loss_value = loss.detach().item()
     if not math.isfinite(loss_value):
         return loss_value, logits
@@ -98,11 +100,3 @@ def _train_step(
     scaler.update()
     return loss_value, logits
 
-
-def _confusion(pred: torch.Tensor, truth: torch.Tensor, k: int, tp: torch.Tensor, fp: torch.Tensor,
-               fn: torch.Tensor) -> None:
-    cm = torch.bincount(truth * k + pred, minlength=k * k).reshape(k, k).double()
-    diag = cm.diagonal()
-    tp += diag
-    fp += cm.sum(0) - diag
-    fn += cm.sum(1) - diag

@@ -19,6 +19,8 @@ from medseg.data.labels import LabelMap
 from medseg.data.pairing import find_pairs_from_config
 from medseg.data.splits import split_for_run
 from medseg.metrics.case_metrics import compute_case_metrics
+from medseg.metrics.confusion import confusion_matrix
+from medseg.models.outputs import main_output
 from medseg.seeds import epoch_seed, substream_seed
 
 log = logging.getLogger(__name__)
@@ -81,24 +83,31 @@ class ImageTask:
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device) -> dict[str, Any]:
-        """Loss and per-class metrics on whole validation images (at the training size)."""
+        """Loss, per-class metrics and confusion matrices of whole validation images (at the training size), and the
+        first image with its truth and prediction (``"example"``: 2D arrays for TensorBoard)."""
         if self.val_set is None:
             return {}
         model.eval()
-        losses, cases = [], []
+        losses, cases, confusions = [], [], []
+        example: dict[str, np.ndarray] = {}
         bs = max(1, self.cfg.train.batch_size)
         for start in range(0, len(self.val_set), bs):
             items = [self.val_set[i] for i in range(start, min(start + bs, len(self.val_set)))]
             image = torch.stack([it["image"] for it in items]).to(device)
             label = torch.stack([it["label"] for it in items]).to(device)
-            logits = model(image).float()
+            logits = main_output(model(image)).float()
             losses.append(float(loss_fn(logits, label)) * len(items))
             pred = logits.argmax(1).cpu().numpy()
+            if not example:
+                img = image[0].float().cpu().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+                example = {"image": img[..., 0] if img.shape[-1] == 1 else img,
+                           "truth": label[0, 0].cpu().numpy(), "pred": pred[0]}
+            k = self.labels.num_classes
             for p, t in zip(pred, label[:, 0].cpu().numpy(), strict=True):
-                cases.append(
-                    compute_case_metrics(p, t, self.labels.num_classes, class_names=list(self.labels.names))
-                )
-        return {"val_loss": sum(losses) / len(self.val_set), "cases": cases}
+                cases.append(compute_case_metrics(p, t, k, class_names=list(self.labels.names)))
+                confusions.append(confusion_matrix(p, t, k))
+        return {"val_loss": sum(losses) / len(self.val_set), "cases": cases, "confusions": confusions,
+                "example": example}
 
     def preview(self, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Up to ``n`` augmented training samples as uint8 images and class maps."""

@@ -29,12 +29,13 @@ from medseg.data.labels import LabelMap
 from medseg.device import resolve_device
 from medseg.errors import MedsegError
 from medseg.losses.factory import build_loss
-from medseg.metrics.case_metrics import summarize
-from medseg.models.factory import build_model
+from medseg.metrics.confusion import EpochMetrics
+from medseg.models.factory import build_model, encoder_parameters
+from medseg.models.pretrained import load_pretrained
 from medseg.seeds import epoch_seed, seed_everything
 from medseg.training.epoch import run_epoch
 from medseg.training.optim import EpochScheduler, build_optimizer
-from medseg.training.plots import plot_curves, plot_preview
+from medseg.training.plots import plot_confusion, plot_curves, plot_preview
 from medseg.training.run_folder import (
     RunLock,
     mark_checkpointed,
@@ -46,8 +47,10 @@ from medseg.training.task import Task, build_task
 
 log = logging.getLogger(__name__)
 
-# Keys a resumed run may change without --force.
+# Keys a resumed run may change without --force (prefixes: train.tensorboard covers tensorboard_images_every).
 RESUMABLE_CHANGES = ("train.max_epochs", "train.early_stopping", "data.num_workers", "train.tensorboard")
+#: Keys of an epoch's record that go to ``RUN_DIR/confusion/epoch_NNNN.json`` rather than ``log.json``.
+CONFUSION_KEYS = ("train_confusion", "val_confusion")
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ class _Run:
     best: float | None = None
     best_epoch: int | None = None
     bad: int = 0  # validations in a row without a clear improvement
+    example: dict[str, np.ndarray] | None = None  # the last validation's first image, truth and prediction
 
     @property
     def labels(self) -> LabelMap:
@@ -222,7 +226,11 @@ def _build_run(cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None,
     device = resolve_device(cfg.train.device)
     task = build_task(cfg, run_dir, labels=labels, resume=resume)
     k = task.labels.num_classes
-    model = build_model(cfg.model, in_channels=task.in_channels, out_channels=k).to(device)
+    model = build_model(cfg.model, in_channels=task.in_channels, out_channels=k)
+    if not resume:
+        with torch.random.fork_rng(devices=[]):  # loading weights draws no numbers from the run's stream
+            load_pretrained(model, cfg.model)
+    model = model.to(device)
     loss_fn = build_loss(cfg.loss, k).to(device)
     optimizer = build_optimizer(cfg.train, model.parameters())
     scheduler = EpochScheduler(cfg.train, optimizer)
@@ -259,17 +267,34 @@ def _start_fresh(run: _Run) -> None:
         plot_preview(imgs, masks, run.run_dir / "preview.png", title="training samples (augmented) with masks")
 
 
+def _freeze_encoder(run: _Run, epoch: int) -> None:
+    """Encoder weights fixed during the first ``model.freeze_encoder_epochs`` epochs, trainable after.
+
+    Frozen parameters get no gradient, so the optimizer leaves them (and their weight decay) alone; batch-norm
+    statistics of the encoder still follow the new data.
+    """
+    n = run.cfg.model.freeze_encoder_epochs
+    if not n:
+        return
+    for p in encoder_parameters(run.model, run.cfg.model.name):
+        p.requires_grad_(epoch >= n)
+    if epoch == n:
+        log.info("encoder unfrozen at epoch %d (model.freeze_encoder_epochs)", epoch + 1)
+
+
 def _train_and_validate(run: _Run, epoch: int, progress: bool) -> dict[str, Any]:
     """One epoch of training, then validation when it is due; keeps ``best.pt`` up to date."""
     cfg = run.cfg
     seed_everything(epoch_seed(cfg.train.seed, epoch))
     lr = run.scheduler.start_epoch(epoch)
+    _freeze_encoder(run, epoch)
     rec = run_epoch(run.model, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg, epoch, progress)
     rec["lr"] = lr
     if (epoch + 1) % cfg.train.val_every == 0 or epoch == cfg.train.max_epochs - 1:
         t0 = time.perf_counter()
         val = run.task.validate(run.model, run.loss_fn, run.device)
         rec.update(_val_record(val, run.labels))
+        run.example = val.get("example") or None
         rec["val_time_s"] = time.perf_counter() - t0
         run.scheduler.observe(rec.get("val_loss", rec["train_loss"]))
         _keep_best(run, rec, epoch)
@@ -290,10 +315,17 @@ def _keep_best(run: _Run, rec: dict[str, Any], epoch: int) -> None:
     if improved:
         run.best, run.best_epoch = score, epoch
         save_checkpoint(run.payload(epoch, rec, None), run.run_dir / "checkpoints" / "best.pt")
+        if "val_confusion" in rec:
+            plot_confusion(np.asarray(rec["val_confusion"]), run.labels.names, run.run_dir / "confusion_best.png",
+                           title=f"validation, best epoch {epoch + 1}\n(rows: truth, columns: prediction)")
 
 
 def _end_epoch(run: _Run, rec: dict[str, Any], epoch: int, writer: Any) -> None:
-    """``last.pt`` with the resume state, the log, the curves and TensorBoard scalars."""
+    """``last.pt`` with the resume state, the log, the epoch's confusion matrices, the curves and TensorBoard."""
+    confusion = {key: rec.pop(key) for key in CONFUSION_KEYS if key in rec}
+    write_json_atomic(run.run_dir / "confusion" / f"epoch_{epoch + 1:04d}.json",
+                      {"epoch": epoch + 1, "class_names": list(run.labels.names), "rows": "truth",
+                       "columns": "prediction", **{k.removesuffix("_confusion"): v for k, v in confusion.items()}})
     run.records.append(rec)
     train_state = {
         "epoch": epoch, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
@@ -305,23 +337,38 @@ def _end_epoch(run: _Run, rec: dict[str, Any], epoch: int, writer: Any) -> None:
     write_json_atomic(run.run_dir / "log.json", run.records)
     plot_curves(run.records, run.run_dir / "curves.png")
     if writer is not None:
-        for key, value in rec.items():
-            if isinstance(value, int | float) and key != "epoch":
-                writer.add_scalar(key, value, epoch)
+        _tensorboard_epoch(writer, run, rec, epoch)
     log.info(_epoch_line(rec, run.cfg.train.max_epochs))
 
 
 def _val_record(val: dict[str, Any], labels: LabelMap) -> dict[str, Any]:
+    """The validation keys of an epoch's record, computed as the training keys are (plus HD95 per class)."""
     if not val:
         return {}
-    summary = summarize(val["cases"])
-    rec: dict[str, Any] = {"val_loss": val["val_loss"]}
-    for metric in ("dice", "iou"):
-        rec[f"val_{metric}"] = summary["overall"][metric]["mean"]
-    rec["val_per_class"] = {
-        name: {m: v["mean"] for m, v in stats.items()} for name, stats in summary.items() if name in labels.names
-    }
-    return rec
+    metrics = EpochMetrics(labels.names)
+    for case, cm in zip(val["cases"], val["confusions"], strict=True):
+        metrics.add_case(cm, extra=case)
+    return {"val_loss": val["val_loss"], **metrics.record("val"), "val_confusion": metrics.confusion.tolist()}
+
+
+def _tensorboard_epoch(writer: Any, run: _Run, rec: dict[str, Any], epoch: int) -> None:
+    """Scalars of the record (per-class ones as ``val_per_class/<class>/<metric>``), and every
+    ``train.tensorboard_images_every`` epochs the first validation image, its truth and its prediction."""
+    for key, value in rec.items():
+        if isinstance(value, int | float) and key != "epoch":
+            writer.add_scalar(key, value, epoch)
+        elif isinstance(value, dict):
+            for name, metrics in value.items():
+                for metric, v in metrics.items():
+                    writer.add_scalar(f"{key}/{name}/{metric}", v, epoch)
+    every = run.cfg.train.tensorboard_images_every
+    if every and run.example and (epoch + 1) % every == 0:
+        k = max(1, run.labels.num_classes - 1)
+        image = run.example["image"]
+        writer.add_image("val/input", image, epoch, dataformats="HWC" if image.ndim == 3 else "HW")
+        for name in ("truth", "pred"):
+            scaled = (np.asarray(run.example[name], dtype=np.float32) / k * 255).round().astype(np.uint8)
+            writer.add_image(f"val/{name}", scaled, epoch, dataformats="HW")
 
 
 def _epoch_line(rec: dict[str, Any], max_epochs: int) -> str:

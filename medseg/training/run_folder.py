@@ -6,8 +6,9 @@ Layout::
     RUN_DIR/labels.json        gray value <-> class mapping and class names
     RUN_DIR/splits/train.txt   case ids, one per line (and val.txt)
     RUN_DIR/log.json           one record per epoch: loss, lr, per-class metrics, epoch time
+    RUN_DIR/confusion/epoch_NNNN.json  the epoch's pooled confusion matrices (train, and val when validated)
     RUN_DIR/checkpoints/last.pt, best.pt
-    RUN_DIR/curves.png, preview.png, tensorboard/ (optional)
+    RUN_DIR/curves.png, preview.png, confusion_best.png, tensorboard/ (optional)
 """
 
 from __future__ import annotations
@@ -88,10 +89,11 @@ def remove_unstarted_run(run_dir: Path) -> bool:
 
 
 def _clear_run_dir(run_dir: Path) -> None:
-    known = ("config.yaml", "labels.json", "log.json", "curves.png", "preview.png", "summary.json")
+    known = ("config.yaml", "labels.json", "log.json", "curves.png", "preview.png", "summary.json",
+             "confusion_best.png")
     for name in known:
         (run_dir / name).unlink(missing_ok=True)
-    for sub in ("checkpoints", "splits"):
+    for sub in ("checkpoints", "splits", "confusion"):
         for f in (run_dir / sub).glob("*") if (run_dir / sub).is_dir() else ():
             if f.is_file():
                 f.unlink()

@@ -50,7 +50,8 @@ class Task(Protocol):
         ...
 
     def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device) -> dict[str, Any]:
-        """``{"val_loss": float, "cases": [per-case metrics]}``, or ``{}`` without validation cases."""
+        """``{"val_loss": float, "cases": [per-case metrics], "confusions": [(K, K) per case], "example": {"image",
+        "truth", "pred": 2D arrays}}``, or ``{}`` without validation cases."""
         ...
 
     def preview(self, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

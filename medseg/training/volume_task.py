@@ -28,6 +28,7 @@ from medseg.data.volume_preprocessing import VolumePreprocessor, slice_axis_inde
 from medseg.errors import ConfigError
 from medseg.io.volume_io import read_volume
 from medseg.metrics.case_metrics import compute_case_metrics
+from medseg.metrics.confusion import confusion_matrix
 from medseg.prediction.network import infer_prepared
 from medseg.seeds import epoch_seed
 
@@ -38,6 +39,15 @@ log = logging.getLogger(__name__)
 
 def _read_label_array(path: Any) -> np.ndarray:
     return read_volume(path).array
+
+
+def _example_slice(image: torch.Tensor, label: torch.Tensor, pred: np.ndarray) -> dict[str, np.ndarray]:
+    """The last-axis slice with the most true foreground: uint8 image (min-max scaled), truth and prediction."""
+    k = int((label > 0).flatten(0, 1).sum(0).argmax())
+    img = image[..., k]
+    lo, hi = float(img.min()), float(img.max())
+    return {"image": ((img - lo) / max(hi - lo, 1e-6) * 255).round().to(torch.uint8).numpy(),
+            "truth": label[..., k].numpy(), "pred": pred[..., k]}
 
 
 class VolumeTask:
@@ -135,24 +145,30 @@ class VolumeTask:
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device) -> dict[str, Any]:
-        """Loss and per-class metrics on whole preprocessed validation volumes (sliding window, no TTA)."""
+        """Loss, per-class metrics and confusion matrices of whole preprocessed validation volumes (sliding window,
+        no TTA), and the slice of the first volume with the most foreground (``"example"``: 2D arrays)."""
         if not self.val_cases:
             return {}
         model.eval()
         infer = self.cfg.infer.model_copy(update={"tta": False})
         settings = self.preprocessing
         tiling = "auto"  # the engine falls back to roi windows for instance/group norm
-        losses, cases = [], []
+        losses, cases, confusions = [], [], []
+        example: dict[str, np.ndarray] = {}
         for case in self.val_cases:
             logits = infer_prepared(model, case.image.float(), settings, infer, device, output="logits",
                                     tiling=tiling)
             label = case.label.long()
             losses.append(float(loss_fn(logits[None].to(device), label[None, None].to(device))))
+            pred = logits.argmax(0).numpy()
             cases.append(compute_case_metrics(
-                logits.argmax(0).numpy(), label.numpy(), self.labels.num_classes,
+                pred, label.numpy(), self.labels.num_classes,
                 spacing=case.grid.spacing_out, class_names=list(self.labels.names),
             ))
-        return {"val_loss": float(np.mean(losses)), "cases": cases}
+            confusions.append(confusion_matrix(pred, label.numpy(), self.labels.num_classes))
+            if not example:
+                example = _example_slice(case.image[0].float(), label, pred)
+        return {"val_loss": float(np.mean(losses)), "cases": cases, "confusions": confusions, "example": example}
 
     def preview(self, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Up to ``n`` augmented training patches as uint8 slices (the slice with most foreground) and class maps."""

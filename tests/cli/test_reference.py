@@ -20,8 +20,9 @@ def test_cli_reference_is_current():
 
 
 def test_every_command_has_a_section():
-    expected = ["medseg", "medseg train", "medseg predict", "medseg export", "medseg evaluate", "medseg demo",
-                "medseg synth", "medseg inspect", "medseg doctor", "medseg config", "medseg config check",
+    expected = ["medseg", "medseg train", "medseg predict", "medseg export", "medseg evaluate", "medseg compare",
+                "medseg demo", "medseg synth", "medseg plan",
+                "medseg inspect", "medseg doctor", "medseg config", "medseg config check",
                 "medseg config show"]
     assert list(COMMANDS) == expected
     headings = re.findall(r"^## `(.+)`$", cli_reference_markdown(), re.MULTILINE)
@@ -32,7 +33,8 @@ def test_predict_rows_name_every_option_with_type_and_default():
     assert command_options(COMMANDS["medseg predict"]) == [
         "--output", "-o", "--device", "--overwrite", "--no-overwrite", "--overlay", "--no-overlay", "--tta",
         "--no-tta", "--largest-component", "--all-components", "--precision", "--overlap", "--sw-batch-size",
-        "--roi-size", "--dicom-seg", "--no-dicom-seg", "--statistics", "--no-statistics", "--verbose", "-v",
+        "--roi-size", "--dicom-seg", "--no-dicom-seg", "--statistics", "--no-statistics", "--shard", "--workers",
+        "--claim-timeout", "--probabilities", "--no-probabilities", "--threshold", "--irregular", "--verbose", "-v",
         "--quiet", "-q"]
     text = cli_reference_markdown()
     assert "medseg predict [OPTIONS] CHECKPOINT INPUTS...\n" in text

@@ -36,9 +36,11 @@ def test_channel_conflicts_and_missing_counts():
 
 def test_unknown_name_lists_registry(monkeypatch):
     cfg = ModelConfig.model_construct(name="resnet", spatial_dims=2)
-    with pytest.raises(ConfigError, match=r"model.name: unknown 'resnet'; choose from \['unet'\]"):
+    names = ["attention_unet", "basic_unetplusplus", "deeplabv3", "dynunet", "flexible_unet", "segresnet",
+             "swin_unetr", "unet"]
+    with pytest.raises(ConfigError, match=r"model.name: unknown 'resnet'; choose from \['attention_unet', "):
         build_model(cfg, in_channels=1, out_channels=2)
-    assert sorted(MODEL_BUILDERS) == ["unet"]
+    assert sorted(MODEL_BUILDERS) == names
 
 
 def test_divisor_is_product_of_strides():

@@ -28,7 +28,7 @@ def _config(tmp_path, norm="instance", patch=(32, 32, 32), roi=None):
 @pytest.mark.parametrize(("patch", "roi", "key"), [((16, 16, 16), None, "data.patch_size"),
                                                   ((32, 32, 32), [16, 32, 32], "infer.roi_size")])
 def test_instance_norm_config_refuses_a_one_voxel_bottleneck(tmp_path, patch, roi, key):
-    with pytest.raises(ConfigError, match=rf"{key}: \[16, .*product is 16.*instance.*e\.g\. \[32, 32, 32\]"):
+    with pytest.raises(ConfigError, match=rf"{key}: \[16, .*16x down-sampling.*normalisation.*e\.g\. \[32, 32, 32\]"):
         validate_config(_config(tmp_path, patch=patch, roi=roi), source="t")
     assert validate_config(_config(tmp_path, norm="batch", patch=patch, roi=roi), source="t").model.norm == "batch"
 
@@ -46,7 +46,8 @@ def instance_ckpt(tmp_path):
 
 def test_instance_norm_checkpoint_refuses_small_windows_at_predict_time(instance_ckpt):
     spell = lambda n: "--" + n.replace("_", "-")  # noqa: E731
-    with pytest.raises(ConfigError, match=r"^--roi-size: got \[16\]; this instance-norm network needs windows "
+    with pytest.raises(ConfigError, match=r"^--roi-size: got \[16\]; this network normalises its deepest level and "
+                                          r"needs windows "
                                           r"larger than 16 .*e\.g\. \[32\]$"):
         Predictor.from_checkpoint(instance_ckpt, device="cpu", spell=spell, roi_size="16")
     assert Predictor.from_checkpoint(instance_ckpt, device="cpu", roi_size="17").infer.roi_size == (17,)

@@ -33,7 +33,9 @@ ROI_ALLOWED = re.escape("; allowed integers 1..4096: one size for every axis or 
                         "(e.g. 96 or 96,96,64)") + "$"
 #: The tail of every unknown-setting refusal (the allowed names, sorted).
 UNKNOWN = (r"; unknown inference setting; allowed: blend, largest_component, overlap, precision, roi_size, "
-           r"sw_batch_size, tta$")
+           r"sw_batch_size, threshold, tta$")
+#: The settings an image model uses, as the tail of its refusals (Python names, then CLI options).
+USES, CLI_USES = r"largest_component, threshold, tta$", r"--largest-component, --threshold, --tta$"
 #: The middle of every image-model refusal.
 NOT_FOR_IMAGES = re.escape("; does not apply to this images2d model (it runs once over the resized image, "
                            "no sliding window); settings it uses: ")
@@ -199,7 +201,7 @@ def test_numpy_int_batch_size_is_stored_as_python_int():
     [("overlap", 0.5), ("precision", "fp32"), ("sw_batch_size", 2), ("roi_size", "32"), ("blend", "constant")],
 )
 def test_image_model_refuses_sliding_window_settings(name, value):
-    pattern = rf"^{name}: got {re.escape(repr(value))}{NOT_FOR_IMAGES}largest_component, tta$"
+    pattern = rf"^{name}: got {re.escape(repr(value))}{NOT_FOR_IMAGES}{USES}"
     with pytest.raises(ConfigError, match=pattern):
         apply_infer_overrides(BASE, {name: value}, I2)
     # the same settings are fine for the slice-wise 2D model (it slides over each slice)
@@ -212,10 +214,10 @@ def test_image_model_takes_tta_and_largest_component(name, value):
 
 
 def test_image_model_refusal_also_names_the_value():
-    with pytest.raises(ConfigError, match=r"^overlap: got 0\.37" + NOT_FOR_IMAGES + r"largest_component, tta$"):
+    with pytest.raises(ConfigError, match=r"^overlap: got 0\.37" + NOT_FOR_IMAGES + USES):
         apply_infer_overrides(BASE, {"overlap": 0.37}, I2)
     # the value as given, not converted (2, not 2.0), and checked for kind before range
-    with pytest.raises(ConfigError, match=r"^overlap: got 2" + NOT_FOR_IMAGES + r"largest_component, tta$"):
+    with pytest.raises(ConfigError, match=r"^overlap: got 2" + NOT_FOR_IMAGES + USES):
         apply_infer_overrides(BASE, {"overlap": 2}, I2)
 
 
@@ -228,7 +230,7 @@ def test_spell_names_settings_as_cli_options():
         apply_infer_overrides(BASE, {"roi_size": "32,32"}, V3, spell=_cli_name)
     with pytest.raises(ConfigError, match=r"^--roi-size: got '0'" + ROI_ALLOWED):
         apply_infer_overrides(BASE, {"roi_size": "0"}, V3, spell=_cli_name)
-    pattern = r"^--blend: got 'constant'" + NOT_FOR_IMAGES + r"--largest-component, --tta$"
+    pattern = r"^--blend: got 'constant'" + NOT_FOR_IMAGES + CLI_USES
     with pytest.raises(ConfigError, match=pattern):
         apply_infer_overrides(BASE, {"blend": "constant"}, I2, spell=_cli_name)
 
@@ -276,7 +278,7 @@ def test_cli_overlap_2_on_image_model_is_one_line_exit_2(ckpt2d, tmp_path):
     ckpt, images = ckpt2d
     line = _refused(["predict", str(ckpt), str(images), "-o", str(tmp_path / "out"), "--device", "cpu",
                      "--overlap", "2"])
-    assert re.match(r"^error: --overlap: got 2(\.0)?" + NOT_FOR_IMAGES + r"--largest-component, --tta$", line), line
+    assert re.match(r"^error: --overlap: got 2(\.0)?" + NOT_FOR_IMAGES + CLI_USES, line), line
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -292,7 +294,7 @@ def test_cli_sliding_window_option_on_image_model_names_images2d(ckpt2d, tmp_pat
     line = _refused(["predict", str(ckpt), str(images), "-o", str(tmp_path / "out"), "--device", "cpu",
                      "--overlap", "0.5"])
     assert line == ("error: --overlap: got 0.5; does not apply to this images2d model (it runs once over the resized "
-                    "image, no sliding window); settings it uses: --largest-component, --tta")
+                    "image, no sliding window); settings it uses: --largest-component, --threshold, --tta")
 
 
 def test_cli_roi_size_0_exits_2(ckpt2d, tmp_path):
@@ -300,7 +302,7 @@ def test_cli_roi_size_0_exits_2(ckpt2d, tmp_path):
     line = _refused(["predict", str(ckpt), str(images), "-o", str(tmp_path / "out"), "--device", "cpu",
                      "--roi-size", "0"])
     # an images2d model takes no window size, whatever its value
-    assert re.match(r"^error: --roi-size: got '0'" + NOT_FOR_IMAGES + r"--largest-component, --tta$", line), line
+    assert re.match(r"^error: --roi-size: got '0'" + NOT_FOR_IMAGES + CLI_USES, line), line
 
 
 def test_cli_roi_size_4097_exits_2(ckpt3d, tmp_path):
@@ -336,7 +338,7 @@ def test_python_api_image_model_settings(ckpt2d):
     stored = Predictor.from_checkpoint(ckpt, device="cpu").infer
     predictor = Predictor.from_checkpoint(ckpt, device="cpu", tta=True, largest_component=True, overlap=None)
     assert predictor.infer.model_dump() == {**stored.model_dump(), "tta": True, "largest_component": True}
-    with pytest.raises(ConfigError, match=r"^sw_batch_size: got 2" + NOT_FOR_IMAGES + r"largest_component, tta$"):
+    with pytest.raises(ConfigError, match=r"^sw_batch_size: got 2" + NOT_FOR_IMAGES + USES):
         Predictor.from_checkpoint(ckpt, device="cpu", sw_batch_size=2)
 
 

@@ -1,0 +1,1 @@
+"""``medseg plan``: a data set's fingerprint and a complete, commented config chosen from it."""
