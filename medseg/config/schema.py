@@ -6,13 +6,14 @@ Defaults live here and nowhere else; ``medseg config show CONFIG`` prints them r
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator, model_validator
+from pydantic import Field, StrictBool, field_validator, model_validator
 
-from medseg.config.networks import ModelConfig, NetworkConfig, default_network_name, size_problem
+from medseg.config.networks import ModelConfig as ModelConfig  # re-exported: planning/ imports it from here
+from medseg.config.networks import NetworkConfig, default_network_name, size_problem
+from medseg.config.strict import Strict
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -30,33 +31,6 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     # saturated -- vertebra segmentation needs both the cortex outline and the soft-tissue gaps.
     "spine": (300.0, 1500.0),
 }
-
-
-def _takes_bool(annotation: Any) -> bool:
-    """Whether a field's type admits ``True``/``False`` (bool, StrictBool, or a Literal of them)."""
-    if annotation is bool:
-        return True
-    if typing.get_origin(annotation) is Literal:
-        return any(isinstance(a, bool) for a in typing.get_args(annotation))
-    return any(_takes_bool(a) for a in typing.get_args(annotation) if not isinstance(a, (int, float, str)))
-
-
-class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, values are immutable, floats are finite
-    (NaN and infinity are refused) and a boolean is never taken for a number (``max_epochs: true`` would be 1)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
-        field = cls.model_fields.get(info.field_name or "")
-        if field is None or _takes_bool(field.annotation):
-            return value
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if any(isinstance(v, bool) for v in items):
-            raise ValueError("a boolean is not allowed here; give a number")
-        return value
 
 
 class LabelClassConfig(Strict):
