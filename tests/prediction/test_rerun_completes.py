@@ -111,3 +111,14 @@ def test_disk_full_writing_dicom_seg_is_one_line(ckpt3d, dicom_series, tmp_path,
     assert failed == [f"failed: {dicom_series}: no space left on device writing {out}/series.seg.dcm; "
                       "free some space or choose another output folder"]
     assert not any(p.name.endswith(".dcm") for p in out.iterdir())  # no temporary file left behind
+
+
+def test_probabilities_asked_on_rerun_are_written(ckpt2d, images, tmp_path):
+    out = tmp_path / "out"
+    assert _predict(ckpt2d[0], images, "-o", out)[0] == 0
+    before = _snapshot(out)
+    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--probabilities")
+    assert code == 0 and stdout.startswith("3 files written")
+    after = _snapshot(out)
+    assert sorted(set(after) - set(before)) == sorted(f"{p.stem}_probabilities.npz" for p in images.iterdir())
+    assert all(after[n] == before[n] for n in before)
