@@ -7,6 +7,7 @@ Every medseg writer of outputs, checkpoints, logs and configs goes through :func
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from medseg.errors import MedsegError
 
 
 @contextmanager
@@ -34,8 +37,12 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
         'done'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except OSError as err:
+        _raise_if_disk_full(err, path)
+        raise
     os.close(fd)
     tmp = Path(name)
     try:
@@ -44,9 +51,27 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        _raise_if_disk_full(err, path)
         raise
+
+
+def _raise_if_disk_full(err: BaseException, path: Path) -> None:
+    """A full disk or quota becomes one line naming the file; writers such as pydicom re-raise the ``OSError``
+    with their whole traceback as its message and no errno, so the chain of causes is searched too.
+
+    Raises:
+        MedsegError: ``no space left on device writing PATH``.
+    """
+    seen: BaseException | None = err
+    for _ in range(20):
+        if seen is None:
+            return
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            what = "disk quota exceeded" if seen.errno == errno.EDQUOT else "no space left on device"
+            raise MedsegError(f"{what} writing {path}; free some space or choose another output folder") from None
+        seen = seen.__cause__ or seen.__context__
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -9,16 +9,57 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from medseg.errors import ConfigError, MedsegError
 
+
+class OneLineUsageErrors(TyperGroup):
+    """The root command group: a usage error (unknown option, ``--overlap abc``, a missing argument) is one
+    stderr line, ``error: medseg predict: Invalid value for '--overlap': ... (see medseg predict --help)``, exit 2,
+    instead of click's usage box. Everything else ends as with click's standalone mode.
+
+    Typer 0.2x vendors click, older releases use click itself: the errors are recognised by their class names
+    (``UsageError``, ``ClickException``, ``Abort``), which both share.
+    """
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
+        extra["windows_expand_args"] = windows_expand_args
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except Exception as err:
+            kinds = {c.__name__ for c in type(err).__mro__}
+            if "NoArgsIsHelpError" in kinds:  # `medseg` or `medseg config` alone: the help, as before
+                err.show()  # type: ignore[attr-defined]
+                sys.exit(2)
+            if "UsageError" in kinds:
+                ctx = getattr(err, "ctx", None)
+                where = ctx.command_path if ctx is not None else (prog_name or "medseg")
+                _echo(f"error: {where}: {_one_line(err.format_message())} (see {where} --help)",  # type: ignore[attr-defined]
+                      err=True)
+                sys.exit(2)
+            if "ClickException" in kinds:
+                _echo(f"error: {_one_line(err.format_message())}", err=True)  # type: ignore[attr-defined]
+                sys.exit(int(getattr(err, "exit_code", 1)))
+            if "Abort" in kinds:
+                _echo("error: aborted", err=True)
+                sys.exit(1)
+            raise
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineUsageErrors,
+    name="medseg",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,

@@ -148,7 +148,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if aliases > MAX_ALIASES:
         raise ConfigError(f"{path}: {aliases} YAML aliases; at most {MAX_ALIASES} are allowed (alias bomb?)")
     try:
-        nodes = _expanded_nodes(yaml.compose(text, Loader=yaml.SafeLoader))
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        nodes = _expanded_nodes(root)
+        _refuse_duplicate_keys(root, str(path))
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
@@ -167,6 +169,29 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 class _RecursiveYaml(Exception):
     pass
+
+
+def _refuse_duplicate_keys(root: Any, where: str) -> None:
+    """YAML keeps the last of two equal keys silently (``{255: polyp, 255: lesion}`` drops a class): refuse them."""
+    stack, seen_nodes = [root], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: dict[Any, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    name = yaml.safe_load(key.value) if key.tag.endswith((":int", ":float", ":bool")) else key.value
+                    if name in keys:
+                        raise ConfigError(f"{where}: key {key.value!r} appears twice in one mapping (lines "
+                                          f"{keys[name]} and {key.start_mark.line + 1}); YAML would keep only the "
+                                          "last one")
+                    keys[name] = key.start_mark.line + 1
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _expanded_nodes(root: Any) -> int:
@@ -289,6 +314,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if _nesting_depth(text) > MAX_NESTING:
         raise ConfigError(f"--set {key}: value nested more than {MAX_NESTING} levels deep")
     try:
+        _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), f"--set {key}")
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text

@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from medseg.config.strict import StrictUnionMember
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -28,10 +30,8 @@ FlexibleBackbone = Literal[
 ]
 
 
-class NetworkBase(BaseModel):
+class NetworkBase(StrictUnionMember):
     """Keys every network has: dimensions, channels, pretrained weights and encoder freezing."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     #: Spatial dims the network can be built in.
     dims_allowed: ClassVar[tuple[int, ...]] = (2, 3)

@@ -41,6 +41,8 @@ def _type_name(ann: object) -> str:
     text = str(ann).replace("typing.", "").replace("pathlib.", "").replace("medseg.config.schema.", "")
     text = text.replace("medseg.config.networks.", "")
     text = text.replace("<class '", "").replace("'>", "")
+    positive_float = "Annotated[float, FieldInfo(annotation=NoneType, required=True, metadata=[Gt(gt=0)])]"
+    text = text.replace(positive_float, "float>0")
     return text.replace("Annotated[int, FieldInfo(annotation=NoneType, required=True, metadata=[Ge(ge=1)])]", "int>=1")
 
 

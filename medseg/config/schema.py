@@ -9,17 +9,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator, model_validator
+from pydantic import Field, StrictBool, ValidationInfo, field_validator, model_validator
 
-from medseg.config.networks import ModelConfig, NetworkConfig, default_network_name, size_problem
+from medseg.config.networks import ModelConfig as ModelConfig  # re-exported: planning/ imports it from here
+from medseg.config.networks import NetworkConfig, default_network_name, size_problem
+from medseg.config.strict import Strict
 
 PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
 
-
-class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+#: Named CT windows, name -> (center_hu, width_hu); ``data.windows`` entries that are strings must be one of these.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "soft_tissue": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "lung": (-600.0, 1500.0),
+    "brain": (40.0, 80.0),
+    "mediastinum": (50.0, 350.0),
+    # Spine: -450..1050 HU. Narrower than "bone" (-500..1300) so cancellous bone (~150-400 HU)
+    # and intervertebral discs (~80-120 HU) keep contrast, yet wide enough that paraspinal fat
+    # and muscle (-100..60 HU) stay distinguishable and cortical bone (~700-1000+ HU) is not
+    # saturated -- vertebra segmentation needs both the cortex outline and the soft-tissue gaps.
+    "spine": (300.0, 1500.0),
+}
 
 
 class LabelClassConfig(Strict):
@@ -56,7 +67,11 @@ class LabelsConfig(Strict):
     @classmethod
     def _mapping_shorthand(cls, value: Any) -> Any:
         if isinstance(value, dict):
-            return [{"name": str(name), "values": [int(key)]} for key, name in value.items()]
+            if any(isinstance(x, bool) or not isinstance(x, (int, str)) for x in value):
+                raise ValueError(f"gray values must be integers, got {sorted(map(repr, value))}")
+            if any(not isinstance(x, (str, int)) or isinstance(x, bool) for x in value.values()):
+                raise ValueError(f"class names must be text, got {list(value.values())}")
+            return [{"name": str(name), "values": [key]} for key, name in value.items()]
         return value
 
     @model_validator(mode="after")
@@ -181,7 +196,7 @@ class DataConfig(Strict):
         description="CT windows (preset names or {center_hu, width_hu}); several become stacked channels. Only with "
         "intensity ct_window, where left out means ['soft_tissue'].",
     )
-    spacing_mm: tuple[float, float, float] | None = Field(
+    spacing_mm: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
         (1.5, 1.5, 1.5), description="Volumes are resampled to this voxel spacing (None keeps the native spacing)."
     )
     orientation: str = Field("RAS", description="Canonical axis orientation volumes are turned into.")
@@ -240,6 +255,10 @@ class DataConfig(Strict):
             return None
         if not value:
             raise ValueError("needs at least one window")
+        unknown = [w for w in value if isinstance(w, str) and w not in WINDOW_PRESETS]
+        if unknown:
+            raise ValueError(f"unknown window preset {unknown[0]!r}; choose from {sorted(WINDOW_PRESETS)} "
+                             "or give {center_hu, width_hu}")
         intensity = info.data.get("intensity")
         if intensity is not None and intensity != "ct_window":
             raise ValueError(f"given, but data.intensity is {intensity!r}; windows apply only with intensity "
@@ -282,6 +301,8 @@ class LossConfig(Strict):
     def _positive(cls, value: list[float] | None) -> list[float] | None:
         if value is not None and any(w < 0 for w in value):
             raise ValueError(f"class weights must be >= 0, got {value}")
+        if value and not any(value):
+            raise ValueError(f"class weights must not all be 0 (every class would count for nothing), got {value}")
         return value
 
 

@@ -13,7 +13,9 @@ import torch
 from medseg.data.labels import LabelMap, all_whole_numbers, as_numpy
 from medseg.errors import DataError
 
-__all__ = ["LabelDiscovery", "ValueCluster", "discover_label_map", "discover_label_values"]
+__all__ = [
+    "LabelDiscovery", "ValueCluster", "check_class_presence", "discover_label_map", "discover_label_values",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -200,3 +202,40 @@ def discover_label_map(
     logger.info("discovered label values %s (%s)", list(palette), summary)
     names = ["background"] + [f"class_{v}" for v in palette[1:]]
     return LabelMap.from_classes([(n, [int(v)]) for n, v in zip(names, palette, strict=True)])
+
+
+def check_class_presence(present: Iterable[int], labels: LabelMap, *, num_masks: int, split: str = "training") -> None:
+    """Refuse training data where no foreground class appears, and warn about classes absent from the split.
+
+    Masks without any foreground train a network that predicts background everywhere, to a validation Dice of
+    1.0 (nothing to find, nothing found): a wrong folder or label mapping passes unnoticed otherwise.
+
+    Args:
+        present: Class indices (0 = background) found in the split's masks, after the label mapping.
+        labels: The label map.
+        num_masks: Masks looked at (for the message).
+        split: Which split (for the message).
+
+    Raises:
+        DataError: No foreground class in any mask, naming the classes never seen.
+
+    Example:
+        >>> labels = LabelMap.from_mapping({0: "background", 255: "polyp"})
+        >>> check_class_presence({0, 1}, labels, num_masks=3)  # polyp seen: nothing to say
+        >>> try:
+        ...     check_class_presence({0}, labels, num_masks=3)
+        ... except DataError as err:
+        ...     print(str(err)[:71])
+        no foreground class appears in any of the 3 training masks (never seen:
+    """
+    seen = set(present)
+    missing = [c.name for i, c in enumerate(labels.classes) if i > 0 and i not in seen]
+    if len(missing) == labels.num_classes - 1:
+        raise DataError(
+            f"no foreground class appears in any of the {num_masks} {split} masks (never seen: {', '.join(missing)}); "
+            "every mask is background only, which trains a network that finds nothing. Check data.masks_dir and "
+            "data.labels.classes (the masks' gray values must be listed there)"
+        )
+    if missing:
+        logger.warning("classes absent from the %d %s masks (the network cannot learn them): %s", num_masks, split,
+                       ", ".join(missing))

@@ -17,6 +17,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
+from medseg.config.schema import WINDOW_PRESETS  # named CT windows; the schema checks data.windows against them
+
 __all__ = [
     "WINDOW_PRESETS",
     "CTWindow",
@@ -28,19 +30,6 @@ __all__ = [
 
 _ArrayT = TypeVar("_ArrayT", torch.Tensor, np.ndarray)
 
-#: Named CT windows, name -> (center_hu, width_hu).
-WINDOW_PRESETS: dict[str, tuple[float, float]] = {
-    "soft_tissue": (40.0, 400.0),
-    "bone": (400.0, 1800.0),
-    "lung": (-600.0, 1500.0),
-    "brain": (40.0, 80.0),
-    "mediastinum": (50.0, 350.0),
-    # Spine: -450..1050 HU. Narrower than "bone" (-500..1300) so cancellous bone (~150-400 HU)
-    # and intervertebral discs (~80-120 HU) keep contrast, yet wide enough that paraspinal fat
-    # and muscle (-100..60 HU) stay distinguishable and cortical bone (~700-1000+ HU) is not
-    # saturated -- vertebra segmentation needs both the cortex outline and the soft-tissue gaps.
-    "spine": (300.0, 1500.0),
-}
 
 #: A window: preset name, ``{"center_hu": c, "width_hu": w}`` or a ``(center_hu, width_hu)`` pair.
 WindowSpec = str | Mapping[str, float] | Sequence[float]

@@ -41,11 +41,13 @@ def run_demo(output: str | Path, *, kind: str = "polyp", epochs: int | None = No
 
     Raises:
         OutputExistsError: ``output`` exists and is not empty.
-        ConfigError: Unknown ``kind``.
+        ConfigError: Unknown ``kind``, or ``epochs`` below 1 (checked before anything is written).
     """
     out = Path(output)
     if kind not in ("polyp", "spine"):
         raise ConfigError(f"--kind: unknown {kind!r}; choose from polyp, spine")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ConfigError(f"--epochs: got {epochs!r}; allowed a whole number >= 1")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise OutputExistsError(f"{out}: demo folder exists and is not empty; pass --overwrite or another -o")

@@ -131,8 +131,11 @@ def evaluate(
 
     Raises:
         DataError: Missing folders, unreadable files, values outside the mapping, shape or geometry mismatch.
+        ConfigError: ``tolerance`` outside 0..127.
         OutputExistsError: ``output`` exists and ``overwrite`` is False.
     """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, np.integer)) or not 0 <= tolerance <= 127:
+        raise ConfigError(f"--tolerance: got {tolerance!r}; allowed an integer 0..127 (gray levels)")
     pred_dir = Path(pred_dir)
     out_path = Path(output) if output is not None else None
     if out_path is not None and out_path.exists() and not overwrite:
@@ -214,7 +217,14 @@ def label_map_from_options(checkpoint: str | Path | None, text: str | None) -> L
     for item in text.split(","):
         value, sep, name = item.partition("=")
         try:
-            mapping[int(value)] = name.strip() if sep else f"class_{int(value)}"
+            gray = int(value)
         except ValueError:
             raise ConfigError(f"--labels: {item!r} is not VALUE=NAME (e.g. '0=background,255=polyp')") from None
+        name = name.strip() if sep else f"class_{gray}"
+        if gray in mapping:
+            raise ConfigError(f"--labels: gray value {gray} is given twice ({mapping[gray]!r} and {name!r}); "
+                              "each value names one class")
+        if name in mapping.values():
+            raise ConfigError(f"--labels: class name {name!r} is given twice; each class needs its own name")
+        mapping[gray] = name
     return LabelMap.from_mapping(mapping)

@@ -1,8 +1,11 @@
 """Running prediction over many cases: skip finished ones, isolate failures, report.
 
-Outputs are written atomically under their final names only when complete, so a rerun after a
-crash skips finished cases and redoes the one that was interrupted. Each case is claimed before it is
-computed (:mod:`medseg.prediction.claims`), so processes sharing an output folder never compute one case twice.
+Outputs are written atomically under their final names only when complete. A case counts as finished only when
+every output asked for exists (mask, overlay, DICOM-SEG, JSON sidecar, probabilities): a rerun skips finished
+cases, and for a case with some outputs missing (interrupted, or an output first asked for on the rerun) it runs
+the case again and writes only the missing ones, keeping those that exist (``overwrite`` redoes them all). Each
+case is claimed before it is computed (:mod:`medseg.prediction.claims`), so processes sharing an output folder
+never compute one case twice.
 """
 
 from __future__ import annotations
@@ -102,15 +105,27 @@ def check_output_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
 def run_cases(
     cases: Sequence[Case],
     output_of: Callable[[Case], Path | Sequence[Path]],
-    run: Callable[[Case], list[Path]],
+    run: Callable[[Case, set[Path]], list[Path]],
     *,
     overwrite: bool,
     progress: bool,
     sharing: Sharing | None = None,
 ) -> BatchReport:
-    """Run ``run`` on each case, skipping those whose outputs (``output_of``: one path or every path asked for)
-    all exist, and collecting failures (a failing case does not stop the others); each case is claimed first,
-    and only this process's shard is run (:func:`~medseg.prediction.claims.run_claimed`)."""
+    """Run each case whose outputs are not all there, collecting failures (a failing case does not stop the others);
+    each case is claimed first, and only this process's shard is run (:func:`~medseg.prediction.claims.run_claimed`).
+
+    Args:
+        cases: The cases.
+        output_of: Every output a case is asked to write (one path, or a list with the label map first).
+        run: Runs one case and writes the outputs in the set it is given (the missing ones, or all with
+            ``overwrite``), returning the paths written.
+        overwrite: Run every case and rewrite all its outputs.
+        progress: Progress bar on stderr.
+        sharing: How processes share the output folder.
+
+    Returns:
+        The report: a case with every output present is listed once in ``skipped`` (by its label map).
+    """
     sharing = sharing or Sharing()
     report = BatchReport()
     t0 = time.perf_counter()
@@ -119,8 +134,13 @@ def run_cases(
 
     def work(i: int) -> None:
         case = cases[i]
+        targets = _outputs(output_of(case))
+        todo = set(targets) if overwrite else {t for t in targets if not t.exists()}
+        if 0 < len(todo) < len(targets):
+            log.info("%s: completing the case: writing %s (the other outputs exist and are kept)", case.source,
+                     ", ".join(sorted(t.name for t in todo)))
         try:
-            report.written += run(case)
+            report.written += run(case, todo or set(targets))
             report.predicted.append(case.name)
         except MedsegError as err:
             report.failed.append((str(case.source), str(err)))

@@ -2,8 +2,8 @@
 
 Outputs of :func:`predict_images`: ``OUT/<name>.png`` masks in the original gray values and, on request,
 ``OUT/<name>_overlay.png`` and per-mask statistics (``OUT/<name>.json`` sidecars with a ``statistics`` section,
-``OUT/statistics.csv`` over all images; in pixels, as a 2D image has no spacing); each written atomically, the
-mask last, so a case whose mask exists is complete.
+``OUT/statistics.csv`` over all images; in pixels, as a 2D image has no spacing); each written atomically. A
+rerun skips the images whose outputs all exist and writes only the missing outputs of the others.
 """
 
 from __future__ import annotations
@@ -194,26 +194,29 @@ def predict_images(
         gray = read_image_values(case.source, color="gray")
         return statistics_section(mask_statistics(gray, mask, loaded.labels))
 
-    def run(case: Case) -> list[Path]:
+    def outputs_of(case: Case) -> list[Path]:
+        return [out_dir / f"{case.name}.png",
+                *([out_dir / f"{case.name}_probabilities.npz"] if probabilities else []),
+                *([out_dir / f"{case.name}_overlay.png"] if overlay else []),
+                *([out_dir / f"{case.name}.json"] if statistics else [])]
+
+    def run(case: Case, todo: set[Path]) -> list[Path]:
         classes, probs = predict_image_outputs(loaded, case.source, probabilities=probabilities)
         mask = loaded.labels.to_values(classes)
-        paths = []
-        if probs is not None:
+        mask_path, paths = out_dir / f"{case.name}.png", []
+        if probs is not None and out_dir / f"{case.name}_probabilities.npz" in todo:
             paths.append(write_probabilities_npz(out_dir / f"{case.name}_probabilities.npz", probs,
                                                  loaded.labels.names))
-        if overlay:
+        if out_dir / f"{case.name}_overlay.png" in todo:
             image = display_uint8(read_image_values(case.source, color="rgb"))
             paths.append(write_overlay(out_dir / f"{case.name}_overlay.png", image, classes))
-        if statistics:
+        if out_dir / f"{case.name}.json" in todo:
             sidecar = {"case": case.name, "input": str(case.source), "shape": list(mask.shape),
                        "statistics": stats_of(case, mask)}
             paths.append(write_json_atomic(out_dir / f"{case.name}.json", sidecar))
-        return [write_mask(out_dir / f"{case.name}.png", mask), *paths]
+        return [write_mask(mask_path, mask), *paths] if mask_path in todo else paths
 
-    def outputs(c: Case) -> list[Path]:
-        return [out_dir / f"{c.name}.png"] + ([out_dir / f"{c.name}_probabilities.npz"] if probabilities else [])
-
-    report = run_cases(cases, outputs, run, overwrite=overwrite, progress=progress, sharing=sharing)
+    report = run_cases(cases, outputs_of, run, overwrite=overwrite, progress=progress, sharing=sharing)
     if statistics:
         write_statistics_table(out_dir, cases, IMAGE_COLUMNS, is_done=lambda c: (out_dir / f"{c.name}.png").exists(),
                                compute=lambda c: stats_of(c, read_mask(out_dir / f"{c.name}.png")), report=report)

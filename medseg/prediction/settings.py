@@ -54,6 +54,8 @@ def parse_roi_size(value: Any, *, name: str = "roi_size") -> tuple[int, ...]:
         items = [p.strip() for p in value.lower().replace("x", ",").split(",")]
     elif isinstance(value, (list, tuple)):
         items = list(value)
+    elif isinstance(value, np.ndarray) and value.ndim <= 1:
+        items = [v.item() for v in value.reshape(-1)]
     else:
         items = [value]
     sizes: list[int] = []

@@ -9,8 +9,8 @@ Many cases (:func:`predict_volumes`): ``OUT/<case>.nii.gz`` label maps, ``OUT/<c
 for DICOM inputs on request, ``OUT/<case>.seg.dcm``; on request ``OUT/<case>_probabilities.nii.gz``
 (float16 class probabilities, 4D with the class last); on request per-structure statistics in each sidecar and
 ``OUT/statistics.csv`` over all cases (:mod:`medseg.prediction.statistics`, ``statistics_table``). Outputs are
-written atomically, the label map last, so a case whose ``.nii.gz`` exists is complete and is skipped unless
-``overwrite``.
+written atomically; a case whose outputs all exist is skipped unless ``overwrite``, and a case with some missing
+(an interrupted run, or ``dicom_seg`` first asked for on a rerun) is run again to write only those.
 """
 
 from __future__ import annotations
@@ -309,7 +309,8 @@ def predict_volumes(
         loaded: A volumes3d or slices2d loaded.
         inputs: Volume files, DICOM series folders, or folders of either.
         out_dir: Output folder (created); must not lie inside an input folder.
-        overwrite: Redo cases whose ``<case>.nii.gz`` exists (otherwise they are skipped).
+        overwrite: Redo cases whose outputs exist (otherwise finished cases are skipped and the missing outputs
+            of unfinished ones written, the existing ones kept).
         dicom_seg: For DICOM inputs also write ``<case>.seg.dcm`` referencing the series.
         statistics: Add per-structure statistics (:func:`~medseg.prediction.statistics.structure_statistics`
             over the input volume) to each sidecar, and write ``statistics.csv`` over all finished cases, skipped
@@ -337,32 +338,38 @@ def predict_volumes(
     cases = find_volume_cases(paths)
     out.mkdir(parents=True, exist_ok=True)
 
-    def run(case: Case) -> list[Path]:
+    def outputs_of(case: Case) -> list[Path]:
+        is_dicom = getattr(case, "series_uid", None) is not None or not case.source.name.lower().endswith(
+            VOLUME_SUFFIXES)
+        return [out / f"{case.name}.nii.gz", out / f"{case.name}.json",
+                *([out / f"{case.name}_probabilities.nii.gz"] if probabilities else []),
+                *([out / f"{case.name}.seg.dcm"] if dicom_seg and is_dicom else [])]
+
+    def run(case: Case, todo: set[Path]) -> list[Path]:
         t0 = time.perf_counter()
         volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None), irregular=irregular)
         result = predict_volume(loaded, volume, probabilities=probabilities)
         written = []
-        if probabilities:
-            written.append(write_probability_map(out / f"{case.name}_probabilities.nii.gz",
-                                                 result.meta.pop("probabilities"), volume))
-        if dicom_seg and volume.meta.get("format") == "dicom":
+        probs = result.meta.pop("probabilities", None)
+        if probabilities and out / f"{case.name}_probabilities.nii.gz" in todo:
+            written.append(write_probability_map(out / f"{case.name}_probabilities.nii.gz", probs, volume))
+        if dicom_seg and volume.meta.get("format") == "dicom" and out / f"{case.name}.seg.dcm" in todo:
             from medseg.io.dicom_seg import write_dicom_seg
 
             names = {c.values[0]: c.name for c in loaded.labels.classes[1:]}
             written.append(write_dicom_seg(out / f"{case.name}.seg.dcm", result.array, volume, names))
-        elif dicom_seg:
+        elif dicom_seg and volume.meta.get("format") != "dicom":
             log.info("%s: not a DICOM input, no DICOM-SEG written", case.source)
-        sidecar = describe_result(loaded, volume, result, case, time.perf_counter() - t0)
-        if statistics:
-            sidecar["statistics"] = statistics_section(structure_statistics(volume, result, loaded.labels))
-        written.append(write_json_atomic(out / f"{case.name}.json", sidecar))
-        written.append(write_label_map(out / f"{case.name}.nii.gz", result.array, volume))
+        if out / f"{case.name}.json" in todo:
+            sidecar = describe_result(loaded, volume, result, case, time.perf_counter() - t0)
+            if statistics:
+                sidecar["statistics"] = statistics_section(structure_statistics(volume, result, loaded.labels))
+            written.append(write_json_atomic(out / f"{case.name}.json", sidecar))
+        if out / f"{case.name}.nii.gz" in todo:
+            written.append(write_label_map(out / f"{case.name}.nii.gz", result.array, volume))
         return written[::-1]
 
-    def outputs(c: Case) -> list[Path]:
-        return [out / f"{c.name}.nii.gz"] + ([out / f"{c.name}_probabilities.nii.gz"] if probabilities else [])
-
-    report = run_cases(cases, outputs, run, overwrite=overwrite, progress=progress, sharing=sharing)
+    report = run_cases(cases, outputs_of, run, overwrite=overwrite, progress=progress, sharing=sharing)
     if statistics:
         def from_disk(case: Case) -> dict[str, Any]:
             volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None),

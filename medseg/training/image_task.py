@@ -13,7 +13,7 @@ from medseg.config.kinds import DataKind
 from medseg.config.schema import ExperimentConfig
 from medseg.data.augmentation import BatchAugment
 from medseg.data.image_dataset import ImageMaskDataset, read_mask_gray, training_intensity
-from medseg.data.label_discovery import discover_label_map
+from medseg.data.label_discovery import check_class_presence, discover_label_map
 from medseg.data.label_sources import label_map_from_config
 from medseg.data.labels import LabelMap
 from medseg.data.pairing import find_pairs_from_config
@@ -50,6 +50,10 @@ class ImageTask:
         self.train_set = ImageMaskDataset(self.train_pairs, cfg=cfg.data, labels=self.labels, intensity=self.intensity)
         self.val_set = ImageMaskDataset(self.val_pairs, cfg=cfg.data, labels=self.labels,
                                         intensity=self.intensity) if self.val_pairs else None
+        present: set[int] = set()
+        for i in range(len(self.train_set)):
+            present.update(torch.unique(self.train_set.sample(i).label).tolist())
+        check_class_presence(present, self.labels, num_masks=len(self.train_set))
         log.info("2D data: %d training and %d validation cases", len(self.train_pairs), len(self.val_pairs))
 
     @property

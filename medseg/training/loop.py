@@ -40,7 +40,13 @@ from medseg.training.distributed import Dist, micro_batch_size, start_distribute
 from medseg.training.epoch import run_epoch
 from medseg.training.optim import EpochScheduler, build_optimizer
 from medseg.training.plots import plot_confusion, plot_curves, plot_preview
-from medseg.training.run_folder import RunLock, prepare_run_dir, read_log
+from medseg.training.run_folder import (
+    RunLock,
+    mark_checkpointed,
+    prepare_run_dir,
+    read_log,
+    remove_unstarted_run,
+)
 from medseg.training.task import Task, build_task
 
 log = logging.getLogger(__name__)
@@ -106,6 +112,10 @@ def train(
         force: Resume even though the config differs from the saved one in more than ``train.max_epochs``.
         progress: Show a progress bar on stderr.
 
+    A run that stops before its first checkpoint (bad data, an interrupt) removes the folder it created; a folder
+    that existed before is left for the next run to take over without ``overwrite``. After a checkpoint, ``resume``
+    continues it.
+
     Returns:
         A :class:`TrainResult`.
 
@@ -123,28 +133,38 @@ def train(
         if not dist.is_main:
             progress = False
             logging.getLogger("medseg").setLevel(max(logging.WARNING, logging.getLogger("medseg").level))
-        with ExitStack() as lock:
-            problem = None
-            if dist.is_main:
-                try:
-                    _prepare(Path(folder), lock, resume=resume, overwrite=overwrite)
-                except MedsegError as err:
-                    problem = err
-            _raise_everywhere(dist, problem)
-            result = _train_locked(cfg, Path(folder), dist, device, resume=resume, force=force, progress=progress)
-            dist.barrier("finishing")  # rank 0 has written the last files
-            return result
+        created = False
+        try:
+            with ExitStack() as lock:
+                problem = None
+                if dist.is_main:
+                    try:
+                        created = _prepare(Path(folder), lock, resume=resume, overwrite=overwrite)
+                    except MedsegError as err:
+                        problem = err
+                _raise_everywhere(dist, problem)
+                result = _train_locked(cfg, Path(folder), dist, device, resume=resume, force=force,
+                                       progress=progress)
+                dist.barrier("finishing")  # rank 0 has written the last files
+                return result
+        except BaseException:
+            if created and remove_unstarted_run(Path(folder)):  # failed before its first checkpoint: leave nothing
+                log.info("%s: removed; the run stopped before its first checkpoint", folder)
+            raise
     finally:
         stop_distributed()
 
 
-def _prepare(run_dir: Path, lock: ExitStack, *, resume: bool, overwrite: bool) -> None:
-    """Create or check the run folder, holding its lock (in ``lock``) from before anything is checked or cleared."""
+def _prepare(run_dir: Path, lock: ExitStack, *, resume: bool, overwrite: bool) -> bool:
+    """Create or check the run folder, holding its lock (in ``lock``) from before anything is checked or cleared;
+    True when this call created the folder."""
     if resume and not run_dir.is_dir():
         prepare_run_dir(run_dir, resume=True, overwrite=False)  # raises: nothing to resume
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock.enter_context(RunLock(run_dir))
+    lock.enter_context(RunLock(run_dir))  # taken before anything in the folder is checked, cleared or written
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    return created
 
 
 def _raise_everywhere(dist: Dist, problem: MedsegError | None) -> None:
@@ -376,18 +396,19 @@ def _keep_best(run: _Run, rec: dict[str, Any], epoch: int) -> None:
 def _end_epoch(run: _Run, rec: dict[str, Any], epoch: int, writer: Any) -> None:
     """``last.pt`` with the resume state, the log, the epoch's confusion matrices, the curves and TensorBoard."""
     confusion = {key: rec.pop(key) for key in CONFUSION_KEYS if key in rec}
-    write_json_atomic(run.run_dir / "confusion" / f"epoch_{epoch + 1:04d}.json",
-                      {"epoch": epoch + 1, "class_names": list(run.labels.names), "rows": "truth",
-                       "columns": "prediction", **{k.removesuffix("_confusion"): v for k, v in confusion.items()}})
     run.records.append(rec)
     if not run.dist.is_main:
         return
+    write_json_atomic(run.run_dir / "confusion" / f"epoch_{epoch + 1:04d}.json",
+                      {"epoch": epoch + 1, "class_names": list(run.labels.names), "rows": "truth",
+                       "columns": "prediction", **{k.removesuffix("_confusion"): v for k, v in confusion.items()}})
     train_state = {
         "epoch": epoch, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict() if run.use_amp else None, "best": run.best, "best_epoch": run.best_epoch,
         "bad_validations": run.bad, "rng": _rng_state(), "world_size": run.dist.world_size,
     }
     save_checkpoint(run.payload(epoch, rec, train_state), run.run_dir / "checkpoints" / "last.pt")
+    mark_checkpointed(run.run_dir)
     write_json_atomic(run.run_dir / "log.json", run.records)
     plot_curves(run.records, run.run_dir / "curves.png")
     if writer is not None:

@@ -15,30 +15,49 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from medseg.errors import MedsegError, OutputExistsError
+
+log = logging.getLogger(__name__)
 
 
 class RunLockedError(MedsegError):
     """Another training process is writing into this run folder."""
 
 
+#: Hidden file in a run folder from its creation until its first ``checkpoints/last.pt``: a folder holding it is
+#: a run that stopped (failed, or was killed) before its first checkpoint, which a new run may take over.
+NO_CHECKPOINT_YET = ".no-checkpoint-yet"
+
+
 def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path:
     """Create (or check, when resuming) a run folder. Call it while holding :class:`RunLock`.
+
+    A folder left by a run that stopped before its first checkpoint (it holds :data:`NO_CHECKPOINT_YET` and no
+    ``checkpoints/last.pt``) is taken over by a new run without ``overwrite``: there is nothing in it to keep.
 
     Raises:
         OutputExistsError: The folder exists with content and neither ``resume`` nor ``overwrite`` is set.
         MedsegError: Resuming a folder that holds no checkpoint.
     """
     run_dir = Path(run_dir)
+    unstarted = (run_dir / NO_CHECKPOINT_YET).is_file() and not (run_dir / "checkpoints" / "last.pt").is_file()
     if resume:
+        if unstarted:
+            raise MedsegError(f"{run_dir}: cannot resume: this run stopped before its first checkpoint; start it "
+                              "again without --resume (the folder is reused)")
         if not (run_dir / "checkpoints" / "last.pt").is_file():
             raise MedsegError(f"{run_dir}: cannot resume: no checkpoints/last.pt in this folder")
         return run_dir
-    if run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
+    if unstarted:
+        log.info("%s: reusing the folder of a run that stopped before its first checkpoint", run_dir)
+        _clear_run_dir(run_dir)
+    elif run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
         if not overwrite:
             raise OutputExistsError(
                 f"{run_dir}: run folder exists and is not empty; use --resume {run_dir} to continue it, "
@@ -47,7 +66,26 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path:
         _clear_run_dir(run_dir)  # the caller holds the run lock, so no other training is writing here
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     (run_dir / "splits").mkdir(exist_ok=True)
+    (run_dir / NO_CHECKPOINT_YET).touch()
     return run_dir
+
+
+def mark_checkpointed(run_dir: Path) -> None:
+    """The run wrote its first ``checkpoints/last.pt``: from now on it is resumed, not taken over."""
+    (Path(run_dir) / NO_CHECKPOINT_YET).unlink(missing_ok=True)
+
+
+def remove_unstarted_run(run_dir: Path) -> bool:
+    """Remove a run folder this process created, when the run stopped before its first checkpoint.
+
+    Returns:
+        Whether the folder was removed (False when it holds a checkpoint or was not a fresh run).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / NO_CHECKPOINT_YET).is_file() or (run_dir / "checkpoints" / "last.pt").exists():
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not run_dir.exists()
 
 
 def _clear_run_dir(run_dir: Path) -> None:
@@ -59,6 +97,7 @@ def _clear_run_dir(run_dir: Path) -> None:
         for f in (run_dir / sub).glob("*") if (run_dir / sub).is_dir() else ():
             if f.is_file():
                 f.unlink()
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
 
 
 class RunLock:

@@ -18,7 +18,7 @@ import torch
 from medseg.config.kinds import DataKind
 from medseg.config.schema import ExperimentConfig
 from medseg.data.augmentation import build_train_transforms
-from medseg.data.label_discovery import discover_label_map
+from medseg.data.label_discovery import check_class_presence, discover_label_map
 from medseg.data.label_sources import label_map_from_config
 from medseg.data.labels import LabelMap
 from medseg.data.pairing import find_pairs_from_config
@@ -85,6 +85,8 @@ class VolumeTask:
         tol = d.labels.tolerance
         self.train_cases = prepare_cases(self.train_pairs, self.preprocessor, self.labels, tolerance=tol)
         self.val_cases = prepare_cases(self.val_pairs, self.preprocessor, self.labels, tolerance=tol)
+        check_class_presence({c for case in self.train_cases for c in case.foreground}, self.labels,
+                             num_masks=len(self.train_cases))
         self.transform = build_train_transforms(d.augment, spatial_dims=self.spatial_dims)
         self.slice_axis = slice_axis_index(d.orientation, d.slice_axis) if self.kind is DataKind.SLICES2D else None
         log.info("%s data: %d training and %d validation volumes, grid shapes %s", d.kind, len(self.train_cases),

@@ -161,7 +161,7 @@ def test_a_shard_runs_only_its_cases(tmp_path):
     cases = [Case(n, tmp_path / n) for n in NAMES]
     seen: list[str] = []
 
-    def run(case: Case) -> list[Path]:
+    def run(case: Case, todo: set[Path]) -> list[Path]:  # todo: the outputs missing (here the one .txt)
         seen.append(case.name)
         (tmp_path / f"{case.name}.txt").write_text("x")
         return [tmp_path / f"{case.name}.txt"]
@@ -203,7 +203,7 @@ def test_a_killed_process_leaves_no_partial_output_and_a_rerun_finishes(tmp_path
     assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
     cases = [Case(n, tmp_path / n) for n in NAMES]
 
-    def run(case: Case) -> list[Path]:
+    def run(case: Case, todo: set[Path]) -> list[Path]:  # todo: the outputs missing (here the one .txt)
         (out / f"{case.name}.txt").write_text(f"{case.name}\n")
         return [out / f"{case.name}.txt"]
 
