@@ -14,6 +14,7 @@ import torch
 from medseg.config.schema import ExperimentConfig
 from medseg.errors import MedsegError
 from medseg.progress import progress_bar
+from medseg.training.speed import TrainingSpeed
 from medseg.training.task import Task
 
 __all__ = ["run_epoch"]
@@ -22,12 +23,17 @@ __all__ = ["run_epoch"]
 def run_epoch(
     model: torch.nn.Module, task: Task, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, device: torch.device, cfg: ExperimentConfig, epoch: int, progress: bool,
+    *, speed: TrainingSpeed | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for one epoch of ``task``'s loader; returns the epoch's log record (loss, Dice, IoU, times).
+
+    ``speed`` sets autocast dtype and batch layout (default: fp16 autocast when the scaler is on, else fp32).
 
     Raises:
         MedsegError: The loss became NaN or infinite (naming the epoch and step).
     """
+    if speed is None:
+        speed = TrainingSpeed(amp_dtype=torch.float16 if scaler.is_enabled() else None, scale_loss=scaler.is_enabled())
     model.train()
     loader = task.train_loader(epoch)
     steps = len(loader) if cfg.train.steps_per_epoch is None else min(len(loader), cfg.train.steps_per_epoch)
@@ -43,9 +49,11 @@ def run_epoch(
             image = batch["image"].to(device, non_blocking=True)
             label = batch["label"].to(device, non_blocking=True)
             image, label = task.augment_batch(image, label, epoch, step)
+            image = speed.batch(image)
             t_ready = time.perf_counter()
             t_data += t_ready - t_mark
-            loss_value, logits = _train_step(model, loss_fn, optimizer, scaler, image, label, cfg.train.grad_clip)
+            loss_value, logits = _train_step(model, loss_fn, optimizer, scaler, image, label, cfg.train.grad_clip,
+                                             speed.amp_dtype)
             if not math.isfinite(loss_value):
                 raise MedsegError(
                     f"training diverged at epoch {epoch + 1}, step {step + 1}: loss is {loss_value}; "
@@ -77,14 +85,14 @@ def run_epoch(
 
 def _train_step(
     model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-    image: torch.Tensor, label: torch.Tensor, grad_clip: float | None,
+    image: torch.Tensor, label: torch.Tensor, grad_clip: float | None, amp_dtype: torch.dtype | None,
 ) -> tuple[float, torch.Tensor]:
-    """One optimizer step (fp16 autocast and loss scaling when the scaler is on); returns (loss, logits).
+    """One optimizer step (autocast in ``amp_dtype``; loss scaling when the scaler is on); returns (loss, logits).
 
     A non-finite loss is returned before any gradient is applied, so the caller can stop with a clear message.
     """
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(image.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+    with torch.autocast(image.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
         logits = model(image)
         loss = loss_fn(logits.float(), label)
     loss_value = loss.detach().item()

@@ -66,6 +66,7 @@ class ImageTask:
             num_workers=self.cfg.data.num_workers,
             generator=gen,
             persistent_workers=False,
+            pin_memory=self.cfg.train.device != "cpu" and torch.cuda.is_available(),  # non-blocking copies to CUDA
         )
 
     @torch.no_grad()

@@ -36,6 +36,7 @@ from medseg.training.epoch import run_epoch
 from medseg.training.optim import EpochScheduler, build_optimizer
 from medseg.training.plots import plot_curves, plot_preview
 from medseg.training.run_folder import RunLock, prepare_run_dir, read_log
+from medseg.training.speed import TrainingSpeed, resolve_training_speed
 from medseg.training.task import Task, build_task
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,8 @@ class _Run:
     best: float | None = None
     best_epoch: int | None = None
     bad: int = 0  # validations in a row without a clear improvement
+    speed: TrainingSpeed = field(default_factory=TrainingSpeed)
+    step_model: torch.nn.Module | None = None  # what the training steps call (the model, or torch.compile of it)
 
     @property
     def labels(self) -> LabelMap:
@@ -210,13 +213,14 @@ def _build_run(cfg: ExperimentConfig, run_dir: Path, *, labels: LabelMap | None,
     loss_fn = build_loss(cfg.loss, k).to(device)
     optimizer = build_optimizer(cfg.train, model.parameters())
     scheduler = EpochScheduler(cfg.train, optimizer)
-    use_amp = cfg.train.amp and device.type == "cuda"
-    if cfg.train.amp and device.type != "cuda":
-        log.info("train.amp is on but the device is %s: training in fp32", device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if cfg.train.deterministic:
         torch.backends.cudnn.benchmark = False
-    return _Run(cfg, run_dir, device, task, model, loss_fn, optimizer, scheduler, scaler, use_amp)
+    speed = resolve_training_speed(cfg.train, device, cfg.model.spatial_dims)
+    step_model = speed.model(model)
+    log.info("training steps: %s", speed.describe())
+    scaler = torch.amp.GradScaler("cuda", enabled=speed.scale_loss)
+    return _Run(cfg, run_dir, device, task, model, loss_fn, optimizer, scheduler, scaler, speed.scale_loss,
+                speed=speed, step_model=step_model)
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
@@ -248,7 +252,8 @@ def _train_and_validate(run: _Run, epoch: int, progress: bool) -> dict[str, Any]
     cfg = run.cfg
     seed_everything(epoch_seed(cfg.train.seed, epoch))
     lr = run.scheduler.start_epoch(epoch)
-    rec = run_epoch(run.model, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg, epoch, progress)
+    rec = run_epoch(run.step_model or run.model, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg,
+                    epoch, progress, speed=run.speed)
     rec["lr"] = lr
     if (epoch + 1) % cfg.train.val_every == 0 or epoch == cfg.train.max_epochs - 1:
         t0 = time.perf_counter()

@@ -124,6 +124,7 @@ class VolumeTask:
             num_workers=self.cfg.data.num_workers,
             generator=torch.Generator().manual_seed(seed),
             persistent_workers=False,
+            pin_memory=self.cfg.train.device != "cpu" and torch.cuda.is_available(),  # non-blocking copies to CUDA
         )
 
     def augment_batch(self, image: torch.Tensor, label: torch.Tensor, epoch: int, step: int
