@@ -187,21 +187,29 @@ def _probe(network: nn.Module, window: torch.Tensor, dtype: torch.dtype | None) 
     reference: torch.Tensor | None = None
     for name in PROBE_CANDIDATES:
         with using_backend(network, name) as forward:
-            best = math.inf
-            for _ in range(1 + PROBE_REPEATS):  # the first call includes kernel selection; the fastest counts
-                start = time.perf_counter()
-                y = _run(forward, window, dtype)
-                best = min(best, time.perf_counter() - start)
-            labels = y.argmax(1)
+            best, y = _time_forward(forward, window, dtype)
+        labels = y.argmax(1)
+        times[name] = best
         if reference is None:
             reference = labels
         agreement[name] = float((labels == reference).float().mean())
-        times[name] = best
     ok = [n for n in PROBE_CANDIDATES if agreement[n] >= PROBE_AGREEMENT]
     choice = min(ok, key=lambda n: times[n])
     log.info("forward backend probe on %s: %s; chosen %s", tuple(window.shape),
              ", ".join(f"{n} {times[n]:.3f} s (labels agree {agreement[n]:.4f})" for n in PROBE_CANDIDATES), choice)
     return {"backend": choice, "seconds": {n: round(t, 4) for n, t in times.items()}, "agreement": agreement}
+
+
+def _time_forward(
+    forward: Callable[[torch.Tensor], torch.Tensor], window: torch.Tensor, dtype: torch.dtype | None
+) -> tuple[float, torch.Tensor]:
+    """(fastest of 1 + :data:`PROBE_REPEATS` calls, output); the first call includes the kernels' selection."""
+    best = math.inf
+    for _ in range(1 + PROBE_REPEATS):
+        start = time.perf_counter()
+        y = _run(forward, window, dtype)
+        best = min(best, time.perf_counter() - start)
+    return best, y
 
 
 def _run(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -220,6 +228,14 @@ def _layout(spatial: int) -> torch.memory_format | None:
 def _first_weight(network: nn.Module) -> torch.Tensor | None:
     for module in network.modules():
         if isinstance(module, nn.modules.conv._ConvNd):
+            return module.weight
+    return None
+
+
+def _telling_weight(network: nn.Module) -> torch.Tensor | None:
+    """A convolution weight whose layouts differ (more than one input channel and kernel voxel), or None."""
+    for module in network.modules():
+        if isinstance(module, nn.modules.conv._ConvNd) and module.weight.shape[1] > 1 and module.weight[0, 0].numel() > 1:
             return module.weight
     return None
 
@@ -250,7 +266,8 @@ def using_backend(network: nn.Module, backend: str, spatial: int | None = None) 
     if backend == "eager" or layout is None or weight is None:
         yield network
         return
-    was_channels_last = weight is not None and weight.is_contiguous(memory_format=layout)
+    telling = _telling_weight(network)
+    was_channels_last = telling is not None and telling.is_contiguous(memory_format=layout)
     network.to(memory_format=layout)
     # torch.compile keeps its compiled code per forward function and guards, so a second call with the same
     # network and shapes does not compile again
