@@ -54,7 +54,7 @@ PROBE_CANDIDATES = ("eager", "channels_last")
 #: Fraction of the probe window's voxels whose labels must equal the eager labels for a backend to be chosen.
 PROBE_AGREEMENT = 0.98
 #: Below this many voxels of network work in one call, ``"auto"`` runs eager without probing.
-PROBE_MIN_VOXELS = 4 * 64**3
+PROBE_MIN_VOXELS = 48**3
 #: Timed calls per candidate after one warm-up (the fastest counts).
 PROBE_REPEATS = 2
 
