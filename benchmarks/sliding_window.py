@@ -331,7 +331,8 @@ def run_volume(name, net, image, truth, repeats, device, classes, with_compile=F
     if device == "cuda":
         print(f"[{name}] peak GPU memory (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in PEAK_GPU.items()))
         PEAK_GPU.clear()
-    print(f"[{name}] label agreement MONAI {amp} autocast vs MONAI fp32: {fmt_dice(dice_per_class(ref_amp, ref, classes))}")
+    amp_dice = dice_per_class(ref_amp, ref, classes)
+    print(f"[{name}] label agreement MONAI {amp} autocast vs MONAI fp32: {fmt_dice(amp_dice)}")
     if truth is not None:
         gt = dice_per_class(ref.cpu(), truth[:, 0], classes)
         print(f"[{name}] MONAI fp32 vs TotalSegmentator labels (is the network trained?), Dice {fmt_dice(gt)}")
@@ -483,8 +484,10 @@ def main() -> None:
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory figure")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory figure")
     parser.add_argument("--memory-runs", type=int, default=3, help="processes per path for the memory median")
-    parser.add_argument("--ct", action="store_true", help="also a 512x512x400 CT-sized volume (meant for --device cuda)")
-    parser.add_argument("--compile", action="store_true", help="also time a torch.compile forward pass (slow to compile)")
+    parser.add_argument("--ct", action="store_true",
+                        help="also a 512x512x400 CT-sized volume (meant for --device cuda)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time a torch.compile forward pass (slow to compile)")
     parser.add_argument("--no-instance", action="store_true", help="skip the instance-norm UNet line")
     args = parser.parse_args()
     if args.smoke:  # exercise every code path in seconds: 32^3 windows and patches, one thread

@@ -135,7 +135,8 @@ def choose_backend(
 ) -> str:
     """The backend ``"auto"`` means for ``network`` on windows like ``window`` ((1, C, *roi), on the device).
 
-    A network without torch convolutions (ONNX Runtime behind a module) runs eager. Calls with a cached answer (this process, then ``cache_file``) return it without running the network.
+    A network without torch convolutions (ONNX Runtime behind a module) runs eager. Calls with a cached answer
+    (this process, then ``cache_file``) return it without running the network.
     Otherwise the probe runs :data:`PROBE_CANDIDATES` on ``window`` under autocast ``dtype`` and caches its
     choice. Calls whose work (``batch`` windows) is below :data:`PROBE_MIN_VOXELS` voxels return ``"eager"``
     unprobed.
@@ -235,8 +236,9 @@ def _first_weight(network: nn.Module) -> torch.Tensor | None:
 def _telling_weight(network: nn.Module) -> torch.Tensor | None:
     """A convolution weight whose layouts differ (more than one input channel and kernel voxel), or None."""
     for module in network.modules():
-        if isinstance(module, nn.modules.conv._ConvNd) and module.weight.shape[1] > 1 and module.weight[0, 0].numel() > 1:
-            return module.weight
+        weight = module.weight if isinstance(module, nn.modules.conv._ConvNd) else None
+        if weight is not None and weight.shape[1] > 1 and weight[0, 0].numel() > 1:
+            return weight
     return None
 
 

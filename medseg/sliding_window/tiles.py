@@ -49,7 +49,8 @@ class SlidingWindowStats:
     def __str__(self) -> str:
         return (
             f"sliding window: {self.windows} windows ({self.plan}, tiling {self.tiling}, batch {self.batch_size}, "
-            f"{self.precision}, {self.backend}, {self.device}) in {self.seconds:.2f} s, {self.windows_per_s:.2f} windows/s, "
+            f"{self.precision}, {self.backend}, {self.device}) in {self.seconds:.2f} s, "
+            f"{self.windows_per_s:.2f} windows/s, "
             f"{self.voxels_per_s / 1e6:.2f} Mvoxel/s, peak memory {self.peak_memory_mb:.0f} MB"
         )
 

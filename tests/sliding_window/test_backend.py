@@ -46,7 +46,8 @@ def trained_net() -> torch.nn.Module:
 
 def test_backend_doors():
     assert check_backend("compile") == "compile"
-    with pytest.raises(ValueError, match="backend must be one of 'auto', 'eager', 'channels_last', 'compile', got 'fast'"):
+    allowed = "backend must be one of 'auto', 'eager', 'channels_last', 'compile', got 'fast'"
+    with pytest.raises(ValueError, match=allowed):
         sliding_window_predict(torch.nn.Identity(), torch.zeros(1, 1, 8, 8), 8, backend="fast")
     with pytest.raises(ValueError, match="got 3"):
         check_backend(3)
