@@ -109,6 +109,7 @@ def run_tiles(network: nn.Module, image: torch.Tensor, job: TileJob, stats: Slid
                 x = _gather(source, group, plan.tile, device, flips)
                 with autocast:
                     y = _forward(job.forward or network, x, plan.tile)
+                y = y.contiguous()  # a channels-last output: the stitcher reads one class map at a time
                 y = _merge_flips(y, flips, len(group))
                 if acc is None:
                     cls = LabelStreamer if job.output == "labels" else DenseAccumulator
