@@ -6,8 +6,13 @@ Prints one line per figure:
 - the Dice reached within the first 20 minutes of training (from the per-epoch log);
 - data-loading overhead: median over epochs of epoch time / pure compute time of the same steps (target <= 1.15).
 
+- training throughput (images/s of optimizer steps on in-memory batches) in fp32 with the default layout (what
+  medseg trained in on the CPU before bf16 training) and with the run's speed settings (bf16 autocast on CPUs
+  with native bf16 or fp16 + loss scaling on CUDA, channels-last).
+
 Usage:
     python benchmarks/kvasir_train.py [--data ../shared/data/kvasir-seg] [--set train.max_epochs=60 ...]
+    python benchmarks/kvasir_train.py --throughput-only [--device cuda] [--compile]
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ def main() -> int:
     parser.add_argument("--run-dir", type=Path, default=None)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra config overrides")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--device", default=None, help="train.device (cpu, cuda); default: the config's")
+    parser.add_argument("--throughput-only", action="store_true", help="only the training throughput figures")
+    parser.add_argument("--compile", action="store_true", help="also time the steps under torch.compile")
+    parser.add_argument("--steps", type=int, default=20, help="steps per throughput timing")
     args = parser.parse_args()
 
     import torch
@@ -41,7 +50,11 @@ def main() -> int:
     if not args.data.is_dir():
         print(f"error: Kvasir-SEG folder {args.data} not found", file=sys.stderr)
         return 1
-    cfg = medseg.load_config(args.config, [f"data.root={args.data.resolve()}", *args.sets])
+    device_sets = [f"train.device={args.device}"] if args.device else []
+    cfg = medseg.load_config(args.config, [f"data.root={args.data.resolve()}", *device_sets, *args.sets])
+    if args.throughput_only:
+        _print_throughput(cfg, args.steps, args.compile)
+        return 0
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="kvasir-bench-")) / "run"
     t0 = time.perf_counter()
     result = medseg.train(cfg, run_dir=run_dir, progress=False)
@@ -83,7 +96,74 @@ def main() -> int:
         f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
     )
     print(f"median epoch time {epoch_median:.1f} s; run folder {run_dir}")
+    _print_throughput(cfg, args.steps, args.compile)
     return 0
+
+
+def _print_throughput(cfg, steps: int, with_compile: bool) -> None:
+    """Images/s of training steps (forward, loss, backward, clip, AdamW) on one in-memory batch, per setting."""
+    import torch
+
+    from medseg.device import resolve_device
+    from medseg.training.speed import TrainingSpeed, resolve_training_speed
+
+    device = resolve_device(cfg.train.device)
+    ours = resolve_training_speed(cfg.train, device, 2)
+    settings = {"fp32, contiguous (before)": TrainingSpeed(),
+                "fp32, channels_last": TrainingSpeed(memory_format=torch.channels_last)}
+    if ours.amp_dtype is not None:
+        settings[f"{ours.describe().split(',')[0]}, contiguous"] = TrainingSpeed(
+            amp_dtype=ours.amp_dtype, scale_loss=ours.scale_loss)
+    settings[f"{ours.describe()} (medseg now)"] = TrainingSpeed(
+        amp_dtype=ours.amp_dtype, scale_loss=ours.scale_loss, memory_format=ours.memory_format)
+    if with_compile:
+        settings[f"{ours.describe()}, torch.compile"] = TrainingSpeed(
+            amp_dtype=ours.amp_dtype, scale_loss=ours.scale_loss, memory_format=ours.memory_format, compile=True)
+    rates = {name: _images_per_s(cfg, device, speed, steps) for name, speed in settings.items()}
+    base = rates["fp32, contiguous (before)"]
+    for name, rate in rates.items():
+        print(f"training throughput, batch {cfg.train.batch_size} of {list(cfg.data.image_size)}, {device}, {name}: "
+              f"{rate:.1f} images/s = {rate / base:.2f}x fp32")
+
+
+def _images_per_s(cfg, device, speed, steps: int, repeats: int = 3) -> float:
+    """Median images/s over ``repeats`` rounds of ``steps`` steps, after one warm-up round."""
+    import torch
+
+    from medseg.losses import build_loss
+    from medseg.models import build_model
+
+    classes = len(cfg.data.labels.classes) if cfg.data.labels.classes else 2
+    channels = 3 if cfg.data.color == "rgb" else 1
+    torch.manual_seed(0)
+    model = build_model(cfg.model, in_channels=channels, out_channels=classes).to(device).train()
+    step_model = speed.model(model)
+    loss_fn = build_loss(cfg.loss, classes).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=speed.scale_loss)
+    g = torch.Generator().manual_seed(0)
+    h, w = cfg.data.image_size
+    image = speed.batch(torch.rand((cfg.train.batch_size, channels, h, w), generator=g).to(device))
+    label = torch.randint(0, classes, (cfg.train.batch_size, 1, h, w), generator=g).to(device)
+    times = []
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=speed.amp_dtype or torch.bfloat16,
+                                enabled=speed.amp_dtype is not None):
+                loss = loss_fn(step_model(image).float(), label)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or 1e9)
+            scaler.step(optimizer)
+            scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return steps * cfg.train.batch_size / statistics.median(times[1:])
 
 
 def _full_resolution_dice(result, run_dir: Path, cfg) -> dict[str, float]:

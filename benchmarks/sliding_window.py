@@ -5,6 +5,7 @@
     python benchmarks/sliding_window.py --quick    # smaller volumes, 1 repeat, no training if cached
     python benchmarks/sliding_window.py --smoke    # seconds: tiny crops, 1 thread, 2 training steps (checks code)
     python benchmarks/sliding_window.py --device cuda
+    python benchmarks/sliding_window.py --device cuda --ct --task vertebrae   # + a 512x512x400 CT-sized volume
     python benchmarks/sliding_window.py --task spine --no-memory   # one network: spine vs background (2 classes)
 
 Network: MONAI UNet (3D, channels 16-32-64-128-256, strides 2, two residual units) with ``norm="batch"``:
@@ -27,9 +28,13 @@ against itself with its window grid shifted by 8 voxels (the same network, preci
 windows fall changes), which bounds the agreement any engine with other windows can reach; and both engines
 against the labels of one forward pass over the whole padded volume, the network's answer with the most context.
 
-MONAI baseline: sliding_window_inference(x, (96,)*3, sw_batch_size=4, overlap=0.25, mode="gaussian") in fp32,
-then argmax. medseg: sliding_window_predict(net, x, 96, output="labels") with its defaults (precision "auto",
-tiling "auto"). Timings: one warm-up, then the median of ``--repeats`` runs (3 by default).
+MONAI baselines: sliding_window_inference(x, (96,)*3, sw_batch_size=4, overlap=0.25, mode="gaussian") in fp32,
+then argmax; and the same under torch.autocast (bf16 on the CPU, fp16 on CUDA), what a user who cares about speed
+runs. medseg: sliding_window_predict(net, x, 96, output="labels") with its defaults (precision "auto", tiling
+"auto", backend "auto"). One forward pass over the whole padded volume is timed with each backend (fp32 eager,
+autocast eager, autocast channels-last, and with ``--compile`` torch.compile); medseg's time is given over the
+fastest of them. Timings: one warm-up, then the median of ``--repeats`` runs (3 by default). On CUDA each line
+also gives the peak GPU memory of the call (torch.cuda.max_memory_allocated).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from monai.networks.nets import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from medseg.sliding_window.backend import using_backend  # noqa: E402
 from medseg.sliding_window.predict import resolve_precision, sliding_window_predict  # noqa: E402
 
 DATA = Path("/work/shared/data/spine-ct-totalseg")
@@ -169,9 +175,20 @@ def trained_unet(image, label, args, task: str, cache: str) -> tuple[torch.nn.Mo
     return net.eval(), desc
 
 
-def timed(fn, repeats: int, device: str) -> tuple[float, list[float], object]:
-    """One warm-up call (oneDNN/cuDNN kernel selection for these shapes), then the median of ``repeats``."""
+PEAK_GPU: dict[str, float] = {}
+
+
+def timed(fn, repeats: int, device: str, name: str = "") -> tuple[float, list[float], object]:
+    """One warm-up call (oneDNN/cuDNN kernel selection for these shapes), then the median of ``repeats``.
+
+    On CUDA the peak memory allocated during the warm-up call is kept in ``PEAK_GPU[name]`` (MB)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     result = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        PEAK_GPU[name] = torch.cuda.max_memory_allocated() / 2**20
     times = []
     for _ in range(repeats):
         if device == "cuda":
@@ -235,40 +252,87 @@ def monai_shifted_labels(net, image, shift: int = 8):
     return logits[(slice(None), slice(None), *(slice(shift, None) for _ in image.shape[2:]))].argmax(1)
 
 
-def run_volume(name, net, image, truth, repeats, device, classes) -> None:
+def amp_dtype(device: str) -> torch.dtype:
+    """What a speed-minded MONAI user autocasts to: fp16 on CUDA, bf16 on the CPU."""
+    return torch.float16 if device == "cuda" else torch.bfloat16
+
+
+def monai_amp_labels(net, image):
+    with torch.autocast(image.device.type, dtype=amp_dtype(image.device.type)):
+        return monai_labels(net, image)
+
+
+def forward_backends(net, padded, repeats, device, dtype, with_compile) -> dict[str, tuple[float, list[float]]]:
+    """Time one forward pass over ``padded`` with each backend: {name: (median, runs)}; last output kept in
+    ``forward_backends.single`` (autocast eager), the network's one-pass answer."""
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    variants = [("fp32 eager", None, "eager")]
+    if dtype is not None:
+        variants += [(f"{name} eager", dtype, "eager"), (f"{name} channels_last", dtype, "channels_last")]
+    else:
+        variants += [("fp32 channels_last", None, "channels_last")]
+    if with_compile:
+        variants += [(f"{name} compile", dtype, "compile")]
+    out = {}
+    for label, dt, backend in variants:
+        with torch.no_grad(), using_backend(net, backend, 3) as fwd:
+            def run(fwd=fwd, dt=dt):
+                with torch.autocast(device, dtype=dt or torch.bfloat16, enabled=dt is not None):
+                    return fwd(padded)
+            t, ts, y = timed(run, repeats, device, f"forward {label}")
+        out[label] = (t, ts)
+        if backend == "eager" and dt is dtype:
+            forward_backends.single = y.argmax(1).cpu()
+        del y
+    return out
+
+
+def run_volume(name, net, image, truth, repeats, device, classes, with_compile=False, one_pass=True) -> None:
     net = net.to(device)
     image = image.to(device)
     dtype = resolve_precision("auto", device)
+    amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype(device)]
     with torch.no_grad():
-        t_monai, ts_monai, (ref, ref_logits) = timed(lambda: monai_labels(net, image), repeats, device)
+        t_monai, ts_monai, (ref, ref_logits) = timed(lambda: monai_labels(net, image), repeats, device, "monai fp32")
+        t_amp, ts_amp, (ref_amp, _) = timed(lambda: monai_amp_labels(net, image), repeats, device, "monai amp")
         t_ours, ts_ours, (labels, stats) = timed(
-            lambda: sliding_window_predict(net, image, ROI, output="labels", return_stats=True), repeats, device
-        )
+            lambda: sliding_window_predict(net, image, ROI, output="labels", return_stats=True), repeats, device,
+            "medseg")
         confident = torch.softmax(ref_logits, 1).amax(1) >= 0.9
         del ref_logits
         padded = F.pad(image, [p for s in reversed(image.shape[2:]) for p in (0, -s % 16)])
-        ctx = torch.autocast(device, dtype=dtype) if dtype is not None else torch.autocast(device, enabled=False)
-
-        def forward():
-            with ctx:
-                return net(padded)
-
-        t_fwd, ts_fwd, single = timed(forward, repeats, device)
-        single = single[(slice(None), slice(None), *(slice(0, s) for s in image.shape[2:]))].argmax(1).cpu()
+        fwd = forward_backends(net, padded, repeats, device, dtype, with_compile) if one_pass else {}
+        single = None
+        if one_pass:
+            single = forward_backends.single[(slice(None), *(slice(0, s) for s in image.shape[2:]))]
     labels = labels[:, 0].long()
     dice = dice_per_class(labels, ref, classes)
     voxels = image[0, 0].numel()
     shape = "x".join(map(str, image.shape))
-    print(f"[{name} {shape}, {device}] medseg plan: {stats.plan}, tiling {stats.tiling}, {stats.precision}")
+    print(f"[{name} {shape}, {device}] medseg plan: {stats.plan}, tiling {stats.tiling}, {stats.precision}, "
+          f"backend {stats.backend}")
     print(
         f"[{name}] time MONAI fp32 / medseg: {t_monai:.2f} s / {t_ours:.2f} s = {t_monai / t_ours:.2f}x "
         f"(runs MONAI {fmt_times(ts_monai)}, medseg {fmt_times(ts_ours)})"
     )
     print(
-        f"[{name}] medseg / one forward pass over the padded volume {'x'.join(map(str, padded.shape[2:]))} "
-        f"({stats.precision}): {t_ours:.2f} s / {t_fwd:.2f} s = {t_ours / t_fwd:.2f} (runs {fmt_times(ts_fwd)})"
+        f"[{name}] time MONAI {amp} autocast / medseg: {t_amp:.2f} s / {t_ours:.2f} s = {t_amp / t_ours:.2f}x "
+        f"(runs MONAI {amp} {fmt_times(ts_amp)})"
     )
-    print(f"[{name}] voxels/s: medseg {voxels / t_ours / 1e6:.2f} M, MONAI {voxels / t_monai / 1e6:.2f} M")
+    for label, (t, ts) in fwd.items():
+        print(f"[{name}] one forward pass over the padded volume {'x'.join(map(str, padded.shape[2:]))}, {label}: "
+              f"{t:.2f} s (runs {fmt_times(ts)})")
+    if fwd:
+        best = min(fwd, key=lambda k: fwd[k][0])
+        print(f"[{name}] medseg / fastest single forward pass ({best}): {t_ours:.2f} s / {fwd[best][0]:.2f} s = "
+              f"{t_ours / fwd[best][0]:.2f}")
+    print(f"[{name}] voxels/s: medseg {voxels / t_ours / 1e6:.2f} M, MONAI fp32 {voxels / t_monai / 1e6:.2f} M, "
+          f"MONAI {amp} {voxels / t_amp / 1e6:.2f} M")
+    if device == "cuda":
+        print(f"[{name}] peak GPU memory (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in PEAK_GPU.items()))
+        PEAK_GPU.clear()
+    amp_dice = dice_per_class(ref_amp, ref, classes)
+    print(f"[{name}] label agreement MONAI {amp} autocast vs MONAI fp32: {fmt_dice(amp_dice)}")
     if truth is not None:
         gt = dice_per_class(ref.cpu(), truth[:, 0], classes)
         print(f"[{name}] MONAI fp32 vs TotalSegmentator labels (is the network trained?), Dice {fmt_dice(gt)}")
@@ -276,11 +340,12 @@ def run_volume(name, net, image, truth, repeats, device, classes) -> None:
         print(f"[{name}] medseg vs TotalSegmentator labels, Dice {fmt_dice(ours_gt)}")
     print(f"[{name}] label agreement medseg vs MONAI fp32, Dice per class present: {fmt_dice(dice)}")
     print(f"[{name}] voxels with different labels: {where_they_differ(labels, ref)}")
-    print(
-        f"[{name}] against the network's own one-pass labels (the forward pass above, {stats.precision}), Dice per "
-        f"class: medseg {fmt_dice(dice_per_class(labels.cpu(), single, classes))}; "
-        f"MONAI {fmt_dice(dice_per_class(ref.cpu(), single, classes))}"
-    )
+    if single is not None:
+        print(
+            f"[{name}] against the network's own one-pass labels (the forward pass above, {stats.precision}), Dice "
+            f"per class: medseg {fmt_dice(dice_per_class(labels.cpu(), single, classes))}; "
+            f"MONAI {fmt_dice(dice_per_class(ref.cpu(), single, classes))}"
+        )
     del single
     differ = labels != ref
     n_conf = int(confident.sum())
@@ -315,16 +380,19 @@ def run_instance_variant(image, repeats, device, classes) -> None:
     net = build_unet("instance").eval().to(device)
     image = image.to(device)
     name = "spine 1.5 mm, INSTANCE-norm UNet (untrained, fixed seed)"
+    amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype(device)]
     with torch.no_grad():
         t_monai, ts_monai, (ref, _) = timed(lambda: monai_labels(net, image), repeats, device)
+        t_amp, ts_amp, _ = timed(lambda: monai_amp_labels(net, image), repeats, device)
         t_ours, ts_ours, (labels, stats) = timed(
             lambda: sliding_window_predict(net, image, ROI, output="labels", return_stats=True), repeats, device
         )
     dice = dice_per_class(labels[:, 0].long(), ref, classes)
-    print(f"[{name}] medseg plan: {stats.plan}, tiling {stats.tiling}, {stats.precision}")
+    print(f"[{name}] medseg plan: {stats.plan}, tiling {stats.tiling}, {stats.precision}, backend {stats.backend}")
     print(
-        f"[{name}] time MONAI fp32 / medseg: {t_monai:.2f} s / {t_ours:.2f} s = {t_monai / t_ours:.2f}x "
-        f"(runs MONAI {fmt_times(ts_monai)}, medseg {fmt_times(ts_ours)}); label agreement of an untrained "
+        f"[{name}] time MONAI fp32 / medseg: {t_monai:.2f} s / {t_ours:.2f} s = {t_monai / t_ours:.2f}x; MONAI {amp} "
+        f"autocast / medseg: {t_amp:.2f} s / {t_ours:.2f} s = {t_amp / t_ours:.2f}x (runs MONAI {fmt_times(ts_monai)}, "
+        f"MONAI {amp} {fmt_times(ts_amp)}, medseg {fmt_times(ts_ours)}); label agreement of an untrained "
         f"network, for information only: {fmt_dice(dice)}"
     )
 
@@ -386,9 +454,15 @@ def run_task(task: str, args, repeats: int) -> tuple[int, list]:
             ("volume 160x224x224 = crop of the spine CT", crop_160(image), crop_160(label)),
             ("spine 1.5 mm", image, label),
         ]
+    if args.ct and not args.smoke:
+        ct_size = (400, 512, 512)  # a CT-sized volume: the 1.5 mm spine interpolated, for time and memory figures
+        volumes.append((f"CT-sized {'x'.join(map(str, ct_size))} (the spine CT interpolated)",
+                        F.interpolate(image, size=ct_size, mode="trilinear", align_corners=False), None))
     if not args.train_only:
         for name, vol, truth in volumes:
-            run_volume(f"{task} task | {name}", net, vol, truth, repeats, args.device, classes)
+            # one pass over a CT-sized volume needs ~10 GB of activations: skipped on the CPU
+            one_pass = args.device == "cuda" or vol[0, 0].numel() < 40e6
+            run_volume(f"{task} task | {name}", net, vol, truth, repeats, args.device, classes, args.compile, one_pass)
     return classes, volumes
 
 
@@ -410,6 +484,11 @@ def main() -> None:
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory figure")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory figure")
     parser.add_argument("--memory-runs", type=int, default=3, help="processes per path for the memory median")
+    parser.add_argument("--ct", action="store_true",
+                        help="also a 512x512x400 CT-sized volume (meant for --device cuda)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time a torch.compile forward pass (slow to compile)")
+    parser.add_argument("--no-instance", action="store_true", help="skip the instance-norm UNet line")
     args = parser.parse_args()
     if args.smoke:  # exercise every code path in seconds: 32^3 windows and patches, one thread
         global ROI, PATCH
@@ -431,7 +510,8 @@ def main() -> None:
         classes, volumes = run_task(task, args, repeats)
     if args.train_only:
         return
-    run_instance_variant(volumes[-1][1], repeats, args.device, classes)
+    if not args.no_instance:
+        run_instance_variant(volumes[-1][1] if not args.ct else volumes[-2][1], repeats, args.device, classes)
     if not args.no_memory and not args.smoke:
         memory(128 if args.quick else 256, 10, args.device, args.memory_runs)
 

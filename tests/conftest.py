@@ -83,3 +83,14 @@ def ckpt3d(tmp_path_factory) -> tuple[Path, Path]:
         "train": {"max_epochs": 1, "batch_size": 1, "device": "cpu", "preview_samples": 0},
     })
     return train(cfg, run_dir=tmp / "run", progress=False).last_checkpoint, root / "imagesTr"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _probe_cache_in_tmp(tmp_path_factory):
+    """The sliding window's forward-backend probe caches its choices in a session folder, not ~/.cache/medseg."""
+    from medseg.sliding_window import backend
+
+    path = tmp_path_factory.mktemp("probe") / "forward_backends.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backend, "default_cache_file", lambda: path)
+        yield

@@ -216,6 +216,8 @@ def predict(
     largest_component: Annotated[Optional[bool], typer.Option(  # noqa: UP045
         "--largest-component/--all-components", help="Keep only the largest connected region of each class.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16.")] = None,  # noqa: UP045
+    backend: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Forward pass: auto (measured, cached probe), eager, channels_last or compile.")] = None,
     overlap: Annotated[Optional[float], typer.Option(help="Sliding-window overlap (0..1).")] = None,  # noqa: UP045
     sw_batch_size: Annotated[Optional[int], typer.Option(help="Windows per forward pass.")] = None,  # noqa: UP045
     roi_size: Annotated[Optional[str], typer.Option(help="Sliding-window size: 96 or 96,96,64.")] = None,  # noqa: UP045
@@ -247,7 +249,8 @@ def predict(
         check_parallel(workers, sharing, rank is not None, spell=_option_name)
         check_irregular(irregular, "--irregular")
         overrides = {"tta": tta, "largest_component": largest_component, "precision": precision,
-                     "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size, "threshold": threshold}
+                     "backend": backend, "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size,
+                     "threshold": threshold}
         predictor = Predictor.from_checkpoint(checkpoint, device=device, spell=_option_name, **overrides)
         report = predict_paths(predictor, inputs, output, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg,
                                statistics=statistics, probabilities=probabilities, sharing=sharing,

@@ -333,7 +333,12 @@ class TrainConfig(Strict):
         0.0, ge=0, description="Improvements of the best metric smaller than this count as none for early stopping."
     )
     grad_clip: float | None = Field(12.0, gt=0, description="Clip the gradient norm to this value (None: off).")
-    amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU, where it is logged).")
+    amp: bool = Field(True, description="Mixed precision: fp16 with loss scaling on CUDA, bf16 on a CPU with native "
+                      "bf16 (AVX512-BF16/AMX); other CPUs train in fp32 (logged).")
+    channels_last: bool = Field(True, description="Weights and batches in channels-last layout (faster convolutions "
+                                "with bf16/fp16 on CPU and GPU).")
+    compile: bool = Field(False, description="Run training steps through torch.compile (inductor; compiling takes "
+                          "minutes on a CPU, pays off in long runs).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     seed: int = Field(0, description="Seed for weights, sampling and augmentation.")
     deterministic: bool = Field(True, description="Deterministic algorithms where PyTorch has them.")
@@ -365,6 +370,10 @@ class InferConfig(Strict):
     sw_batch_size: PositiveInt = Field(4, description="Windows per forward pass.")
     blend: Literal["gaussian", "constant"] = Field("gaussian", description="How overlapping windows are blended.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Inference precision.")
+    backend: Literal["auto", "eager", "channels_last", "compile"] = Field(
+        "auto", description="How the forward pass runs: auto (a cached, measured probe picks eager or channels-last "
+        "layout), eager, channels_last, or compile (channels-last + torch.compile; compiling takes tens of seconds)."
+    )
     tta: bool = Field(False, description="Flip test-time augmentation.")
     largest_component: bool = Field(False, description="Keep only the largest connected component per class.")
     threshold: float | None = Field(

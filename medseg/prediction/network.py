@@ -41,7 +41,7 @@ def _sliding_window(
     return sliding_window_predict(  # type: ignore[return-value]
         network, x, tuple(roi), overlap=infer.overlap, sw_batch_size=infer.sw_batch_size, blend=infer.blend,
         precision=infer.precision, tta=infer.tta, output=output, device=device, tiling=tiling,
-        divisor=None if divisor is None else tuple(int(d) for d in divisor),
+        divisor=None if divisor is None else tuple(int(d) for d in divisor), backend=infer.backend,
     )
 
 

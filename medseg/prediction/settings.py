@@ -31,6 +31,7 @@ ALLOWED_VALUES: dict[str, str] = {
     "sw_batch_size": "an integer >= 1",
     "blend": "gaussian or constant",
     "precision": "auto, fp32, bf16 or fp16",
+    "backend": "auto, eager, channels_last or compile",
     "tta": "true or false",
     "largest_component": "true or false",
     "threshold": "a number with 0 < threshold < 1, for two-class models only",
@@ -173,7 +174,7 @@ def _check_type(name: str, value: Any, spell: Callable[[str], str]) -> None:
         wrong = isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value)
     elif name == "sw_batch_size":
         wrong = isinstance(value, bool) or not isinstance(value, numbers.Integral)
-    elif name in ("precision", "blend"):
+    elif name in ("precision", "blend", "backend"):
         wrong = not isinstance(value, str)
     if wrong:
         raise ConfigError(

@@ -23,13 +23,14 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from medseg.errors import ConfigError, DataError, MedsegError
+from medseg.sliding_window.backend import check_backend, choose_backend, using_backend
 from medseg.sliding_window.memory import budget_bytes, free_cache, is_oom, network_device, peak_mb
 from medseg.sliding_window.plan import (
     ACTIVATION_FACTOR,
@@ -43,6 +44,7 @@ from medseg.sliding_window.plan import (
     plan_auto,
     plan_roi,
     resolve_precision,
+    round_up,
     stitch_bytes,
     window_dependent_layers,
 )
@@ -91,6 +93,7 @@ def sliding_window_predict(
     tiling: str = "auto",
     padding_value: float = 0.0,
     nonfinite: str = "error",
+    backend: str = "auto",
     return_stats: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, SlidingWindowStats]:
     """Predict a (B, C, *spatial) ``image`` (2D or 3D) with ``network`` tile by tile.
@@ -118,6 +121,8 @@ def sliding_window_predict(
         padding_value: value of the padding where the image is smaller than a window; a finite number (NaN or
             Inf would reach the network and spread through its convolutions).
         nonfinite: "error" raises :class:`DataError` on NaN/Inf voxels; "zero" replaces them with 0.
+        backend: how the forward pass runs: "eager", "channels_last", "compile" or "auto" (a cached, measured
+            probe on one window picks eager or channels-last; see :mod:`medseg.sliding_window.backend`).
         return_stats: also return a :class:`SlidingWindowStats`.
 
     Returns the prediction on ``image``'s device (and the stats when ``return_stats``).
@@ -128,6 +133,7 @@ def sliding_window_predict(
     if isinstance(padding_value, bool) or not isinstance(padding_value, (int, float)) or not math.isfinite(
             padding_value):
         raise ValueError(f"padding_value must be a finite number (the padding is network input), got {padding_value!r}")
+    check_backend(backend)
     spatial = image.ndim - 2
     roi = _per_dim(roi_size, spatial, "roi_size")
     div = _per_dim(divisor, spatial, "divisor") if divisor is not None else network_divisor(network, spatial)
@@ -147,13 +153,20 @@ def sliding_window_predict(
     budget = budget_bytes(memory_budget_mb, device)
     tiling, tiling_note = resolve_tiling(network, tiling)
 
-    stats = SlidingWindowStats(precision=_dtype_name(dtype), device=str(device), tiling=tiling_note)
+    if backend == "auto":
+        window = _probe_window(image, roi, div, padding_value).to(device)
+        backend = choose_backend(network, window, dtype, batch=sw_batch_size * len(flips))
+        del window
+
+    stats = SlidingWindowStats(precision=_dtype_name(dtype), device=str(device), tiling=tiling_note, backend=backend)
     request = _Request(roi=roi, div=div, overlap=overlap, tiling=tiling, output=output, dtype=dtype, flips=flips,
                        blend=blend, sigma_scale=sigma_scale, padding_value=padding_value, progress=progress)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    result, plan, run_batch = _run_with_fallbacks(network, image, request, device, budget, sw_batch_size, stats)
+    with using_backend(network, backend, spatial) as forward:
+        result, plan, run_batch = _run_with_fallbacks(
+            network, image, request, device, budget, sw_batch_size, stats, forward)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     stats.seconds = time.perf_counter() - start
@@ -185,7 +198,7 @@ class _Request:
 
 def _run_with_fallbacks(
     network: nn.Module, image: torch.Tensor, req: _Request, device: torch.device, budget: float, batch: int,
-    stats: SlidingWindowStats,
+    stats: SlidingWindowStats, forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, TilePlan, int]:
     """Plan and run the tiles; on out-of-memory halve the batch, then shrink the tiles, then stitch on the CPU.
 
@@ -209,7 +222,7 @@ def _run_with_fallbacks(
         try:
             job = TileJob(plan=plan, blend=req.blend, sigma_scale=req.sigma_scale, dtype=dtype, flips=flips,
                           output=output, device=device, stitch_device=stitch_device, batch=run_batch,
-                          padding_value=req.padding_value, progress=req.progress)
+                          padding_value=req.padding_value, progress=req.progress, forward=forward)
             result = run_tiles(network, image, job, stats)
             return result, plan, run_batch
         except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as err:
@@ -319,6 +332,15 @@ def _plan(image, network, roi, div, overlap, tiling, output, dtype, budget, n_fl
     counts = [len(s) for s in plan.starts]
     fixed = stitch_bytes(plan.tile, plan.padded, counts, row_bpv, 1 if tiling == "roi" else div[0])
     return plan, bpv, fixed
+
+
+def _probe_window(image: torch.Tensor, roi: Sequence[int], div: Sequence[int], value: float) -> torch.Tensor:
+    """One window of the first image, (1, C, *roi rounded up to the divisor), from its centre (padded if small)."""
+    size = [round_up(r, d) for r, d in zip(roi, div, strict=True)]
+    crop = image[(slice(0, 1), slice(None), *(slice(max(0, (s - t) // 2), max(0, (s - t) // 2) + t)
+                                             for s, t in zip(image.shape[2:], size, strict=True)))]
+    pads = [p for have, t in reversed(list(zip(crop.shape[2:], size, strict=True))) for p in (0, t - have)]
+    return torch.nn.functional.pad(crop, pads, value=value) if any(pads) else crop
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str:

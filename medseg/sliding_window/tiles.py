@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +31,7 @@ class SlidingWindowStats:
     voxels: int = 0  # input voxels (B x spatial)
     peak_memory_mb: float = 0.0  # CUDA: max allocated during the call; CPU: process peak RSS
     precision: str = "fp32"
+    backend: str = "eager"  # how the forward pass ran (medseg.sliding_window.backend)
     plan: str = ""
     tiling: str = ""  # "auto", "roi", or "roi (auto: <why>)" when auto fell back to roi-size windows
     batch_size: int = 1
@@ -48,7 +49,8 @@ class SlidingWindowStats:
     def __str__(self) -> str:
         return (
             f"sliding window: {self.windows} windows ({self.plan}, tiling {self.tiling}, batch {self.batch_size}, "
-            f"{self.precision}, {self.device}) in {self.seconds:.2f} s, {self.windows_per_s:.2f} windows/s, "
+            f"{self.precision}, {self.backend}, {self.device}) in {self.seconds:.2f} s, "
+            f"{self.windows_per_s:.2f} windows/s, "
             f"{self.voxels_per_s / 1e6:.2f} Mvoxel/s, peak memory {self.peak_memory_mb:.0f} MB"
         )
 
@@ -70,6 +72,8 @@ class TileJob:
         batch: Tiles per network call.
         padding_value: Value of the padding around the image.
         progress: Show a progress bar on stderr.
+        forward: What runs the network on a batch of tiles (a backend of
+            :func:`medseg.sliding_window.backend.using_backend`); None calls the network itself.
     """
 
     plan: TilePlan
@@ -83,6 +87,7 @@ class TileJob:
     batch: int
     padding_value: float
     progress: bool = False
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def run_tiles(network: nn.Module, image: torch.Tensor, job: TileJob, stats: SlidingWindowStats) -> torch.Tensor:
@@ -103,7 +108,8 @@ def run_tiles(network: nn.Module, image: torch.Tensor, job: TileJob, stats: Slid
                 group = tiles[i * job.batch : (i + 1) * job.batch]
                 x = _gather(source, group, plan.tile, device, flips)
                 with autocast:
-                    y = _forward(network, x, plan.tile)
+                    y = _forward(job.forward or network, x, plan.tile)
+                y = y.contiguous()  # a channels-last output: the stitcher reads one class map at a time
                 y = _merge_flips(y, flips, len(group))
                 if acc is None:
                     cls = LabelStreamer if job.output == "labels" else DenseAccumulator
@@ -146,7 +152,7 @@ def _gather(source, group, tile, device, flips) -> torch.Tensor:
     return x
 
 
-def _forward(network: nn.Module, x: torch.Tensor, tile) -> torch.Tensor:
+def _forward(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile) -> torch.Tensor:
     try:
         y = network(x)
     except ValueError as err:

@@ -18,6 +18,7 @@ from medseg.metrics.confusion import EpochMetrics
 from medseg.models.outputs import main_output, weighted_loss
 from medseg.progress import progress_bar
 from medseg.training.distributed import Dist, Share, is_peer_failure
+from medseg.training.speed import TrainingSpeed
 from medseg.training.task import Task
 
 __all__ = ["run_epoch"]
@@ -26,7 +27,7 @@ __all__ = ["run_epoch"]
 def run_epoch(
     model: torch.nn.Module, task: Task, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, device: torch.device, cfg: ExperimentConfig, epoch: int, progress: bool,
-    dist: Dist | None = None,
+    dist: Dist | None = None, *, speed: TrainingSpeed | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for one epoch of ``task``'s loader; returns the epoch's log record (loss, times and the
     metrics of :meth:`~medseg.metrics.confusion.EpochMetrics.record`, with ``train_confusion``: the pooled
@@ -37,12 +38,16 @@ def run_epoch(
     every process returns the same record. Each optimizer step accumulates ``train.grad_accumulation``
     micro-batches (each loss divided by their number, so the gradient is the mean over the step's samples).
 
+    ``speed`` sets autocast dtype and batch layout (default: fp16 autocast when the scaler is on, else fp32).
+
     Raises:
         MedsegError: The loss became NaN or infinite (naming the epoch and step).
         PeerLostError: Another process died or did not answer within ``train.distributed_timeout_s``.
     """
     dist = dist or Dist()
     accum = cfg.train.grad_accumulation
+    if speed is None:
+        speed = TrainingSpeed(amp_dtype=torch.float16 if scaler.is_enabled() else None, scale_loss=scaler.is_enabled())
     model.train()
     loader = task.train_loader(epoch, Share(dist.rank, dist.world_size, accum))
     steps = len(loader) // accum
@@ -62,12 +67,13 @@ def run_epoch(
                 image = batch["image"].to(device, non_blocking=True)
                 label = batch["label"].to(device, non_blocking=True)
                 indices = batch["index"] if "index" in batch else torch.arange(image.shape[0])
-                micro.append(task.augment_batch(image, label, epoch, indices))
+                image, label = task.augment_batch(image, label, epoch, indices)
+                micro.append((speed.batch(image), label))
             t_ready = time.perf_counter()
             t_data += t_ready - t_mark
             try:
                 step_totals = _train_step(model, loss_fn, optimizer, scaler, micro, cfg.train.grad_clip, metrics,
-                                          dist)
+                                          dist, speed.amp_dtype)
             except RuntimeError as err:  # DistributedDataParallel's gradient exchange failed
                 if dist.enabled and is_peer_failure(err):
                     raise dist.lost(f"training step {step + 1} of epoch {epoch + 1}", err) from None
@@ -103,8 +109,9 @@ def run_epoch(
 def _train_step(
     model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
     micro: list[tuple[torch.Tensor, torch.Tensor]], grad_clip: float | None, metrics: EpochMetrics, dist: Dist,
+    amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """One optimizer step over the micro-batches (fp16 autocast and loss scaling when the scaler is on).
+    """One optimizer step over the micro-batches (autocast in ``amp_dtype``; loss scaling when the scaler is on).
 
     A network with several outputs (deep supervision, an auxiliary head) has the loss of each, weighted
     (:func:`~medseg.models.outputs.weighted_loss`); the main output's classes go into ``metrics``.
@@ -117,7 +124,7 @@ def _train_step(
         last = i == len(micro) - 1
         sync = model.no_sync() if dist.enabled and not last else contextlib.nullcontext()  # type: ignore[operator]
         with sync:
-            with torch.autocast(image.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+            with torch.autocast(image.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 output = model(image)
                 loss = weighted_loss(loss_fn, output, label)
             scaler.scale(loss / len(micro)).backward()

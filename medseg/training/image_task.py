@@ -70,7 +70,8 @@ class ImageTask:
         batches = epoch_batches(len(self.train_set), self.cfg.train.batch_size, self.cfg.train.seed, epoch, share)
         return DataLoader(IndexedDataset(self.train_set), batch_sampler=batches,
                           num_workers=self.cfg.data.num_workers, persistent_workers=False,
-                          generator=loader_generator(self.cfg.train.seed, epoch))
+                          generator=loader_generator(self.cfg.train.seed, epoch),
+                          pin_memory=self.cfg.train.device != "cpu" and torch.cuda.is_available())  # non-blocking
 
     @torch.no_grad()
     def augment_batch(self, image: torch.Tensor, label: torch.Tensor, epoch: int, indices: torch.Tensor

@@ -47,6 +47,7 @@ from medseg.training.run_folder import (
     read_log,
     remove_unstarted_run,
 )
+from medseg.training.speed import TrainingSpeed, resolve_training_speed
 from medseg.training.task import Task, build_task
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,8 @@ class _Run:
     best_epoch: int | None = None
     bad: int = 0  # validations in a row without a clear improvement
     example: dict[str, np.ndarray] | None = None  # the last validation's first image, truth and prediction
+    speed: TrainingSpeed = field(default_factory=TrainingSpeed)
+    step_model: torch.nn.Module | None = None  # what the training steps call (net, or torch.compile of it)
 
     @property
     def labels(self) -> LabelMap:
@@ -286,18 +289,22 @@ def _build_run(cfg: ExperimentConfig, run_dir: Path, dist: Dist, device: torch.d
     if dist.enabled and getattr(cfg.model, "freeze_encoder_epochs", 0):
         raise ConfigError("model.freeze_encoder_epochs: freezing the encoder is supported in one process only "
                           f"(this run has {dist.world_size}); set it to 0 or train with one process")
+    layout = resolve_training_speed(cfg.train, device, cfg.model.spatial_dims).memory_format
+    if layout is not torch.contiguous_format:
+        model = model.to(memory_format=layout)  # before DistributedDataParallel registers the parameters
     model, net = wrap_model(model, dist, device, sync_batchnorm=cfg.train.sync_batchnorm)
     _log_batch(cfg, dist, micro)
     loss_fn = build_loss(cfg.loss, k).to(device)
     optimizer = build_optimizer(cfg.train, model.parameters())
     scheduler = EpochScheduler(cfg.train, optimizer)
-    use_amp = cfg.train.amp and device.type == "cuda"
-    if cfg.train.amp and device.type != "cuda":
-        log.info("train.amp is on but the device is %s: training in fp32", device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if cfg.train.deterministic:
         torch.backends.cudnn.benchmark = False
-    return _Run(cfg, run_dir, dist, device, task, model, net, loss_fn, optimizer, scheduler, scaler, use_amp)
+    speed = resolve_training_speed(cfg.train, device, cfg.model.spatial_dims)
+    step_model = speed.model(net)  # the layout was set before wrapping; compiles when train.compile
+    log.info("training steps: %s", speed.describe())
+    scaler = torch.amp.GradScaler("cuda", enabled=speed.scale_loss)
+    return _Run(cfg, run_dir, dist, device, task, model, net, loss_fn, optimizer, scheduler, scaler, speed.scale_loss,
+                speed=speed, step_model=step_model)
 
 
 def _log_batch(cfg: ExperimentConfig, dist: Dist, micro: int) -> None:
@@ -356,8 +363,8 @@ def _train_and_validate(run: _Run, epoch: int, progress: bool) -> dict[str, Any]
     seed_everything(epoch_seed(cfg.train.seed, epoch))
     lr = run.scheduler.start_epoch(epoch)
     _freeze_encoder(run, epoch)
-    rec = run_epoch(run.net, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg, epoch, progress,
-                    run.dist)
+    rec = run_epoch(run.step_model or run.net, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg,
+                    epoch, progress, run.dist, speed=run.speed)
     rec["lr"] = lr
     if (epoch + 1) % cfg.train.val_every == 0 or epoch == cfg.train.max_epochs - 1:
         t0 = time.perf_counter()

@@ -133,7 +133,8 @@ class VolumeTask:
         batches = epoch_batches(len(dataset), self.cfg.train.batch_size, self.cfg.train.seed, epoch, share)
         return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=self.cfg.data.num_workers,
                                            persistent_workers=False,
-                                           generator=loader_generator(self.cfg.train.seed, epoch))
+                                           generator=loader_generator(self.cfg.train.seed, epoch),
+                                           pin_memory=self.cfg.train.device != "cpu" and torch.cuda.is_available())
 
     def augment_batch(self, image: torch.Tensor, label: torch.Tensor, epoch: int, indices: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,10 +32,10 @@ def test_every_command_has_a_section():
 def test_predict_rows_name_every_option_with_type_and_default():
     assert command_options(COMMANDS["medseg predict"]) == [
         "--output", "-o", "--device", "--overwrite", "--no-overwrite", "--overlay", "--no-overlay", "--tta",
-        "--no-tta", "--largest-component", "--all-components", "--precision", "--overlap", "--sw-batch-size",
-        "--roi-size", "--dicom-seg", "--no-dicom-seg", "--statistics", "--no-statistics", "--shard", "--workers",
-        "--claim-timeout", "--probabilities", "--no-probabilities", "--threshold", "--irregular", "--verbose", "-v",
-        "--quiet", "-q"]
+        "--no-tta", "--largest-component", "--all-components", "--precision", "--backend", "--overlap",
+        "--sw-batch-size", "--roi-size", "--dicom-seg", "--no-dicom-seg", "--statistics", "--no-statistics",
+        "--shard", "--workers", "--claim-timeout", "--probabilities", "--no-probabilities", "--threshold",
+        "--irregular", "--verbose", "-v", "--quiet", "-q"]
     text = cli_reference_markdown()
     assert "medseg predict [OPTIONS] CHECKPOINT INPUTS...\n" in text
     assert "| `INPUTS...` | path, one or more | **required** |" in text

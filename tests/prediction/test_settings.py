@@ -32,7 +32,7 @@ def _cli_name(setting: str) -> str:
 ROI_ALLOWED = re.escape("; allowed integers 1..4096: one size for every axis or one per axis "
                         "(e.g. 96 or 96,96,64)") + "$"
 #: The tail of every unknown-setting refusal (the allowed names, sorted).
-UNKNOWN = (r"; unknown inference setting; allowed: blend, largest_component, overlap, precision, roi_size, "
+UNKNOWN = (r"; unknown inference setting; allowed: backend, blend, largest_component, overlap, precision, roi_size, "
            r"sw_batch_size, threshold, tta$")
 #: The settings an image model uses, as the tail of its refusals (Python names, then CLI options).
 USES, CLI_USES = r"largest_component, threshold, tta$", r"--largest-component, --threshold, --tta$"

@@ -1,0 +1,85 @@
+"""How a training step runs fast: mixed precision, memory layout, compilation and cuDNN autotuning.
+
+``train.amp`` gives fp16 autocast with loss scaling (GradScaler) on CUDA and bf16 autocast on a CPU with
+native bf16 instructions (AVX512-BF16 or AMX; bf16 keeps fp32's exponent range, so no loss scaling); on other
+CPUs training stays fp32, which is logged. ``train.channels_last`` keeps weights and batches in channels-last
+layout (oneDNN's and cuDNN's fastest convolution kernels); ``train.compile`` wraps the model in
+``torch.compile`` for the training steps (validation and checkpoints use the plain model).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from medseg.config.schema import TrainConfig
+from medseg.sliding_window.plan import cpu_has_native_bf16
+
+__all__ = ["TrainingSpeed", "resolve_training_speed"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingSpeed:
+    """The speed settings one training run uses.
+
+    Attributes:
+        amp_dtype: Autocast dtype of the forward pass and loss, or None for fp32.
+        scale_loss: Loss scaling with a GradScaler (fp16 on CUDA).
+        memory_format: Layout of weights and batches (``torch.contiguous_format`` when channels-last is off).
+        compile: Run the training steps through ``torch.compile``.
+    """
+
+    amp_dtype: torch.dtype | None = None
+    scale_loss: bool = False
+    memory_format: torch.memory_format = torch.contiguous_format
+    compile: bool = False
+
+    def describe(self) -> str:
+        """One line for the log, e.g. ``"bf16 autocast, channels_last_3d"``."""
+        dtype = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + loss scaling"}
+        parts = [dtype.get(self.amp_dtype, str(self.amp_dtype)), str(self.memory_format).replace("torch.", "")]
+        return ", ".join(parts + (["torch.compile"] if self.compile else []))
+
+    def batch(self, image: torch.Tensor) -> torch.Tensor:
+        """``image`` in the run's memory layout (unchanged for contiguous layout or a layout that does not fit)."""
+        if self.memory_format is torch.contiguous_format or image.ndim != _ndim(self.memory_format):
+            return image
+        return image.contiguous(memory_format=self.memory_format)
+
+    def model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Put ``model``'s weights in the run's layout (in place); returns what the training steps call."""
+        if self.memory_format is not torch.contiguous_format:
+            model.to(memory_format=self.memory_format)
+        return torch.compile(model) if self.compile else model  # type: ignore[return-value]
+
+
+def _ndim(memory_format: torch.memory_format) -> int:
+    return 5 if memory_format is torch.channels_last_3d else 4
+
+
+def resolve_training_speed(train: TrainConfig, device: torch.device, spatial_dims: int) -> TrainingSpeed:
+    """The :class:`TrainingSpeed` for ``train`` on ``device`` for a ``spatial_dims`` (2 or 3) network.
+
+    Example:
+        >>> s = resolve_training_speed(TrainConfig(amp=False), torch.device("cpu"), 3)
+        >>> s.amp_dtype, s.memory_format
+        (None, torch.channels_last_3d)
+    """
+    amp_dtype: torch.dtype | None = None
+    if train.amp and device.type == "cuda":
+        amp_dtype = torch.float16
+    elif train.amp and device.type == "cpu" and cpu_has_native_bf16():
+        amp_dtype = torch.bfloat16
+    elif train.amp:
+        log.info("train.amp is on but %s has no native bf16 instructions: training in fp32", device)
+    layout = torch.contiguous_format
+    if train.channels_last:
+        layout = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+    if device.type == "cuda" and not train.deterministic:
+        torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN time its kernels once
+    return TrainingSpeed(amp_dtype=amp_dtype, scale_loss=amp_dtype is torch.float16, memory_format=layout,
+                         compile=train.compile)

@@ -1,0 +1,152 @@
+"""Forward-pass backends of the sliding window: the doors, label agreement with fp32 eager, the probe cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from monai.networks.nets import UNet
+
+from medseg.config.kinds import DataKind
+from medseg.config.schema import InferConfig
+from medseg.errors import ConfigError
+from medseg.prediction.settings import apply_infer_overrides
+from medseg.sliding_window import backend as backend_mod
+from medseg.sliding_window.backend import check_backend, choose_backend, network_signature, using_backend
+from medseg.sliding_window.predict import sliding_window_predict
+
+
+def _sphere(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A noisy bright ball at a random place in an n^3 volume, and its mask: (1, 1, n, n, n) each."""
+    gen = torch.Generator().manual_seed(seed)
+    centre = (torch.rand(3, generator=gen) * 0.4 + 0.3) * n
+    radius = float(torch.rand(1, generator=gen)) * n / 6 + n / 6
+    grid = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32),) * 3, indexing="ij"))
+    mask = ((grid - centre[:, None, None, None]) ** 2).sum(0) <= radius**2
+    image = mask.float() * 0.6 + 0.2 + 0.15 * torch.randn((n, n, n), generator=gen)
+    return image[None, None], mask[None, None].long()
+
+
+@pytest.fixture(scope="module")
+def trained_net() -> torch.nn.Module:
+    """A batch-norm 3D UNet trained (a few seconds) until it segments the ball decisively."""
+    torch.manual_seed(0)
+    net = UNet(3, 1, 2, (4, 8), (2,), num_res_units=1, norm="batch")
+    opt = torch.optim.Adam(net.parameters(), lr=2e-2)
+    pairs = [_sphere(20, seed) for seed in range(4)]
+    images, masks = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])[:, 0]
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(net(images), masks)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def test_backend_doors():
+    assert check_backend("compile") == "compile"
+    allowed = "backend must be one of 'auto', 'eager', 'channels_last', 'compile', got 'fast'"
+    with pytest.raises(ValueError, match=allowed):
+        sliding_window_predict(torch.nn.Identity(), torch.zeros(1, 1, 8, 8), 8, backend="fast")
+    with pytest.raises(ValueError, match="got 3"):
+        check_backend(3)
+    with pytest.raises(ValueError, match="backend"):
+        InferConfig(backend="onnx")
+    with pytest.raises(ConfigError, match=r"^--backend: got 'fast'.*auto, eager, channels_last or compile"):
+        apply_infer_overrides(InferConfig(), {"backend": "fast"}, DataKind.VOLUMES3D, spell=lambda n: f"--{n}")
+    with pytest.raises(ConfigError, match=r"^backend: got 1 \(int\)"):
+        apply_infer_overrides(InferConfig(), {"backend": 1}, DataKind.VOLUMES3D)
+    assert apply_infer_overrides(InferConfig(), {"backend": "eager"}, DataKind.VOLUMES3D).backend == "eager"
+    with pytest.raises(ValueError, match="concrete backend"):
+        with using_backend(torch.nn.Conv3d(1, 1, 1), "auto"):
+            pass
+
+
+def test_channels_last_bf16_labels_agree_with_fp32_eager(trained_net):
+    image, mask = _sphere(36, seed=11)  # unseen, and larger than the 20^3 roi: several tiles
+    fp32 = sliding_window_predict(trained_net, image, 20, output="labels", precision="fp32", backend="eager")
+    assert 2 * int(((fp32 == 1) & (mask == 1)).sum()) / int((fp32 == 1).sum() + (mask == 1).sum()) > 0.8  # trained
+    for backend in ("channels_last", "eager"):
+        fast, stats = sliding_window_predict(trained_net, image, 20, output="labels", precision="bf16",
+                                             backend=backend, return_stats=True)
+        assert stats.backend == backend and stats.precision == "bf16"
+        assert float((fast == fp32).float().mean()) >= 0.995  # stated agreement: 99.5 % of the voxels
+    # fp32 channels-last computes the same convolutions in another layout: the logits match closely
+    eager = sliding_window_predict(trained_net, image, 20, output="logits", precision="fp32", backend="eager")
+    cl = sliding_window_predict(trained_net, image, 20, output="logits", precision="fp32", backend="channels_last")
+    torch.testing.assert_close(cl, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_using_backend_converts_the_layout_in_place_and_keeps_the_parameters():
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 3, padding=1))
+    params = list(net.parameters())
+    x = torch.rand(1, 1, 6, 6, 6)
+    with using_backend(net, "channels_last") as forward:
+        assert net[2].weight.is_contiguous(memory_format=torch.channels_last_3d)
+        assert not net[2].weight.is_contiguous()
+        y = forward(x)
+    assert net[2].weight.is_contiguous(memory_format=torch.channels_last_3d)  # left so: no cost on the next call
+    assert all(a is b for a, b in zip(params, net.parameters(), strict=True))
+    torch.testing.assert_close(y, net.to(memory_format=torch.contiguous_format)(x))
+    with using_backend(net, "eager") as forward:
+        assert forward is net and net[2].weight.is_contiguous()
+
+
+def test_probe_runs_once_and_its_cached_choice_is_reused(tmp_path, monkeypatch):
+    calls = []
+    real_probe = backend_mod._probe
+
+    def counting_probe(network, window, dtype):
+        calls.append(tuple(window.shape))
+        return real_probe(network, window, dtype)
+
+    monkeypatch.setattr(backend_mod, "_probe", counting_probe)
+    monkeypatch.setattr(backend_mod, "_memory_cache", {})
+    monkeypatch.setattr(backend_mod, "PROBE_MIN_VOXELS", 1)
+    cache = tmp_path / "probe" / "backends.json"
+    net = UNet(3, 1, 2, (4, 8), (2,), num_res_units=0).eval()
+    window = torch.rand(1, 1, 8, 8, 8)
+    first = choose_backend(net, window, None, cache_file=cache)
+    assert first in ("eager", "channels_last") and calls == [(1, 1, 8, 8, 8)]
+    stored = json.loads(cache.read_text())
+    (key, entry), = stored.items()
+    assert network_signature(net) in key and "fp32" in key and "1x1x8x8x8" in key
+    assert entry["backend"] == first and set(entry["seconds"]) == {"eager", "channels_last"}
+    assert entry["agreement"]["eager"] == 1.0
+    assert [p.name for p in cache.parent.iterdir()] == ["backends.json"]  # written atomically: no temp file left
+    assert choose_backend(net, window, None, cache_file=cache) == first  # this process: memory
+    monkeypatch.setattr(backend_mod, "_memory_cache", {})  # a new process: the file
+    other = UNet(3, 1, 2, (4, 8), (2,), num_res_units=0).eval()  # same structure, other weights
+    assert choose_backend(other, window, None, cache_file=cache) == first
+    assert len(calls) == 1
+    # another dtype, window or structure is another key: probed, and added beside the first
+    choose_backend(net, window, torch.bfloat16, cache_file=cache)
+    choose_backend(UNet(3, 1, 3, (4, 8), (2,), num_res_units=0).eval(), window, None, cache_file=cache)
+    assert len(calls) == 3 and len(json.loads(cache.read_text())) == 3
+    # a damaged cache file is probed over and rewritten, not an error
+    monkeypatch.setattr(backend_mod, "_memory_cache", {})
+    cache.write_text("{not json")
+    choose_backend(net, window, None, cache_file=cache)
+    assert len(calls) == 4 and len(json.loads(cache.read_text())) == 1
+
+
+def test_probe_prefers_a_backend_whose_labels_agree(monkeypatch):
+    """A faster backend with other labels is refused; small jobs and conv-free networks are not probed."""
+    net = torch.nn.Conv2d(1, 2, 1).eval()
+    window = torch.rand(1, 1, 8, 8)
+
+    def fake_time(forward, x, dtype):  # channels_last "measures" faster but swaps the two classes
+        y = forward(x)
+        return (2.0, y) if forward is net else (1.0, y.flip(1))  # using_backend yields the module itself for eager
+
+    monkeypatch.setattr(backend_mod, "_time_forward", fake_time)
+    entry = backend_mod._probe(net, window, None)
+    assert entry["seconds"] == {"eager": 2.0, "channels_last": 1.0}
+    assert entry["agreement"] == {"eager": 1.0, "channels_last": 0.0}
+    assert entry["backend"] == "eager"
+    monkeypatch.setattr(backend_mod, "_time_forward", lambda f, x, d: (2.0 if f is net else 1.0, f(x)))
+    assert backend_mod._probe(net, window, None)["backend"] == "channels_last"  # agreeing and faster: chosen
+    monkeypatch.setattr(backend_mod, "_memory_cache", {})
+    assert choose_backend(net, window, None) == "eager"  # 64 voxels: below PROBE_MIN_VOXELS, not probed
+    assert choose_backend(torch.nn.Identity(), torch.rand(1, 1, 256, 256, 256), None) == "eager"  # no convolution
