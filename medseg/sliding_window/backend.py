@@ -268,7 +268,7 @@ def using_backend(network: nn.Module, backend: str, spatial: int | None = None) 
         yield network
         return
     if not _is_layout(network, layout):
-        network.to(memory_format=layout)  # in place: the parameters stay the same objects
+        network.to(memory_format=layout)  # type: ignore[call-overload]  # in place: parameters stay the same objects
     # torch.compile keeps its compiled code per forward function and guards, so a second call with the same
     # network and shapes does not compile again
     runner: Callable[..., Any] = torch.compile(network, dynamic=False) if backend == "compile" else network

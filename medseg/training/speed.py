@@ -53,7 +53,7 @@ class TrainingSpeed:
     def model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Put ``model``'s weights in the run's layout (in place); returns what the training steps call."""
         if self.memory_format is not torch.contiguous_format:
-            model.to(memory_format=self.memory_format)
+            model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
         return torch.compile(model) if self.compile else model  # type: ignore[return-value]
 
 

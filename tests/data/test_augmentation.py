@@ -186,6 +186,6 @@ def test_random_crops_are_for_2d_images_only():
     from medseg.config.loading import validate_config
     from medseg.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"data\.augment: crop_probability: random crops are for images2d"):
+    with pytest.raises(ConfigError, match=r"data\.augment\.crop_probability: random crops are for images2d"):
         validate_config({"data": {"kind": "volumes3d", "root": "x", "augment": {"crop_probability": 0.5}},
                          "model": {"spatial_dims": 3}})

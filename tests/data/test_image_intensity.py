@@ -97,7 +97,8 @@ def _write_pairs(root, images, masks, suffix=".png"):
 def _data(root, **extra):
     base = {"kind": "images2d", "root": str(root), "image_size": [8, 8], "cache": True,
             "labels": {"classes": {0: "background", 255: "thing"}}}
-    return validate_config({"data": base | extra}).data
+    model = {"channels": [4, 8], "strides": [2]}  # 8x8 images: a network that halves once
+    return validate_config({"data": base | extra, "model": model}).data
 
 
 @pytest.fixture

@@ -29,6 +29,18 @@ DCM = "dicom-seg-dcmqi/ct"
 JPG = "kvasir-seg/images"
 
 
+def _middle_of_largest_tensor(path: Path) -> int:
+    """Offset of the middle byte of the largest stored tensor of a torch.save zip (not zip padding)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = max(zf.infolist(), key=lambda i: i.compress_size)
+    data = path.read_bytes()
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+    return info.header_offset + 30 + name_len + extra_len + info.compress_size // 2
+
+
 def _flip(data: bytes, offset: int) -> bytes:
     b = bytearray(data)
     b[offset] ^= 0xFF
@@ -356,7 +368,7 @@ def _ckpt_cases() -> dict[str, Callable[[Path, Path], Path]]:
         "ckpt_pickled_object": evil,
         "ckpt_raw_pickle": raw_pickle,
         "ckpt_truncated": write("trunc.pt", lambda g: g.read_bytes()[: g.stat().st_size // 2]),
-        "ckpt_bitflip": write("flip.pt", lambda g: _flip(g.read_bytes(), g.stat().st_size // 2)),
+        "ckpt_bitflip": write("flip.pt", lambda g: _flip(g.read_bytes(), _middle_of_largest_tensor(g))),
         "ckpt_random_bytes": write("random.pt", lambda g: np.random.default_rng(1).bytes(5000)),
         "ckpt_empty": write("empty.pt", lambda g: b""),
         "ckpt_plain_state_dict": lambda t, g: (torch.save({"w": torch.ones(2)}, t / "plain.pt"), t / "plain.pt")[1],
