@@ -395,7 +395,7 @@ def plan(
         help="Data set: imagesTr/ + labelsTr/ (nnU-Net raw) or images/ + masks/.")],
     output: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--output", "-o",
-        help="Config to write (default: NAME-plan.yaml for a data set NAME); fingerprint.json beside it.",
+        help="Config to write (default: NAME-plan.yaml for a data set NAME); its .fingerprint.json beside it.",
     )] = None,
     device_memory: Annotated[str, typer.Option(
         help="Memory to plan for: a GPU size such as 24GB, 'cpu' (8 GiB budget), or 'auto' (this machine).")] = "auto",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
@@ -16,6 +17,8 @@ from medseg.atomic import write_text_atomic
 from medseg.config.networks import NETWORK_CONFIGS
 from medseg.config.schema import ExperimentConfig
 from medseg.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 MAX_CONFIG_BYTES = 1_000_000
 MAX_ALIASES = 100
@@ -52,6 +55,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     override_raw: dict[str, Any] = {}
     for item in overrides:
         key, value = _parse_override(item)
+        if key == "model.name":
+            _switch_network(raw, value, source=str(path))
         _set_dotted(raw, key, value)
         _set_dotted(override_raw, key, value)
     _resolve_paths(override_raw, base=Path.cwd())
@@ -348,3 +353,23 @@ def _resolve_paths(raw: dict[str, Any], *, base: Path) -> None:
                 and section[keys[1]] not in NOT_PATHS:
             value = Path(os.path.expanduser(str(section[keys[1]])))
             section[keys[1]] = str(value if value.is_absolute() else (base / value).resolve())
+
+
+def _switch_network(raw: dict[str, Any], name: Any, *, source: str) -> None:
+    """``--set model.name=X`` to another network: the file's keys that X does not take are dropped (and named in a
+    warning), so a config written for one network can be tried with another from the command line; keys set on
+    the command line after it are still checked."""
+    from medseg.config.networks import NETWORK_CONFIGS
+
+    model = raw.get("model")
+    if not isinstance(model, dict) or not isinstance(name, str) or name not in NETWORK_CONFIGS:
+        return  # an unknown name is reported by validation
+    if model.get("name", "unet") == name:
+        return
+    allowed = set(NETWORK_CONFIGS[name].model_fields)
+    dropped = sorted(k for k in model if k not in allowed)
+    for key in dropped:
+        del model[key]
+    if dropped:
+        logger.warning("%s: --set model.name=%s: left out the file's model keys %s, which %s does not take",
+                       source, name, ", ".join(dropped), name)

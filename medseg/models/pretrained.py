@@ -9,6 +9,8 @@ shape does not fit the network is refused.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -134,10 +136,18 @@ def _fit_first_conv(state: dict[str, torch.Tensor], network: nn.Module, key: str
 
 
 def _fetch(url: str, *, check_hash: bool = True) -> dict[str, torch.Tensor]:
-    """The state dict at ``url`` through torch.hub's cache (the file name's hash prefix checked if asked)."""
+    """The state dict at ``url`` through torch.hub's cache (the file name's hash prefix checked if asked).
+
+    torch.hub writes a ``Downloading: ...`` line to stderr before it tries; that line is kept out of the
+    terminal and logged instead, so a failed fetch is the one error line below.
+    """
+    said = io.StringIO()
     try:
-        state: dict[str, torch.Tensor] = torch.hub.load_state_dict_from_url(
-            url, map_location="cpu", progress=False, check_hash=check_hash, weights_only=True)
+        with contextlib.redirect_stderr(said):
+            state: dict[str, torch.Tensor] = torch.hub.load_state_dict_from_url(
+                url, map_location="cpu", progress=False, check_hash=check_hash, weights_only=True)
+        if said.getvalue().strip():
+            log.info("%s", said.getvalue().strip())
     except Exception as err:  # noqa: BLE001 (URLError, OSError, hash mismatch: all mean "not fetched")
         raise MedsegError(f"model.pretrained: imagenet: could not fetch {url} ({type(err).__name__}: "
                           f"{str(err)[:100]}); download it where there is a network and set model.pretrained "

@@ -44,6 +44,8 @@ ANISOTROPY = 3.0
 MEMORY_SHARE = 0.85
 #: Most of the data set one batch may cover.
 BATCH_SHARE = 0.05
+#: Largest ``--device-memory`` accepted (a typo guard: no accelerator has more).
+MAX_DEVICE_BYTES = 4 * 2**40
 #: Memory budget when the device is the CPU (fixed, so a plan does not depend on what else is running).
 CPU_BUDGET_BYTES = 8 * 2**30
 _UNITS = {"": 2**30, "g": 2**30, "gb": 2**30, "gib": 2**30, "m": 2**20, "mb": 2**20, "mib": 2**20,
@@ -86,10 +88,10 @@ def parse_device_memory(text: str | None) -> DeviceMemory:
         amount = float(number)
     except ValueError:
         amount = float("nan")
-    if unit not in _UNITS or not math.isfinite(amount) or amount <= 0:
-        raise ConfigError(f"--device-memory: got {text!r}; allowed a GPU memory size such as 24GB, 11000MB or "
-                          "8GiB, or 'cpu', or 'auto'")
-    size = amount * _UNITS[unit]
+    size = amount * _UNITS.get(unit, float("nan"))
+    if unit not in _UNITS or not math.isfinite(amount) or amount <= 0 or size > MAX_DEVICE_BYTES:
+        raise ConfigError(f"--device-memory: got {text!r}; allowed a GPU memory size up to 4 TB such as 24GB, "
+                          "11000MB or 8GiB (GB and MB are read as GiB and MiB), or 'cpu', or 'auto'")
     return DeviceMemory("cuda", size, f"{size / 2**30:.1f} GiB GPU")
 
 
@@ -388,7 +390,7 @@ def plan_dataset(data_dir: str | Path, output: str | Path | None = None, *, devi
         data_dir: The data set (nnU-Net raw layout ``imagesTr/`` + ``labelsTr/`` (+ ``dataset.json``), or
             medseg's ``images/`` + ``masks/``).
         output: The config to write (default ``<data set name>-plan.yaml`` in the current folder);
-            ``fingerprint.json`` is written beside it.
+            ``<config name>.fingerprint.json`` is written beside it.
         device_memory: See :func:`parse_device_memory`.
         kind: ``volumes3d`` or ``images2d`` (default: from the file suffixes).
         overwrite: Replace an existing config / fingerprint.
@@ -416,7 +418,7 @@ def plan_dataset(data_dir: str | Path, output: str | Path | None = None, *, devi
     config_path = Path(output) if output is not None else Path(f"{data_dir.resolve().name}-plan.yaml")
     if config_path.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigError(f"--output: {config_path} must end in .yaml or .yml")
-    fingerprint_path = config_path.parent / "fingerprint.json"
+    fingerprint_path = config_path.with_name(config_path.name.rsplit(".", 1)[0] + ".fingerprint.json")
     for path in (config_path, fingerprint_path):
         if path.exists() and not overwrite:
             raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
@@ -431,11 +433,15 @@ def plan_dataset(data_dir: str | Path, output: str | Path | None = None, *, devi
     plan.header = [
         f"Planned by `medseg plan` from {len(fp.cases)} cases of {data_dir.resolve().name} "
         f"({fp.kind}, {fp.modality}); memory: {memory.label}.",
-        "Every chosen value says why; the data set's fingerprint is in fingerprint.json beside this file.",
+        f"Every chosen value says why; the data set's fingerprint is in {fingerprint_path.name} beside this file.",
         "Edit freely: this is a normal medseg config (medseg config check / medseg train).",
     ]
-    config_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(fingerprint_path, fp.to_json())
-    write_text_atomic(config_path, plan.yaml_text())
+    try:
+        config_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(fingerprint_path, fp.to_json())
+        write_text_atomic(config_path, plan.yaml_text())
+    except OSError as err:
+        raise DataError(f"--output {config_path}: cannot write there ({err.strerror or err}); choose a writable "
+                        "folder") from None
     load_config(config_path)  # the plan must be a valid config; a failure here is a bug in the planner
     return PlanResult(config_path, fingerprint_path, plan)
