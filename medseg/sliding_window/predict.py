@@ -337,8 +337,9 @@ def _plan(image, network, roi, div, overlap, tiling, output, dtype, budget, n_fl
 def _probe_window(image: torch.Tensor, roi: Sequence[int], div: Sequence[int], value: float) -> torch.Tensor:
     """One window of the first image, (1, C, *roi rounded up to the divisor), from its centre (padded if small)."""
     size = [round_up(r, d) for r, d in zip(roi, div, strict=True)]
-    crop = image[(slice(0, 1), slice(None), *(slice(max(0, (s - t) // 2), max(0, (s - t) // 2) + t)
-                                             for s, t in zip(image.shape[2:], size, strict=True)))]
+    window = tuple(slice(max(0, (s - t) // 2), max(0, (s - t) // 2) + t)
+                   for s, t in zip(image.shape[2:], size, strict=True))
+    crop = image[(slice(0, 1), slice(None)) + window]
     pads = [p for have, t in reversed(list(zip(crop.shape[2:], size, strict=True))) for p in (0, t - have)]
     return torch.nn.functional.pad(crop, pads, value=value) if any(pads) else crop
 

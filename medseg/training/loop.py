@@ -286,12 +286,12 @@ def _build_run(cfg: ExperimentConfig, run_dir: Path, dist: Dist, device: torch.d
         with torch.random.fork_rng(devices=[]):  # loading weights draws no numbers from the run's stream
             load_pretrained(model, cfg.model)
     model = model.to(device)
-    if dist.enabled and getattr(cfg.model, "freeze_encoder_epochs", 0):
+    if dist.enabled and (getattr(cfg.model, "freeze_encoder_epochs", 0) or 0) > 0:
         raise ConfigError("model.freeze_encoder_epochs: freezing the encoder is supported in one process only "
                           f"(this run has {dist.world_size}); set it to 0 or train with one process")
     layout = resolve_training_speed(cfg.train, device, cfg.model.spatial_dims).memory_format
     if layout is not torch.contiguous_format:
-        model = model.to(memory_format=layout)  # before DistributedDataParallel registers the parameters
+        model.to(memory_format=layout)  # type: ignore[call-overload]  # in place, before DDP registers the parameters
     model, net = wrap_model(model, dist, device, sync_batchnorm=cfg.train.sync_batchnorm)
     _log_batch(cfg, dist, micro)
     loss_fn = build_loss(cfg.loss, k).to(device)
