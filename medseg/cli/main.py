@@ -169,13 +169,14 @@ def train(
             _train_folds(cfg, fold, folder, resume=resume is not None, overwrite=overwrite, force=force)
             return
         if nproc is not None and nproc != 1:
-            from medseg.training.distributed import launch_local, micro_batch_size
+            from medseg.training.distributed import launch_local, micro_batch_size, preflight
 
             micro_batch_size(cfg.train.batch_size, max(1, nproc), cfg.train.grad_accumulation)  # refuse before starting
+            preflight(cfg.train, max(1, nproc), resume_dir=folder if resume is not None else None)
             args = [a for s in overrides for a in ("--set", s)] + (["--resume"] if resume else ["--run-dir"])
             flags = [f for f, on in (("--overwrite", overwrite), ("--force", force), ("-v", verbose), ("-q", quiet))
                      if on]
-            launch_local(nproc, ["train", str(config), *args, str(folder), *flags])
+            launch_local(nproc, ["train", str(config), *args, str(folder), *flags], run_dir=folder)
             return
         result = run_training(cfg, run_dir=folder, resume=resume is not None, overwrite=overwrite, force=force)
         if result.rank != 0:
@@ -262,7 +263,8 @@ def predict(
         if report.workers > 1 or report.elsewhere or shard is not None:
             _echo(report.counts())
         for source, message in report.failed:
-            _echo(f"failed: {source}: {' '.join(message.split())}", err=True)
+            text = " ".join(message.split())
+            _echo(f"failed: {text}" if text.startswith(str(source)) else f"failed: {source}: {text}", err=True)
         if not report.ok:
             raise typer.Exit(1)
 

@@ -221,6 +221,10 @@ def label_map_from_options(checkpoint: str | Path | None, text: str | None) -> L
         except ValueError:
             raise ConfigError(f"--labels: {item!r} is not VALUE=NAME (e.g. '0=background,255=polyp')") from None
         name = name.strip() if sep else f"class_{gray}"
+        if not name:
+            raise ConfigError(f"--labels: {item!r} has an empty class name; give VALUE=NAME, e.g. '255=polyp'")
+        if gray < 0:
+            raise ConfigError(f"--labels: {item!r}: gray value {gray} is negative; mask values are 0 or more")
         if gray in mapping:
             raise ConfigError(f"--labels: gray value {gray} is given twice ({mapping[gray]!r} and {name!r}); "
                               "each value names one class")

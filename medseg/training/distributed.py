@@ -24,6 +24,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -305,7 +306,27 @@ def wrap_model(model: torch.nn.Module, dist: Dist, device: torch.device, *, sync
     return model, torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def launch_local(nproc: int, module_args: Sequence[str]) -> int:
+def preflight(train: Any, nproc: int, *, resume_dir: Path | None = None) -> None:
+    """What ``medseg train --nproc N`` can refuse before it starts any process (each would refuse it alike).
+
+    Raises:
+        ConfigError: ``train.sync_batchnorm`` on CPU processes, CUDA asked for where there is none or fewer
+            devices than processes.
+        MedsegError: ``--resume`` of a folder without ``checkpoints/last.pt``.
+    """
+    device = resolve_device(train.device)
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise ConfigError(f"--nproc {nproc}: this machine has {torch.cuda.device_count()} CUDA device(s) and each "
+                          "process needs its own; use fewer processes or train.device=cpu")
+    if train.sync_batchnorm and device.type != "cuda":
+        raise ConfigError("train.sync_batchnorm: PyTorch synchronises batch norm on CUDA devices only; "
+                          "set it to false for CPU processes (or use model.norm: instance)")
+    if resume_dir is not None and not (Path(resume_dir) / "checkpoints" / "last.pt").is_file():
+        what = "does not exist" if not Path(resume_dir).exists() else "holds no checkpoints/last.pt"
+        raise MedsegError(f"--resume {resume_dir}: the folder {what}; nothing to resume")
+
+
+def launch_local(nproc: int, module_args: Sequence[str], *, run_dir: Path | None = None) -> int:
     """Run ``python -m medseg MODULE_ARGS`` as ``nproc`` processes on this node through ``torch.distributed.run``.
 
     Args:
@@ -329,11 +350,11 @@ def launch_local(nproc: int, module_args: Sequence[str]) -> int:
     try:
         run(args)
     except ChildFailedError as err:
-        raise _child_failure(err, nproc) from None
+        raise _child_failure(err, nproc, run_dir) from None
     return 0
 
 
-def _child_failure(err: Any, nproc: int) -> MedsegError:
+def _child_failure(err: Any, nproc: int, run_dir: Path | None = None) -> MedsegError:
     """One line for the first process that failed (the launcher then stops the others, which fail after it)."""
     import signal
 
@@ -346,6 +367,7 @@ def _child_failure(err: Any, nproc: int) -> MedsegError:
             how = f"was killed by signal {-code}"
     else:
         how = f"exited with code {code} (its error is above)"
-    text = (f"training on {nproc} processes failed: rank {rank} {how}; the launcher stopped the others. The run "
-            "folder keeps the last finished epoch: continue with --resume")
+    text = f"training on {nproc} processes failed: rank {rank} {how}; the launcher stopped the others"
+    if run_dir is not None and (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+        text += f". The run folder keeps the last finished epoch: continue with --resume {run_dir}"
     return ConfigError(text) if code == 2 else MedsegError(text)
