@@ -289,7 +289,8 @@ def _build_run(cfg: ExperimentConfig, run_dir: Path, dist: Dist, device: torch.d
     if dist.enabled and (getattr(cfg.model, "freeze_encoder_epochs", 0) or 0) > 0:
         raise ConfigError("model.freeze_encoder_epochs: freezing the encoder is supported in one process only "
                           f"(this run has {dist.world_size}); set it to 0 or train with one process")
-    layout = resolve_training_speed(cfg.train, device, cfg.model.spatial_dims).memory_format
+    sample = cfg.data.image_size if cfg.data.kind == "images2d" else cfg.data.patch_size
+    layout = resolve_training_speed(cfg.train, device, cfg.model.spatial_dims, sample).memory_format
     if layout is not torch.contiguous_format:
         model.to(memory_format=layout)  # type: ignore[call-overload]  # in place, before DDP registers the parameters
     model, net = wrap_model(model, dist, device, sync_batchnorm=cfg.train.sync_batchnorm)
@@ -299,7 +300,7 @@ def _build_run(cfg: ExperimentConfig, run_dir: Path, dist: Dist, device: torch.d
     scheduler = EpochScheduler(cfg.train, optimizer)
     if cfg.train.deterministic:
         torch.backends.cudnn.benchmark = False
-    speed = resolve_training_speed(cfg.train, device, cfg.model.spatial_dims)
+    speed = resolve_training_speed(cfg.train, device, cfg.model.spatial_dims, sample)
     step_model = speed.model(net)  # the layout was set before wrapping; compiles when train.compile
     log.info("training steps: %s", speed.describe())
     scaler = torch.amp.GradScaler("cuda", enabled=speed.scale_loss)

@@ -29,6 +29,9 @@ def test_resolution_per_device(monkeypatch):
     s = resolve_training_speed(TrainConfig(amp=False, channels_last=False, compile=True), CUDA, 3)
     assert (s.amp_dtype, s.scale_loss, s.memory_format, s.compile) == (None, False, torch.contiguous_format, True)
     assert s.describe() == "fp32, contiguous_format, torch.compile"
+    assert resolve_training_speed(TrainConfig(), CPU, 2, (64, 64)).amp_dtype is None  # small samples: fp32
+    assert resolve_training_speed(TrainConfig(), CPU, 2, (192, 192)).amp_dtype is torch.bfloat16
+    assert resolve_training_speed(TrainConfig(), CPU, 3, (32, 32, 32)).amp_dtype is None
     monkeypatch.setattr(speed_mod, "cpu_has_native_bf16", lambda: False)
     assert resolve_training_speed(TrainConfig(), CPU, 2).amp_dtype is None
     with pytest.raises(ValueError, match="channels_last"):
@@ -65,6 +68,7 @@ def _final_losses(data, run_dir, **train_keys) -> list[float]:
 def test_bf16_channels_last_training_tracks_fp32(polyps, tmp_path, monkeypatch, caplog):
     """Same seed and data: the bf16 channels-last loss curve stays within 0.05 of fp32's (stated tolerance)."""
     monkeypatch.setattr(speed_mod, "cpu_has_native_bf16", lambda: True)  # bf16 runs (emulated) on any CPU
+    monkeypatch.setattr(speed_mod, "CPU_BF16_MIN_VOXELS", {2: 1, 3: 1})  # these 32x32 samples too
     fp32 = _final_losses(polyps, tmp_path / "fp32", amp=False, channels_last=False)
     with caplog.at_level(logging.INFO, logger="medseg.training.loop"):
         bf16 = _final_losses(polyps, tmp_path / "bf16", amp=True, channels_last=True)
