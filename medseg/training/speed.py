@@ -83,10 +83,10 @@ def resolve_training_speed(train: TrainConfig, device: torch.device, spatial_dim
     if train.amp and device.type == "cuda":
         amp_dtype = torch.float16
     elif train.amp and device.type == "cpu" and cpu_has_native_bf16():
-        small = sample_size is not None and math.prod(sample_size[:spatial_dims]) < CPU_BF16_MIN_VOXELS[spatial_dims]
-        if small:
+        size = tuple(sample_size[:spatial_dims]) if sample_size is not None else None
+        if size is not None and math.prod(size) < CPU_BF16_MIN_VOXELS[spatial_dims]:
             log.info("training samples of %s voxels are small: fp32 (bf16 pays on CPU from %d voxels)",
-                     "x".join(map(str, sample_size[:spatial_dims])), CPU_BF16_MIN_VOXELS[spatial_dims])
+                     "x".join(map(str, size)), CPU_BF16_MIN_VOXELS[spatial_dims])
         else:
             amp_dtype = torch.bfloat16
     elif train.amp:
