@@ -191,5 +191,5 @@ def test_bundle_of_a_slicewise_model_runs_slice_inferer(spine_data, cases, tmp_p
     _run_in_process(bundle, cases, tmp_path / "monai")
     _predict(ckpt, cases, tmp_path / "medseg")
     results = _agreement(tmp_path / "medseg", tmp_path / "monai", cases)
-    assert any(sorted(dice) == [0, 26] for _, _, dice in results)  # this tiny model finds background somewhere
+    assert all(set(dice) <= {0, 26} for _, _, dice in results)  # the class's value written back by both
     _assert_agrees(results)

@@ -266,4 +266,4 @@ def test_launcher_names_the_process_that_failed_first(monkeypatch, exitcode, err
     monkeypatch.setattr(torchrun, "run", fail)
     with pytest.raises(error, match=re.escape(needle)) as info:
         launch_local(2, ["train", "cfg.yaml"])
-    assert type(info.value) is error and "continue with --resume" in str(info.value)
+    assert type(info.value) is error and "--resume" not in str(info.value)  # no run folder with a checkpoint
