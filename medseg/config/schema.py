@@ -277,12 +277,12 @@ class DataConfig(Strict):
     @model_validator(mode="after")
     def _check_folds(self) -> DataConfig:
         if self.fold is not None and self.folds is None:
-            raise ValueError("data.fold is set but data.folds is not; set data.folds (e.g. 5) too")
+            raise ValueError("fold: set, but data.folds is not; set data.folds (e.g. 5) too")
         if self.folds is not None and self.fold is not None and self.fold >= self.folds:
-            raise ValueError(f"data.fold: {self.fold} is not a fold of data.folds {self.folds}; allowed 0.."
+            raise ValueError(f"fold: {self.fold} is not a fold of data.folds {self.folds}; allowed 0.."
                              f"{self.folds - 1}")
         if self.folds is not None and (self.train_list is not None or self.val_list is not None):
-            raise ValueError("data.folds and data.train_list / data.val_list both choose the split; keep one")
+            raise ValueError("folds: data.folds and data.train_list / data.val_list both choose the split; keep one")
         return self
 
 
