@@ -87,6 +87,15 @@ class Pair:
     image: Path
     mask: Path
 
+    def files(self) -> tuple[Path, ...]:
+        """Every file the case is read from (image file(s), then the mask): what a cache of it depends on.
+
+        Example:
+            >>> [p.name for p in Pair("a", Path("img/a.nii.gz"), Path("lab/a.nii.gz")).files()]
+            ['a.nii.gz', 'a.nii.gz']
+        """
+        return (self.image, self.mask)
+
 
 def _names(items: Sequence[str], sep: str = ", ") -> str:
     """``a, b, c`` with at most ``_MAX_LISTED`` names, then ``and N more``."""
