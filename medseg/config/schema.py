@@ -106,6 +106,52 @@ def _default_windows() -> list[WindowSpec]:
     return ["soft_tissue"]
 
 
+class ChannelConfig(Strict):
+    """One input channel of a multi-channel volume set (nnU-Net's ``case_0000``, ``case_0001``, ...)."""
+
+    name: str = Field(min_length=1, description="Channel name, e.g. 'CT', 'PET', 'T1' (dataset.json channel_names).")
+    intensity: Literal["ct_window", "zscore"] | None = Field(
+        None, description="ct_window (the channel's windows in HU, stacked) or zscore (per case). Left out: ct_window "
+        "when the name is 'CT' (any case), else zscore, as nnU-Net does.")
+    windows: list[WindowSpec] | None = Field(
+        None, description="CT windows of this channel (preset names or {center_hu, width_hu}); only with ct_window, "
+        "where left out means ['soft_tissue'].")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        intensity = data.get("intensity")
+        if intensity is None:
+            intensity = "ct_window" if str(data.get("name", "")).upper() == "CT" else "zscore"
+        windows = data.get("windows")
+        if windows is None and intensity == "ct_window":
+            windows = list(_default_windows())
+        return {**data, "intensity": intensity, "windows": windows}
+
+    @field_validator("windows")
+    @classmethod
+    def _windows_fit(cls, value: list[WindowSpec] | None, info: ValidationInfo) -> list[WindowSpec] | None:
+        if value is None:
+            return None
+        return _check_windows(value, info.data.get("intensity"), "the channel's intensity")
+
+
+def _check_windows(value: list[WindowSpec], intensity: str | None, where: str) -> list[WindowSpec]:
+    """``windows`` is not empty, names presets only, and goes with ct_window."""
+    if not value:
+        raise ValueError("needs at least one window")
+    unknown = [w for w in value if isinstance(w, str) and w not in WINDOW_PRESETS]
+    if unknown:
+        raise ValueError(f"unknown window preset {unknown[0]!r}; choose from {sorted(WINDOW_PRESETS)} "
+                         "or give {center_hu, width_hu}")
+    if intensity is not None and intensity != "ct_window":
+        raise ValueError(f"given, but {where} is {intensity!r}; windows apply only with intensity "
+                         "ct_window (leave one of the two out)")
+    return value
+
+
 class AugmentConfig(Strict):
     """Training-time augmentation (applied to training samples only)."""
 
@@ -206,6 +252,14 @@ class DataConfig(Strict):
     samples_per_volume: PositiveInt = Field(4, description="Random patches drawn per volume per epoch.")
     foreground_fraction: float = Field(0.67, ge=0, le=1, description="Share of patches centred on foreground.")
     slice_axis: Literal["axial", "sagittal", "coronal"] = Field("axial", description="slices2d: slicing axis.")
+    channels: list[ChannelConfig] | None = Field(
+        None, min_length=1,
+        description="Volumes with several co-registered input files per case, nnU-Net style (imagesTr/case_0000.nii.gz, "
+        "case_0001.nii.gz ... with labelsTr/case.nii.gz): one entry per file, in channel order, each {name, "
+        "intensity, windows} (intensity left out: ct_window for a channel named CT, else zscore). The network "
+        "takes one input channel per zscore channel and one per window of a ct_window channel. data.intensity and "
+        "data.windows then repeat the first channel's. Left out: one file per case.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -214,6 +268,13 @@ class DataConfig(Strict):
         if not isinstance(data, dict):
             return data
         intensity, windows = data.get("intensity"), data.get("windows")
+        channels = data.get("channels")
+        if isinstance(channels, list) and channels and intensity is None and windows is None:
+            first = channels[0].model_dump() if isinstance(channels[0], ChannelConfig) else channels[0]
+            if isinstance(first, dict):  # the first channel's, with ChannelConfig's defaults
+                filled = ChannelConfig._defaults(first)
+                ct = filled.get("intensity") == "ct_window"
+                return {**data, "intensity": filled.get("intensity"), "windows": filled.get("windows") if ct else None}
         if intensity is None:
             is_image = data.get("kind", "images2d") == "images2d"
             intensity = "scale" if is_image and windows is None else "ct_window"
@@ -253,16 +314,24 @@ class DataConfig(Strict):
     def _windows_not_empty(cls, value: list[WindowSpec] | None, info: ValidationInfo) -> list[WindowSpec] | None:
         if value is None:
             return None
-        if not value:
-            raise ValueError("needs at least one window")
-        unknown = [w for w in value if isinstance(w, str) and w not in WINDOW_PRESETS]
-        if unknown:
-            raise ValueError(f"unknown window preset {unknown[0]!r}; choose from {sorted(WINDOW_PRESETS)} "
-                             "or give {center_hu, width_hu}")
-        intensity = info.data.get("intensity")
-        if intensity is not None and intensity != "ct_window":
-            raise ValueError(f"given, but data.intensity is {intensity!r}; windows apply only with intensity "
-                             "ct_window (leave one of the two out)")
+        return _check_windows(value, info.data.get("intensity"), "data.intensity")
+
+    @field_validator("channels")
+    @classmethod
+    def _channels_fit(cls, value: list[ChannelConfig] | None, info: ValidationInfo) -> list[ChannelConfig] | None:
+        if value is None:
+            return None
+        if info.data.get("kind", "images2d") == "images2d":
+            raise ValueError("several input channels (case_0000, case_0001 ...) are for volumes; images2d takes "
+                             "data.color (rgb or gray) instead")
+        names = [c.name for c in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"channel names must be unique, got {names}")
+        first = value[0]
+        if info.data.get("intensity") != first.intensity or (
+                first.intensity == "ct_window" and info.data.get("windows") != first.windows):
+            raise ValueError("data.intensity and data.windows are set per channel with data.channels; leave them out "
+                             "(they then repeat the first channel's)")
         return value
 
     @field_validator("orientation")

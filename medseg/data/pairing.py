@@ -4,7 +4,9 @@ One finder serves both kinds of data (:data:`IMAGES`: PNG/JPEG/... images with P
 :data:`VOLUMES`: NIfTI/MHA/NRRD volumes with label volumes). Four naming rules cover the common datasets:
 
 - ``same_stem``: ``images/x.jpg`` + ``masks/x.<any ext>`` (Kvasir-SEG). For volumes the nnU-Net channel
-  suffix ``_0000`` on the image name is optional (``imagesTr/case_0000.nii.gz`` + ``labelsTr/case.nii.gz``).
+  suffix ``_0000`` on the image name is optional (``imagesTr/case_0000.nii.gz`` + ``labelsTr/case.nii.gz``), and
+  ``case_0000``, ``case_0001`` ... are the input channels of one case (:attr:`Pair.channels`, in channel order);
+  every case must have them all (a missing or skipped channel file is an error naming it).
 - ``suffix``: ``train/x.jpg`` + ``train_masks/x_mask.gif`` (Carvana); both may be one folder.
 - ``replace``: the mask name is the image name with a token replaced
   (``Slice`` -> ``Labels_slice``).
@@ -37,6 +39,7 @@ __all__ = [
     "VOLUMES",
     "FileKind",
     "Pair",
+    "check_channel_count",
     "find_pairs",
     "find_pairs_from_config",
 ]
@@ -75,26 +78,40 @@ VOLUMES = FileKind("volumes", VOLUME_SUFFIXES, VOLUME_SUFFIXES, volume_case_name
 
 @dataclass(frozen=True)
 class Pair:
-    """One training case: an image file and its mask file.
+    """One training case: its image file(s) and its mask file.
 
     Attributes:
-        case_id: Case name, the image file's stem (``"cju0qkwl35piu0993l0dewei2"``).
-        image: Path of the image file.
+        case_id: Case name, the image file's stem (``"cju0qkwl35piu0993l0dewei2"``; ``"la_003"`` for nnU-Net's
+            ``la_003_0000.nii.gz``).
+        image: Path of the image file (the first channel's for a multi-channel case).
         mask: Path of the mask file.
+        channels: Every image file of the case in channel order (``case_0000``, ``case_0001`` ...); left out,
+            ``(image,)``.
     """
 
     case_id: str
     image: Path
     mask: Path
+    channels: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.channels:
+            object.__setattr__(self, "channels", (self.image,))
+        elif self.channels[0] != self.image:
+            raise ValueError(f"Pair {self.case_id}: image {self.image} is not the first channel {self.channels[0]}")
 
     def files(self) -> tuple[Path, ...]:
-        """Every file the case is read from (image file(s), then the mask): what a cache of it depends on.
+        """Every file the case is read from (image file(s) in channel order, then the mask): what a cache of it
+        depends on.
 
         Example:
             >>> [p.name for p in Pair("a", Path("img/a.nii.gz"), Path("lab/a.nii.gz")).files()]
             ['a.nii.gz', 'a.nii.gz']
+            >>> two = (Path("imagesTr/a_0000.nii.gz"), Path("imagesTr/a_0001.nii.gz"))
+            >>> [p.name for p in Pair("a", two[0], Path("labelsTr/a.nii.gz"), two).files()]
+            ['a_0000.nii.gz', 'a_0001.nii.gz', 'a.nii.gz']
         """
-        return (self.image, self.mask)
+        return (*self.channels, self.mask)
 
 
 def _names(items: Sequence[str], sep: str = ", ") -> str:
@@ -158,28 +175,43 @@ def _match(
 ) -> list[Pair]:
     """Pair each image stem with ``masks[mask_stem(stem)]``; report leftovers on both sides.
 
-    With ``channel_suffix``, ``case_0000`` also matches the mask of ``case`` (and the case is named ``case``).
+    With ``channel_suffix``, ``case_0000``, ``case_0001`` ... also match the mask of ``case`` (the case is named
+    ``case``): they are its input channels, in channel order, and every case must have the same channels.
     """
-    pairs: list[Pair] = []
+    groups: dict[str, list[tuple[int | None, Path]]] = {}
+    case_of: dict[str, str] = {}
     no_mask: list[str] = []
-    used: dict[str, Path] = {}
     for stem, image in sorted(images.items()):
-        candidates = [(stem, mask_stem(stem))]
+        candidates: list[tuple[str, str, int | None]] = [(stem, mask_stem(stem), None)]
         if channel_suffix and _CHANNEL.search(stem):
             case = _CHANNEL.sub("", stem)
-            candidates.append((case, mask_stem(case)))
-        found = next(((case, wanted) for case, wanted in candidates if wanted in masks), None)
+            candidates.append((case, mask_stem(case), int(stem[-4:])))
+        found = next(((case, wanted, index) for case, wanted, index in candidates if wanted in masks), None)
         if found is None:
             no_mask.append(image.name)
             continue
-        case, wanted = found
-        if wanted in used:
-            raise DataError(f"{masks[wanted]}: mask matches images {used[wanted].name} and {image.name} "
-                            "(several channels?); one image per case")
-        pairs.append(Pair(case_id=case, image=image, mask=masks[wanted]))
-        used[wanted] = image
-    no_image = sorted(masks[stem].name for stem in masks.keys() - used)
-    problems = []
+        case, wanted, index = found
+        groups.setdefault(wanted, []).append((index, image))
+        case_of[wanted] = case
+    count = max((index + 1 for files in groups.values() for index, _ in files if index is not None), default=1)
+    pairs: list[Pair] = []
+    problems: list[str] = []
+    for wanted, files in sorted(groups.items()):
+        case = case_of[wanted]
+        if len(files) > 1 and any(index is None for index, _ in files):
+            names = sorted(p.name for _, p in files)
+            raise DataError(f"{masks[wanted]}: mask matches images {', '.join(names)}; name every channel file "
+                            "<case>_0000, <case>_0001 ... (nnU-Net) or keep one image per case")
+        present = {0 if index is None else index: path for index, path in files}
+        missing = [i for i in range(count) if i not in present]
+        if missing:
+            suffix = _suffix_of(files[0][1], case_of[wanted], present)
+            problems.append(f"case {case}: channel file(s) {', '.join(f'{case}_{i:04d}{suffix}' for i in missing)} "
+                            f"missing in {images_path} (cases have {count} channels, _0000 to _{count - 1:04d})")
+            continue
+        channels = tuple(present[i] for i in range(count))
+        pairs.append(Pair(case_id=case, image=channels[0], mask=masks[wanted], channels=channels))
+    no_image = sorted(masks[stem].name for stem in masks.keys() - groups.keys())
     if no_mask:
         problems.append(f"{len(no_mask)} image(s) without mask in {masks_path}: {_names(no_mask)}")
     if no_image:
@@ -191,6 +223,16 @@ def _match(
     for problem in problems:
         logger.warning("skipping %s", problem)
     return pairs
+
+
+def _suffix_of(path: Path, case: str, present: dict[int, Path]) -> str:
+    """The file suffix of a channel file (``.nii.gz``), for naming a missing one."""
+    name = path.name
+    for index in present:
+        prefix = f"{case}_{index:04d}"
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name[len(case):]
 
 
 def _naming(
@@ -358,7 +400,7 @@ def find_pairs_from_config(data: DataConfig) -> list[Pair]:
         >>> [(p.case_id, p.mask.name) for p in find_pairs_from_config(DataConfig(root=root))]
         [('a', 'a.png'), ('b', 'b.png')]
     """
-    return find_pairs(
+    pairs = find_pairs(
         Path(data.root),
         images_dir=data.images_dir,
         masks_dir=data.masks_dir,
@@ -368,4 +410,29 @@ def find_pairs_from_config(data: DataConfig) -> list[Pair]:
         list_file=data.pair_list,
         strict=data.strict,
         kind=VOLUMES if DataKind(data.kind).segments_volumes else IMAGES,
+    )
+    check_channel_count(pairs, data)
+    return pairs
+
+
+def check_channel_count(pairs: Sequence[Pair], data: DataConfig) -> None:
+    """Refuse cases whose number of image files is not the number of ``data.channels`` (1 when left out).
+
+    Raises:
+        ConfigError: Naming the count found, an example case's files and the fix.
+    """
+    expected = len(data.channels) if data.channels else 1
+    wrong = next((p for p in pairs if len(p.channels) != expected), None)
+    if wrong is None:
+        return
+    found = len(wrong.channels)
+    files = ", ".join(p.name for p in wrong.channels)
+    if data.channels is None:
+        raise ConfigError(
+            f"data.channels: not set, so one image file per case is expected, but case {wrong.case_id} has {found} "
+            f"({files}); list one entry per file, e.g. channels: [{{name: CT}}, {{name: PET}}]"
+        )
+    raise ConfigError(
+        f"data.channels: lists {expected} channel(s) ({', '.join(c.name for c in data.channels)}), but case "
+        f"{wrong.case_id} has {found} image file(s) ({files}); list one entry per file, in channel order"
     )

@@ -55,7 +55,7 @@ def prepare_cases(
     """Read and preprocess every pair (see :meth:`VolumePreprocessor.prepare_pair`)."""
     out = []
     for index, pair in enumerate(pairs):
-        image, label, grid = pre.prepare_pair(pair.image, pair.mask, labels, tolerance=tolerance)
+        image, label, grid = pre.prepare_pair(pair.channels, pair.mask, labels, tolerance=tolerance)
         flat = label.numpy().ravel()
         rng = np.random.default_rng(index)
         fg: dict[int, np.ndarray] = {}
@@ -66,7 +66,7 @@ def prepare_cases(
             if pos.size > _MAX_FG_POSITIONS:
                 pos = np.sort(rng.choice(pos, _MAX_FG_POSITIONS, replace=False))
             fg[int(c)] = pos
-        image = image.half() if pre.intensity == "ct_window" else image
+        image = image.half() if pre.half_precision else image
         out.append(PreparedCase(pair.case_id, image.contiguous(), label.contiguous(), grid, fg))
         log.debug("prepared %s: %s -> %s", pair.case_id, grid.shape, grid.shape_out)
     return out

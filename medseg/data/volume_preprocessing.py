@@ -12,6 +12,10 @@ back on the input's exact grid:
    differs slightly from the requested one; it is recorded;
 3. intensity: CT windows in HU stacked as channels (``ct_window``), or a per-volume z-score (``zscore``).
 
+A case may be several co-registered files (``data.channels``: nnU-Net's ``case_0000``, ``case_0001`` ...): every
+file must lie on the first one's grid (:func:`check_same_channel_grid`), all take the first one's reorientation and
+resampling, each its own normalisation (:class:`ChannelSpec`), and the results are stacked in channel order.
+
 Inversion (:meth:`VolumePreprocessor.invert_probabilities`): class probabilities are resampled back to the
 oriented original size trilinearly, one class at a time with a running argmax (memory: two volumes of the
 original size), then the class map is turned back into the input orientation. Label maps are inverted
@@ -44,6 +48,8 @@ from medseg.io.volume_io import read_volume
 __all__ = [
     "GridRecord",
     "VolumePreprocessor",
+    "ChannelSpec",
+    "check_same_channel_grid",
     "check_same_grid",
     "label_classes",
     "slice_axis_index",
@@ -85,6 +91,39 @@ class GridRecord:
     affine_out: np.ndarray
 
 
+@dataclass(frozen=True)
+class ChannelSpec:
+    """How one input file of a case is normalised.
+
+    Attributes:
+        name: Channel name (``"CT"``, ``"PET"``; ``"image"`` for a single-channel set).
+        intensity: ``"ct_window"`` or ``"zscore"``.
+        windows: ``(center_hu, width_hu)`` of each window (ct_window), each one network input channel.
+    """
+
+    name: str
+    intensity: str
+    windows: tuple[tuple[float, float], ...]
+
+    @property
+    def in_channels(self) -> int:
+        """Network input channels this file gives: one per window, or 1 (zscore)."""
+        return len(self.windows) if self.intensity == "ct_window" else 1
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-safe form (an entry of the checkpoint's ``preprocessing.channels``)."""
+        return {"name": self.name, "intensity": self.intensity, "windows": [list(w) for w in self.windows]}
+
+
+def _channel_spec(name: str, intensity: Any, windows: Any, where: str) -> ChannelSpec:
+    if intensity not in ("ct_window", "zscore"):
+        raise ValueError(f"{where}.intensity: unknown {intensity!r}; choose from ct_window, zscore")
+    resolved = tuple(resolve_window(tuple(w) if not isinstance(w, str) else w) for w in windows or [])
+    if intensity == "ct_window" and not resolved:
+        raise ValueError(f"{where}.windows: ct_window intensity needs at least one window")
+    return ChannelSpec(str(name), str(intensity), resolved if intensity == "ct_window" else ())
+
+
 def slice_axis_index(orientation: str, slice_axis: str) -> int:
     """Index of the axis of the canonical grid that ``slice_axis`` slices along.
 
@@ -96,6 +135,28 @@ def slice_axis_index(orientation: str, slice_axis: str) -> int:
     return next(i for i, c in enumerate(orientation.upper()) if c in letters)
 
 
+def _differences(a: Volume, b: Volume) -> tuple[float, float, float]:
+    """Largest spacing (mm), origin (mm) and direction differences of two grids of one shape."""
+    return (float(np.abs(np.subtract(a.spacing, b.spacing)).max()),
+            float(np.abs(a.affine[:3, 3] - b.affine[:3, 3]).max()),
+            float(np.abs(a.direction_lps - b.direction_lps).max()))
+
+
+def _within_tolerance(names: str, a: Volume, b: Volume, fix: str) -> None:
+    """Raise naming both files when ``b``'s grid is not ``a``'s (shape, or beyond the tolerances); log float noise."""
+    if a.shape != b.shape:
+        raise DataError(f"{names}: shapes differ ({a.shape} vs {b.shape}); {fix}")
+    d_spacing, d_origin, d_dir = _differences(a, b)
+    if d_spacing > SPACING_TOLERANCE_MM or d_origin > ORIGIN_TOLERANCE_MM or d_dir > DIRECTION_TOLERANCE:
+        raise DataError(
+            f"{names}: geometry differs (spacing by {d_spacing:.3g} mm, origin by {d_origin:.3g} mm, direction by "
+            f"{d_dir:.3g}; allowed {SPACING_TOLERANCE_MM} mm, {ORIGIN_TOLERANCE_MM} mm, {DIRECTION_TOLERANCE}); {fix}"
+        )
+    if d_spacing or d_origin or d_dir:
+        log.info("%s: geometry differs by float noise only (spacing %.2g mm, origin %.2g mm, direction %.2g); "
+                 "using the first one's geometry", names, d_spacing, d_origin, d_dir)
+
+
 def check_same_grid(image: Volume, label: Volume) -> None:
     """Raise unless ``label`` lies on ``image``'s grid (differences within float noise are logged).
 
@@ -103,20 +164,30 @@ def check_same_grid(image: Volume, label: Volume) -> None:
         DataError: Shapes differ, or spacing/origin (> 1e-3 mm) or direction (> 1e-5) differ; names both files.
     """
     names = f"image {image.meta.get('path', '<array>')} and label {label.meta.get('path', '<array>')}"
-    if image.shape != label.shape:
-        raise DataError(f"{names}: shapes differ ({image.shape} vs {label.shape}); the label must be on the image grid")
-    d_spacing = float(np.abs(np.subtract(image.spacing, label.spacing)).max())
-    d_origin = float(np.abs(image.affine[:3, 3] - label.affine[:3, 3]).max())
-    d_dir = float(np.abs(image.direction_lps - label.direction_lps).max())
-    if d_spacing > SPACING_TOLERANCE_MM or d_origin > ORIGIN_TOLERANCE_MM or d_dir > DIRECTION_TOLERANCE:
-        raise DataError(
-            f"{names}: geometry differs (spacing by {d_spacing:.3g} mm, origin by {d_origin:.3g} mm, direction by "
-            f"{d_dir:.3g}; allowed {SPACING_TOLERANCE_MM} mm, {ORIGIN_TOLERANCE_MM} mm, {DIRECTION_TOLERANCE}); "
-            "resample the label onto the image grid"
-        )
-    if d_spacing or d_origin or d_dir:
-        log.info("%s: geometry differs by float noise only (spacing %.2g mm, origin %.2g mm, direction %.2g); "
-                 "using the image geometry", names, d_spacing, d_origin, d_dir)
+    fix = ("the label must be on the image grid" if image.shape != label.shape
+           else "resample the label onto the image grid")
+    _within_tolerance(names, image, label, fix)
+
+
+def check_same_channel_grid(first: Volume, other: Volume) -> None:
+    """Raise unless input channel ``other`` lies on the first channel's grid (the tolerances of
+    :func:`check_same_grid`).
+
+    Raises:
+        DataError: One line naming both channel files and what differs.
+
+    Example:
+        >>> a = Volume(np.zeros((2, 2, 2)), np.eye(4), {"path": "c_0000.nii.gz"})
+        >>> b = Volume(np.zeros((2, 2, 3)), np.eye(4), {"path": "c_0001.nii.gz"})
+        >>> try:
+        ...     check_same_channel_grid(a, b)
+        ... except DataError as err:
+        ...     print(str(err)[:75])
+        channels c_0000.nii.gz and c_0001.nii.gz: shapes differ ((2, 2, 2) vs (2, 2, 3))
+    """
+    a, b = first.meta.get("path", "<array>"), other.meta.get("path", "<array>")
+    _within_tolerance(f"channels {a} and {b}", first, other,
+                      f"co-registered channels must share one grid: resample {b} onto {a}'s grid")
 
 
 def label_classes(label: Volume, labels: LabelMap, *, tolerance: int = 0) -> np.ndarray:
@@ -152,50 +223,75 @@ class VolumePreprocessor:
     """
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
-        intensity = settings.get("intensity", "ct_window")
-        if intensity not in ("ct_window", "zscore"):
-            raise ValueError(f"preprocessing.intensity: unknown {intensity!r}; choose from ct_window, zscore")
-        self.intensity = str(intensity)
-        self.windows = [resolve_window(tuple(w) if not isinstance(w, str) else w) for w in settings.get("windows", [])]
-        if self.intensity == "ct_window" and not self.windows:
-            raise ValueError("preprocessing.windows: ct_window intensity needs at least one window")
+        raw_channels = settings.get("channels")
+        if raw_channels is not None:
+            if not isinstance(raw_channels, list) or not raw_channels:
+                raise ValueError(f"preprocessing.channels: need a non-empty list, got {raw_channels!r}")
+            self.channels = [_channel_spec(c.get("name", f"channel{i}"), c.get("intensity"), c.get("windows"),
+                                           f"preprocessing.channels[{i}]") for i, c in enumerate(raw_channels)]
+        else:  # one file per case (every checkpoint written before data.channels)
+            self.channels = [_channel_spec("image", settings.get("intensity", "ct_window"),
+                                           settings.get("windows", []), "preprocessing")]
+        self.multichannel = raw_channels is not None
+        self.intensity = self.channels[0].intensity
+        self.windows = list(self.channels[0].windows)
         spacing = settings.get("spacing_mm")
         self.spacing_mm = None if spacing is None else tuple(float(s) for s in spacing)
         if self.spacing_mm is not None and (len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0):
             raise ValueError(f"preprocessing.spacing_mm: need 3 positive values, got {spacing!r}")
         self.orientation = str(settings.get("orientation", "RAS")).upper()
         self.extra = {k: v for k, v in settings.items()
-                      if k not in ("intensity", "windows", "spacing_mm", "orientation")}
+                      if k not in ("intensity", "windows", "spacing_mm", "orientation", "channels")}
 
     @classmethod
     def from_config(cls, data: DataConfig) -> VolumePreprocessor:
         """Build from the ``data`` section (kind volumes3d or slices2d)."""
-        windows = [list(resolve_window(w if isinstance(w, str) else w.model_dump())) for w in data.windows or []]
+        def resolved(windows: Sequence[Any] | None) -> list[list[float]]:
+            return [list(resolve_window(w if isinstance(w, str) else w.model_dump())) for w in windows or []]
+
+        channels = None if data.channels is None else [
+            {"name": c.name, "intensity": c.intensity, "windows": resolved(c.windows)} for c in data.channels]
         return cls({
             "kind": data.kind,
-            "windows": windows if data.intensity == "ct_window" else [],
+            "windows": resolved(data.windows) if data.intensity == "ct_window" else [],
             "intensity": data.intensity,
             "spacing_mm": None if data.spacing_mm is None else list(data.spacing_mm),
             "orientation": data.orientation,
             "patch_size": list(data.patch_size),
             "slice_axis": data.slice_axis,
+            **({} if channels is None else {"channels": channels}),
         })
 
     @property
     def settings(self) -> dict[str, Any]:
-        """JSON-safe settings (the checkpoint's ``preprocessing``)."""
+        """JSON-safe settings (the checkpoint's ``preprocessing``); ``channels`` only for a multi-file set."""
         return {
             **self.extra,
             "windows": [list(w) for w in self.windows],
             "intensity": self.intensity,
             "spacing_mm": None if self.spacing_mm is None else list(self.spacing_mm),
             "orientation": self.orientation,
+            **({"channels": [c.settings() for c in self.channels]} if self.multichannel else {}),
         }
 
     @property
     def in_channels(self) -> int:
-        """Channels of a prepared image: one per window (ct_window) or 1 (zscore)."""
-        return len(self.windows) if self.intensity == "ct_window" else 1
+        """Channels of a prepared image: per input file, one per window (ct_window) or 1 (zscore)."""
+        return sum(c.in_channels for c in self.channels)
+
+    @property
+    def files_per_case(self) -> int:
+        """Input files a case is made of (``case_0000``, ``case_0001`` ...); 1 for a single-channel set."""
+        return len(self.channels)
+
+    @property
+    def half_precision(self) -> bool:
+        """Whether prepared images may be kept as float16 (every channel windowed to 0..1)."""
+        return all(c.intensity == "ct_window" for c in self.channels)
+
+    def channel_naming(self) -> str:
+        """How a case's files are named for this preprocessing, e.g. ``CT: <case>_0000, PET: <case>_0001``."""
+        return ", ".join(f"{c.name}: <case>_{i:04d}" for i, c in enumerate(self.channels))
 
     def __repr__(self) -> str:
         return f"VolumePreprocessor({self.settings})"
@@ -230,16 +326,37 @@ class VolumePreprocessor:
             affine_out=affine_out,
         )
 
-    def prepare_image(self, volume: Volume) -> tuple[torch.Tensor, GridRecord]:
-        """Reorient, resample and normalise an image volume.
+    def prepare_image(self, volume: Volume | Sequence[Volume]) -> tuple[torch.Tensor, GridRecord]:
+        """Reorient, resample and normalise an image volume, or the channel volumes of one case.
+
+        Args:
+            volume: One volume, or one per input channel in channel order (:attr:`files_per_case`), all on the
+                first one's grid.
 
         Returns:
-            ``(image (C, X, Y, Z) float32, grid record)``.
+            ``(image (C, X, Y, Z) float32, grid record)``; the grid is the first channel's.
 
         Raises:
-            DataError: NaN/Inf voxels or a constant volume under zscore.
+            DataError: NaN/Inf voxels, a constant volume under zscore, the wrong number of channel volumes, or
+                channels on different grids (naming both files).
         """
-        grid = self.plan(volume)
+        volumes = [volume] if isinstance(volume, Volume) else list(volume)
+        if len(volumes) != self.files_per_case:
+            first = volumes[0].meta.get("path", "<array>") if volumes else "<no volume>"
+            raise DataError(
+                f"{first}: the model takes {self.files_per_case} input file(s) per case ({self.channel_naming()}), "
+                f"got {len(volumes)}"
+            )
+        for other in volumes[1:]:
+            check_same_channel_grid(volumes[0], other)
+        grid = self.plan(volumes[0])
+        parts = [self._normalise(self._resample(v, grid), str(v.meta.get("path", "<array>")), spec)
+                 for v, spec in zip(volumes, self.channels, strict=True)]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), grid
+
+    def _resample(self, volume: Volume, grid: GridRecord) -> torch.Tensor:
+        """One volume reoriented and resampled onto ``grid``: ``(1, X, Y, Z)`` float32."""
+        _check_volume(volume)
         array = np.asarray(volume.array, dtype=np.float32)
         if not np.isfinite(array).all():
             raise DataError(f"{volume.meta.get('path', '<array>')}: volume holds NaN or Inf voxels")
@@ -248,11 +365,9 @@ class VolumePreprocessor:
             sigma = [max(0.0, (a / b - 1) / 2) for a, b in zip(grid.oriented_shape, grid.shape_out, strict=True)]
             if max(sigma) > 0:
                 oriented = ndimage.gaussian_filter(oriented, sigma=sigma, mode="nearest")
-            x = F.interpolate(torch.from_numpy(oriented)[None, None], size=grid.shape_out, mode="trilinear",
-                              align_corners=False)[0]
-        else:
-            x = torch.from_numpy(oriented)[None]
-        return self._normalise(x, str(volume.meta.get("path", "<array>"))), grid
+            return F.interpolate(torch.from_numpy(oriented)[None, None], size=grid.shape_out, mode="trilinear",
+                                 align_corners=False)[0]
+        return torch.from_numpy(oriented)[None]
 
     def prepare_label(self, label: Volume, grid: GridRecord, labels: LabelMap, *, tolerance: int = 0) -> torch.Tensor:
         """Class map of a label volume on the prepared grid ``(X, Y, Z)`` uint8 (nearest-neighbour)."""
@@ -261,16 +376,20 @@ class VolumePreprocessor:
         return self._resample_classes(torch.from_numpy(classes), grid.shape_out)
 
     def prepare_pair(
-        self, image_path: str | Path, label_path: str | Path, labels: LabelMap, *, tolerance: int = 0
+        self, image_path: str | Path | Sequence[str | Path], label_path: str | Path, labels: LabelMap, *,
+        tolerance: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor, GridRecord]:
-        """Read and prepare an image and its label volume (geometry checked).
+        """Read and prepare an image (or a case's channel files, in channel order) and its label volume
+        (geometry checked: the label and every channel on the first channel's grid).
 
         Raises:
             DataError: Unreadable files, grids that differ, unknown label values.
         """
-        image, label = read_volume(image_path), read_volume(label_path)
-        check_same_grid(image, label)
-        x, grid = self.prepare_image(image)
+        paths = [image_path] if isinstance(image_path, (str, Path)) else list(image_path)
+        images = [read_volume(p) for p in paths]
+        label = read_volume(label_path)
+        check_same_grid(images[0], label)
+        x, grid = self.prepare_image(images)
         return x, self.prepare_label(label, grid, labels, tolerance=tolerance), grid
 
     # --------------------------------------------------------------------------------- inverse
@@ -327,13 +446,13 @@ class VolumePreprocessor:
         return out
 
     # --------------------------------------------------------------------------------- helpers
-    def _normalise(self, x: torch.Tensor, source: str) -> torch.Tensor:
-        if self.intensity == "zscore":
+    def _normalise(self, x: torch.Tensor, source: str, spec: ChannelSpec) -> torch.Tensor:
+        if spec.intensity == "zscore":
             std = float(x.std())
             if std < 1e-8:
                 raise DataError(f"{source}: constant volume, cannot z-score normalise it")
             return ((x - x.mean()) / std).float()
-        return torch.cat([ct_window(x, center_hu=c, width_hu=w) for c, w in self.windows]).float()
+        return torch.cat([ct_window(x, center_hu=c, width_hu=w) for c, w in spec.windows]).float()
 
     @staticmethod
     def _resample_classes(classes: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

@@ -190,9 +190,51 @@ def test_volumes_same_stem_with_nnunet_channel_suffix_and_two_dot_suffixes(tmp_p
         ("la_001", "la_001_0000.nii.gz", "la_001.nii.gz"), ("la_002", "la_002.mha", "la_002.nrrd")]
 
 
-def test_volumes_two_channels_for_one_label_are_refused_by_name(tmp_path):
+def test_three_cases_of_two_channels_pair_in_channel_order_and_files_lists_them_all(tmp_path):
+    names = [f"imagesTr/{c}_{i:04d}.nii.gz" for c in ("a", "b", "c") for i in (1, 0)]  # written out of order
+    _touch(tmp_path, names + ["labelsTr/a.nii.gz", "labelsTr/b.nii.gz", "labelsTr/c.nii.gz"])
+    pairs = find_pairs(tmp_path, images_dir="imagesTr", masks_dir="labelsTr", kind=VOLUMES)
+    assert [p.case_id for p in pairs] == ["a", "b", "c"]
+    assert [[f.relative_to(tmp_path).as_posix() for f in p.files()] for p in pairs] == [
+        [f"imagesTr/{c}_0000.nii.gz", f"imagesTr/{c}_0001.nii.gz", f"labelsTr/{c}.nii.gz"] for c in "abc"]
+    assert all(p.image == p.channels[0] for p in pairs)
+    cfg = DataConfig(kind="volumes3d", root=tmp_path, images_dir="imagesTr", masks_dir="labelsTr",
+                     channels=[{"name": "CT"}, {"name": "PET"}])
+    assert find_pairs_from_config(cfg) == pairs
+
+
+def test_a_case_without_one_channel_is_one_line_naming_the_case_and_the_file(tmp_path):
+    _touch(tmp_path, ["imagesTr/a_0000.nii.gz", "imagesTr/a_0001.nii.gz", "imagesTr/b_0000.nii.gz",
+                      "labelsTr/a.nii.gz", "labelsTr/b.nii.gz"])
+    with pytest.raises(DataError) as err:
+        find_pairs(tmp_path, images_dir="imagesTr", masks_dir="labelsTr", kind=VOLUMES)
+    assert "\n" not in str(err.value)
+    assert "case b: channel file(s) b_0001.nii.gz missing in" in str(err.value)
+    pairs = find_pairs(tmp_path, images_dir="imagesTr", masks_dir="labelsTr", kind=VOLUMES, strict=False)
+    assert [p.case_id for p in pairs] == ["a"]
+
+
+def test_a_gap_in_the_channels_names_the_missing_file(tmp_path):
+    _touch(tmp_path, ["imagesTr/a_0000.nii.gz", "imagesTr/a_0002.nii.gz", "labelsTr/a.nii.gz"])
+    with pytest.raises(DataError, match=r"case a: channel file\(s\) a_0001\.nii\.gz missing .*cases have 3 "
+                       r"channels, _0000 to _0002"):
+        find_pairs(tmp_path, images_dir="imagesTr", masks_dir="labelsTr", kind=VOLUMES)
+
+
+def test_channel_count_must_match_data_channels(tmp_path):
     _touch(tmp_path, ["imagesTr/a_0000.nii.gz", "imagesTr/a_0001.nii.gz", "labelsTr/a.nii.gz"])
-    with pytest.raises(DataError, match=r"a\.nii\.gz: mask matches images a_0000\.nii\.gz and a_0001\.nii\.gz"):
+    base = {"kind": "volumes3d", "root": tmp_path, "images_dir": "imagesTr", "masks_dir": "labelsTr"}
+    with pytest.raises(ConfigError, match=r"data\.channels: not set, so one image file per case is expected, but "
+                       r"case a has 2 \(a_0000\.nii\.gz, a_0001\.nii\.gz\)"):
+        find_pairs_from_config(DataConfig(**base))
+    with pytest.raises(ConfigError, match=r"data\.channels: lists 3 channel\(s\) \(CT, PET, MR\), but case a has 2"):
+        find_pairs_from_config(DataConfig(**base, channels=[{"name": "CT"}, {"name": "PET"}, {"name": "MR"}]))
+
+
+def test_a_plain_image_and_a_channel_file_for_one_mask_are_refused(tmp_path):
+    _touch(tmp_path, ["imagesTr/a.nii.gz", "imagesTr/a_0000.nii.gz", "labelsTr/a.nii.gz"])
+    with pytest.raises(DataError, match=r"a\.nii\.gz: mask matches images a\.nii\.gz, a_0000\.nii\.gz; name every "
+                       "channel file"):
         find_pairs(tmp_path, images_dir="imagesTr", masks_dir="labelsTr", kind=VOLUMES)
 
 
