@@ -254,11 +254,11 @@ class DataConfig(Strict):
     slice_axis: Literal["axial", "sagittal", "coronal"] = Field("axial", description="slices2d: slicing axis.")
     channels: list[ChannelConfig] | None = Field(
         None, min_length=1,
-        description="Volumes with several co-registered input files per case, nnU-Net style (imagesTr/case_0000.nii.gz, "
-        "case_0001.nii.gz ... with labelsTr/case.nii.gz): one entry per file, in channel order, each {name, "
-        "intensity, windows} (intensity left out: ct_window for a channel named CT, else zscore). The network "
-        "takes one input channel per zscore channel and one per window of a ct_window channel. data.intensity and "
-        "data.windows then repeat the first channel's. Left out: one file per case.",
+        description="Volumes with several co-registered input files per case, nnU-Net style "
+        "(imagesTr/case_0000.nii.gz, case_0001.nii.gz ... with labelsTr/case.nii.gz): one entry per file, in "
+        "channel order, each {name, intensity, windows} (intensity left out: ct_window for a channel named CT, else "
+        "zscore). The network takes one input channel per zscore channel and one per window of a ct_window "
+        "channel. data.intensity and data.windows then repeat the first channel's. Left out: one file per case.",
     )
 
     @model_validator(mode="before")

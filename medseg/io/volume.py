@@ -27,6 +27,7 @@ __all__ = [
     "affine_from_lps",
     "check_volume_size",
     "input_kind",
+    "split_channel",
     "volume_case_name",
 ]
 
@@ -152,6 +153,20 @@ def volume_case_name(path: str | Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
+
+
+def split_channel(path: str | Path) -> tuple[str, int | None]:
+    """Case name and nnU-Net channel index of a volume file (``case_0001.nii.gz`` -> ``("case", 1)``); a name
+    without the 4-digit channel suffix gives ``(name, None)``.
+
+    Example:
+        >>> split_channel("imagesTs/la_003_0001.nii.gz"), split_channel("ct.mha")
+        (('la_003', 1), ('ct', None))
+    """
+    stem = volume_case_name(path)
+    if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit() and stem[-4:].isascii():
+        return stem[:-5], int(stem[-4:])
+    return stem, None
 
 
 def _describe(value: object) -> str:

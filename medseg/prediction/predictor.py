@@ -7,6 +7,7 @@ model's :class:`~medseg.config.kinds.DataKind`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
@@ -33,15 +34,17 @@ class Predictor(LoadedModel):
     Build it with :meth:`from_checkpoint` (see :class:`~medseg.prediction.loaded.LoadedModel` for the fields).
     """
 
-    def predict(self, source: str | Path | np.ndarray | Volume, *, series_uid: str | None = None,
-                output: str = "labels") -> Prediction:
+    def predict(self, source: str | Path | np.ndarray | Volume | Sequence[str | Path | Volume], *,
+                series_uid: str | None = None, output: str = "labels") -> Prediction:
         """Segment one input with this model.
 
         Args:
             source: For a 2D image model, an image file or array (returns the mask in gray values, a
                 numpy array of the image's size). For a volume model (3D, or 2D slice-wise), a
                 NIfTI/MHA/NRRD file, a DICOM series folder or a :class:`~medseg.io.volume.Volume`
-                (returns a label-map ``Volume`` on the input's grid).
+                (returns a label-map ``Volume`` on the input's grid); for a multi-channel volume model
+                (``data.channels``) a list of those, one per channel in channel order (the result lies on the first
+                one's grid).
             series_uid: Volume models: the series to read from a DICOM folder holding several (``medseg inspect
                 FOLDER`` or :func:`~medseg.io.dicom.list_series` lists them).
             output: ``"labels"`` (the default, as above) or ``"probabilities"``: the class probabilities on the
@@ -57,7 +60,12 @@ class Predictor(LoadedModel):
         """
         if output not in OUTPUTS:
             raise ConfigError(f"output: got {output!r}; allowed: {', '.join(OUTPUTS)}")
-        if not isinstance(source, (str, Path, np.ndarray, Volume)):
+        if isinstance(source, (list, tuple)):
+            if not self.kind.segments_volumes or not all(isinstance(s, (str, Path, Volume)) for s in source):
+                raise TypeError("source: a list is taken by volume models only, as one path or medseg.Volume per "
+                                f"input channel; got {[type(s).__name__ for s in source]} for a {self.kind.value} "
+                                "model")
+        elif not isinstance(source, (str, Path, np.ndarray, Volume)):
             raise TypeError(f"source: expected a path (str or pathlib.Path), a numpy array or a medseg.Volume, got "
                             f"{type(source).__name__}")
         if series_uid is not None and not isinstance(series_uid, str):
@@ -67,7 +75,7 @@ class Predictor(LoadedModel):
             if series_uid is not None:
                 raise ConfigError(f"series_uid: got {series_uid!r} but {self.source} is a {self.kind.value} model "
                                   "(2D images); series_uid chooses a DICOM series for volume models only")
-            if isinstance(source, Volume):
+            if isinstance(source, (Volume, list, tuple)):
                 raise DataError(f"{self.source}: a 2D image model cannot segment a Volume; give an image")
             if output == "probabilities":
                 probs = predict_image_outputs(self, source, probabilities=True)[1]

@@ -30,7 +30,7 @@ from medseg.data.volume_preprocessing import VolumePreprocessor
 from medseg.errors import CheckpointError, ConfigError, DataError
 from medseg.io.dicom import SeriesInfo, check_irregular, list_series
 from medseg.io.images import IMAGE_SUFFIXES
-from medseg.io.volume import VOLUME_SUFFIXES, Volume, volume_case_name
+from medseg.io.volume import VOLUME_SUFFIXES, Volume, split_channel, volume_case_name
 from medseg.io.volume_io import read_volume, write_label_map, write_probability_map
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
 from medseg.prediction.claims import Sharing
@@ -40,16 +40,18 @@ from medseg.prediction.postprocess import keep_largest_component
 from medseg.prediction.statistics import VOLUME_COLUMNS, statistics_section, structure_statistics, voxel_volume_mm3
 from medseg.prediction.statistics_table import write_statistics_table
 
-__all__ = ["VolumeCase", "find_volume_cases", "predict_outputs", "predict_volume", "predict_volumes",
-           "read_input_volume"]
+__all__ = ["VolumeCase", "find_channel_cases", "find_volume_cases", "predict_outputs", "predict_volume",
+           "predict_volumes", "read_input_volume"]
 
 log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VolumeCase(Case):
-    """A volume case: a file, or a DICOM folder with the series to read from it."""
+    """A volume case: a file, or a DICOM folder with the series to read from it, or (a multi-channel model) the
+    case's channel files in channel order (``source`` is the first)."""
 
     series_uid: str | None = None
+    channels: tuple[Path, ...] = ()
 
 
 # ------------------------------------------------------------------------------------------- one case
@@ -97,9 +99,10 @@ def predict_classes(loaded: LoadedModel, volume: Volume) -> np.ndarray:
     return predict_outputs(loaded, volume, probabilities=False)[0]
 
 
-def predict_outputs(loaded: LoadedModel, volume: Volume, *, probabilities: bool
+def predict_outputs(loaded: LoadedModel, volume: Volume | Sequence[Volume], *, probabilities: bool
                     ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Class indices (uint8) on ``volume``'s grid and, when asked, the class probabilities there: float16
+    """Class indices (uint8) on ``volume``'s grid (the first channel's for a multi-channel model, given one volume
+    per channel) and, when asked, the class probabilities there: float16
     ``(K, *volume.shape)``, class first, each class resampled back like the labels (trilinear), so their argmax is
     the labels except at ties and where ``infer.largest_component`` removed a region.
 
@@ -124,13 +127,15 @@ def predict_outputs(loaded: LoadedModel, volume: Volume, *, probabilities: bool
     return classes, maps
 
 
-def predict_volume(loaded: LoadedModel, source: str | Path | Volume, *, series_uid: str | None = None,
-                   probabilities: bool = False, irregular: str = "refuse") -> Volume:
+def predict_volume(loaded: LoadedModel, source: str | Path | Volume | Sequence[str | Path | Volume], *,
+                   series_uid: str | None = None, probabilities: bool = False, irregular: str = "refuse") -> Volume:
     """Segment one volume; the result lies on the input's exact grid (shape and affine) in original label values.
 
     Args:
         loaded: A volumes3d or slices2d loaded.
-        source: A NIfTI/MHA/NRRD file, a DICOM series folder, or a :class:`~medseg.io.volume_io.Volume`.
+        source: A NIfTI/MHA/NRRD file, a DICOM series folder, or a :class:`~medseg.io.volume_io.Volume`; for a
+            multi-channel model (``data.channels``) a list of them, one per channel in channel order, all on one
+            grid (the result lies on the first one's).
         series_uid: For a DICOM folder holding several series, the one to read.
         probabilities: Also put the class probabilities on the input grid in ``meta["probabilities"]`` (float16
             ``(K, *shape)``, class first; see :func:`predict_outputs`).
@@ -144,14 +149,18 @@ def predict_volume(loaded: LoadedModel, source: str | Path | Volume, *, series_u
         DataError: A 2D-image checkpoint, a 2D image input, a folder of volume files, or an unreadable volume.
         ConfigError: ``series_uid`` given with a file or a ``Volume``.
     """
-    what = str(source.meta.get("path", "<volume>")) if isinstance(source, Volume) else str(source)
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
+    if not sources:
+        raise DataError(f"{loaded.source}: no input volume given")
+    what = ", ".join(str(s.meta.get("path", "<volume>")) if isinstance(s, Volume) else str(s) for s in sources)
     _check_volume_model(loaded, what)
-    if isinstance(source, Volume) and series_uid is not None:
+    if any(isinstance(s, Volume) for s in sources) and series_uid is not None:
         raise ConfigError(f"series_uid: got {series_uid!r} with a Volume; it chooses a series of a DICOM folder "
                           "(allowed with a folder only)")
-    volume = source if isinstance(source, Volume) else read_input_volume(source, series_uid=series_uid,
-                                                                          irregular=irregular)
-    classes, maps = predict_outputs(loaded, volume, probabilities=probabilities)
+    volumes = [s if isinstance(s, Volume) else read_input_volume(s, series_uid=series_uid, irregular=irregular)
+               for s in sources]
+    volume = volumes[0]
+    classes, maps = predict_outputs(loaded, volumes, probabilities=probabilities)
     values = np.asarray(loaded.labels.to_values(classes))
     meta = {**volume.meta, "classes": classes, "checkpoint": loaded.source}
     if maps is not None:
@@ -226,6 +235,53 @@ def find_volume_cases(inputs: Sequence[Path]) -> list[VolumeCase]:
     return cases
 
 
+def find_channel_cases(inputs: Sequence[Path], loaded: LoadedModel) -> list[VolumeCase]:
+    """The cases of a multi-channel model: volume files given, or found in the folders given, grouped by case name
+    (``case_0000.nii.gz``, ``case_0001.nii.gz`` ... -> case ``case``, files sorted by channel index).
+
+    Raises:
+        DataError: A missing input, a file without a channel suffix or with a channel the model does not take, a
+            channel given twice, or a case missing a channel (each one line naming the file or case and the naming
+            the model wants).
+    """
+    pre = VolumePreprocessor(loaded.preprocessing)
+    count, naming = pre.files_per_case, pre.channel_naming()
+    files: list[Path] = []
+    for src in (Path(p) for p in inputs):
+        if src.is_file():
+            files.append(src)
+        elif src.is_dir():
+            found = _volume_files(src)
+            if not found:
+                raise DataError(f"{src}: no {', '.join(VOLUME_SUFFIXES)} files; the model {loaded.source} takes "
+                                f"{count} channel files per case ({naming})")
+            files += found
+        else:
+            raise DataError(f"{src}: input does not exist")
+    groups: dict[str, dict[int, Path]] = {}
+    for path in files:
+        case, index = split_channel(path)
+        if index is None or index >= count or not path.name.lower().endswith(VOLUME_SUFFIXES):
+            found_as = "has no channel suffix" if index is None else f"is channel {index}"
+            raise DataError(
+                f"{path}: {found_as}, but the model {loaded.source} takes {count} channel files per case ({naming}); "
+                f"name them <case>_0000.nii.gz to <case>_{count - 1:04d}.nii.gz")
+        if index in groups.setdefault(case, {}):
+            raise DataError(f"inputs {groups[case][index]} and {path} are both channel {index} of case {case!r}; "
+                            "give each case's files once")
+        groups[case][index] = path
+    cases: list[VolumeCase] = []
+    for case, channels in sorted(groups.items()):
+        missing = [i for i in range(count) if i not in channels]
+        if missing:
+            suffix = next(iter(channels.values())).name[len(case) + 5:]
+            raise DataError(f"case {case}: channel file(s) {', '.join(f'{case}_{i:04d}{suffix}' for i in missing)} "
+                            f"missing; the model {loaded.source} takes {count} per case ({naming})")
+        ordered = tuple(channels[i] for i in range(count))
+        cases.append(VolumeCase(case, ordered[0], channels=ordered))
+    return cases
+
+
 def _folder_cases(folder: Path) -> list[VolumeCase]:
     cases: list[VolumeCase] = []
     no_volume: list[Path] = []  # DICOM images there, but they form no usable volume series
@@ -266,6 +322,7 @@ def describe_result(loaded: LoadedModel, volume: Volume, result: Volume, case: C
     return {
         "case": case.name,
         "input": str(case.source),
+        **({"channels": [str(f) for f in case.channels]} if getattr(case, "channels", ()) else {}),
         "series_uid": getattr(case, "series_uid", None),
         "input_geometry": {
             "shape": list(volume.shape),
@@ -335,8 +392,14 @@ def predict_volumes(
     check_irregular(irregular)
     _check_volume_model(loaded, ", ".join(map(str, paths)))
     check_output_dir(out, paths)
-    cases = find_volume_cases(paths)
+    files_per_case = VolumePreprocessor(loaded.preprocessing).files_per_case
+    cases = find_volume_cases(paths) if files_per_case == 1 else find_channel_cases(paths, loaded)
     out.mkdir(parents=True, exist_ok=True)
+
+    def read_case(case: Case) -> list[Volume]:
+        files = getattr(case, "channels", ()) or (case.source,)
+        return [read_input_volume(f, series_uid=getattr(case, "series_uid", None), irregular=irregular)
+                for f in files]
 
     def outputs_of(case: Case) -> list[Path]:
         is_dicom = getattr(case, "series_uid", None) is not None or not case.source.name.lower().endswith(
@@ -347,8 +410,9 @@ def predict_volumes(
 
     def run(case: Case, todo: set[Path]) -> list[Path]:
         t0 = time.perf_counter()
-        volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None), irregular=irregular)
-        result = predict_volume(loaded, volume, probabilities=probabilities)
+        volumes = read_case(case)
+        volume = volumes[0]
+        result = predict_volume(loaded, volumes, probabilities=probabilities)
         written = []
         probs = result.meta.pop("probabilities", None)
         if probabilities and out / f"{case.name}_probabilities.nii.gz" in todo:
@@ -372,8 +436,7 @@ def predict_volumes(
     report = run_cases(cases, outputs_of, run, overwrite=overwrite, progress=progress, sharing=sharing)
     if statistics:
         def from_disk(case: Case) -> dict[str, Any]:
-            volume = read_input_volume(case.source, series_uid=getattr(case, "series_uid", None),
-                                       irregular=irregular)
+            volume = read_case(case)[0]
             labels = read_volume(out / f"{case.name}.nii.gz")
             return statistics_section(structure_statistics(volume, labels, loaded.labels))
 

@@ -107,8 +107,8 @@ def train_folds(cfg: ExperimentConfig, folds: list[int], *, run_dir: str | Path,
         val_ids = read_split_file(fold_dir / "splits" / "val.txt")
         checkpoint = result.best_checkpoint or result.last_checkpoint
         predictor = Predictor.from_checkpoint(checkpoint)
-        report = predict_paths(predictor, [pairs[c].image for c in val_ids], root / "cv_predictions",
-                               progress=progress)
+        inputs = [f for c in val_ids for f in pairs[c].channels]  # a multi-channel case: all its files
+        report = predict_paths(predictor, inputs, root / "cv_predictions", progress=progress)
         if report.failed:
             raise DataError(f"fold {k}: {len(report.failed)} validation case(s) failed to predict: "
                             f"{report.failed[0][0]}: {report.failed[0][1]}")
@@ -124,7 +124,8 @@ def _score_if_complete(cfg: ExperimentConfig, root: Path, pairs: dict[str, Any])
     val_ids = [c for f in folders for c in read_split_file(f / "splits" / "val.txt")]
     predicted = {case_name(p) for p in (root / "cv_predictions").iterdir()} if (root / "cv_predictions").is_dir() \
         else set()
-    truths = {case_name(pairs[c].image): pairs[c].mask for c in val_ids}
+    truths = {pairs[c].case_id if len(pairs[c].channels) > 1 else case_name(pairs[c].image): pairs[c].mask
+              for c in val_ids}
     if not set(truths) <= predicted:
         return None
     checkpoint = folders[0] / "checkpoints" / "last.pt"
