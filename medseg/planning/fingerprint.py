@@ -4,6 +4,12 @@ Per case: shape and spacing (in the canonical RAS axis order, so cases stored in
 compare), the orientation code, intensity statistics over foreground voxels (a fixed-seed sample of at
 most :data:`SAMPLES_PER_CASE` voxels: percentiles 0.5 / 50 / 99.5, mean, std, min, max), and the voxel count
 of every label value. Over the set: which cases hold each label value, and the pooled foreground percentiles.
+
+Volumes with several input channels (nnU-Net's ``case_0000``, ``case_0001`` ...) get those intensity statistics
+per channel, at the same sampled foreground voxels (``CaseFingerprint.channel_intensity``, pooled in
+``Fingerprint.channels`` with each channel's name and modality: ``dataset.json`` ``channel_names`` / ``modality``
+when present, else the Hounsfield test on that channel's values). ``intensity`` and ``modality`` are the first
+channel's.
 2D image sets record each image's size and colour mode and the mask values instead.
 
 Everything is deterministic (sorted cases, seeded samples), so the same data gives the same
@@ -23,14 +29,15 @@ from nibabel.orientations import aff2axcodes, io_orientation
 
 from medseg.config.kinds import DataKind
 from medseg.data.pairing import IMAGES, VOLUMES, Pair, find_pairs
+from medseg.data.volume_preprocessing import check_same_channel_grid
 from medseg.errors import ConfigError, DataError
 from medseg.io.images import IMAGE_SUFFIXES, read_image, read_mask
 from medseg.io.volume import VOLUME_SUFFIXES
 from medseg.io.volume_io import read_volume
 from medseg.progress import progress_bar
 
-__all__ = ["CaseFingerprint", "DatasetLayout", "Fingerprint", "SAMPLES_PER_CASE", "dataset_json_labels",
-           "detect_layout", "fingerprint"]
+__all__ = ["CaseFingerprint", "ChannelFingerprint", "DatasetLayout", "Fingerprint", "SAMPLES_PER_CASE",
+           "dataset_json_labels", "detect_layout", "fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,20 @@ class CaseFingerprint:
     label_voxels: dict[int, int]
     intensity: dict[str, float] | None = None
     value_range: list[float] | None = None
+    channel_intensity: list[dict[str, float] | None] | None = None
+    channel_value_range: list[list[float]] | None = None
+
+
+@dataclass
+class ChannelFingerprint:
+    """One input channel over the set: its name, modality (``CT`` or ``MR``: anything not CT is z-scored), why,
+    and the pooled foreground intensity statistics."""
+
+    index: int
+    name: str
+    modality: str
+    modality_reason: str
+    intensity: dict[str, float] | None
 
 
 @dataclass
@@ -82,6 +103,7 @@ class Fingerprint:
     label_values: dict[int, dict[str, int]] = field(default_factory=dict)
     label_names: dict[int, str] | None = None
     mask_format: str = ""
+    channels: list[ChannelFingerprint] = field(default_factory=list)
 
     def to_json(self) -> str:
         """JSON text with sorted keys (the same data gives the same bytes)."""
@@ -173,55 +195,76 @@ def fingerprint(layout: DatasetLayout, *, progress: bool = False) -> Fingerprint
     """Read every case of a data set once and collect its fingerprint.
 
     Raises:
-        DataError: Unreadable files, unpaired files, multi-channel cases (``_0001``), or no foreground anywhere.
+        DataError: Unreadable files, unpaired files, channels missing or on different grids, channel names in
+            dataset.json that do not match the files, or no foreground anywhere.
     """
     file_kind = VOLUMES if layout.kind is DataKind.VOLUMES3D else IMAGES
     pairs = find_pairs(layout.root, images_dir=layout.images_dir, masks_dir=layout.masks_dir, kind=file_kind)
-    _refuse_multichannel(layout, pairs)
     names = dataset_json_labels(layout.dataset_json, str(layout.root / "dataset.json"))
+    count = len(pairs[0].channels) if pairs else 1
+    channel_names = _channel_names(layout, count)
     cases: list[CaseFingerprint] = []
-    samples: list[np.ndarray] = []
+    samples: list[list[np.ndarray]] = [[] for _ in range(count)]
     with progress_bar("fingerprint", len(pairs), enabled=progress) as advance:
         for index, pair in enumerate(pairs):
             if layout.kind is DataKind.VOLUMES3D:
-                case, sample = _volume_case(pair, index)
-                samples.append(sample)
+                case, sampled = _volume_case(pair, index)
+                for channel, sample in enumerate(sampled):
+                    samples[channel].append(sample)
             else:
                 case = _image_case(pair)
             cases.append(case)
             advance()
     label_values: dict[int, dict[str, int]] = {}
     for case in cases:
-        for value, count in case.label_voxels.items():
+        for value, count_ in case.label_voxels.items():
             entry = label_values.setdefault(value, {"cases": 0, "voxels": 0})
             entry["cases"] += 1
-            entry["voxels"] += count
+            entry["voxels"] += count_
     label_values = dict(sorted(label_values.items()))
     if len(label_values) < 2:
         raise DataError(f"{layout.root / layout.masks_dir}: every mask holds only the value "
                         f"{list(label_values)}; there is no foreground to segment")
-    pooled = np.concatenate(samples) if samples else np.empty(0)
-    modality, reason = _modality(layout, cases, pooled)
+    pooled = [np.concatenate(s) if s else np.empty(0) for s in samples]
+    channels: list[ChannelFingerprint] = []
+    if layout.kind is DataKind.VOLUMES3D:
+        for channel in range(count):
+            ranges = [c.value_range if count == 1 else (c.channel_value_range or [])[channel] for c in cases]
+            modality, reason = _volume_modality(channel_names[channel], ranges)
+            channels.append(ChannelFingerprint(channel, channel_names[channel] or f"channel{channel}", modality,
+                                               reason, _stats(pooled[channel]) if pooled[channel].size else None))
+        modality, reason = channels[0].modality, channels[0].modality_reason
+    else:
+        modality, reason = _image_modality(cases)
     suffixes = sorted({_suffix(p.mask) for p in pairs})
     return Fingerprint(
         root=str(layout.root), kind=layout.kind.value, images_dir=layout.images_dir, masks_dir=layout.masks_dir,
         cases=cases, modality=modality, modality_reason=reason,
-        intensity=_stats(pooled) if pooled.size else None, label_values=label_values, label_names=names,
-        mask_format=",".join(suffixes),
+        intensity=_stats(pooled[0]) if pooled[0].size else None, label_values=label_values, label_names=names,
+        mask_format=",".join(suffixes), channels=channels,
     )
+
+
+def _channel_names(layout: DatasetLayout, count: int) -> list[str | None]:
+    """Each channel's name from ``dataset.json`` (``channel_names``, or the older ``modality``), else None.
+
+    Raises:
+        DataError: ``dataset.json`` names a different number of channels than the files have.
+    """
+    raw = (layout.dataset_json or {}).get("channel_names") or (layout.dataset_json or {}).get("modality")
+    if not isinstance(raw, dict) or not raw:
+        return [None] * count
+    named = {int(k): str(v) for k, v in raw.items() if str(k).isdigit()} or dict(enumerate(map(str, raw.values())))
+    if sorted(named) != list(range(count)):
+        raise DataError(f"{layout.root / 'dataset.json'}: channel_names names channels {sorted(named)}, but the "
+                        f"cases in {layout.root / layout.images_dir} have {count} channel file(s) "
+                        f"(_0000 to _{count - 1:04d}); make them agree")
+    return [named[i] for i in range(count)]
 
 
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-def _refuse_multichannel(layout: DatasetLayout, pairs: list[Pair]) -> None:
-    folder = layout.root / layout.images_dir
-    extra = sorted(p.name for p in folder.iterdir() if "_0001." in p.name)
-    if extra:
-        raise DataError(f"{folder}: {extra[0]} is a second input channel (_0001); medseg plans single-channel "
-                        "data sets only for now")
 
 
 def _ras_order(affine: np.ndarray) -> list[int]:
@@ -233,30 +276,38 @@ def _ras_order(affine: np.ndarray) -> list[int]:
     return order
 
 
-def _volume_case(pair: Pair, index: int) -> tuple[CaseFingerprint, np.ndarray]:
-    image = read_volume(pair.image)
+def _volume_case(pair: Pair, index: int) -> tuple[CaseFingerprint, list[np.ndarray]]:
+    """One case's fingerprint and, per channel, its sampled foreground values (the same voxels in each)."""
+    images = [read_volume(path) for path in pair.channels]
+    image = images[0]
     label = read_volume(pair.mask)
     if image.shape != label.shape:
         raise DataError(f"{pair.mask}: shape {label.shape} differs from its image {pair.image.name} {image.shape}")
+    for other in images[1:]:
+        check_same_channel_grid(image, other)
     values = np.rint(np.asarray(label.array, dtype=np.float64)).astype(np.int64)
     uniq, counts = np.unique(values, return_counts=True)
     order = _ras_order(image.affine)
-    foreground = image.array[values != 0]
+    positions = np.flatnonzero(values.ravel() != 0)
     rng = np.random.default_rng(index)
-    if foreground.size > SAMPLES_PER_CASE:
-        foreground = rng.choice(foreground, SAMPLES_PER_CASE, replace=False)
-    foreground = np.asarray(foreground, dtype=np.float64)
+    if positions.size > SAMPLES_PER_CASE:
+        positions = rng.choice(positions, SAMPLES_PER_CASE, replace=False)
+    sampled = [np.asarray(np.asarray(v.array).ravel()[positions], dtype=np.float64) for v in images]
+    stats = [_stats(s) if s.size else None for s in sampled]
+    ranges = [[float(np.min(v.array)), float(np.max(v.array))] for v in images]
     case = CaseFingerprint(
         case=pair.case_id,
         shape=[int(image.shape[a]) for a in order],
         spacing=[round(float(image.spacing[a]), 6) for a in order],
         orientation="".join(str(c) for c in aff2axcodes(image.affine)),
-        channels=1,
+        channels=len(images),
         label_voxels={int(v): int(c) for v, c in zip(uniq, counts, strict=True)},
-        intensity=_stats(foreground) if foreground.size else None,
-        value_range=[float(np.min(image.array)), float(np.max(image.array))],
+        intensity=stats[0],
+        value_range=ranges[0],
+        channel_intensity=stats if len(images) > 1 else None,
+        channel_value_range=ranges if len(images) > 1 else None,
     )
-    return case, foreground
+    return case, sampled
 
 
 def _image_case(pair: Pair) -> CaseFingerprint:
@@ -284,17 +335,18 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def _modality(layout: DatasetLayout, cases: list[CaseFingerprint], pooled: np.ndarray) -> tuple[str, str]:
-    if layout.kind is DataKind.IMAGES2D:
-        rgb = sum(c.channels == 3 for c in cases)
-        return ("rgb", f"{rgb} of {len(cases)} images are colour") if rgb else ("gray", "all images are gray")
-    channel_names = (layout.dataset_json or {}).get("channel_names") or (layout.dataset_json or {}).get("modality")
-    if isinstance(channel_names, dict) and channel_names:
-        first = str(next(iter(channel_names.values())))
-        if first.upper() == "CT":
+def _image_modality(cases: list[CaseFingerprint]) -> tuple[str, str]:
+    rgb = sum(c.channels == 3 for c in cases)
+    return ("rgb", f"{rgb} of {len(cases)} images are colour") if rgb else ("gray", "all images are gray")
+
+
+def _volume_modality(name: str | None, ranges: list[list[float] | None]) -> tuple[str, str]:
+    """CT or MR (anything not CT: per-case z-score) for one channel, from its dataset.json name or its values."""
+    if name is not None:
+        if name.upper() == "CT":
             return "CT", "dataset.json channel_names says CT"
-        return "MR", f"dataset.json channel_names says {first!r} (not CT: per-case z-score)"
-    ranges = [c.value_range for c in cases if c.value_range is not None]
-    if ranges and all(-3100 <= lo <= -500 and hi <= 32767 for lo, hi in ranges):
+        return "MR", f"dataset.json channel_names says {name!r} (not CT: per-case z-score)"
+    found = [r for r in ranges if r is not None]
+    if found and all(-3100 <= lo <= -500 and hi <= 32767 for lo, hi in found):
         return "CT", "no dataset.json; every volume's minimum lies in -3100..-500 HU (air), as in CT"
     return "MR", "no dataset.json and the intensities do not look like Hounsfield units: per-case z-score"

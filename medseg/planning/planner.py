@@ -14,7 +14,9 @@ The rules, each written into the YAML next to the value it chose:
 - **batch**: the largest that fits the memory, starting from 2 (volumes) or 12 (images) and capped so one batch
   covers at most 5 % of the data set's voxels (never below 2).
 - **intensity**: CT: one window spanning the foreground's 0.5-99.5 percentiles (clip, then scale to [0, 1]);
-  otherwise a per-case z-score; 8-bit images as they are.
+  otherwise a per-case z-score; 8-bit images as they are. Several input channels (``case_0000``, ``case_0001``
+  ...): ``data.channels``, each channel by the same rule on its own foreground statistics, named from
+  ``dataset.json`` ``channel_names`` when present.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from medseg.config.kinds import DataKind
 from medseg.config.loading import load_config
 from medseg.config.schema import ModelConfig
 from medseg.errors import ConfigError, DataError, OutputExistsError
-from medseg.planning.fingerprint import Fingerprint, detect_layout, fingerprint
+from medseg.planning.fingerprint import ChannelFingerprint, Fingerprint, detect_layout, fingerprint
 from medseg.planning.memory import training_bytes
 
 __all__ = ["ANISOTROPY", "Plan", "PlanResult", "parse_device_memory", "plan_config", "plan_dataset"]
@@ -110,7 +112,9 @@ class Plan:
         keys = [("spacing_mm", data.get("spacing_mm")), ("patch/image size", size),
                 ("network", f"unet {self.config['model']['channels']}"), ("batch", train["batch_size"])]
         lines = [f"{k}: {v}" for k, v in keys if v is not None]
-        if "windows" in data:
+        if "channels" in data:
+            lines.append("channels: " + ", ".join(f"{c['name']} ({c['intensity']})" for c in data["channels"]))
+        elif "windows" in data:
             lines.append(f"intensity: window {data['windows'][0]}")
         elif "intensity" in data:
             lines.append(f"intensity: {data['intensity']}")
@@ -261,7 +265,7 @@ def _plan_volumes(fp: Fingerprint, memory: DeviceMemory, root: str) -> Plan:
     levels = _levels(int(min(start)), 5 if memory.device == "cuda" else 4)
     model = _model(memory.device, 3, levels, "instance")
     ct = fp.modality == "CT"
-    in_ch = 1
+    in_ch = max(1, len(fp.channels))  # one window per CT channel, z-score otherwise: one network input each
     out_ch = len(fp.label_values) if not fp.label_names else len(fp.label_names)
     divisor = 2**levels
     patch = [min(_round_to(s, divisor), _round_to(cap, divisor)) for s in start]
@@ -279,9 +283,11 @@ def _plan_volumes(fp: Fingerprint, memory: DeviceMemory, root: str) -> Plan:
         "kind": "volumes3d", "root": root, "images_dir": fp.images_dir, "masks_dir": fp.masks_dir,
         "val_fraction": 0.2, "seed": 0, "labels": {"classes": classes},
     }
-    if ct and fp.intensity is not None:
+    if len(fp.channels) > 1:
+        data["channels"], reasons["data.channels"] = _channels(fp.channels)
+    elif ct and fp.intensity is not None:
         lo, hi = fp.intensity["p00_5"], fp.intensity["p99_5"]
-        data["windows"] = [{"center_hu": round((lo + hi) / 2, 1), "width_hu": round(max(hi - lo, 1.0), 1)}]
+        data["windows"] = [_window(fp.intensity)]
         data["intensity"] = "ct_window"
         reasons["data.windows"] = (f"CT ({fp.modality_reason}): clip to the foreground's 0.5-99.5 percentiles "
                                    f"({lo:g}..{hi:g} HU), scaled to [0, 1]")
@@ -318,6 +324,28 @@ def _plan_volumes(fp: Fingerprint, memory: DeviceMemory, root: str) -> Plan:
         "infer": {"roi_size": patch, "overlap": 0.5, "sw_batch_size": 2, "blend": "gaussian"},
     }
     return Plan(config, reasons)
+
+
+def _window(intensity: dict[str, float]) -> dict[str, float]:
+    """One CT window over the foreground's 0.5-99.5 percentiles."""
+    lo, hi = intensity["p00_5"], intensity["p99_5"]
+    return {"center_hu": round((lo + hi) / 2, 1), "width_hu": round(max(hi - lo, 1.0), 1)}
+
+
+def _channels(channels: list[ChannelFingerprint]) -> tuple[list[dict[str, Any]], str]:
+    """``data.channels`` of a multi-channel set and why: a CT channel is windowed over its foreground's
+    0.5-99.5 percentiles, any other channel z-scored per case (nnU-Net's rule)."""
+    entries: list[dict[str, Any]] = []
+    why: list[str] = []
+    for c in channels:
+        if c.modality == "CT" and c.intensity is not None:
+            entries.append({"name": c.name, "intensity": "ct_window", "windows": [_window(c.intensity)]})
+            why.append(f"_{c.index:04d} {c.name}: CT ({c.modality_reason}), window over the foreground's 0.5-99.5 "
+                       f"percentiles ({c.intensity['p00_5']:g}..{c.intensity['p99_5']:g} HU)")
+        else:
+            entries.append({"name": c.name, "intensity": "zscore"})
+            why.append(f"_{c.index:04d} {c.name}: z-score per case ({c.modality_reason})")
+    return entries, "; ".join(why)
 
 
 def _plan_images(fp: Fingerprint, memory: DeviceMemory, root: str) -> Plan:

@@ -195,14 +195,68 @@ def test_doors(spine_set: Path, tmp_path: Path) -> None:
     assert kind.exit_code == 2 and "--kind" in kind.output
 
 
-def test_refuses_second_channel_and_empty_masks(tmp_path: Path) -> None:
+def test_refuses_a_missing_channel_and_empty_masks(tmp_path: Path) -> None:
     image = np.full((16, 16, 16), -1000, np.int16)
     _write(tmp_path / "a" / "imagesTr" / "c_0000.nii.gz", image, (1.0, 1.0, 1.0))
     _write(tmp_path / "a" / "imagesTr" / "c_0001.nii.gz", image, (1.0, 1.0, 1.0))
-    _write(tmp_path / "a" / "labelsTr" / "c.nii.gz", np.ones((16, 16, 16), np.uint8), (1.0, 1.0, 1.0))
-    with pytest.raises(DataError, match="_0001"):
+    _write(tmp_path / "a" / "imagesTr" / "d_0000.nii.gz", image, (1.0, 1.0, 1.0))
+    for case in "cd":
+        _write(tmp_path / "a" / "labelsTr" / f"{case}.nii.gz", np.ones((16, 16, 16), np.uint8), (1.0, 1.0, 1.0))
+    with pytest.raises(DataError, match=r"case d: channel file\(s\) d_0001\.nii\.gz missing"):
         plan_dataset(tmp_path / "a", tmp_path / "a.yaml")
     _write(tmp_path / "b" / "imagesTr" / "c_0000.nii.gz", image, (1.0, 1.0, 1.0))
     _write(tmp_path / "b" / "labelsTr" / "c.nii.gz", np.zeros((16, 16, 16), np.uint8), (1.0, 1.0, 1.0))
     with pytest.raises(DataError, match="no foreground"):
         plan_dataset(tmp_path / "b", tmp_path / "b.yaml")
+
+
+def _two_channel_set(root: Path, dataset_json: dict | None) -> None:
+    """3 cases: channel 0 CT-like (air -1000 HU, foreground 40..240 HU), channel 1 noise around 500."""
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        label = np.zeros((16, 16, 16), np.uint8)
+        label[4:10, 4:10, 4:10] = 1
+        ct = np.where(label == 1, rng.uniform(40, 240, label.shape), -1000.0).astype(np.float32)
+        other = rng.normal(500, 30, label.shape).astype(np.float32)
+        _write(root / "imagesTr" / f"c{i}_0000.nii.gz", ct, (1.0, 1.0, 1.0))
+        _write(root / "imagesTr" / f"c{i}_0001.nii.gz", other, (1.0, 1.0, 1.0))
+        _write(root / "labelsTr" / f"c{i}.nii.gz", label, (1.0, 1.0, 1.0))
+    if dataset_json is not None:
+        (root / "dataset.json").write_text(json.dumps(dataset_json))
+
+
+def test_two_channel_set_plans_both_channels_with_their_normalisation(tmp_path: Path) -> None:
+    _two_channel_set(tmp_path / "d", {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "x": 1}})
+    result = plan_dataset(tmp_path / "d", tmp_path / "p.yaml", device_memory="cpu")
+    cfg = load_config(result.config_path)
+    fp = json.loads(result.fingerprint_path.read_text())
+    images = tmp_path / "d" / "imagesTr"
+    pooled = []
+    for k in (0, 1):  # every foreground voxel (216 per case) is in the sample: exact percentiles
+        fg = np.concatenate([np.asarray(nib.load(images / f"c{i}_000{k}.nii.gz").dataobj)[4:10, 4:10, 4:10].ravel()
+                             for i in range(3)]).astype(np.float64)
+        pooled.append(fg)
+        assert fp["channels"][k]["intensity"]["p00_5"] == pytest.approx(np.percentile(fg, 0.5), abs=1e-3)
+        assert fp["channels"][k]["intensity"]["p99_5"] == pytest.approx(np.percentile(fg, 99.5), abs=1e-3)
+    assert [(c["name"], c["modality"]) for c in fp["channels"]] == [("CT", "CT"), ("PET", "MR")]
+    assert [c["channels"] for c in fp["cases"]] == [2, 2, 2]
+    assert cfg.data.channels is not None
+    assert [(c.name, c.intensity) for c in cfg.data.channels] == [("CT", "ct_window"), ("PET", "zscore")]
+    lo, hi = np.percentile(pooled[0], [0.5, 99.5])
+    window = cfg.data.channels[0].windows[0]  # type: ignore[index]
+    assert window.center_hu == pytest.approx((lo + hi) / 2, abs=0.06)  # type: ignore[union-attr]
+    assert window.width_hu == pytest.approx(hi - lo, abs=0.06)  # type: ignore[union-attr]
+    assert cfg.data.intensity == "ct_window"  # the first channel's, repeated
+    text = result.config_path.read_text()
+    assert "_0000 CT: CT (dataset.json channel_names says CT)" in text and "_0001 PET: z-score per case" in text
+    assert "channels: CT (ct_window), PET (zscore)" in result.plan.summary()
+
+
+def test_two_channel_set_without_dataset_json_names_channels_and_tests_hounsfield(tmp_path: Path) -> None:
+    _two_channel_set(tmp_path / "d", None)
+    cfg = load_config(plan_dataset(tmp_path / "d", tmp_path / "p.yaml", device_memory="cpu").config_path)
+    assert [(c.name, c.intensity) for c in cfg.data.channels or []] == [("channel0", "ct_window"),
+                                                                         ("channel1", "zscore")]
+    (tmp_path / "d" / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}}))
+    with pytest.raises(DataError, match=r"channel_names names channels \[0\], but the cases in .* have 2 channel"):
+        plan_dataset(tmp_path / "d", tmp_path / "q.yaml", device_memory="cpu")
