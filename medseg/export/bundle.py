@@ -76,6 +76,10 @@ def bundle_refusal(loaded: LoadedModel) -> str | None:
     if loaded.kind is DataKind.IMAGES2D:
         return ("images2d models are not exported as bundles (MONAI's PNG/JPEG readers transpose the axes and "
                 "medseg resizes with antialiasing); use --format onnx or torchscript")
+    channels = loaded.preprocessing.get("channels")
+    if channels:
+        return (f"the model takes {len(channels)} input files per case (data.channels); the bundle reads one image "
+                "file; use --format onnx or torchscript")
     if loaded.infer.tta:
         return "infer.tta is true: MONAI's inferers have no flip test-time augmentation; retrain or export onnx"
     if loaded.infer.threshold is not None:

@@ -75,6 +75,14 @@ def input_channels(loaded: LoadedModel) -> list[str]:
     pre = loaded.preprocessing
     if loaded.kind is DataKind.IMAGES2D and pre.get("intensity", "scale") != "ct_window":
         return ["red", "green", "blue"] if pre.get("color", "rgb") == "rgb" else ["gray"]
+    if pre.get("channels"):  # several input files per case: each file's channels, in order
+        return [f"{c['name']} (<case>_{i:04d}): {text}" for i, c in enumerate(pre["channels"])
+                for text in _normalisation(c)]
+    return _normalisation(pre)
+
+
+def _normalisation(pre: Mapping[str, Any]) -> list[str]:
+    """The input channels one volume gives: its z-score, or one per CT window."""
     if pre.get("intensity", "ct_window") == "zscore":
         return ["intensity, z-scored over the resampled volume"]
     return [f"CT window {_num(c)}/{_num(w)} HU -> 0..1" for c, w in pre.get("windows", [])]

@@ -150,3 +150,14 @@ def test_a_single_channel_checkpoint_still_predicts_one_file_per_case(ckpt3d, tm
     assert report.ok and len(report.predicted) == 1
     labels = read_volume(report.written[0])
     assert labels.shape == read_volume(first).shape
+
+
+def test_bundle_export_is_refused_and_onnx_metadata_names_each_channel(two_channel):
+    from medseg.export.bundle import bundle_refusal
+    from medseg.export.metadata import input_channels
+
+    loaded = Predictor.from_checkpoint(two_channel[0])
+    assert bundle_refusal(loaded) == ("the model takes 2 input files per case (data.channels); the bundle reads one "
+                                      "image file; use --format onnx or torchscript")
+    assert input_channels(loaded) == ["CT (<case>_0000): CT window 100/800 HU -> 0..1",
+                                      "MR (<case>_0001): intensity, z-scored over the resampled volume"]
