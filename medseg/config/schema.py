@@ -120,15 +120,7 @@ class ChannelConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        intensity = data.get("intensity")
-        if intensity is None:
-            intensity = "ct_window" if str(data.get("name", "")).upper() == "CT" else "zscore"
-        windows = data.get("windows")
-        if windows is None and intensity == "ct_window":
-            windows = list(_default_windows())
-        return {**data, "intensity": intensity, "windows": windows}
+        return _channel_defaults(data) if isinstance(data, dict) else data
 
     @field_validator("windows")
     @classmethod
@@ -136,6 +128,17 @@ class ChannelConfig(Strict):
         if value is None:
             return None
         return _check_windows(value, info.data.get("intensity"), "the channel's intensity")
+
+
+def _channel_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A channel entry with ``intensity`` (by its name: CT windowed, others z-scored) and ``windows`` filled."""
+    intensity = data.get("intensity")
+    if intensity is None:
+        intensity = "ct_window" if str(data.get("name", "")).upper() == "CT" else "zscore"
+    windows = data.get("windows")
+    if windows is None and intensity == "ct_window":
+        windows = list(_default_windows())
+    return {**data, "intensity": intensity, "windows": windows}
 
 
 def _check_windows(value: list[WindowSpec], intensity: str | None, where: str) -> list[WindowSpec]:
@@ -272,7 +275,7 @@ class DataConfig(Strict):
         if isinstance(channels, list) and channels and intensity is None and windows is None:
             first = channels[0].model_dump() if isinstance(channels[0], ChannelConfig) else channels[0]
             if isinstance(first, dict):  # the first channel's, with ChannelConfig's defaults
-                filled = ChannelConfig._defaults(first)
+                filled = _channel_defaults(first)
                 ct = filled.get("intensity") == "ct_window"
                 return {**data, "intensity": filled.get("intensity"), "windows": filled.get("windows") if ct else None}
         if intensity is None:

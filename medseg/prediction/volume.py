@@ -149,7 +149,7 @@ def predict_volume(loaded: LoadedModel, source: str | Path | Volume | Sequence[s
         DataError: A 2D-image checkpoint, a 2D image input, a folder of volume files, or an unreadable volume.
         ConfigError: ``series_uid`` given with a file or a ``Volume``.
     """
-    sources = list(source) if isinstance(source, (list, tuple)) else [source]
+    sources: list[str | Path | Volume] = [source] if isinstance(source, (str, Path, Volume)) else list(source)
     if not sources:
         raise DataError(f"{loaded.source}: no input volume given")
     what = ", ".join(str(s.meta.get("path", "<volume>")) if isinstance(s, Volume) else str(s) for s in sources)
@@ -322,7 +322,7 @@ def describe_result(loaded: LoadedModel, volume: Volume, result: Volume, case: C
     return {
         "case": case.name,
         "input": str(case.source),
-        **({"channels": [str(f) for f in case.channels]} if getattr(case, "channels", ()) else {}),
+        **({"channels": [str(f) for f in getattr(case, "channels", ())]} if getattr(case, "channels", ()) else {}),
         "series_uid": getattr(case, "series_uid", None),
         "input_geometry": {
             "shape": list(volume.shape),
