@@ -182,7 +182,7 @@ def check_same_channel_grid(first: Volume, other: Volume) -> None:
         >>> try:
         ...     check_same_channel_grid(a, b)
         ... except DataError as err:
-        ...     print(str(err)[:75])
+        ...     print(str(err).split(";")[0])
         channels c_0000.nii.gz and c_0001.nii.gz: shapes differ ((2, 2, 2) vs (2, 2, 3))
     """
     a, b = first.meta.get("path", "<array>"), other.meta.get("path", "<array>")
