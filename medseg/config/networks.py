@@ -283,26 +283,39 @@ class FlexibleUNetConfig(NetworkBase):
 
 
 class DeepLabV3Config(NetworkBase):
-    """DeepLabV3 (``model.name: deeplabv3``, 2D): a dilated ResNet, an ASPP head and an auxiliary head."""
+    """DeepLabV3 (``model.name: deeplabv3``, 2D): a dilated ResNet or MobileNetV3-Large, ASPP and auxiliary heads.
+
+    Sizes: multiples of the output stride.
+    """
 
     dims_allowed: ClassVar[tuple[int, ...]] = (2,)
     imagenet: ClassVar[bool] = True
     has_encoder: ClassVar[bool] = True
 
     name: Literal["deeplabv3"] = Field(description="Network name.")
-    backbone: Literal["resnet50", "resnet101"] = Field("resnet50", description="ResNet backbone.")
-    output_stride: Literal[8, 16] = Field(16, description="Down-sampling of the backbone (8: dilate layer3 too).")
-    backbone_width: PositiveInt = Field(
-        64, description="Features of the backbone's first level (64 is ResNet's; imagenet needs 64).")
+    backbone: Literal["resnet50", "resnet101", "mobilenet_v3_large"] = Field(
+        "resnet50", description="Backbone: ResNet-50/101, or MobileNetV3-Large (about 3 M weights against 24 M).")
+    output_stride: Literal[8, 16] = Field(16, description="Down-sampling of the backbone (8: dilate the stage "
+                                          "before the last too).")
+    backbone_width: PositiveInt | None = Field(
+        None, description="Features of the backbone's first level; default and what imagenet needs: 64 (ResNet), "
+        "16 (MobileNetV3, whose widths scale by backbone_width / 16, rounded to multiples of 8).")
     aspp_channels: PositiveInt = Field(256, description="Features of the ASPP head.")
-    aux_head: bool = Field(True, description="Auxiliary head on layer3, weighted 0.5 against the main output "
-                           "in the loss (training only).")
+    aux_head: bool = Field(True, description="Auxiliary head (on ResNet's layer3, on MobileNetV3's first "
+                           "output-stride-8 block), weighted 0.5 against the main output in the loss (training only).")
 
     @model_validator(mode="after")
     def _imagenet(self) -> DeepLabV3Config:
-        if self.pretrained == "imagenet" and self.backbone_width != 64:
-            raise ValueError(f"pretrained: 'imagenet' needs backbone_width 64 (ResNet's), got {self.backbone_width}")
+        standard = self.standard_width
+        if self.pretrained == "imagenet" and self.backbone_width not in (None, standard):
+            raise ValueError(f"pretrained: 'imagenet' needs backbone_width {standard} ({self.backbone}'s), got "
+                             f"{self.backbone_width}")
         return self
+
+    @property
+    def standard_width(self) -> int:
+        """The backbone's published first-level width (64 for ResNet, 16 for MobileNetV3)."""
+        return 16 if self.backbone == "mobilenet_v3_large" else 64
 
     @property
     def divisor(self) -> int:
