@@ -3,10 +3,10 @@ sliding window; multi-output networks (deep supervision, DeepLabV3's dict) in th
 
 Networks are tiny (a few thousand weights) on small synthetic spine volumes, so that all of them train in
 seconds; the 2D runs skip validation (the 3D runs validate, through the same sliding window). DynUNet's deep
-supervision is trained in 3D here and checked in 2D by a unit test below. SwinUNETR and
-FlexibleUNet run in 2D only: the smallest 3D SwinUNETR that trains (64^3: its instance norm needs more than
-one voxel after 32x down-sampling) takes over a minute here, and FlexibleUNet's 3D ResNet encoder has 14 M
-weights at any setting.
+supervision is trained in 3D here and checked in 2D by a unit test below. SwinUNETR and FlexibleUNet, whose
+smallest 3D networks are large (a 64^3 patch; a 6 M-weight encoder), train once more in 3D at their smallest,
+without validation, and predict one volume through the sliding window (``ARCHITECTURES_3D``). DeepLabV3 runs
+with both backbone families, and MobileNetV3-Large's layers are checked against torchvision's.
 """
 
 from __future__ import annotations
@@ -99,6 +99,46 @@ def test_architecture_trains_saves_reloads_and_predicts(tmp_path, spine, name, d
     assert torch.allclose(probs if dims == 3 else probs[..., 0], direct, atol=1e-4)
     # a whole case through the sliding window, back on the input's grid
     image = sorted((spine[dims] / "imagesTr").glob("*.nii.gz"))[0]
+    labels = predictor.predict(image)
+    assert labels.array.shape == nib.load(str(image)).shape
+    assert set(np.unique(labels.array)) <= {0, 26, 27}
+
+
+#: The two networks of the zoo that are slow in 3D, each once in 3D at its smallest: (name, model keys, patch,
+#: batch size, class). SwinUNETR's instance norm needs more than one voxel after its 32x down-sampling, so 64^3
+#: is its smallest patch; window_size 4 (not 7), one transformer block and one head per stage and one sample a
+#: step keep it as fast as it goes. FlexibleUNet's 3D encoders are MONAI's 3D ResNets and EfficientNets; the
+#: smallest is efficientnet-b0 (6 M weights in 3D; resnet10 has 15 M, a 180 MB last.pt with Adam's state). Its
+#: batch norm needs two samples a step when the deepest level is one voxel.
+ARCHITECTURES_3D = [
+    pytest.param("swin_unetr", {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1],
+                                "window_size": 4}, [64, 64, 64], 1, "SwinUNETR", id="swin_unetr-3d",
+                 marks=pytest.mark.slow),
+    pytest.param("flexible_unet", {"backbone": "efficientnet-b0", "decoder_channels": [16, 8, 8, 4, 4]},
+                 [32, 32, 32], 2, "FlexibleUNet", id="flexible_unet-3d"),
+]
+
+
+@pytest.mark.parametrize(("name", "model", "patch", "batch", "cls"), ARCHITECTURES_3D)
+def test_slow_3d_architecture_trains_saves_reloads_and_predicts_a_volume(tmp_path, spine, name, model, patch, batch,
+                                                                         cls):
+    """Two steps, no validation (the sliding window is run by the prediction below instead)."""
+    path = _yaml(tmp_path, spine[3], 3, name, model, patch)
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["val_fraction"], raw["train"]["batch_size"] = 0.0, batch
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    assert (cfg.model.spatial_dims, cfg.model.divisor, cfg.data.kind) == (3, 32, "volumes3d")
+    result = train(cfg, run_dir=tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(result.last_checkpoint)
+    assert ckpt["config"]["model"]["spatial_dims"] == 3 and ckpt["config"]["model"]["name"] == name
+    predictor = Predictor.from_checkpoint(result.last_checkpoint, device="cpu")
+    assert type(predictor.model).__name__ == cls and predictor.model.divisor == 32
+    for key, value in predictor.model.state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"][key]), key
+    # the case (about 16^3 voxels at 6 mm) is padded up to one window of the patch size, predicted, cropped back
+    # and resampled to the input's grid
+    image = sorted((spine[3] / "imagesTr").glob("*.nii.gz"))[0]
     labels = predictor.predict(image)
     assert labels.array.shape == nib.load(str(image)).shape
     assert set(np.unique(labels.array)) <= {0, 26, 27}
@@ -230,6 +270,12 @@ def test_a_key_that_does_not_fit_the_network_is_a_config_error_naming_it(tmp_pat
     ({"name": "swin_unetr"}, {"image_size": [100, 96]},
      r"data\.image_size: \[100, 96\] must be multiples of 32 .*nearest valid: \[96, 96\] or \[128, 96\]"),
     ({"name": "swin_unetr"}, {"image_size": [32, 32]}, r"data\.image_size: \[32, 32\] leaves one voxel .*\[64, 64\]"),
+    ({"name": "swin_unetr", "spatial_dims": 3}, {"kind": "volumes3d", "patch_size": [96, 80, 64]},
+     r"data\.patch_size: \[96, 80, 64\] must be multiples of 32 .*nearest valid: \[96, 64, 64\] or \[96, 96, 64\]"),
+    ({"name": "swin_unetr", "spatial_dims": 3}, {"kind": "volumes3d", "patch_size": [64, 32, 64]},
+     r"data\.patch_size: \[64, 32, 64\] leaves one voxel .*after the network's 32x down-sampling.*\[64, 64, 64\]"),
+    ({"name": "flexible_unet", "spatial_dims": 3}, {"kind": "volumes3d", "patch_size": [48, 32, 32]},
+     r"data\.patch_size: \[48, 32, 32\] must be multiples of 32 .*nearest valid: \[32, 32, 32\] or \[64, 32, 32\]"),
     ({"name": "deeplabv3", "backbone": "mobilenet_v3_large"}, {"image_size": [40, 64]},
      r"data\.image_size: \[40, 64\] must be multiples of 16 .*nearest valid: \[32, 64\] or \[48, 64\]"),
     ({"name": "deeplabv3", "output_stride": 8}, {"image_size": [60, 64]},
