@@ -39,6 +39,11 @@ class NetworkBase(StrictUnionMember):
     imagenet: ClassVar[bool] = False
     #: Whether the network has an encoder ``freeze_encoder_epochs`` can freeze.
     has_encoder: ClassVar[bool] = False
+    #: The network's total down-sampling when no key sets it (a ``strides`` key, where there is one, does).
+    fixed_divisor: ClassVar[int] = 1
+    #: Values of the network's ``norm`` key that cannot normalise one voxel per channel at the deepest level:
+    #: with one of them, sizes must exceed the divisor.
+    norms_refusing_one_voxel: ClassVar[tuple[str, ...]] = ()
 
     spatial_dims: Literal[2, 3] = Field(2, description="2 for images and slices, 3 for volumes.")
     in_channels: PositiveInt | None = Field(None, description="Input channels; default: from the data.")
@@ -51,13 +56,16 @@ class NetworkBase(StrictUnionMember):
 
     @property
     def divisor(self) -> int:
-        """Every input size must be a multiple of this (the network's total down-sampling)."""
-        return 1
+        """Every input size must be a multiple of this (the network's total down-sampling): the product of its
+        ``strides`` where it has that key, else :attr:`fixed_divisor`."""
+        strides: tuple[int, ...] | None = getattr(self, "strides", None)
+        return _product(strides) if strides is not None else self.fixed_divisor
 
     @property
     def needs_above_divisor(self) -> bool:
-        """True when one voxel at the deepest level is refused (instance norm there), so sizes must exceed it."""
-        return False
+        """True when one voxel at the deepest level is refused (its ``norm`` is one of
+        :attr:`norms_refusing_one_voxel`), so sizes must exceed the divisor."""
+        return getattr(self, "norm", None) in self.norms_refusing_one_voxel
 
     @model_validator(mode="after")
     def _common(self) -> NetworkBase:
@@ -88,7 +96,12 @@ def _check_levels(channels: tuple[int, ...], strides: tuple[int, ...], what: str
 
 
 class ModelConfig(NetworkBase):
-    """Network architecture: MONAI's UNet (``model.name: unet``, the default)."""
+    """Network architecture: MONAI's UNet (``model.name: unet``, the default).
+
+    Sizes: multiples of the product of the strides; above it with instance norm.
+    """
+
+    norms_refusing_one_voxel: ClassVar[tuple[str, ...]] = ("instance",)
 
     name: Literal["unet"] = Field("unet", description="Network: unet, attention_unet, basic_unetplusplus, "
                                   "segresnet, dynunet, swin_unetr, flexible_unet, deeplabv3.")
@@ -103,23 +116,16 @@ class ModelConfig(NetworkBase):
         _check_levels(self.channels, self.strides)
         return self
 
-    @property
-    def divisor(self) -> int:
-        """Input sizes must be multiples of this (product of the strides)."""
-        return _product(self.strides)
-
-    @property
-    def needs_above_divisor(self) -> bool:
-        """Instance norm at the deepest level needs more than one voxel per channel."""
-        return self.norm == "instance"
-
 
 #: The UNet's config under the name the other networks' configs follow.
 UNetConfig = ModelConfig
 
 
 class AttentionUNetConfig(NetworkBase):
-    """MONAI's AttentionUnet (``model.name: attention_unet``): a UNet with attention gates on the skips."""
+    """MONAI's AttentionUnet (``model.name: attention_unet``): a UNet with attention gates on the skips.
+
+    Sizes: multiples of the product of the strides.
+    """
 
     name: Literal["attention_unet"] = Field(description="Network name.")
     channels: tuple[PositiveInt, ...] = Field((16, 32, 64, 128, 256), description="Features per level.")
@@ -131,14 +137,15 @@ class AttentionUNetConfig(NetworkBase):
         _check_levels(self.channels, self.strides)
         return self
 
-    @property
-    def divisor(self) -> int:
-        """Product of the strides."""
-        return _product(self.strides)
-
 
 class BasicUNetPlusPlusConfig(NetworkBase):
-    """MONAI's BasicUNetPlusPlus (``model.name: basic_unetplusplus``): nested skips, four down-samplings."""
+    """MONAI's BasicUNetPlusPlus (``model.name: basic_unetplusplus``): nested skips, four down-samplings.
+
+    Sizes: multiples of 16; above it with instance norm.
+    """
+
+    fixed_divisor: ClassVar[int] = 16
+    norms_refusing_one_voxel: ClassVar[tuple[str, ...]] = ("instance",)
 
     name: Literal["basic_unetplusplus"] = Field(description="Network name.")
     features: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt, PositiveInt, PositiveInt] = Field(
@@ -148,21 +155,15 @@ class BasicUNetPlusPlusConfig(NetworkBase):
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability.")
     upsample: Literal["deconv", "pixelshuffle", "nontrainable"] = Field("deconv", description="Up-sampling.")
 
-    @property
-    def divisor(self) -> int:
-        """Four 2x down-samplings."""
-        return 16
-
-    @property
-    def needs_above_divisor(self) -> bool:
-        """Instance norm at the deepest level."""
-        return self.norm == "instance"
-
 
 class SegResNetConfig(NetworkBase):
-    """MONAI's SegResNet (``model.name: segresnet``): residual encoder, light decoder, group norm."""
+    """MONAI's SegResNet (``model.name: segresnet``): residual encoder, light decoder, group norm.
+
+    Sizes: multiples of 2 ** (levels - 1); above it with group or instance norm.
+    """
 
     has_encoder: ClassVar[bool] = True
+    norms_refusing_one_voxel: ClassVar[tuple[str, ...]] = ("group", "instance")
 
     name: Literal["segresnet"] = Field(description="Network name.")
     init_filters: PositiveInt = Field(8, description="Features of the first level (doubled per level).")
@@ -187,16 +188,15 @@ class SegResNetConfig(NetworkBase):
         """One 2x down-sampling per encoder level after the first."""
         return int(2 ** (len(self.blocks_down) - 1))
 
-    @property
-    def needs_above_divisor(self) -> bool:
-        """Group or instance norm at the deepest level."""
-        return self.norm in ("group", "instance")
-
 
 class DynUNetConfig(NetworkBase):
-    """MONAI's DynUNet (``model.name: dynunet``), nnU-Net's network, with optional deep supervision."""
+    """MONAI's DynUNet (``model.name: dynunet``), nnU-Net's network, with optional deep supervision.
+
+    Sizes: multiples of the product of the strides; above it with instance norm.
+    """
 
     has_encoder: ClassVar[bool] = True
+    norms_refusing_one_voxel: ClassVar[tuple[str, ...]] = ("instance",)
 
     name: Literal["dynunet"] = Field(description="Network name.")
     strides: tuple[PositiveInt, ...] = Field(
@@ -221,21 +221,16 @@ class DynUNetConfig(NetworkBase):
                              f"len(strides) - 2 = {len(self.strides) - 2}")
         return self
 
-    @property
-    def divisor(self) -> int:
-        """Product of the strides."""
-        return _product(self.strides)
-
-    @property
-    def needs_above_divisor(self) -> bool:
-        """Instance norm at the deepest level."""
-        return self.norm == "instance"
-
 
 class SwinUNETRConfig(NetworkBase):
-    """MONAI's SwinUNETR (``model.name: swin_unetr``): a Swin transformer encoder; sizes multiples of 32."""
+    """MONAI's SwinUNETR (``model.name: swin_unetr``): a Swin transformer encoder; sizes multiples of 32.
+
+    Sizes: multiples of 32 (patch embedding and four patch mergings, 2**5), and above it (instance norm in the
+    decoder's deepest block), in 2D and 3D.
+    """
 
     has_encoder: ClassVar[bool] = True
+    fixed_divisor: ClassVar[int] = 32
 
     name: Literal["swin_unetr"] = Field(description="Network name.")
     feature_size: PositiveInt = Field(24, description="Embedding size (a multiple of 12).")
@@ -255,21 +250,20 @@ class SwinUNETRConfig(NetworkBase):
         return value
 
     @property
-    def divisor(self) -> int:
-        """Patch embedding and four patch mergings: 2**5."""
-        return 32
-
-    @property
     def needs_above_divisor(self) -> bool:
-        """Instance norm in the decoder's deepest block."""
+        """Always (its norm is not a key)."""
         return True
 
 
 class FlexibleUNetConfig(NetworkBase):
-    """MONAI's FlexibleUNet (``model.name: flexible_unet``): a UNet decoder over an encoder of MONAI's zoo."""
+    """MONAI's FlexibleUNet (``model.name: flexible_unet``): a UNet decoder over an encoder of MONAI's zoo.
+
+    Sizes: multiples of 32 (five 2x down-samplings); its decoder's norm works on two voxels or more.
+    """
 
     imagenet: ClassVar[bool] = True
     has_encoder: ClassVar[bool] = True
+    fixed_divisor: ClassVar[int] = 32
 
     name: Literal["flexible_unet"] = Field(description="Network name.")
     backbone: FlexibleBackbone = Field("efficientnet-b0", description="Encoder: efficientnet-b0..b8/l2 or "
@@ -287,33 +281,41 @@ class FlexibleUNetConfig(NetworkBase):
                              f"{self.backbone} in {self.spatial_dims}D; use a local state dict or null")
         return self
 
-    @property
-    def divisor(self) -> int:
-        """Five 2x down-samplings."""
-        return 32
-
 
 class DeepLabV3Config(NetworkBase):
-    """DeepLabV3 (``model.name: deeplabv3``, 2D): a dilated ResNet, an ASPP head and an auxiliary head."""
+    """DeepLabV3 (``model.name: deeplabv3``, 2D): a dilated ResNet or MobileNetV3-Large, ASPP and auxiliary heads.
+
+    Sizes: multiples of the output stride.
+    """
 
     dims_allowed: ClassVar[tuple[int, ...]] = (2,)
     imagenet: ClassVar[bool] = True
     has_encoder: ClassVar[bool] = True
 
     name: Literal["deeplabv3"] = Field(description="Network name.")
-    backbone: Literal["resnet50", "resnet101"] = Field("resnet50", description="ResNet backbone.")
-    output_stride: Literal[8, 16] = Field(16, description="Down-sampling of the backbone (8: dilate layer3 too).")
-    backbone_width: PositiveInt = Field(
-        64, description="Features of the backbone's first level (64 is ResNet's; imagenet needs 64).")
+    backbone: Literal["resnet50", "resnet101", "mobilenet_v3_large"] = Field(
+        "resnet50", description="Backbone: ResNet-50/101, or MobileNetV3-Large (about 3 M weights against 24 M).")
+    output_stride: Literal[8, 16] = Field(16, description="Down-sampling of the backbone (8: dilate the stage "
+                                          "before the last too).")
+    backbone_width: PositiveInt | None = Field(
+        None, description="Features of the backbone's first level; default and what imagenet needs: 64 (ResNet), "
+        "16 (MobileNetV3, whose widths scale by backbone_width / 16, rounded to multiples of 8).")
     aspp_channels: PositiveInt = Field(256, description="Features of the ASPP head.")
-    aux_head: bool = Field(True, description="Auxiliary head on layer3, weighted 0.5 against the main output "
-                           "in the loss (training only).")
+    aux_head: bool = Field(True, description="Auxiliary head (on ResNet's layer3, on MobileNetV3's first "
+                           "output-stride-8 block), weighted 0.5 against the main output in the loss (training only).")
 
     @model_validator(mode="after")
     def _imagenet(self) -> DeepLabV3Config:
-        if self.pretrained == "imagenet" and self.backbone_width != 64:
-            raise ValueError(f"pretrained: 'imagenet' needs backbone_width 64 (ResNet's), got {self.backbone_width}")
+        standard = self.standard_width
+        if self.pretrained == "imagenet" and self.backbone_width not in (None, standard):
+            raise ValueError(f"pretrained: 'imagenet' needs backbone_width {standard} ({self.backbone}'s), got "
+                             f"{self.backbone_width}")
         return self
+
+    @property
+    def standard_width(self) -> int:
+        """The backbone's published first-level width (64 for ResNet, 16 for MobileNetV3)."""
+        return 16 if self.backbone == "mobilenet_v3_large" else 64
 
     @property
     def divisor(self) -> int:

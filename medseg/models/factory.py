@@ -114,7 +114,8 @@ def _build_deeplabv3(cfg: Any, in_channels: int, out_channels: int) -> nn.Module
 
     assert isinstance(cfg, DeepLabV3Config)
     return DeepLabV3(in_channels, out_channels, backbone=cfg.backbone, output_stride=cfg.output_stride,
-                     width=cfg.backbone_width, aspp_channels=cfg.aspp_channels, aux_head=cfg.aux_head)
+                     width=cfg.backbone_width or cfg.standard_width,
+                     aspp_channels=cfg.aspp_channels, aux_head=cfg.aux_head)
 
 
 MODEL_BUILDERS: dict[str, Callable[[Any, int, int], nn.Module]] = {

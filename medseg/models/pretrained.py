@@ -1,7 +1,8 @@
 """Initial weights for training: ``model.pretrained: imagenet`` or the path of a local state dict.
 
 ``imagenet`` goes through the library's own weight mechanism and cache (``torch.hub``, ``~/.cache/torch/hub``):
-torchvision's published ResNet weights for DeepLabV3's backbone, MONAI's EfficientNet weights for
+torchvision's published ResNet and MobileNetV3-Large weights for DeepLabV3's backbone (its layers carry
+torchvision's names, so they load by key; the classifier's keys are dropped), MONAI's EfficientNet weights for
 FlexibleUNet. Without a network it fails in one line naming the file it tried and how to pass a local one.
 A local file is loaded with ``weights_only=True``; missing and unexpected keys are reported, and a tensor whose
 shape does not fit the network is refused.
@@ -23,7 +24,8 @@ from torch import nn
 from medseg.config.networks import DeepLabV3Config, FlexibleUNetConfig, NetworkBase
 from medseg.errors import CheckpointError, ConfigError, MedsegError
 
-__all__ = ["IMAGENET_RESNET_URLS", "PretrainedReport", "load_pretrained", "load_state_dict_file"]
+__all__ = ["IMAGENET_BACKBONE_URLS", "IMAGENET_RESNET_URLS", "PretrainedReport", "load_pretrained",
+           "load_state_dict_file"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,18 @@ IMAGENET_RESNET_URLS = {
     "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
     "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
 }
+
+#: torchvision's ImageNet weights of every DeepLabV3 backbone: the ResNets above and MobileNetV3-Large
+#: (IMAGENET1K_V1, the one torchvision's deeplabv3_mobilenet_v3_large starts from).
+IMAGENET_BACKBONE_URLS = {
+    **IMAGENET_RESNET_URLS,
+    "mobilenet_v3_large": "https://download.pytorch.org/models/mobilenet_v3_large-8738ca79.pth",
+}
+
+#: Key prefix of each backbone's ImageNet classifier (not part of the segmentation network) and the key of its
+#: first convolution (refitted to other channel counts).
+_CLASSIFIER_PREFIX = {"resnet50": "fc.", "resnet101": "fc.", "mobilenet_v3_large": "classifier."}
+_FIRST_CONV = {"resnet50": "conv1.weight", "resnet101": "conv1.weight", "mobilenet_v3_large": "features.0.0.weight"}
 
 
 @dataclass
@@ -73,11 +87,12 @@ def load_pretrained(network: nn.Module, cfg: NetworkBase) -> PretrainedReport | 
         report = _copy_into(network, state, cfg.pretrained)
     else:
         if isinstance(cfg, DeepLabV3Config):
-            url = IMAGENET_RESNET_URLS[cfg.backbone]
+            url = IMAGENET_BACKBONE_URLS[cfg.backbone]
             state = _fetch(url)
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIX[cfg.backbone])}
             backbone = network.get_submodule("backbone")
-            report = _copy_into(backbone, _fit_first_conv(state, backbone, "conv1.weight"), f"imagenet:{url}")
+            report = _copy_into(backbone, _fit_first_conv(state, backbone, _FIRST_CONV[cfg.backbone]),
+                                f"imagenet:{url}")
         elif isinstance(cfg, FlexibleUNetConfig):
             report = _load_efficientnet(network, cfg.backbone)
         else:

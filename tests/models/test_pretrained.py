@@ -15,7 +15,7 @@ from medseg.config import validate_config
 from medseg.config.networks import DeepLabV3Config, FlexibleUNetConfig, SegResNetConfig
 from medseg.data.synthetic.polyp import make_polyp_dataset
 from medseg.errors import CheckpointError, ConfigError, MedsegError
-from medseg.models.deeplab import RESNET_LAYERS, ResNetBackbone
+from medseg.models.deeplab import RESNET_LAYERS, MobileNetV3Backbone, ResNetBackbone
 from medseg.models.factory import build_model
 from medseg.models.pretrained import load_pretrained
 from medseg.training.loop import train
@@ -119,6 +119,66 @@ def test_imagenet_resnet_weights_load_into_the_backbone_and_fit_one_channel(monk
     assert torch.equal(backbone["layer4.2.conv3.weight"], published["layer4.2.conv3.weight"])
     # one input channel: the RGB filters' mean, times 3 (a gray image gives what its RGB copy gave)
     assert torch.allclose(backbone["conv1.weight"], published["conv1.weight"].sum(1, keepdim=True), atol=1e-6)
+
+
+def _published_mobilenet() -> dict[str, torch.Tensor]:
+    """A stand-in for torchvision's mobilenet_v3_large ImageNet file: its keys and shapes (our backbone is named
+    as torchvision's ``features``; the test of the architecture checks those names and the weight count against
+    torchvision's), plus the classifier torchvision publishes with it, random values."""
+    torch.manual_seed(4)
+    published = {k: torch.randn_like(v.float()).to(v.dtype) if v.is_floating_point() else v
+                 for k, v in MobileNetV3Backbone(3, width=16).state_dict().items()}
+    published.update({"classifier.0.weight": torch.zeros(1280, 960), "classifier.0.bias": torch.zeros(1280),
+                      "classifier.3.weight": torch.zeros(1000, 1280), "classifier.3.bias": torch.zeros(1000)})
+    return published
+
+
+def test_imagenet_mobilenet_v3_weights_load_by_key_into_the_backbone(monkeypatch):
+    published = _published_mobilenet()
+    asked = []
+
+    def fake_hub(url, **kwargs):
+        asked.append((url, kwargs.get("check_hash")))
+        return published
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_hub)
+    cfg = DeepLabV3Config(name="deeplabv3", backbone="mobilenet_v3_large", aspp_channels=8, pretrained="imagenet")
+    net = build_model(cfg, in_channels=1, out_channels=2)
+    report = load_pretrained(net, cfg)
+    assert asked == [("https://download.pytorch.org/models/mobilenet_v3_large-8738ca79.pth", True)]
+    assert (report.missing, report.unexpected, report.loaded) == ([], [], 308)  # all but the 4 classifier tensors
+    backbone = net.backbone.state_dict()
+    for key in ("features.16.0.weight", "features.13.block.2.fc2.bias", "features.15.block.3.1.running_var"):
+        assert torch.equal(backbone[key], published[key]), key
+    # one input channel: the stem's RGB filters summed (a gray image gives what its RGB copy gave)
+    assert torch.allclose(backbone["features.0.0.weight"], published["features.0.0.weight"].sum(1, keepdim=True),
+                          atol=1e-6)
+    key = "features.4.block.0.0.weight"
+    assert torch.equal(net.state_dict()[f"backbone.{key}"], published[key])
+
+
+def test_imagenet_mobilenet_weights_that_do_not_fit_are_refused_naming_the_tensor(monkeypatch):
+    """A file of another width (here the last layer of a reduced-tail MobileNetV3) is refused, not half-loaded."""
+    published = _published_mobilenet()
+    published["features.16.0.weight"] = torch.zeros(480, 80, 1, 1)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kwargs: published)
+    cfg = DeepLabV3Config(name="deeplabv3", backbone="mobilenet_v3_large", aspp_channels=8, pretrained="imagenet")
+    net = build_model(cfg, in_channels=3, out_channels=2)
+    before = net.state_dict()["backbone.features.1.block.0.0.weight"].clone()
+    with pytest.raises(CheckpointError, match=r"mobilenet_v3_large-8738ca79\.pth: 1 tensor\(s\) do not fit the "
+                                              r"network \(file vs network\): features\.16\.0\.weight \[480, 80, 1, 1\] "
+                                              r"vs \[960, 160, 1, 1\]$"):
+        load_pretrained(net, cfg)
+    assert torch.equal(net.state_dict()["backbone.features.1.block.0.0.weight"], before)
+
+
+def test_imagenet_mobilenet_offline_names_its_file(monkeypatch):
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _offline)
+    cfg = DeepLabV3Config(name="deeplabv3", backbone="mobilenet_v3_large", backbone_width=16, aspp_channels=8,
+                          pretrained="imagenet")
+    with pytest.raises(MedsegError, match=r"^model\.pretrained: imagenet: could not fetch https://download\.pytorch"
+                                          r"\.org/models/mobilenet_v3_large-8738ca79\.pth \(URLError: .*local \.pth$"):
+        load_pretrained(build_model(cfg, in_channels=3, out_channels=2), cfg)
 
 
 def test_frozen_encoder_keeps_its_pretrained_weights_while_the_head_trains(tmp_path):
