@@ -84,6 +84,8 @@ _NOT_PREPROCESSING = ("kind", "patch_size", "slice_axis")
 #: Temporary folders of other hosts (whose processes cannot be asked) are deleted after this long.
 _STALE_TEMP_S = 24 * 3600
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+#: How worker processes start: a forked copy of a process that already ran torch's thread pools can hang.
+_START_METHOD = "spawn"
 
 
 def default_cache_dir() -> Path:
@@ -413,8 +415,7 @@ def _build_missing(cache: PreprocessedCache, missing: Sequence[Pair], *, workers
             return
         n = min(workers, len(missing))
         threads = max(1, (os.cpu_count() or 1) // n)
-        # spawn: a forked copy of a process that already ran torch's thread pools can hang
-        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(_START_METHOD)) as pool:
             futures: dict[Future[bool], Pair] = {pool.submit(_build_in_worker, cache, p, threads): p for p in missing}
             try:
                 for future in as_completed(futures):

@@ -22,8 +22,8 @@ from medseg.data.label_discovery import check_class_presence, discover_label_map
 from medseg.data.label_sources import label_map_from_config
 from medseg.data.labels import LabelMap
 from medseg.data.pairing import find_pairs_from_config
-from medseg.data.splits import split_for_run
 from medseg.data.preprocessed_cache import cache_dir_for, cached_cases
+from medseg.data.splits import split_for_run
 from medseg.data.volume_dataset import PatchDataset, PreparedCase, prepare_cases
 from medseg.data.volume_preprocessing import VolumePreprocessor, slice_axis_index
 from medseg.errors import ConfigError
