@@ -320,7 +320,8 @@ class PreprocessedCache:
         try:
             np.save(tmp / "image.npy", case.image.numpy())
             np.save(tmp / "label.npy", case.label.numpy())
-            np.savez(tmp / "foreground.npz", **{f"class_{c}": pos for c, pos in case.foreground.items()})
+            positions: dict[str, Any] = {f"class_{c}": pos for c, pos in case.foreground.items()}
+            np.savez(tmp / "foreground.npz", **positions)
             (tmp / "case.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
             _fsync_tree(tmp)
             os.chmod(tmp, folder_mode())
