@@ -404,16 +404,20 @@ def _naming(err: MedsegError, pair: Pair) -> MedsegError:
     return type(err)(text)
 
 
-def _build_missing(cache: PreprocessedCache, missing: Sequence[Pair], *, workers: int, progress: bool) -> None:
+def _build_missing(cache: PreprocessedCache, missing: Sequence[Pair], *, workers: int, progress: bool) -> set[str]:
+    """Build the entries of ``missing``; returns the case names this process preprocessed (a concurrent process
+    may have finished some first)."""
+    built: set[str] = set()
     with progress_bar("preprocessing", total=len(missing), enabled=progress and bool(missing)) as advance:
         if workers <= 1 or len(missing) <= 1:
             for pair in missing:
                 try:
-                    cache.build(pair)
+                    if cache.build(pair):
+                        built.add(pair.case_id)
                 except MedsegError as err:
                     raise _naming(err, pair) from None
                 advance(case=pair.case_id)
-            return
+            return built
         n = min(workers, len(missing))
         threads = max(1, (os.cpu_count() or 1) // n)
         with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(_START_METHOD)) as pool:
@@ -422,7 +426,8 @@ def _build_missing(cache: PreprocessedCache, missing: Sequence[Pair], *, workers
                 for future in as_completed(futures):
                     pair = futures[future]
                     try:
-                        future.result()
+                        if future.result():
+                            built.add(pair.case_id)
                     except MedsegError as err:
                         raise _naming(err, pair) from None
                     except OSError as err:
@@ -431,20 +436,25 @@ def _build_missing(cache: PreprocessedCache, missing: Sequence[Pair], *, workers
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
+    return built
 
 
-def _ensure(cache: PreprocessedCache, pairs: Sequence[Pair], *, workers: int, progress: bool
-            ) -> tuple[list[CachedCase | None], list[Pair]]:
+def _ensure(cache: PreprocessedCache, pairs: Sequence[Pair], *, workers: int, progress: bool,
+            share: tuple[int, int] = (0, 1)) -> tuple[list[CachedCase | None], CacheReport]:
     cache.clean_temporary()
     found = [cache.load(pair) for pair in pairs]
     missing = [pair for pair, case in zip(pairs, found, strict=True) if case is None]
-    _build_missing(cache, missing, workers=workers, progress=progress)
-    return found, missing
+    rank, world = share
+    # this process's share first: while it works on it, the others build theirs, found complete later
+    missing = [missing[i] for i in sorted(range(len(missing)), key=lambda i: (i % world != rank, i))]
+    built = _build_missing(cache, missing, workers=workers, progress=progress)
+    return found, CacheReport(cache.folder, tuple(p.case_id for p in pairs if p.case_id in built),
+                              tuple(p.case_id for p in pairs if p.case_id not in built))
 
 
 def cached_cases(
     pairs: Sequence[Pair], pre: VolumePreprocessor, labels: LabelMap, *, root: Path, tolerance: int = 0,
-    workers: int = 1, progress: bool = False,
+    workers: int = 1, progress: bool = False, share: tuple[int, int] = (0, 1),
 ) -> tuple[list[PreparedCase], CacheReport]:
     """The prepared cases of ``pairs`` from the cache under ``root``, building the entries that are missing.
 
@@ -458,6 +468,8 @@ def cached_cases(
         tolerance: Label tolerance.
         workers: Processes that build missing entries.
         progress: Show a progress bar while building.
+        share: ``(rank, world size)`` of distributed training: each rank starts with every ``world``-th missing
+            case from its rank on, then takes the others (built by then, or built again: the first rename wins).
 
     Returns:
         The cases in the order of ``pairs``, and what was built and reused.
@@ -467,16 +479,14 @@ def cached_cases(
         MedsegError: The cache cannot be written.
     """
     cache = PreprocessedCache(root, pre, labels, tolerance=tolerance)
-    found, missing = _ensure(cache, pairs, workers=workers, progress=progress)
+    found, report = _ensure(cache, pairs, workers=workers, progress=progress, share=share)
     cases: list[PreparedCase] = []
     for pair, case in zip(pairs, found, strict=True):
         case = case or cache.load(pair)
         if case is None:
             raise MedsegError(f"{pair.image}: its preprocessed cache entry vanished from {cache.folder} while in use")
         cases.append(case)
-    built = {p.case_id for p in missing}
-    return cases, CacheReport(cache.folder, tuple(p.case_id for p in pairs if p.case_id in built),
-                              tuple(p.case_id for p in pairs if p.case_id not in built))
+    return cases, report
 
 
 def _read_label_array(path: Any) -> np.ndarray:
@@ -512,7 +522,4 @@ def preprocess_dataset(data: DataConfig, *, workers: int = 1, progress: bool = F
         [p.mask for p in pairs], tolerance=0, read=_read_label_array)
     pre = VolumePreprocessor.from_config(data)
     cache = PreprocessedCache(root, pre, labels, tolerance=data.labels.tolerance)
-    _, missing = _ensure(cache, pairs, workers=workers, progress=progress)
-    built = {p.case_id for p in missing}
-    return CacheReport(cache.folder, tuple(p.case_id for p in pairs if p.case_id in built),
-                       tuple(p.case_id for p in pairs if p.case_id not in built))
+    return _ensure(cache, pairs, workers=workers, progress=progress)[1]

@@ -98,7 +98,11 @@ class VolumeTask:
             log.info("data.cache is off: preprocessing %d volumes into memory", len(pairs))
             cases = prepare_cases(pairs, self.preprocessor, self.labels, tolerance=tolerance)
         else:
-            cases, report = cached_cases(pairs, self.preprocessor, self.labels, root=root, tolerance=tolerance)
+            dist = torch.distributed
+            share = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() \
+                else (0, 1)
+            cases, report = cached_cases(pairs, self.preprocessor, self.labels, root=root, tolerance=tolerance,
+                                         share=share)
             log.info("preprocessed cache: reused %d cached cases, built %d (%s)", len(report.reused),
                      len(report.built), report.folder)
         n = len(self.train_pairs)

@@ -105,6 +105,13 @@ def test_cached_cases_equal_fresh_ones_and_are_reused_without_reading(spine, tmp
     assert json.loads((report.folder / "settings.json").read_text())["labels"] == LABELS.to_dict()
 
 
+def test_a_distributed_rank_builds_its_share_first(spine, tmp_path, count_reads):
+    pairs, pre = _setup(spine)
+    cases, report = cached_cases(pairs, pre, LABELS, root=tmp_path / "cache", share=(1, 2))
+    assert [p.name for p in count_reads[::2]] == ["case_001.nii.gz", "case_000.nii.gz", "case_002.nii.gz"]
+    assert [c.case_id for c in cases] == ["case_000", "case_001", "case_002"] and len(report.built) == 3
+
+
 def test_a_changed_source_file_rebuilds_that_case_only(spine, tmp_path, count_reads):
     pairs, pre = _setup(spine)
     root = tmp_path / "cache"
