@@ -29,6 +29,7 @@ cases (spawned DataLoader workers) carry the folder, not the voxels, and map the
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -274,7 +275,14 @@ class PreprocessedCache:
             return None
         try:
             return self._read(folder, pair.case_id)
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
+        except OSError as err:
+            if err.errno in (errno.EMFILE, errno.ENFILE):  # the process's limit, not a damaged entry
+                raise MedsegError(f"too many open files mapping {folder}: each cached case holds two; raise the "
+                                  "limit (ulimit -n) or set data.cache: false") from None
+            log.warning("preprocessed cache entry %s is damaged (%s); building it again", folder, err)
+            self._discard(folder)
+            return None
+        except (ValueError, KeyError, TypeError) as err:
             log.warning("preprocessed cache entry %s is damaged (%s); building it again", folder, err)
             self._discard(folder)
             return None
@@ -391,6 +399,26 @@ class PreprocessedCache:
         return removed
 
 
+def _allow_open_files(maps: int) -> None:
+    """Raise the soft limit of open files towards the hard one when ``maps`` memory maps need it (each holds a
+    file descriptor; a common soft limit is 1024). Child processes inherit the limit."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit on mapped files
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = maps + 1024
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    target = need if hard == resource.RLIM_INFINITY else min(hard, need)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("raised the open-file limit from %d to %d for %d memory-mapped arrays", soft, target, maps)
+        except (ValueError, OSError):
+            pass
+
+
 def _build_in_worker(cache: PreprocessedCache, pair: Pair, threads: int) -> bool:
     torch.set_num_threads(threads)
     return cache.build(pair)
@@ -479,6 +507,7 @@ def cached_cases(
         MedsegError: The cache cannot be written.
     """
     cache = PreprocessedCache(root, pre, labels, tolerance=tolerance)
+    _allow_open_files(2 * len(pairs))
     found, report = _ensure(cache, pairs, workers=workers, progress=progress, share=share)
     cases: list[PreparedCase] = []
     for pair, case in zip(pairs, found, strict=True):

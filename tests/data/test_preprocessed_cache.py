@@ -34,7 +34,7 @@ from medseg.data.preprocessed_cache import (
 from medseg.data.synthetic.spine import make_spine_dataset
 from medseg.data.volume_dataset import PatchDataset, prepare_cases
 from medseg.data.volume_preprocessing import VolumePreprocessor
-from medseg.errors import ConfigError, DataError
+from medseg.errors import ConfigError, DataError, MedsegError
 
 LABELS = LabelMap.from_mapping({0: "background", 26: "v26", 27: "v27", 28: "v28"})
 
@@ -300,3 +300,31 @@ def test_training_with_the_cache_matches_training_without(spine, tmp_path, caplo
     lb = json.loads((b.run_dir / "log.json").read_text())
     assert la[0]["train_loss"] == lb[0]["train_loss"] and la[0]["val_loss"] == lb[0]["val_loss"]
     assert len(list((tmp_path / "cache").glob("v1-*/case_*"))) == 3
+
+
+def test_open_file_limits_are_raised_and_never_mistaken_for_damage(spine, tmp_path, monkeypatch):
+    """Each mapped array holds a file descriptor: 1,200 cases need more than the common soft limit of 1024."""
+    import errno
+
+    resource = pytest.importorskip("resource")  # not on Windows
+    from medseg.data import preprocessed_cache
+
+    pairs, pre = _setup(spine)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip(f"hard open-file limit {hard} too low to test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    try:
+        cached_cases(pairs, pre, LABELS, root=tmp_path / "cache")
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 6 + 1024
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    def exhausted(folder):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(preprocessed_cache, "_map_arrays", exhausted)
+    cache = PreprocessedCache(tmp_path / "cache", pre, LABELS)
+    with pytest.raises(MedsegError, match="too many open files .*ulimit -n"):
+        cache.load(pairs[0])
+    assert (cache.entry(pairs[0]) / "image.npy").is_file()  # the entry was kept
