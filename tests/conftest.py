@@ -15,6 +15,15 @@ from medseg.training.loop import train
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _preprocessed_cache_in_tmp(tmp_path_factory):
+    """Every test (and every process it starts) keeps the preprocessed volume cache in a temporary folder, never in
+    the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDSEG_CACHE_DIR", str(tmp_path_factory.mktemp("medseg-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Folder of real sample data (``/work/shared/data``); fails on CI if missing, else skips."""

@@ -417,6 +417,25 @@ def plan(
 
 
 @app.command()
+def preprocess(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML (data.kind volumes3d or slices2d).")],
+    sets: Sets = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes that preprocess cases at once.")] = 1,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    """Resample and normalise every volume of a config once, into the cache that training reads (data.cache_dir)."""
+    _logging(verbose, quiet)
+    with user_errors():
+        from medseg.config import load_config
+        from medseg.data.preprocessed_cache import preprocess_dataset
+
+        cfg = load_config(config, list(sets or []))
+        report = preprocess_dataset(cfg.data, workers=workers, progress=sys.stderr.isatty())
+        _echo(f"preprocessed cache: {report.summary()}")
+
+
+@app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="A volume file or a folder with DICOM series.")],
     irregular: Irregular = "refuse",

@@ -26,7 +26,7 @@ MAX_NESTING = 50
 MAX_NODES = 100_000
 # Keys whose values are paths; relative ones resolve against the YAML file's folder.
 PATH_KEYS = (("data", "root"), ("data", "pair_list"), ("data", "train_list"), ("data", "val_list"),
-             ("model", "pretrained"))
+             ("data", "cache_dir"), ("model", "pretrained"))
 #: A validator message that starts with the key it refuses, e.g. "data.image_size: ...".
 _NAMED_KEY = re.compile(r"^([a-z_]+(?:\.[a-z_]+)*): ")
 #: Values of path keys that name something other than a file.

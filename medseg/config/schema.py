@@ -224,7 +224,14 @@ class DataConfig(Strict):
     fold: int | None = Field(None, ge=0, description="The validation fold (0 .. data.folds - 1).")
     labels: LabelsConfig = Field(default_factory=LabelsConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    cache: bool = Field(True, description="Keep decoded, resized samples in memory after the first epoch.")
+    cache: bool = Field(
+        True, description="images2d: keep decoded, resized samples in memory. volumes3d/slices2d: keep preprocessed "
+        "volumes on disk in data.cache_dir (built once per preprocessing setting, memory-mapped by training, "
+        "medseg preprocess builds it ahead); false: read and preprocess every volume into memory at each start.")
+    cache_dir: Path | None = Field(
+        None, description="Folder of the preprocessed volume cache. Left out: $MEDSEG_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/medseg/preprocessed, else ~/.cache/medseg/preprocessed (outside the data folder, which "
+        "medseg never writes to). Safe to delete at any time.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     # intensity (2D images and volumes)
     intensity: Literal["ct_window", "zscore", "scale", "minmax"] = Field(

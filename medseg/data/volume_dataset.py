@@ -1,4 +1,5 @@
-"""Volume cases for training: in-memory cache of prepared cases and random patch sampling.
+"""Volume cases for training: prepared cases (in memory, or memory-mapped from the preprocessed cache of
+:mod:`medseg.data.preprocessed_cache`) and random patch sampling.
 
 The image/label pairs come from :func:`medseg.data.pairing.find_pairs_from_config` (one finder for 2D and 3D).
 """
@@ -6,6 +7,7 @@ The image/label pairs come from :func:`medseg.data.pairing.find_pairs_from_confi
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +23,9 @@ from medseg.seeds import substream_seed
 __all__ = [
     "PatchDataset",
     "PreparedCase",
+    "foreground_positions",
     "prepare_cases",
+    "prepared_case",
 ]
 
 log = logging.getLogger(__name__)
@@ -32,11 +36,12 @@ _MAX_FG_POSITIONS = 20_000
 
 @dataclass
 class PreparedCase:
-    """One case on the canonical grid, kept in memory.
+    """One case on the canonical grid, in memory (or memory-mapped: see :mod:`medseg.data.preprocessed_cache`).
 
     Attributes:
         case_id: Case name.
-        image: ``(C, X, Y, Z)`` float16 (windowed CT is in 0..1, so float16 loses nothing that matters).
+        image: ``(C, X, Y, Z)`` float16 for CT windows (in 0..1, so float16 loses nothing that matters), float32
+            for z-scored images.
         label: ``(X, Y, Z)`` uint8 class indices.
         grid: How the case was moved onto the grid.
         foreground: Class index -> flat voxel positions of that class (a random subset for big classes).
@@ -49,25 +54,47 @@ class PreparedCase:
     foreground: dict[int, np.ndarray]
 
 
+def foreground_positions(label: np.ndarray, case_id: str) -> dict[int, np.ndarray]:
+    """Class index -> sorted flat voxel positions of that class (class 0 left out).
+
+    Classes with more than 20,000 voxels keep a random subset, drawn from a seed of the case name alone, so a case
+    gets the same positions in every fold, split and cache entry.
+
+    Example:
+        >>> {c: p.tolist() for c, p in foreground_positions(np.array([[0, 2], [1, 2]], np.uint8), "a").items()}
+        {1: [2], 2: [1, 3]}
+    """
+    flat = np.asarray(label).ravel()
+    rng = np.random.default_rng(zlib.crc32(case_id.encode("utf-8", "surrogateescape")))
+    fg: dict[int, np.ndarray] = {}
+    for c in np.unique(flat).tolist():
+        if c == 0:
+            continue
+        pos = np.flatnonzero(flat == c)
+        if pos.size > _MAX_FG_POSITIONS:
+            pos = np.sort(rng.choice(pos, _MAX_FG_POSITIONS, replace=False))
+        fg[int(c)] = pos
+    return fg
+
+
+def prepared_case(case_id: str, image: torch.Tensor, label: torch.Tensor, grid: GridRecord, pre: VolumePreprocessor
+                  ) -> PreparedCase:
+    """A case from the output of :meth:`VolumePreprocessor.prepare_pair`: CT windows (0..1) kept as float16,
+    z-scored images as float32, and the foreground positions of the label."""
+    image = image.half() if pre.half_precision else image
+    return PreparedCase(case_id, image.contiguous(), label.contiguous(), grid,
+                        foreground_positions(label.numpy(), case_id))
+
+
 def prepare_cases(
     pairs: Sequence[Pair], pre: VolumePreprocessor, labels: LabelMap, *, tolerance: int = 0
 ) -> list[PreparedCase]:
-    """Read and preprocess every pair (see :meth:`VolumePreprocessor.prepare_pair`)."""
+    """Read and preprocess every pair into memory (see :meth:`VolumePreprocessor.prepare_pair`); the on-disk
+    cache of the same cases is :func:`medseg.data.preprocessed_cache.cached_cases`."""
     out = []
-    for index, pair in enumerate(pairs):
+    for pair in pairs:
         image, label, grid = pre.prepare_pair(pair.channels, pair.mask, labels, tolerance=tolerance)
-        flat = label.numpy().ravel()
-        rng = np.random.default_rng(index)
-        fg: dict[int, np.ndarray] = {}
-        for c in np.unique(flat).tolist():
-            if c == 0:
-                continue
-            pos = np.flatnonzero(flat == c)
-            if pos.size > _MAX_FG_POSITIONS:
-                pos = np.sort(rng.choice(pos, _MAX_FG_POSITIONS, replace=False))
-            fg[int(c)] = pos
-        image = image.half() if pre.half_precision else image
-        out.append(PreparedCase(pair.case_id, image.contiguous(), label.contiguous(), grid, fg))
+        out.append(prepared_case(pair.case_id, image, label, grid, pre))
         log.debug("prepared %s: %s -> %s", pair.case_id, grid.shape, grid.shape_out)
     return out
 
@@ -149,8 +176,9 @@ class PatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         ci, start = self.starts[index]
         case = self.cases[ci]
-        image = crop(case.image, start, self.patch_size).float()
-        label = crop(case.label, start, self.patch_size)[None].long()
+        # copies, never views: the arrays may be memory-mapped cache files shared by every process
+        image = crop(case.image, start, self.patch_size).to(torch.float32, copy=True)
+        label = crop(case.label, start, self.patch_size)[None].to(torch.int64, copy=True)
         if self.squeeze_axis is not None:
             image, label = image.squeeze(self.squeeze_axis + 1), label.squeeze(self.squeeze_axis + 1)
         item: dict[str, Any] = {"image": image, "label": label}

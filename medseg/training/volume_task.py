@@ -22,8 +22,9 @@ from medseg.data.label_discovery import check_class_presence, discover_label_map
 from medseg.data.label_sources import label_map_from_config
 from medseg.data.labels import LabelMap
 from medseg.data.pairing import find_pairs_from_config
+from medseg.data.preprocessed_cache import cache_dir_for, cached_cases
 from medseg.data.splits import split_for_run
-from medseg.data.volume_dataset import PatchDataset, prepare_cases
+from medseg.data.volume_dataset import PatchDataset, PreparedCase, prepare_cases
 from medseg.data.volume_preprocessing import VolumePreprocessor, slice_axis_index
 from medseg.errors import ConfigError
 from medseg.io.volume_io import read_volume
@@ -78,19 +79,34 @@ class VolumeTask:
         self.labels: LabelMap = labels or label_map_from_config(d.labels) or discover_label_map(
             [p.mask for p in self.train_pairs + self.val_pairs], tolerance=0, read=_read_label_array
         )
-        if not d.cache:
-            log.info("data.cache is off, but volume cases are always kept in memory once preprocessed")
         self.preprocessor = VolumePreprocessor.from_config(d)
         self.in_channels = self.preprocessor.in_channels
-        tol = d.labels.tolerance
-        self.train_cases = prepare_cases(self.train_pairs, self.preprocessor, self.labels, tolerance=tol)
-        self.val_cases = prepare_cases(self.val_pairs, self.preprocessor, self.labels, tolerance=tol)
+        self.train_cases, self.val_cases = self._prepare(d.labels.tolerance)
         check_class_presence({c for case in self.train_cases for c in case.foreground}, self.labels,
                              num_masks=len(self.train_cases))
         self.transform = build_train_transforms(d.augment, spatial_dims=self.spatial_dims)
         self.slice_axis = slice_axis_index(d.orientation, d.slice_axis) if self.kind is DataKind.SLICES2D else None
         log.info("%s data: %d training and %d validation volumes, grid shapes %s", d.kind, len(self.train_cases),
                  len(self.val_cases), [c.grid.shape_out for c in self.train_cases[:4]])
+
+    def _prepare(self, tolerance: int) -> tuple[list[PreparedCase], list[PreparedCase]]:
+        """Training and validation cases: memory-mapped from the preprocessed cache (built where missing), or read
+        into memory with ``data.cache: false``."""
+        root = cache_dir_for(self.cfg.data)
+        pairs = self.train_pairs + self.val_pairs
+        if root is None:
+            log.info("data.cache is off: preprocessing %d volumes into memory", len(pairs))
+            cases = prepare_cases(pairs, self.preprocessor, self.labels, tolerance=tolerance)
+        else:
+            dist = torch.distributed
+            share = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() \
+                else (0, 1)
+            cases, report = cached_cases(pairs, self.preprocessor, self.labels, root=root, tolerance=tolerance,
+                                         share=share)
+            log.info("preprocessed cache: reused %d cached cases, built %d (%s)", len(report.reused),
+                     len(report.built), report.folder)
+        n = len(self.train_pairs)
+        return cases[:n], cases[n:]
 
     def _patch_size(self) -> tuple[int, ...]:
         d, m = self.cfg.data, self.cfg.model
