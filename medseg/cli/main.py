@@ -335,6 +335,29 @@ def compare(
         typer.echo(f"curves: {output}" + (f"\ntable: {table}" if table is not None else ""))
 
 
+@app.command("postprocess-select")
+def postprocess_select(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Cross-validation folders (with fold_K/ and "
+                                                         "cv_predictions/), or one fold_K of one.")],
+    min_gain: Annotated[float, typer.Option(help="Rise of the mean Dice an option needs to be chosen.")] = 0.001,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing postprocessing.json.")] = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    """Per class, keep the largest component, remove small ones or neither: whichever raises the CV Dice.
+
+    The choice is written to RUN/postprocessing.json, which medseg predict applies for the run's checkpoints."""
+    _logging(verbose, quiet)
+    with user_errors():
+        from medseg.training.postprocess_select import select_postprocessing
+
+        for run_dir in run_dirs:
+            selection = select_postprocessing(run_dir, min_gain=min_gain, overwrite=overwrite)
+            _echo(f"{run_dir}: {selection.classes[0].n_cases if selection.classes else 0} validation cases")
+            _echo(selection.table())
+            _echo(f"written: {selection.path}")
+
+
 @config_app.command("check")
 def config_check(config: Annotated[Path, typer.Argument(help="Experiment YAML.")], sets: Sets = None) -> None:
     """Validate a config; exit 2 with every problem listed if it is invalid."""
