@@ -249,7 +249,7 @@ def predict(
         rank, sharing = torchrun_rank(), Sharing.from_options(shard, claim_timeout)
         check_parallel(workers, sharing, rank is not None, spell=_option_name)
         check_irregular(irregular, "--irregular")
-        overrides = {"tta": tta, "largest_component": largest_component, "precision": precision,
+        overrides: dict[str, Any] = {"tta": tta, "largest_component": largest_component, "precision": precision,
                      "backend": backend, "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size,
                      "threshold": threshold}
         predictor = Predictor.from_checkpoint(checkpoint, device=device, spell=_option_name, **overrides)
