@@ -229,3 +229,23 @@ def test_real_folds_select_and_predict_applies_it(cv_run: Path, tmp_path: Path) 
 
 def _copy_tree(source: Path, target: Path) -> None:
     shutil.copytree(source, target)  # the folds' configs point at the fixture's data folder
+
+
+def test_volume_predictions_take_the_rules(ckpt3d: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, images = ckpt3d
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(ckpt, run / "checkpoints" / "last.pt")
+    scan = sorted(images.iterdir())[0]
+    plain = Predictor.from_checkpoint(run, postprocessing=False)
+    values = plain.predict(scan).array
+    found, counts = np.unique(values[values > 0], return_counts=True)
+    assert found.size, "the test needs a prediction with foreground"
+    target = int(found[counts.argmax()])  # the most predicted structure goes, the others stay
+    name = plain.labels.names[plain.labels.output_values.index(target)]
+    index = plain.labels.names.index(name)
+    (run / "postprocessing.json").write_text(json.dumps({"format": "medseg-postprocessing", "classes": {
+        name: {"index": index, "option": "remove_small", "min_size": values.size + 1}}}))
+    ruled = Predictor.from_checkpoint(run / "checkpoints" / "last.pt")
+    assert ruled.postprocessing == {index: ComponentRule("remove_small", values.size + 1)}
+    assert (ruled.predict(scan).array == np.where(values == target, 0, values)).all()
