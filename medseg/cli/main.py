@@ -249,7 +249,7 @@ def predict(
         rank, sharing = torchrun_rank(), Sharing.from_options(shard, claim_timeout)
         check_parallel(workers, sharing, rank is not None, spell=_option_name)
         check_irregular(irregular, "--irregular")
-        overrides = {"tta": tta, "largest_component": largest_component, "precision": precision,
+        overrides: dict[str, Any] = {"tta": tta, "largest_component": largest_component, "precision": precision,
                      "backend": backend, "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size,
                      "threshold": threshold}
         predictor = Predictor.from_checkpoint(checkpoint, device=device, spell=_option_name, **overrides)
@@ -333,6 +333,29 @@ def compare(
         rows = compare_runs(run_dirs, output, table=table, overwrite=overwrite)
         typer.echo(table_text(rows, "md"), nl=False)
         typer.echo(f"curves: {output}" + (f"\ntable: {table}" if table is not None else ""))
+
+
+@app.command("postprocess-select")
+def postprocess_select(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Cross-validation folders (with fold_K/ and "
+                                                         "cv_predictions/), or one fold_K of one.")],
+    min_gain: Annotated[float, typer.Option(help="Rise of the mean Dice an option needs to be chosen.")] = 0.001,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing postprocessing.json.")] = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    """Per class, keep the largest component, remove small ones or neither: whichever raises the CV Dice.
+
+    The choice is written to RUN/postprocessing.json, which medseg predict applies for the run's checkpoints."""
+    _logging(verbose, quiet)
+    with user_errors():
+        from medseg.training.postprocess_select import select_postprocessing
+
+        for run_dir in run_dirs:
+            selection = select_postprocessing(run_dir, min_gain=min_gain, overwrite=overwrite)
+            _echo(f"{run_dir}: {selection.classes[0].n_cases if selection.classes else 0} validation cases")
+            _echo(selection.table())
+            _echo(f"written: {selection.path}")
 
 
 @config_app.command("check")

@@ -65,7 +65,19 @@ def case_name(path: Path) -> str:
     return path.stem
 
 
-def _files(folder: Path, what: str) -> dict[str, Path]:
+def label_files(folder: Path, what: str) -> dict[str, Path]:
+    """The masks or label volumes in a folder by case name (overlays and hidden files left out).
+
+    Args:
+        folder: The folder.
+        what: What the folder holds, for messages (``prediction``, ``truth``).
+
+    Returns:
+        Case name (see :func:`case_name`) -> file, sorted by file name.
+
+    Raises:
+        DataError: The folder does not exist or holds no image or volume file.
+    """
     if not folder.is_dir():
         raise DataError(f"{what} folder {folder} does not exist")
     out: dict[str, Path] = {}
@@ -81,8 +93,18 @@ def _files(folder: Path, what: str) -> dict[str, Path]:
     return out
 
 
-def _read(path: Path) -> tuple[np.ndarray, Any]:
-    """Gray values and, for volumes, the volume (for geometry and spacing)."""
+def read_label_values(path: Path) -> tuple[np.ndarray, Any]:
+    """A mask or label volume's gray values (one channel, integers) and, for volumes, the volume.
+
+    Args:
+        path: A 2D mask (PNG, JPG ...) or a label volume (NIfTI, MHA, NRRD).
+
+    Returns:
+        The gray values, and the :class:`~medseg.io.volume_io.Volume` (geometry, spacing) or None for 2D masks.
+
+    Raises:
+        DataError: The file cannot be read, or a 2D mask's channels disagree.
+    """
     if path.name.lower().endswith(VOLUME_SUFFIXES):
         from medseg.io.volume_io import read_volume
 
@@ -140,10 +162,11 @@ def evaluate(
     out_path = Path(output) if output is not None else None
     if out_path is not None and out_path.exists() and not overwrite:
         raise OutputExistsError(f"{out_path}: exists; pass --overwrite to replace it")
-    preds = _files(pred_dir, "prediction")
-    truths = dict(truth_dir) if isinstance(truth_dir, Mapping) else _files(Path(truth_dir), "truth")
+    preds = label_files(pred_dir, "prediction")
+    truths = dict(truth_dir) if isinstance(truth_dir, Mapping) else label_files(Path(truth_dir), "truth")
     if labels is None:
-        labels = discover_label_map(list(truths.values()), read=lambda p: _read(p)[0], tolerance=tolerance,
+        labels = discover_label_map(list(truths.values()), read=lambda p: read_label_values(p)[0],
+                                    tolerance=tolerance,
                                     min_classes=1)
     extra = sorted(set(preds) - set(truths))
     if extra:
@@ -154,10 +177,10 @@ def evaluate(
     cases: list[dict[str, Any]] = []
     results = []
     for name, truth_path in truths.items():
-        t_arr, tv = _read(truth_path)
+        t_arr, tv = read_label_values(truth_path)
         t_cls, _ = labels.to_class(t_arr, tolerance=tolerance, source=str(truth_path))
         if name in preds:
-            p_arr, pv = _read(preds[name])
+            p_arr, pv = read_label_values(preds[name])
             _check_geometry(preds[name], truth_path, pv, tv, p_arr, t_arr)
             p_cls, _ = labels.to_class(p_arr, tolerance=tolerance, source=str(preds[name]))
         else:

@@ -23,7 +23,7 @@ from medseg.models.outputs import main_output
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
 from medseg.prediction.claims import Sharing
 from medseg.prediction.loaded import LoadedModel
-from medseg.prediction.postprocess import keep_largest_component
+from medseg.prediction.postprocess import apply_postprocessing, keep_largest_component
 from medseg.prediction.statistics import IMAGE_COLUMNS, mask_statistics, statistics_section
 from medseg.prediction.statistics_table import write_statistics_table
 
@@ -41,7 +41,7 @@ def predict_image_outputs(loaded: LoadedModel, image: str | Path | np.ndarray, *
                           ) -> tuple[np.ndarray, np.ndarray | None]:
     """Class indices 0..K-1 (uint8) of one 2D image, at the image's own size, and on request the class
     probabilities there: float16 ``(K, H, W)``, class first, resized back like the labels (bilinear), so that their
-    argmax is the labels except at ties and where ``infer.largest_component`` removed a region.
+    argmax is the labels except at ties and where postprocessing removed a region.
 
     The labels are the most probable class, or with ``infer.threshold`` (two classes) class 1 wherever its
     probability is ``>= threshold``.
@@ -85,6 +85,8 @@ def predict_image_outputs(loaded: LoadedModel, image: str | Path | np.ndarray, *
     classes = winner.to(torch.uint8).numpy()
     if loaded.infer.largest_component:
         classes = keep_largest_component(classes, loaded.labels.num_classes)
+    if loaded.postprocessing:
+        classes = apply_postprocessing(classes, loaded.postprocessing)
     return classes, probs.to(torch.float16).numpy() if probabilities else None
 
 

@@ -7,6 +7,7 @@ methods. The one-case modules (:mod:`~medseg.prediction.image`, :mod:`~medseg.pr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,14 @@ from medseg.device import resolve_device
 from medseg.errors import CheckpointError, ConfigError
 from medseg.models.factory import build_model
 from medseg.prediction.onnx_network import is_onnx_file, load_onnx_network
+from medseg.prediction.postprocess import ComponentRule, find_postprocessing, read_postprocessing
 from medseg.prediction.settings import apply_infer_overrides
 
 __all__ = ["LoadedModel"]
 
 M = TypeVar("M", bound="LoadedModel")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +53,8 @@ class LoadedModel:
             from the network (MONAI UNet strides). Set for networks that cannot be inspected (ONNX Runtime).
         tiling: The sliding window's tiling: "auto" (larger tiles where the network allows, decided by
             inspecting it) or "roi" (roi-size windows, for networks whose output depends on the window).
+        postprocessing: Per-class component rules (class index -> rule) from the run's ``postprocessing.json``
+            (``medseg postprocess-select``), applied after ``infer.largest_component``; None when there are none.
     """
 
     model: torch.nn.Module
@@ -62,11 +68,12 @@ class LoadedModel:
     in_channels: int = 1
     divisor: tuple[int, ...] | None = None
     tiling: str = "auto"
+    postprocessing: dict[int, ComponentRule] | None = None
 
     @classmethod
     def from_checkpoint(
         cls: type[M], path: str | Path, *, device: str = "auto", spell: Callable[[str], str] | None = None,
-        **infer_overrides: Any,
+        postprocessing: bool = True, **infer_overrides: Any,
     ) -> M:
         """Load a medseg checkpoint (``weights_only=True``) and build the model.
 
@@ -75,11 +82,15 @@ class LoadedModel:
                 ``.onnx`` model exported by ``medseg export`` (see :meth:`from_onnx`).
             device: ``auto``, ``cpu`` or ``cuda``.
             spell: How a setting is named in error messages (the CLI passes its option names).
+            postprocessing: Apply the run's ``postprocessing.json`` when there is one (see
+                :func:`~medseg.prediction.postprocess.find_postprocessing`), unless ``largest_component`` is
+                given explicitly (then that alone decides). False: the checkpoint's own settings only.
             **infer_overrides: Fields of :class:`~medseg.config.InferConfig` to override (e.g. ``tta=True``);
                 ``None`` values keep the stored setting, but a name that is no setting is an error.
 
         Raises:
             CheckpointError: Not a medseg checkpoint, damaged, or weights not matching the stored config.
+            DataError: The run's ``postprocessing.json`` is unreadable or names other classes.
             ConfigError: An override names no inference setting, has a value out of range, or does not
                 apply to this kind of model.
             DependencyError: An ``.onnx`` file and ONNX Runtime is not installed.
@@ -96,8 +107,10 @@ class LoadedModel:
             reason = str(err)[:200]
             raise CheckpointError(f"{ckpt['path']}: weights do not fit the stored model config: {reason}") from None
         model.to(dev).eval()
+        rules = _run_postprocessing(Path(ckpt["path"]), labels, infer_overrides.get("largest_component"),
+                                    spell or (lambda name: name)) if postprocessing else None
         return cls(model, cfg, labels, dict(ckpt["preprocessing"]), infer, dev, kind, source=str(ckpt["path"]),
-                   in_channels=int(ckpt["in_channels"]))
+                   in_channels=int(ckpt["in_channels"]), postprocessing=rules)
 
     @classmethod
     def from_onnx(
@@ -143,6 +156,22 @@ class LoadedModel:
     def spatial_dims(self) -> int:
         """2 for image models (also slice-wise models), 3 for volume models."""
         return self.kind.spatial_dims
+
+
+def _run_postprocessing(checkpoint: Path, labels: LabelMap, explicit: bool | None,
+                        spell: Callable[[str], str]) -> dict[int, ComponentRule] | None:
+    """The per-class rules of the run's ``postprocessing.json``, unless ``largest_component`` was given."""
+    found = find_postprocessing(checkpoint)
+    if found is None:
+        return None
+    if explicit is not None:
+        log.info("postprocessing: %s %s given explicitly, so %s is not applied", spell("largest_component"),
+                 "on" if explicit else "off", found)
+        return None
+    rules = read_postprocessing(found, labels)
+    log.info("postprocessing from %s: %s", found,
+             ", ".join(f"{labels.names[k]} {r.describe()}" for k, r in sorted(rules.items())) or "none")
+    return rules
 
 
 def _settings(

@@ -36,7 +36,7 @@ from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_u
 from medseg.prediction.claims import Sharing
 from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.network import infer_prepared
-from medseg.prediction.postprocess import keep_largest_component
+from medseg.prediction.postprocess import apply_postprocessing, keep_largest_component
 from medseg.prediction.statistics import VOLUME_COLUMNS, statistics_section, structure_statistics, voxel_volume_mm3
 from medseg.prediction.statistics_table import write_statistics_table
 
@@ -104,7 +104,7 @@ def predict_outputs(loaded: LoadedModel, volume: Volume | Sequence[Volume], *, p
     """Class indices (uint8) on ``volume``'s grid (the first channel's for a multi-channel model, given one volume
     per channel) and, when asked, the class probabilities there: float16
     ``(K, *volume.shape)``, class first, each class resampled back like the labels (trilinear), so their argmax is
-    the labels except at ties and where ``infer.largest_component`` removed a region.
+    the labels except at ties and where postprocessing removed a region.
 
     The labels are the most probable class, or with ``infer.threshold`` (two classes) class 1 wherever its
     probability is ``>= threshold``.
@@ -123,6 +123,8 @@ def predict_outputs(loaded: LoadedModel, volume: Volume | Sequence[Volume], *, p
     classes = pre.invert_probabilities(probs, grid, threshold=loaded.infer.threshold)
     if loaded.infer.largest_component:
         classes = keep_largest_component(classes, loaded.labels.num_classes)
+    if loaded.postprocessing:
+        classes = apply_postprocessing(classes, loaded.postprocessing)
     maps = pre.invert_probability_maps(probs, grid) if probabilities else None
     return classes, maps
 

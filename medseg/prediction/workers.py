@@ -120,10 +120,10 @@ def _check_source(loaded: LoadedModel) -> None:
                           f"(source {loaded.source!r}); load it with Predictor.from_checkpoint")
 
 
-def _reload(source: str, infer: Any, device: torch.device) -> LoadedModel:
-    """The model loaded again from its file on ``device``, with the given inference settings."""
-    fresh = LoadedModel.from_checkpoint(source, device=str(device))
-    return dataclasses.replace(fresh, infer=infer)
+def _reload(loaded: LoadedModel | _Job, device: torch.device) -> LoadedModel:
+    """The model loaded again from its file on ``device``, with the given inference and postprocessing settings."""
+    fresh = LoadedModel.from_checkpoint(loaded.source, device=str(device), postprocessing=False)
+    return dataclasses.replace(fresh, infer=loaded.infer, postprocessing=loaded.postprocessing)
 
 
 def _unique(items: Iterable[T]) -> list[T]:
@@ -216,6 +216,7 @@ class _Job:
     predict: PredictFn
     source: str
     infer: Any
+    postprocessing: Any
     device: str
     threads: int
     inputs: tuple[Path, ...]
@@ -234,7 +235,7 @@ def _worker_main(job: _Job) -> None:
     torch.set_num_threads(job.threads)
     outcome: BatchReport | MedsegError
     try:
-        loaded = _reload(job.source, job.infer, torch.device(job.device))
+        loaded = _reload(job, torch.device(job.device))
         outcome = job.predict(loaded, list(job.inputs), job.out_dir, sharing=job.sharing, **job.options)
     except MedsegError as err:
         outcome = err
@@ -257,7 +258,8 @@ def _in_workers(predict: PredictFn, loaded: LoadedModel, inputs: Sequence[Path],
     ctx = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
     with tempfile.TemporaryDirectory(prefix="medseg-workers-") as tmp:
-        jobs = [_Job(predict, loaded.source, loaded.infer, str(worker_device(loaded.device, k)),
+        jobs = [_Job(predict, loaded.source, loaded.infer, loaded.postprocessing,
+                     str(worker_device(loaded.device, k)),
                      max(1, _cores() // workers), tuple(inputs), Path(out_dir), sharing,
                      {**options, "progress": False}, Path(tmp) / f"worker-{k}.pickle", k, level)
                 for k in range(workers)]
@@ -309,7 +311,7 @@ def _as_torchrun_rank(predict: PredictFn, loaded: LoadedModel, inputs: Sequence[
         try:
             if device != loaded.device:
                 _check_source(loaded)
-            model = loaded if device == loaded.device else _reload(loaded.source, loaded.infer, device)
+            model = loaded if device == loaded.device else _reload(loaded, device)
             outcome = predict(model, list(inputs), out_dir, sharing=Sharing(timeout, run_id=box[0]),
                               **{**options, "progress": bool(options.get("progress", True)) and rank == 0})
         except MedsegError as err:

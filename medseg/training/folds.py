@@ -106,7 +106,7 @@ def train_folds(cfg: ExperimentConfig, folds: list[int], *, run_dir: str | Path,
         trained[k] = result
         val_ids = read_split_file(fold_dir / "splits" / "val.txt")
         checkpoint = result.best_checkpoint or result.last_checkpoint
-        predictor = Predictor.from_checkpoint(checkpoint)
+        predictor = Predictor.from_checkpoint(checkpoint, postprocessing=False)  # selected from these
         inputs = [f for c in val_ids for f in pairs[c].channels]  # a multi-channel case: all its files
         report = predict_paths(predictor, inputs, root / "cv_predictions", progress=progress)
         if report.failed:
@@ -129,6 +129,6 @@ def _score_if_complete(cfg: ExperimentConfig, root: Path, pairs: dict[str, Any])
     if not set(truths) <= predicted:
         return None
     checkpoint = folders[0] / "checkpoints" / "last.pt"
-    labels = Predictor.from_checkpoint(checkpoint).labels
+    labels = Predictor.from_checkpoint(checkpoint, postprocessing=False).labels
     return evaluate(root / "cv_predictions", truths, labels=labels, tolerance=cfg.data.labels.tolerance,
                     output=root / "cv_metrics.csv", overwrite=True)

@@ -21,7 +21,7 @@ def test_cli_reference_is_current():
 
 def test_every_command_has_a_section():
     expected = ["medseg", "medseg train", "medseg predict", "medseg export", "medseg evaluate", "medseg compare",
-                "medseg demo", "medseg synth", "medseg plan", "medseg preprocess",
+                "medseg postprocess-select", "medseg demo", "medseg synth", "medseg plan", "medseg preprocess",
                 "medseg inspect", "medseg doctor", "medseg config", "medseg config check",
                 "medseg config show"]
     assert list(COMMANDS) == expected
