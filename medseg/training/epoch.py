@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from medseg.config.schema import ExperimentConfig
-from medseg.errors import MedsegError
+from medseg.errors import ConfigError, MedsegError
 from medseg.metrics.confusion import EpochMetrics
 from medseg.models.outputs import main_output, weighted_loss
 from medseg.progress import progress_bar
@@ -106,6 +106,26 @@ def run_epoch(
     }
 
 
+def _forward(model: torch.nn.Module, image: torch.Tensor) -> Any:
+    """``model(image)``, with batch norm's refusal of a one-value batch (a batch of one sample whose deepest
+    feature map is one voxel) turned into one line saying what to change.
+
+    Raises:
+        ConfigError: The network's batch norm saw one value per channel.
+    """
+    try:
+        return model(image)
+    except ValueError as exc:
+        if "Expected more than 1 value per channel" not in str(exc):
+            raise
+        size = list(image.shape[2:])
+        raise ConfigError(
+            f"model: batch norm saw one value per channel (a batch of {image.shape[0]} sample(s) of size {size} is "
+            "one voxel at the network's deepest level); use a larger data.patch_size / data.image_size, or at least "
+            "2 samples per forward pass (train.batch_size / train.grad_accumulation / processes)"
+        ) from None
+
+
 def _train_step(
     model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
     micro: list[tuple[torch.Tensor, torch.Tensor]], grad_clip: float | None, metrics: EpochMetrics, dist: Dist,
@@ -125,7 +145,7 @@ def _train_step(
         sync = model.no_sync() if dist.enabled and not last else contextlib.nullcontext()  # type: ignore[operator]
         with sync:
             with torch.autocast(image.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                output = model(image)
+                output = _forward(model, image)
                 loss = weighted_loss(loss_fn, output, label)
             scaler.scale(loss / len(micro)).backward()
         n = image.shape[0]
