@@ -55,7 +55,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             if folds:
                 raise CheckpointError(f"{path}: a folder of {len(folds)} fold runs ({folds[0].name} ...), not one run; "
                                       f"give one fold ({folds[0]}) or predict with all of them as an ensemble "
-                                      f"(medseg predict {path} INPUT...)")
+                                      f"(medseg predict {path} INPUT..., or medseg.Ensemble.from_checkpoint)")
             raise CheckpointError(f"{path}: folder holds no checkpoints/best.pt or checkpoints/last.pt")
         path = in_folder
     if not path.is_file():

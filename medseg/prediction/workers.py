@@ -42,7 +42,8 @@ from medseg.prediction.claims import CLAIMS_FOLDER, ClaimFolder, Sharing
 from medseg.prediction.ensemble import Ensemble
 from medseg.prediction.loaded import LoadedModel
 
-__all__ = ["check_parallel", "merge_reports", "predict_parallel", "torchrun_rank", "worker_device"]
+__all__ = ["Sources", "check_parallel", "load_sources", "merge_reports", "model_sources", "predict_parallel",
+           "torchrun_rank", "worker_device"]
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,12 @@ def worker_device(device: torch.device, index: int) -> torch.device:
 Sources = tuple[tuple[str, Any], ...]
 
 
-def _sources(loaded: LoadedModel) -> Sources:
-    """Each member's file and inference settings (one pair for one model); refuses a member without a file."""
+def model_sources(loaded: LoadedModel) -> Sources:
+    """Each member's file and inference settings (one pair for one model), what :func:`load_sources` takes.
+
+    Raises:
+        ConfigError: A member that was not loaded from a file.
+    """
     for member in loaded.members:
         if not member.source or not Path(member.source).is_file():
             raise ConfigError(f"workers: each worker loads the model from its file, but this model has none "
@@ -128,7 +133,7 @@ def _sources(loaded: LoadedModel) -> Sources:
     return tuple((m.source, m.infer) for m in loaded.members)
 
 
-def _reload(sources: Sources, device: torch.device) -> LoadedModel:
+def load_sources(sources: Sources, device: torch.device) -> LoadedModel:
     """The model (or ensemble) loaded again from its files on ``device``, each member with its inference settings."""
     fresh = [dataclasses.replace(LoadedModel.from_checkpoint(source, device=str(device)), infer=infer)
              for source, infer in sources]
@@ -242,7 +247,7 @@ def _worker_main(job: _Job) -> None:
     torch.set_num_threads(job.threads)
     outcome: BatchReport | MedsegError
     try:
-        loaded = _reload(job.sources, torch.device(job.device))
+        loaded = load_sources(job.sources, torch.device(job.device))
         outcome = job.predict(loaded, list(job.inputs), job.out_dir, sharing=job.sharing, **job.options)
     except MedsegError as err:
         outcome = err
@@ -259,7 +264,7 @@ def _cores() -> int:
 
 def _in_workers(predict: PredictFn, loaded: LoadedModel, inputs: Sequence[Path], out_dir: Path, workers: int,
                 timeout: float, options: dict[str, Any]) -> BatchReport:
-    sources = _sources(loaded)
+    sources = model_sources(loaded)
     run_id = uuid.uuid4().hex[:12]
     sharing = Sharing(timeout, run_id=run_id)
     ctx = multiprocessing.get_context("spawn")
@@ -315,7 +320,7 @@ def _as_torchrun_rank(predict: PredictFn, loaded: LoadedModel, inputs: Sequence[
         device = worker_device(loaded.device, local)
         outcome: BatchReport | MedsegError
         try:
-            model = loaded if device == loaded.device else _reload(_sources(loaded), device)
+            model = loaded if device == loaded.device else load_sources(model_sources(loaded), device)
             outcome = predict(model, list(inputs), out_dir, sharing=Sharing(timeout, run_id=box[0]),
                               **{**options, "progress": bool(options.get("progress", True)) and rank == 0})
         except MedsegError as err:

@@ -27,16 +27,26 @@ from medseg.config.loading import validate_config
 from medseg.data.synthetic.polyp import make_polyp_dataset
 from medseg.data.synthetic.spine import make_spine_dataset
 from medseg.data.volume_preprocessing import VolumePreprocessor
-from medseg.errors import ConfigError
+from medseg.errors import CheckpointError, ConfigError
 from medseg.io.volume_io import read_volume
 from medseg.prediction import volume as volume_module
-from medseg.prediction.batch import predict_paths
 from medseg.prediction.ensemble import Ensemble, check_compatible, expand_checkpoints, is_model_path, split_arguments
+from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.predictor import Predictor
+from medseg.prediction.workers import load_sources, model_sources
+from medseg.training import loop
 from medseg.training.loop import train
 
 runner = CliRunner()
 F16 = 2e-3  # float16 rounding of a probability is at most 4.9e-4; two roundings and a mean stay well within this
+
+
+def _train(cfg, run_dir: Path) -> Path:
+    """Train without drawing the run's plots (no test here looks at them; they take most of a tiny run's time)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("plot_curves", "plot_confusion", "plot_preview"):
+            patch.setattr(loop, name, lambda *args, **kwargs: None)
+        return train(cfg, run_dir=run_dir, progress=False).last_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +60,7 @@ def other2d(tmp_path_factory) -> Path:
         "model": {"spatial_dims": 2, "channels": [4, 8, 8], "strides": [2, 2], "num_res_units": 0},
         "train": {"max_epochs": 1, "batch_size": 2, "device": "cpu", "preview_samples": 0, "seed": 7},
     })
-    return train(cfg, run_dir=tmp / "run", progress=False).last_checkpoint
+    return _train(cfg, tmp / "run")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +77,7 @@ def other3d(tmp_path_factory) -> Path:
         "model": {"spatial_dims": 3, "channels": [4, 8, 8], "strides": [2, 2], "num_res_units": 0},
         "train": {"max_epochs": 1, "batch_size": 1, "device": "cpu", "preview_samples": 0, "seed": 3},
     })
-    return train(cfg, run_dir=tmp / "run", progress=False).last_checkpoint
+    return _train(cfg, tmp / "run")
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +200,9 @@ def test_fold_parent_folder_stands_for_every_fold(ckpt2d, other2d, two_images, t
         assert (tmp_path / "folds" / mask.name).read_bytes() == mask.read_bytes()
     # one fold alone is still a single model, and a data folder with fold_K sub-folders but no checkpoint no model
     assert type(medseg.Predictor.from_checkpoint(run / "fold_0")) is Predictor
+    with pytest.raises(CheckpointError, match=r"run: a folder of 2 fold runs \(fold_0 \.\.\.\), not one run; give one "
+                                              r"fold \(.*fold_0\) or predict with all of them as an ensemble"):
+        Predictor.from_checkpoint(run)
     (tmp_path / "data" / "fold_0").mkdir(parents=True)
     assert is_model_path(run) and not is_model_path(tmp_path / "data") and not is_model_path(images)
 
@@ -279,11 +292,16 @@ def test_volume_path_runs_each_member_once_into_one_running_sum(ckpt3d, other3d,
 
 
 # ------------------------------------------------------------------------------------------- workers
-@pytest.mark.slow
-def test_two_workers_load_every_member_and_write_what_one_process_writes(ckpt2d, other2d, two_images, tmp_path):
+def test_a_worker_loads_every_member_again_with_its_settings(ckpt2d, other2d, two_images):
+    """What each --workers process (and a torchrun rank on another device) does before its claim loop."""
     ens = Ensemble.from_checkpoints([ckpt2d[0], other2d], device="cpu", tta=True)
-    one = predict_paths(ens, [two_images], tmp_path / "one", progress=False)
-    two = predict_paths(ens, [two_images], tmp_path / "two", workers=2, progress=False)
-    assert sorted(two.predicted) == sorted(one.predicted) and len(one.predicted) == 2 and two.workers == 2
-    for mask in sorted((tmp_path / "one").glob("*.png")):  # the same members, with the same (overridden) TTA
-        assert (tmp_path / "two" / mask.name).read_bytes() == mask.read_bytes()
+    sources = model_sources(ens)
+    assert [s for s, _ in sources] == [str(ckpt2d[0]), str(other2d)]
+    again = load_sources(sources, torch.device("cpu"))
+    assert isinstance(again, Ensemble) and [m.infer.tta for m in again.members] == [True, True]
+    assert all(m.model is not n.model for m, n in zip(again.members, ens.members, strict=True))
+    image = sorted(two_images.iterdir())[0]
+    np.testing.assert_array_equal(again.predict(image, output="probabilities"),
+                                  ens.predict(image, output="probabilities"))
+    single = load_sources(model_sources(ens.members[0]), torch.device("cpu"))
+    assert type(single) is LoadedModel and single.source == str(ckpt2d[0])
