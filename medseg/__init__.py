@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "plan_dataset": "medseg.planning.planner",
     "compute_case_metrics": "medseg.metrics.case_metrics",
     "Predictor": "medseg.prediction.predictor",
+    "Ensemble": "medseg.prediction.ensemble",
     "predict_paths": "medseg.prediction.batch",
     "structure_statistics": "medseg.prediction.statistics",
     "sliding_window_predict": "medseg.sliding_window.predict",
@@ -99,6 +100,7 @@ if TYPE_CHECKING:  # the names the lazy __getattr__ below returns, for mypy and 
     from medseg.models.factory import build_model as build_model
     from medseg.planning.planner import plan_dataset as plan_dataset
     from medseg.prediction.batch import predict_paths as predict_paths
+    from medseg.prediction.ensemble import Ensemble as Ensemble
     from medseg.prediction.predictor import Predictor as Predictor
     from medseg.prediction.statistics import structure_statistics as structure_statistics
     from medseg.sliding_window.predict import sliding_window_predict as sliding_window_predict

@@ -49,12 +49,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_dir():
-        for name in ("checkpoints/best.pt", "checkpoints/last.pt", "best.pt", "last.pt"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
+        in_folder = checkpoint_in_folder(path)
+        if in_folder is None:
+            folds = fold_folders(path)
+            if folds:
+                raise CheckpointError(f"{path}: a folder of {len(folds)} fold runs ({folds[0].name} ...), not one run; "
+                                      f"give one fold ({folds[0]}) or predict with all of them as an ensemble "
+                                      f"(medseg predict {path} INPUT..., or medseg.Ensemble.from_checkpoint)")
             raise CheckpointError(f"{path}: folder holds no checkpoints/best.pt or checkpoints/last.pt")
+        path = in_folder
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     _check_container(path)
@@ -87,6 +90,39 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     _check_entries(path, payload)
     payload["path"] = str(path)
     return payload
+
+
+#: Where a run folder keeps its checkpoint, in the order they are looked for.
+RUN_CHECKPOINTS = ("checkpoints/best.pt", "checkpoints/last.pt", "best.pt", "last.pt")
+
+
+def checkpoint_in_folder(folder: str | Path) -> Path | None:
+    """The checkpoint a run folder stands for (the first of :data:`RUN_CHECKPOINTS` there), or None."""
+    for name in RUN_CHECKPOINTS:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+def fold_folders(folder: str | Path) -> list[Path]:
+    """The ``fold_K`` run folders of a cross-validation run folder (``medseg train --fold``), by fold number.
+
+    Only sub-folders named ``fold_`` and a number count, whether or not their checkpoint exists yet.
+
+    Example:
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> for name in ("fold_10", "fold_2", "fold_x", "cv_predictions"):
+        ...     (Path(tmp.name) / name).mkdir()
+        >>> [p.name for p in fold_folders(tmp.name)]
+        ['fold_2', 'fold_10']
+        >>> tmp.cleanup()
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    folds = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"fold_\d+", p.name)]
+    return sorted(folds, key=lambda p: int(p.name[len("fold_"):]))
 
 
 #: What a legacy (PyTorch < 1.6, ``_use_new_zipfile_serialization=False``) torch.save file starts with: its

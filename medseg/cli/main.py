@@ -207,8 +207,11 @@ def _train_folds(cfg: Any, fold: str, folder: Path, *, resume: bool, overwrite: 
 
 @app.command()
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint .pt file, run folder, or exported .onnx model.")],
-    inputs: Annotated[list[Path], typer.Argument(help="Images, volumes, DICOM series folders, or folders of them.")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint .pt file, run folder, or exported .onnx model; a "
+                                                     "folder of fold runs (RUN/fold_K) stands for every fold.")],
+    inputs: Annotated[list[Path], typer.Argument(help="More models first (ensemble: class probabilities averaged), "
+                                                      "then images, volumes, DICOM series folders, or folders of "
+                                                      "them; the first argument that is no model starts the inputs.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists.")] = False,
@@ -237,13 +240,13 @@ def predict(
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
-    """Segment images or volumes with a trained checkpoint, in the inputs' own size, geometry and label values."""
+    """Segment images or volumes with a model or an ensemble, in the inputs' own size, geometry and label values."""
     _logging(verbose, quiet)
     with user_errors():
         from medseg.io.dicom import check_irregular
         from medseg.prediction.batch import predict_paths
         from medseg.prediction.claims import Sharing
-        from medseg.prediction.predictor import Predictor
+        from medseg.prediction.ensemble import load_predictor, split_arguments
         from medseg.prediction.workers import check_parallel, torchrun_rank
 
         rank, sharing = torchrun_rank(), Sharing.from_options(shard, claim_timeout)
@@ -252,7 +255,8 @@ def predict(
         overrides: dict[str, Any] = {"tta": tta, "largest_component": largest_component, "precision": precision,
                      "backend": backend, "overlap": overlap, "sw_batch_size": sw_batch_size, "roi_size": roi_size,
                      "threshold": threshold}
-        predictor = Predictor.from_checkpoint(checkpoint, device=device, spell=_option_name, **overrides)
+        models, inputs = split_arguments([checkpoint, *inputs])
+        predictor = load_predictor(models, device=device, spell=_option_name, **overrides)
         report = predict_paths(predictor, inputs, output, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg,
                                statistics=statistics, probabilities=probabilities, sharing=sharing,
                                workers=workers, torchrun=rank is not None, irregular=irregular)

@@ -22,7 +22,7 @@ from medseg.io.images import IMAGE_SUFFIXES, display_uint8, read_image_values, r
 from medseg.models.outputs import main_output
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
 from medseg.prediction.claims import Sharing
-from medseg.prediction.loaded import LoadedModel
+from medseg.prediction.loaded import LoadedModel, mean_probabilities
 from medseg.prediction.postprocess import apply_postprocessing, keep_largest_component
 from medseg.prediction.statistics import IMAGE_COLUMNS, mask_statistics, statistics_section
 from medseg.prediction.statistics_table import write_statistics_table
@@ -78,7 +78,8 @@ def predict_image_outputs(loaded: LoadedModel, image: str | Path | np.ndarray, *
     x = rule.normalise(array, where, trained="this model's training images were")[None]
     size = tuple(pre["image_size"])
     x = F.interpolate(x, size=size, mode="bilinear", antialias=True) if x.shape[-2:] != size else x
-    probs = _forward(loaded, x.to(loaded.device))
+    x = x.to(loaded.device)
+    probs = mean_probabilities(loaded, lambda member: _forward(member, x))  # one model, or an ensemble's mean
     probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)[0].cpu()
     threshold = loaded.infer.threshold
     winner = probs.argmax(0) if threshold is None else probs[1] >= threshold

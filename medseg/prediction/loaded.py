@@ -28,7 +28,7 @@ from medseg.prediction.onnx_network import is_onnx_file, load_onnx_network
 from medseg.prediction.postprocess import ComponentRule, find_postprocessing, read_postprocessing
 from medseg.prediction.settings import apply_infer_overrides
 
-__all__ = ["LoadedModel"]
+__all__ = ["LoadedModel", "mean_probabilities"]
 
 M = TypeVar("M", bound="LoadedModel")
 
@@ -156,6 +156,36 @@ class LoadedModel:
     def spatial_dims(self) -> int:
         """2 for image models (also slice-wise models), 3 for volume models."""
         return self.kind.spatial_dims
+
+    @property
+    def members(self) -> tuple[LoadedModel, ...]:
+        """The models whose class probabilities a prediction averages: this one alone (an
+        :class:`~medseg.prediction.ensemble.Ensemble` has several)."""
+        return (self,)
+
+
+def mean_probabilities(loaded: LoadedModel, run: Callable[[LoadedModel], torch.Tensor]) -> torch.Tensor:
+    """The mean of ``run(member)`` (class probabilities) over ``loaded.members``, for one model ``run(loaded)``.
+
+    Memory: the first member's result becomes the running sum, each further member's is added into it in place
+    and dropped, so at most one sum and one member's result are held at a time, whatever the number of members.
+    Two members that give the same probabilities give exactly them back ((p + p) / 2 is exact in floating point).
+
+    Example:
+        >>> class Two:
+        ...     members = ("a", "b")
+        >>> mean_probabilities(Two(), lambda m: torch.tensor([1.0, 0.0]) if m == "a" else torch.tensor([0.5, 0.5]))
+        tensor([0.7500, 0.2500])
+    """
+    members = loaded.members
+    total = run(members[0])
+    for member in members[1:]:
+        part = run(member)
+        total += part
+        del part
+    if len(members) > 1:
+        total /= len(members)
+    return total
 
 
 def _run_postprocessing(checkpoint: Path, labels: LabelMap, explicit: bool | None,

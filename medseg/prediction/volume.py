@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import medseg
 from medseg.atomic import write_json_atomic
@@ -34,7 +35,7 @@ from medseg.io.volume import VOLUME_SUFFIXES, Volume, split_channel, volume_case
 from medseg.io.volume_io import read_volume, write_label_map, write_probability_map
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
 from medseg.prediction.claims import Sharing
-from medseg.prediction.loaded import LoadedModel
+from medseg.prediction.loaded import LoadedModel, mean_probabilities
 from medseg.prediction.network import infer_prepared
 from medseg.prediction.postprocess import apply_postprocessing, keep_largest_component
 from medseg.prediction.statistics import VOLUME_COLUMNS, statistics_section, structure_statistics, voxel_volume_mm3
@@ -117,9 +118,7 @@ def predict_outputs(loaded: LoadedModel, volume: Volume | Sequence[Volume], *, p
             f"{loaded.in_channels}; the checkpoint is inconsistent"
         )
     image, grid = pre.prepare_image(volume)
-    # loaded.tiling "auto": the engine falls back to roi windows for instance/group norm
-    probs = infer_prepared(loaded.model, image, settings, loaded.infer, loaded.device, tiling=loaded.tiling,
-                           divisor=loaded.divisor)
+    probs = mean_probabilities(loaded, lambda member: _member_probabilities(member, image))
     classes = pre.invert_probabilities(probs, grid, threshold=loaded.infer.threshold)
     if loaded.infer.largest_component:
         classes = keep_largest_component(classes, loaded.labels.num_classes)
@@ -127,6 +126,13 @@ def predict_outputs(loaded: LoadedModel, volume: Volume | Sequence[Volume], *, p
         classes = apply_postprocessing(classes, loaded.postprocessing)
     maps = pre.invert_probability_maps(probs, grid) if probabilities else None
     return classes, maps
+
+
+def _member_probabilities(member: LoadedModel, image: torch.Tensor) -> torch.Tensor:
+    """One model's class probabilities over the prepared image, with its own window size, overlap and TTA."""
+    # member.tiling "auto": the engine falls back to roi windows for instance/group norm
+    return infer_prepared(member.model, image, member.preprocessing, member.infer, member.device,
+                          tiling=member.tiling, divisor=member.divisor)
 
 
 def predict_volume(loaded: LoadedModel, source: str | Path | Volume | Sequence[str | Path | Volume], *,
@@ -346,6 +352,9 @@ def describe_result(loaded: LoadedModel, volume: Volume, result: Volume, case: C
         "checkpoint": loaded.source,
         "preprocessing": loaded.preprocessing,
         "infer": loaded.infer.model_dump(mode="json"),
+        **({"ensemble": [{"checkpoint": m.source, "patch_size": m.preprocessing.get("patch_size"),
+                          "infer": m.infer.model_dump(mode="json")} for m in loaded.members]}
+           if len(loaded.members) > 1 else {}),
     }
 
 

@@ -39,9 +39,11 @@ from medseg.atomic import atomic_path
 from medseg.errors import ConfigError, MedsegError
 from medseg.prediction.cases import BatchReport
 from medseg.prediction.claims import CLAIMS_FOLDER, ClaimFolder, Sharing
+from medseg.prediction.ensemble import Ensemble
 from medseg.prediction.loaded import LoadedModel
 
-__all__ = ["check_parallel", "merge_reports", "predict_parallel", "torchrun_rank", "worker_device"]
+__all__ = ["Sources", "check_parallel", "load_sources", "merge_reports", "model_sources", "predict_parallel",
+           "torchrun_rank", "worker_device"]
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +116,31 @@ def worker_device(device: torch.device, index: int) -> torch.device:
     return device
 
 
-def _check_source(loaded: LoadedModel) -> None:
-    if not loaded.source or not Path(loaded.source).is_file():
-        raise ConfigError(f"workers: each worker loads the model from its file, but this model has none "
-                          f"(source {loaded.source!r}); load it with Predictor.from_checkpoint")
+#: What a worker needs to load a model again: each member's file and inference settings.
+Sources = tuple[tuple[str, Any], ...]
 
 
-def _reload(loaded: LoadedModel | _Job, device: torch.device) -> LoadedModel:
-    """The model loaded again from its file on ``device``, with the given inference and postprocessing settings."""
-    fresh = LoadedModel.from_checkpoint(loaded.source, device=str(device), postprocessing=False)
-    return dataclasses.replace(fresh, infer=loaded.infer, postprocessing=loaded.postprocessing)
+def model_sources(loaded: LoadedModel) -> Sources:
+    """Each member's file and inference settings (one pair for one model), what :func:`load_sources` takes.
+
+    Raises:
+        ConfigError: A member that was not loaded from a file.
+    """
+    for member in loaded.members:
+        if not member.source or not Path(member.source).is_file():
+            raise ConfigError(f"workers: each worker loads the model from its file, but this model has none "
+                              f"(source {member.source!r}); load it with Predictor.from_checkpoint")
+    return tuple((m.source, m.infer) for m in loaded.members)
+
+
+def load_sources(sources: Sources, device: torch.device, postprocessing: Any = None) -> LoadedModel:
+    """The model (or ensemble) loaded again from its files on ``device``, each member with its inference settings,
+    and the main process's postprocessing rules (the run's ``postprocessing.json`` is not looked up again)."""
+    fresh = [dataclasses.replace(LoadedModel.from_checkpoint(source, device=str(device), postprocessing=False),
+                                 infer=infer)
+             for source, infer in sources]
+    model = fresh[0] if len(fresh) == 1 else Ensemble.of(fresh)
+    return dataclasses.replace(model, postprocessing=postprocessing)
 
 
 def _unique(items: Iterable[T]) -> list[T]:
@@ -171,7 +188,7 @@ def predict_parallel(
 
     Args:
         predict: ``predict_paths``; each worker calls it with ``sharing`` (the run id) and ``options``.
-        loaded: The model; workers load it again from ``loaded.source`` on their device.
+        loaded: The model; workers load it again from its file (each member's, for an ensemble) on their device.
         inputs: As for ``predict_paths``.
         out_dir: The shared output folder.
         workers: Processes to start (1 under torchrun).
@@ -214,8 +231,7 @@ def _raise_first(outcomes: Sequence[BatchReport | MedsegError]) -> list[BatchRep
 @dataclass(frozen=True)
 class _Job:
     predict: PredictFn
-    source: str
-    infer: Any
+    sources: Sources
     postprocessing: Any
     device: str
     threads: int
@@ -235,7 +251,7 @@ def _worker_main(job: _Job) -> None:
     torch.set_num_threads(job.threads)
     outcome: BatchReport | MedsegError
     try:
-        loaded = _reload(job, torch.device(job.device))
+        loaded = load_sources(job.sources, torch.device(job.device), job.postprocessing)
         outcome = job.predict(loaded, list(job.inputs), job.out_dir, sharing=job.sharing, **job.options)
     except MedsegError as err:
         outcome = err
@@ -252,14 +268,13 @@ def _cores() -> int:
 
 def _in_workers(predict: PredictFn, loaded: LoadedModel, inputs: Sequence[Path], out_dir: Path, workers: int,
                 timeout: float, options: dict[str, Any]) -> BatchReport:
-    _check_source(loaded)
+    sources = model_sources(loaded)
     run_id = uuid.uuid4().hex[:12]
     sharing = Sharing(timeout, run_id=run_id)
     ctx = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
     with tempfile.TemporaryDirectory(prefix="medseg-workers-") as tmp:
-        jobs = [_Job(predict, loaded.source, loaded.infer, loaded.postprocessing,
-                     str(worker_device(loaded.device, k)),
+        jobs = [_Job(predict, sources, loaded.postprocessing, str(worker_device(loaded.device, k)),
                      max(1, _cores() // workers), tuple(inputs), Path(out_dir), sharing,
                      {**options, "progress": False}, Path(tmp) / f"worker-{k}.pickle", k, level)
                 for k in range(workers)]
@@ -309,9 +324,8 @@ def _as_torchrun_rank(predict: PredictFn, loaded: LoadedModel, inputs: Sequence[
         device = worker_device(loaded.device, local)
         outcome: BatchReport | MedsegError
         try:
-            if device != loaded.device:
-                _check_source(loaded)
-            model = loaded if device == loaded.device else _reload(loaded, device)
+            model = loaded if device == loaded.device else load_sources(model_sources(loaded), device,
+                                                                            loaded.postprocessing)
             outcome = predict(model, list(inputs), out_dir, sharing=Sharing(timeout, run_id=box[0]),
                               **{**options, "progress": bool(options.get("progress", True)) and rank == 0})
         except MedsegError as err:
