@@ -21,6 +21,7 @@ from medseg.config import load_config
 from medseg.data.labels import LabelMap
 from medseg.data.synthetic.polyp import make_polyp_dataset
 from medseg.errors import ConfigError, DataError, OutputExistsError
+from medseg.prediction.ensemble import Ensemble
 from medseg.prediction.postprocess import (
     ComponentRule,
     apply_postprocessing,
@@ -221,6 +222,15 @@ def test_real_folds_select_and_predict_applies_it(cv_run: Path, tmp_path: Path) 
         assert (written == (keep_largest_component(classes, 2) == 1)).all()
         assert ndimage.label(written)[1] <= 1  # no blobs
         assert ((np.asarray(Image.open(tmp_path / "all" / name)) > 127) == (classes == 1)).all()
+    # the ensemble of both folds applies the rules once, to the average of their probabilities
+    mean = Ensemble.from_checkpoints([cv_run], postprocessing=False, threshold=0.5)
+    assert Ensemble.from_checkpoints([cv_run]).postprocessing == {1: ComponentRule("largest_component", 0)}
+    both = runner.invoke(app, ["predict", str(cv_run), str(images), "-o", str(tmp_path / "ens"), "--threshold", "0.5"])
+    assert both.exit_code == 0, both.output
+    for p in sorted(images.iterdir()):
+        classes = mean.labels.to_class(mean.predict(p))[0]
+        written = np.asarray(Image.open(tmp_path / "ens" / p.name)) > 127
+        assert (written == (keep_largest_component(classes, 2) == 1)).all()
     doc["classes"] = {"tumour": {"index": 1, "option": "none"}}
     selection.path.write_text(json.dumps(doc))
     stale = runner.invoke(app, ["predict", str(cv_run / "fold_0"), str(images), "-o", str(tmp_path / "x")])
