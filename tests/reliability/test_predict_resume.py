@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from medseg.cli.main import app
 
-
 #: Cases in the batch: enough that a kill after the third leaves many to redo, few enough to keep the rerun short.
 N_CASES = 16
 
