@@ -231,6 +231,21 @@ def test_a_failing_bash_block_fails_the_page(tmp_path, monkeypatch):
         run_page(page, tmp_path / "work", monkeypatch)
 
 
+def test_medseg_commands_keep_their_folder_input_output_and_exit_status(tmp_path, monkeypatch):
+    """The fork server's commands behave like fresh processes: the block's folder, stdin, stdout, exit status."""
+    import medseg
+
+    page = tmp_path / "cli.md"
+    page.write_text("```bash\nmkdir sub && cd sub && echo 'version: 1' > here.yaml\nmedseg --version\n"
+                    "medseg config check here.yaml 2>&1 || echo \"status $?\"\n"
+                    "medseg config check /dev/stdin < here.yaml 2>&1 || echo \"status $?\"\n```\n")
+    [output] = run_page(page, tmp_path / "work", monkeypatch)
+    assert output.splitlines() == [
+        f"medseg {medseg.__version__}",
+        "error: here.yaml: 1 invalid setting(s): data: Field required", "status 2",
+        "error: /dev/stdin: 1 invalid setting(s): data: Field required", "status 2"]
+
+
 def _check_2d(work: Path, outputs: list[str]) -> None:
     assert (work / "my-polyps" / "images" / "case_011.png").is_file()
     for name in ("config.yaml", "labels.json", "log.json", "curves.png", "preview.png", "checkpoints/best.pt",
