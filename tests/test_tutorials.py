@@ -4,7 +4,10 @@ Per page (docs/tutorials/*.md), in one temporary folder:
 
 - a block with a ``title="NAME"`` (```` ```yaml title="polyps.yaml" ````) is written to the file NAME;
 - a ``bash`` block runs in ``bash`` with ``set -euo pipefail``; ``medseg`` and ``python`` on its PATH are this
-  interpreter, so the blocks run the code under test;
+  interpreter, so the blocks run the code under test. Each ``medseg`` command is a process of its own, with the
+  block's arguments, folder, environment, stdin/stdout/stderr and exit status, forked from a server that imported
+  torch, MONAI and medseg once per page (see :data:`FORK_SERVER`): a fresh interpreter would spend seconds on
+  those imports for every command;
 - a ``python`` block runs in this process, in one namespace per page (so a page's later blocks see the names
   its earlier ones defined), with the page's folder as working folder;
 - a block whose first line is ``# GPU only`` runs only where CUDA is available, and is skipped elsewhere;
@@ -21,6 +24,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
@@ -65,10 +69,82 @@ def read_blocks(page: Path) -> list[Block]:
     return blocks
 
 
-def _shims(folder: Path) -> Path:
-    """A bin folder whose ``medseg`` and ``python`` are this interpreter (the console script may not be installed)."""
+#: Serves ``medseg`` commands on a Unix socket: per connection it receives the client's stdin, stdout and stderr
+#: (as file descriptors), then its arguments, folder and environment; forks a child that runs the CLI there, and
+#: sends back the child's exit status (128 + N for a child killed by signal N). One command at a time.
+FORK_SERVER = r'''
+import json, os, signal, socket, sys, traceback
+import torch, monai  # the imports every medseg command pays for
+import medseg.cli.main
+import medseg.training.loop
+
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(sys.argv[1])
+server.listen(8)
+print("ready", flush=True)
+while True:
+    conn, _ = server.accept()
+    _, fds, _, _ = socket.recv_fds(conn, 1, 3)
+    payload = b""
+    while chunk := conn.recv(65536):
+        payload += chunk
+    request = json.loads(payload)
+    pid = os.fork()
+    if pid == 0:
+        server.close()
+        conn.close()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = ["medseg", *request["args"]]
+        code = 0
+        try:
+            medseg.cli.main.main()
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            if not isinstance(stop.code, int | None):
+                print(stop.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    for fd in fds:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    conn.sendall(str(code).encode())
+    conn.close()
+'''
+
+#: The ``medseg`` command of a page: hands its stdin, stdout, stderr, arguments, folder and environment to the
+#: fork server and exits with the command's status (standard library only: it starts in milliseconds).
+FORK_CLIENT = r'''
+import json, os, socket, sys
+if not os.path.exists(sys.argv[1]):  # no server for this page: a fresh interpreter
+    os.execv(sys.executable, [sys.executable, "-m", "medseg.cli.main", *sys.argv[2:]])
+client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+client.connect(sys.argv[1])
+socket.send_fds(client, [b"."], [0, 1, 2])
+client.sendall(json.dumps({"args": sys.argv[2:], "cwd": os.getcwd(), "env": dict(os.environ)}).encode())
+client.shutdown(socket.SHUT_WR)
+reply = b""
+while chunk := client.recv(64):
+    reply += chunk
+sys.exit(int(reply) if reply else 1)
+'''
+
+
+def _shims(folder: Path, socket_path: Path) -> Path:
+    """A bin folder whose ``python`` is this interpreter and whose ``medseg`` asks the fork server at
+    ``socket_path`` (the console script may not be installed)."""
     folder.mkdir()
-    for name, command in (("medseg", f'"{sys.executable}" -m medseg.cli.main "$@"'),
+    (folder / "fork_client.py").write_text(FORK_CLIENT)
+    for name, command in (("medseg", f'"{sys.executable}" -S -E "{folder / "fork_client.py"}" "{socket_path}" "$@"'),
                           ("python", f'"{sys.executable}" "$@"')):
         path = folder / name
         path.write_text(f"#!/bin/sh\nexec {command}\n")
@@ -76,12 +152,39 @@ def _shims(folder: Path) -> Path:
     return folder
 
 
+def _start_fork_server(socket_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    """The fork server of :data:`FORK_SERVER`, once it listens on ``socket_path``."""
+    log = socket_path.with_suffix(".log")
+    with log.open("w") as stderr:
+        server = subprocess.Popen([sys.executable, "-c", FORK_SERVER, str(socket_path)], env=env,
+                                  stdout=subprocess.PIPE, stderr=stderr, text=True)
+    line = server.stdout.readline() if server.stdout else ""
+    if line.strip() != "ready":
+        server.kill()
+        server.wait(60)
+        raise AssertionError(f"the tutorial's medseg fork server did not start:\n{log.read_text()[-3000:]}")
+    return server
+
+
 def run_page(page: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Run every block of ``page`` in ``workdir``; returns the stdout of each bash block."""
     workdir.mkdir(parents=True, exist_ok=True)
-    bin_dir = _shims(workdir.parent / f"{workdir.name}-bin")
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    with tempfile.TemporaryDirectory(prefix="medseg-tut-") as sockets:  # short: a socket path has ~100 bytes
+        socket_path = Path(sockets) / "medseg.sock"
+        bin_dir = _shims(workdir.parent / f"{workdir.name}-bin", socket_path)
+        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        if not any(b.lang == "bash" and "medseg" in b.code for b in read_blocks(page)):
+            return _run_blocks(page, workdir, env, monkeypatch)
+        server = _start_fork_server(socket_path, env)
+        try:
+            return _run_blocks(page, workdir, env, monkeypatch)
+        finally:
+            server.kill()
+            server.communicate(timeout=60)
+
+
+def _run_blocks(page: Path, workdir: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.chdir(workdir)
     namespace: dict[str, object] = {"__name__": "__tutorial__"}
     outputs: list[str] = []
@@ -126,6 +229,21 @@ def test_a_failing_bash_block_fails_the_page(tmp_path, monkeypatch):
     page.write_text("```bash\ntrue\nfalse\necho never\n```\n")
     with pytest.raises(AssertionError, match=r"bad\.md:1 exit 1"):
         run_page(page, tmp_path / "work", monkeypatch)
+
+
+def test_medseg_commands_keep_their_folder_input_output_and_exit_status(tmp_path, monkeypatch):
+    """The fork server's commands behave like fresh processes: the block's folder, stdin, stdout, exit status."""
+    import medseg
+
+    page = tmp_path / "cli.md"
+    page.write_text("```bash\nmkdir sub && cd sub && echo 'version: 1' > here.yaml\nmedseg --version\n"
+                    "medseg config check here.yaml 2>&1 || echo \"status $?\"\n"
+                    "medseg config check /dev/stdin < here.yaml 2>&1 || echo \"status $?\"\n```\n")
+    [output] = run_page(page, tmp_path / "work", monkeypatch)
+    assert output.splitlines() == [
+        f"medseg {medseg.__version__}",
+        "error: here.yaml: 1 invalid setting(s): data: Field required", "status 2",
+        "error: /dev/stdin: 1 invalid setting(s): data: Field required", "status 2"]
 
 
 def _check_2d(work: Path, outputs: list[str]) -> None:

@@ -1,5 +1,6 @@
 """mypy over medseg/ runs as part of the suite, with the settings in pyproject.toml ([tool.mypy]: strict on
-config/, io/ and cli/). A cold run takes about half a minute."""
+config/, io/ and cli/). A cold run takes about half a minute; pyproject.toml
+skips the parts of torch and its dependencies that medseg never calls (see the comment there)."""
 
 from __future__ import annotations
 

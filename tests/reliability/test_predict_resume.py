@@ -18,6 +18,9 @@ from typer.testing import CliRunner
 
 from medseg.cli.main import app
 
+#: Cases in the batch: enough that a kill after the third leaves many to redo, few enough to keep the rerun short.
+N_CASES = 16
+
 
 @pytest.fixture(scope="module")
 def model_and_images(tmp_path_factory):
@@ -37,8 +40,9 @@ def model_and_images(tmp_path_factory):
     images = tmp / "inputs"
     images.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(40):  # large frames so that one case takes a noticeable time
-        Image.fromarray(rng.integers(0, 255, (900, 1200, 3), dtype=np.uint8)).save(images / f"case_{i:02d}.png")
+    for i in range(N_CASES):  # large frames so that one case takes a noticeable time (fast PNG compression)
+        frame = rng.integers(0, 255, (900, 1200, 3), dtype=np.uint8)
+        Image.fromarray(frame).save(images / f"case_{i:02d}.png", compress_level=1)
     return ckpt, images
 
 
@@ -63,7 +67,7 @@ def test_killed_batch_resumes_without_partial_outputs(model_and_images, tmp_path
     proc.wait(60)
     assert proc.returncode == -signal.SIGKILL, "prediction finished before it could be killed"
     finals = sorted(p for p in out.iterdir() if not p.name.startswith("."))
-    assert 3 <= len(finals) < 40
+    assert 3 <= len(finals) < N_CASES
     for p in finals:  # every final name holds a complete, decodable mask of the input's size
         mask = np.asarray(Image.open(p))
         assert mask.shape == (900, 1200) and set(np.unique(mask)) <= {0, 255}
@@ -72,14 +76,14 @@ def test_killed_batch_resumes_without_partial_outputs(model_and_images, tmp_path
 
     rerun = CliRunner().invoke(app, ["predict", str(ckpt), str(images), "-o", str(out), "--device", "cpu", "-q"])
     assert rerun.exit_code == 0, rerun.output
-    assert f"{40 - len(finals)} files written" in rerun.stdout
+    assert f"{N_CASES - len(finals)} files written" in rerun.stdout
     assert f"{len(finals)} existing skipped" in rerun.stdout
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        f"case_{i:02d}.png" for i in range(40)]
+        f"case_{i:02d}.png" for i in range(N_CASES)]
     claims = out / ".medseg-claims"  # the dead process's claim was taken over or swept, then the folder removed
     assert not claims.exists(), sorted(p.name for p in claims.iterdir())
     assert _hashes(images) == before  # inputs never touched
-    print(f"predict kill-and-resume: killed after {len(finals)}/40 cases, rerun wrote {40 - len(finals)}")
+    print(f"predict kill-and-resume: killed after {len(finals)}/{N_CASES} cases, rerun wrote {N_CASES - len(finals)}")
 
 
 @pytest.mark.parametrize("where", ["same", "inside"])
