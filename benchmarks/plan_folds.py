@@ -24,7 +24,7 @@ checks the code only: 20 training images, 4 validation images, 64x64, one epoch 
 on the shared 2-core machine, mostly process start-up and full-size predictions).
 
 Usage:
-    python benchmarks/plan_folds.py [--minutes 4] [--data ../shared/data/kvasir-seg] [--work DIR]
+    python benchmarks/plan_folds.py [--minutes 4 | --epochs N] [--data ../shared/data/kvasir-seg] [--work DIR]
     python benchmarks/plan_folds.py --smoke
 """
 
@@ -49,6 +49,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "kvasir-seg")
     parser.add_argument("--minutes", type=float, default=4.0, help="training minutes per fold (default 4)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per fold instead of --minutes (Dice independent of the load)")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a new temporary one)")
     parser.add_argument("--device-memory", default="auto", help="medseg plan --device-memory (default auto)")
     parser.add_argument("--smoke", action="store_true",
@@ -60,6 +62,9 @@ def main() -> int:
         return 1
     if args.minutes <= 0:
         print(f"error: --minutes: got {args.minutes}; allowed a number > 0", file=sys.stderr)
+        return 2
+    if args.epochs is not None and args.epochs < 1:
+        print(f"error: --epochs: got {args.epochs}; allowed an integer >= 1", file=sys.stderr)
         return 2
     work = args.work or Path(tempfile.mkdtemp(prefix="plan-folds-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -80,7 +85,13 @@ def main() -> int:
     print(f"plan: {'; '.join(planned)} ({time.perf_counter() - t0:.0f} s)")
 
     sets = ["data.image_size=[64,64]", "infer.tta=false"] if args.smoke else []
-    epochs = 1 if args.smoke else _epochs_for(plan, args.minutes, work / "probe", sets)
+    if args.smoke:
+        epochs = 1
+    elif args.epochs is not None:
+        epochs = args.epochs
+        print(f"epochs per fold: {epochs} (--epochs)")
+    else:
+        epochs = _epochs_for(plan, args.minutes, work / "probe", sets)
     sets += [f"train.max_epochs={epochs}", f"data.folds={FOLDS}"]
     if epochs <= 5:  # the planned cosine schedule warms up for 5 epochs
         sets.append("train.scheduler.warmup_epochs=0")
