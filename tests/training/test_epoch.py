@@ -1,0 +1,27 @@
+"""The training step's forward pass: batch norm's refusal of a one-value batch becomes one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medseg.errors import ConfigError
+from medseg.training.epoch import _forward
+
+
+def test_one_value_batch_norm_is_one_line_saying_what_to_change() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.BatchNorm2d(4)).train()
+    with pytest.raises(ConfigError) as err:
+        _forward(model, torch.zeros(1, 3, 4, 4))  # one sample, 1x1 after the stride: one value per channel
+    message = str(err.value)
+    assert "\n" not in message
+    assert "a batch of 1 sample(s) of size [4, 4]" in message and "data.patch_size" in message
+    assert tuple(_forward(model, torch.zeros(2, 3, 4, 4)).shape) == (2, 4, 1, 1)  # two samples: fine
+
+
+def test_other_value_errors_pass_through() -> None:
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("something else")
+
+    with pytest.raises(ValueError, match="something else"):
+        _forward(broken, torch.zeros(1))  # type: ignore[arg-type]
