@@ -61,10 +61,12 @@ class Predictor(LoadedModel):
         if output not in OUTPUTS:
             raise ConfigError(f"output: got {output!r}; allowed: {', '.join(OUTPUTS)}")
         if isinstance(source, (list, tuple)):
-            if not self.kind.segments_volumes or not all(isinstance(s, (str, Path, Volume)) for s in source):
-                raise TypeError("source: a list is taken by volume models only, as one path or medseg.Volume per "
-                                f"input channel; got {[type(s).__name__ for s in source]} for a {self.kind.value} "
-                                "model")
+            if not self.kind.segments_volumes:
+                raise TypeError(f"source: a list (one path or medseg.Volume per input channel) is taken by volume "
+                                f"models only, this is a {self.kind.value} model; give one path or numpy array")
+            if not all(isinstance(s, (str, Path, Volume)) for s in source):
+                raise TypeError("source: a list holds one path (str or pathlib.Path) or medseg.Volume per input "
+                                f"channel; got {[type(s).__name__ for s in source]}")
         elif not isinstance(source, (str, Path, np.ndarray, Volume)):
             raise TypeError(f"source: expected a path (str or pathlib.Path), a numpy array or a medseg.Volume, got "
                             f"{type(source).__name__}")

@@ -38,6 +38,7 @@ def test_tilted_series_fails_naming_the_option_then_resamples_with_the_sidecar_s
     import medseg.prediction.volume as volume_module
 
     def box(loaded, volume, *, probabilities=False):
+        volume = volume[0] if isinstance(volume, (list, tuple)) else volume  # one volume per input channel
         classes = np.zeros(volume.shape, np.uint8)
         classes[100:200, 150:300, :] = 1
         return classes, None

@@ -191,7 +191,15 @@ def test_arrays_of_another_dtype_than_the_training_images_are_refused(image_pred
 def test_wrong_python_types_name_the_allowed_types(image_predictor, volume_predictor, source):
     allowed = r"^source: expected a path \(str or pathlib\.Path\), a numpy array or a medseg\.Volume, got "
     for predictor in (image_predictor, volume_predictor):
-        with pytest.raises(TypeError, match=allowed + type(source).__name__ + "$"):
+        if isinstance(source, list) and predictor is image_predictor:  # a list is one volume per input channel
+            expected = (r"^source: a list \(one path or medseg\.Volume per input channel\) is taken by volume models "
+                        r"only, this is a images2d model; give one path or numpy array$")
+        elif isinstance(source, list):
+            expected = (r"^source: a list holds one path \(str or pathlib\.Path\) or medseg\.Volume per input "
+                        r"channel; got \['list', 'list'\]$")
+        else:
+            expected = allowed + type(source).__name__ + "$"
+        with pytest.raises(TypeError, match=expected):
             predictor.predict(source)
     with pytest.raises(TypeError, match=r"^image: expected a path \(str or pathlib\.Path\) or a numpy array, got "):
         predict_image_classes(image_predictor, source)
