@@ -50,6 +50,10 @@ from medseg.training.run_folder import (
 from medseg.training.speed import TrainingSpeed, resolve_training_speed
 from medseg.training.task import Task, build_task
 
+#: During training, the curves and the best epoch's confusion matrix are drawn at most this often (seconds);
+#: they are always drawn when training ends.
+PLOT_INTERVAL_S = 30.0
+
 log = logging.getLogger(__name__)
 
 # Keys a resumed run may change without --force (prefixes: train.tensorboard covers tensorboard_images_every).
@@ -202,6 +206,8 @@ class _Run:
     example: dict[str, np.ndarray] | None = None  # the last validation's first image, truth and prediction
     speed: TrainingSpeed = field(default_factory=TrainingSpeed)
     step_model: torch.nn.Module | None = None  # what the training steps call (net, or torch.compile of it)
+    plotted_at: float = field(default_factory=time.monotonic)  # when the PNGs were last drawn (or the run began)
+    best_confusion: tuple[np.ndarray, str] | None = None  # the best epoch's matrix and title, not yet drawn
 
     @property
     def labels(self) -> LabelMap:
@@ -244,6 +250,8 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, dist: Dist, device: torc
                 log.info("early stopping: no improvement of val_%s in %d validations", cfg.train.best_metric, run.bad)
                 stopped_early = True
                 break
+        if dist.is_main:
+            _draw(run, final=True)
     finally:
         if writer is not None:
             writer.close()
@@ -397,8 +405,23 @@ def _keep_best(run: _Run, rec: dict[str, Any], epoch: int) -> None:
         if run.dist.is_main:
             save_checkpoint(run.payload(epoch, rec, None), run.run_dir / "checkpoints" / "best.pt")
             if "val_confusion" in rec:
-                plot_confusion(np.asarray(rec["val_confusion"]), run.labels.names, run.run_dir / "confusion_best.png",
-                               title=f"validation, best epoch {epoch + 1}\n(rows: truth, columns: prediction)")
+                run.best_confusion = (np.asarray(rec["val_confusion"]),
+                                      f"validation, best epoch {epoch + 1}\n(rows: truth, columns: prediction)")
+
+
+def _draw(run: _Run, *, final: bool) -> None:
+    """Draw ``curves.png`` and ``confusion_best.png`` at the end of training, and during it at most once every
+    :data:`PLOT_INTERVAL_S` seconds (a 3x3 panel figure takes about a second: on short epochs, drawing it each
+    epoch would cost more than the epoch)."""
+    if not final and time.monotonic() - run.plotted_at < PLOT_INTERVAL_S:
+        return
+    if run.records:
+        plot_curves(run.records, run.run_dir / "curves.png")
+    if run.best_confusion is not None:
+        matrix, title = run.best_confusion
+        plot_confusion(matrix, run.labels.names, run.run_dir / "confusion_best.png", title=title)
+        run.best_confusion = None
+    run.plotted_at = time.monotonic()
 
 
 def _end_epoch(run: _Run, rec: dict[str, Any], epoch: int, writer: Any) -> None:
@@ -418,7 +441,7 @@ def _end_epoch(run: _Run, rec: dict[str, Any], epoch: int, writer: Any) -> None:
     save_checkpoint(run.payload(epoch, rec, train_state), run.run_dir / "checkpoints" / "last.pt")
     mark_checkpointed(run.run_dir)
     write_json_atomic(run.run_dir / "log.json", run.records)
-    plot_curves(run.records, run.run_dir / "curves.png")
+    _draw(run, final=False)
     if writer is not None:
         _tensorboard_epoch(writer, run, rec, epoch)
     log.info(_epoch_line(rec, run.cfg.train.max_epochs))
