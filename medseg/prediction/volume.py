@@ -41,8 +41,8 @@ from medseg.prediction.postprocess import apply_postprocessing, keep_largest_com
 from medseg.prediction.statistics import VOLUME_COLUMNS, statistics_section, structure_statistics, voxel_volume_mm3
 from medseg.prediction.statistics_table import write_statistics_table
 
-__all__ = ["VolumeCase", "find_channel_cases", "find_volume_cases", "one_channel_case_name", "predict_outputs", "predict_volume",
-           "predict_volumes", "read_input_volume"]
+__all__ = ["VolumeCase", "find_channel_cases", "find_volume_cases", "one_channel_case_name", "predict_outputs",
+           "predict_volume", "predict_volumes", "read_input_volume"]
 
 log = logging.getLogger(__name__)
 
