@@ -6,7 +6,8 @@ One finder serves both kinds of data (:data:`IMAGES`: PNG/JPEG/... images with P
 - ``same_stem``: ``images/x.jpg`` + ``masks/x.<any ext>`` (Kvasir-SEG). For volumes the nnU-Net channel
   suffix ``_0000`` on the image name is optional (``imagesTr/case_0000.nii.gz`` + ``labelsTr/case.nii.gz``), and
   ``case_0000``, ``case_0001`` ... are the input channels of one case (:attr:`Pair.channels`, in channel order);
-  every case must have them all (a missing or skipped channel file is an error naming it).
+  every case must have the same ones (those of `data.channels`, else those most cases have; an odd case is an
+  error naming it and its missing or unexpected files).
 - ``suffix``: ``train/x.jpg`` + ``train_masks/x_mask.gif`` (Carvana); both may be one folder.
 - ``replace``: the mask name is the image name with a token replaced
   (``Slice`` -> ``Labels_slice``).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,11 +174,13 @@ def _match(
     masks_path: Path,
     strict: bool,
     channel_suffix: bool,
+    channels: int | None = None,
 ) -> list[Pair]:
     """Pair each image stem with ``masks[mask_stem(stem)]``; report leftovers on both sides.
 
     With ``channel_suffix``, ``case_0000``, ``case_0001`` ... also match the mask of ``case`` (the case is named
-    ``case``): they are its input channels, in channel order, and every case must have the same channels.
+    ``case``): they are its input channels, in channel order, and every case must have the same channels:
+    ``channels`` of them when given, else those most cases have (only the odd cases are named).
     """
     groups: dict[str, list[tuple[int | None, Path]]] = {}
     case_of: dict[str, str] = {}
@@ -193,24 +197,29 @@ def _match(
         case, wanted, index = found
         groups.setdefault(wanted, []).append((index, image))
         case_of[wanted] = case
-    count = max((index + 1 for files in groups.values() for index, _ in files if index is not None), default=1)
-    pairs: list[Pair] = []
-    problems: list[str] = []
-    for wanted, files in sorted(groups.items()):
-        case = case_of[wanted]
+    present_of = {wanted: {0 if index is None else index: path for index, path in files}
+                  for wanted, files in groups.items()}
+    for wanted, files in groups.items():
         if len(files) > 1 and any(index is None for index, _ in files):
             names = sorted(p.name for _, p in files)
             raise DataError(f"{masks[wanted]}: mask matches images {', '.join(names)}; name every channel file "
                             "<case>_0000, <case>_0001 ... (nnU-Net) or keep one image per case")
-        present = {0 if index is None else index: path for index, path in files}
-        missing = [i for i in range(count) if i not in present]
-        if missing:
-            suffix = _suffix_of(files[0][1], case_of[wanted], present)
-            problems.append(f"case {case}: channel file(s) {', '.join(f'{case}_{i:04d}{suffix}' for i in missing)} "
-                            f"missing in {images_path} (cases have {count} channels, _0000 to _{count - 1:04d})")
+    expected, basis = _expected_channels([set(p) for p in present_of.values()], channels)
+    pairs: list[Pair] = []
+    problems: list[str] = []
+    gaps = [i for i in range(max(expected, default=-1) + 1) if i not in expected]
+    if gaps and groups:
+        problems.append(f"the cases in {images_path} have channel files {_channel_list(expected)}; number them "
+                        f"from _0000 without gaps (no _{gaps[0]:04d})")
+    for wanted in sorted(groups):
+        case, present = case_of[wanted], present_of[wanted]
+        if set(present) != expected:
+            problems.append(_channel_problem(case, present, expected, basis))
             continue
-        channels = tuple(present[i] for i in range(count))
-        pairs.append(Pair(case_id=case, image=channels[0], mask=masks[wanted], channels=channels))
+        if gaps:
+            continue
+        channels_ = tuple(present[i] for i in sorted(present))
+        pairs.append(Pair(case_id=case, image=channels_[0], mask=masks[wanted], channels=channels_))
     no_image = sorted(masks[stem].name for stem in masks.keys() - groups.keys())
     if no_mask:
         problems.append(f"{len(no_mask)} image(s) without mask in {masks_path}: {_names(no_mask)}")
@@ -223,6 +232,41 @@ def _match(
     for problem in problems:
         logger.warning("skipping %s", problem)
     return pairs
+
+
+def _expected_channels(found: list[set[int]], channels: int | None) -> tuple[set[int], str]:
+    """The channel indices every case should have, and where that comes from (for messages).
+
+    From ``channels`` (``data.channels``) when set and some case has them (else :func:`check_channel_count`
+    reports the setting), otherwise the set most cases have (ties: a gapless one, then the larger one).
+
+    Example:
+        >>> _expected_channels([{0, 1}, {0, 2}, {0, 1}], None)
+        ({0, 1}, 'other cases have')
+        >>> _expected_channels([{0, 1}, {0, 1, 2}, {0, 1}], 3)
+        ({0, 1, 2}, 'data.channels lists')
+    """
+    if channels is not None and set(range(channels)) in found:
+        return set(range(channels)), "data.channels lists"
+    counts = Counter(frozenset(s) for s in found)
+    if not counts:
+        return set(), "other cases have"
+    best = max(counts, key=lambda s: (counts[s], s == frozenset(range(len(s))), len(s)))
+    return set(best), "other cases have"
+
+
+def _channel_list(indices: Iterable[int]) -> str:
+    return ", ".join(f"_{i:04d}" for i in sorted(indices))
+
+
+def _channel_problem(case: str, present: dict[int, Path], expected: set[int], basis: str) -> str:
+    """``case X: has _0000, _0002; other cases have _0000, _0001 (missing X_0001.nii.gz, unexpected X_0002.nii.gz)``."""
+    suffix = _suffix_of(next(iter(present.values())), case, present)
+    missing = [f"{case}_{i:04d}{suffix}" for i in sorted(expected - set(present))]
+    extra = [present[i].name for i in sorted(set(present) - expected)]
+    details = ([f"missing {', '.join(missing)}"] if missing else []) + (
+        [f"unexpected {', '.join(extra)}"] if extra else [])
+    return f"case {case}: has {_channel_list(present)}; {basis} {_channel_list(expected)} ({', '.join(details)})"
 
 
 def _suffix_of(path: Path, case: str, present: dict[int, Path]) -> str:
@@ -322,6 +366,7 @@ def find_pairs(
     list_file: Path | None = None,
     strict: bool = True,
     kind: FileKind = IMAGES,
+    channels: int | None = None,
 ) -> list[Pair]:
     """Find image/mask pairs under a dataset folder.
 
@@ -343,6 +388,8 @@ def find_pairs(
         strict: Raise on images without mask, masks without image and bad list lines.
             If False they are skipped with a logged warning.
         kind: :data:`IMAGES` or :data:`VOLUMES`.
+        channels: Image files per case (``data.channels``), when known: a case with other channel files is named
+            against it; otherwise against the channel files most cases have.
 
     Returns:
         Pairs sorted by ``case_id`` (the image name without suffix).
@@ -384,7 +431,7 @@ def find_pairs(
     images = _by_stem(image_files, images_path, kind.case_name)
     masks = _by_stem(mask_files, masks_path, kind.case_name)
     pairs = _match(images, masks, mask_stem, images_path=images_path, masks_path=masks_path, strict=strict,
-                   channel_suffix=kind.channel_suffix)
+                   channel_suffix=kind.channel_suffix, channels=channels)
     return sorted(pairs, key=lambda p: p.case_id)
 
 
@@ -410,6 +457,7 @@ def find_pairs_from_config(data: DataConfig) -> list[Pair]:
         list_file=data.pair_list,
         strict=data.strict,
         kind=VOLUMES if DataKind(data.kind).segments_volumes else IMAGES,
+        channels=len(data.channels) if data.channels else None,
     )
     check_channel_count(pairs, data)
     return pairs

@@ -2,7 +2,8 @@
 
 Cases pair by file name without extension (``case.png`` <-> ``case.jpg``, ``a.nii.gz`` <-> ``a.nii``).
 Both sides go through the same label mapping and snapping tolerance. A truth case without a
-prediction is scored as an empty prediction (worst case) and flagged, never dropped.
+prediction is scored as an empty prediction (worst case) and flagged, never dropped; when no prediction pairs
+with any truth file (names that differ, e.g. ``case_0000`` against ``case``), nothing is scored: an error.
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ def evaluate(
         An :class:`EvaluationResult` (HD95 in mm for volumes, in pixels for 2D images).
 
     Raises:
-        DataError: Missing folders, unreadable files, values outside the mapping, shape or geometry mismatch.
+        DataError: Missing folders, unreadable files, no prediction named like any truth file, values outside the
+            mapping, shape or geometry mismatch.
         ConfigError: ``tolerance`` outside 0..127.
         OutputExistsError: ``output`` exists and ``overwrite`` is False.
     """
@@ -164,6 +166,12 @@ def evaluate(
         raise OutputExistsError(f"{out_path}: exists; pass --overwrite to replace it")
     preds = label_files(pred_dir, "prediction")
     truths = dict(truth_dir) if isinstance(truth_dir, Mapping) else label_files(Path(truth_dir), "truth")
+    if not set(preds) & set(truths):
+        where = truth_dir if not isinstance(truth_dir, Mapping) else "the truth files given"
+        raise DataError(
+            f"no prediction in {pred_dir} pairs with a truth file in {where}: predictions are named like "
+            f"{min(preds)!r}, truths like {min(truths, default='(none)')!r}; cases pair by file name without "
+            "extension")
     if labels is None:
         labels = discover_label_map(list(truths.values()), read=lambda p: read_label_values(p)[0],
                                     tolerance=tolerance,

@@ -10,6 +10,7 @@ from medseg.io.images import IMAGE_SUFFIXES
 from medseg.io.volume import VOLUME_SUFFIXES
 from medseg.prediction.cases import BatchReport
 from medseg.prediction.claims import Sharing
+from medseg.prediction.ensemble import is_model_path
 from medseg.prediction.image import predict_images
 from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.volume import predict_volumes
@@ -49,15 +50,46 @@ def predict_paths(
     processes (:mod:`medseg.prediction.workers`). ``irregular="resample"`` resamples tilted, unevenly spaced or
     sheared volumes onto a regular grid (refused by default); see :func:`~medseg.prediction.volume.predict_volumes`.
 
+    An output folder this call created is removed again when nothing was written to it (every case failed).
+
     Raises:
         DataError: A volume given to an image model, a 2D image file given to a volume model (and everything
             the two batch functions refuse).
         ConfigError: ``out_dir`` inside an input folder, or an output this kind of model cannot write
             (``overlay`` for a volume model, ``dicom_seg`` for an image model), ``workers`` below 1, or
-            ``workers`` with a shard, or either under torchrun.
+            ``workers`` with a shard, or either under torchrun; an input that is a model (models come first).
     """
     paths = [Path(p) for p in inputs]
     out = Path(out_dir)
+    model = next((p for p in paths if is_model_path(p)), None)
+    if model is not None:
+        raise ConfigError(f"{model} is a model; models come before the inputs (medseg predict MODEL... INPUT...)")
+    created = [] if torchrun else _missing_folders(out)
+    try:
+        return _predict(loaded, paths, out, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg,
+                        statistics=statistics, probabilities=probabilities, progress=progress, sharing=sharing,
+                        workers=workers, torchrun=torchrun, irregular=irregular)
+    finally:
+        for folder in created:  # deepest first; a folder something was written to stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """``out`` and those of its parents that do not exist yet, deepest first."""
+    missing: list[Path] = []
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _predict(loaded: LoadedModel, paths: list[Path], out: Path, *, overwrite: bool, overlay: bool, dicom_seg: bool,
+             statistics: bool, probabilities: bool, progress: bool, sharing: Sharing | None, workers: int,
+             torchrun: bool, irregular: str) -> BatchReport:
     if overlay and loaded.kind.segments_volumes:
         raise ConfigError(f"--overlay: {loaded.source} is a {loaded.kind.value} model; overlays are drawn for 2D "
                           "image models only (volume models write label maps and JSON sidecars)")

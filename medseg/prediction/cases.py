@@ -30,7 +30,7 @@ class BatchReport:
     Attributes:
         written: Files written.
         skipped: Outputs of the cases found finished (not recomputed).
-        failed: ``(input, message)`` of each case that failed.
+        failed: ``(input, message)`` of each case that failed (the case name for a case of several channel files).
         seconds: Wall time.
         predicted: Names of the cases computed here.
         elsewhere: Names of the cases other processes finished while this run waited for them.
@@ -142,9 +142,10 @@ def run_cases(
         try:
             report.written += run(case, todo or set(targets))
             report.predicted.append(case.name)
-        except MedsegError as err:
-            report.failed.append((str(case.source), str(err)))
-            log.info("%s: failed: %s", case.source, err)  # the report lists it (medseg predict prints it once)
+        except MedsegError as err:  # the report lists it (medseg predict prints it once)
+            several = len(getattr(case, "channels", ())) > 1  # a multi-channel case: named by its case name
+            report.failed.append((case.name if several else str(case.source), str(err)))
+            log.debug("%s: failed: %s", case.name if several else case.source, err)
 
     names = [c.name for c in cases]
     share = len(cases) if sharing.shard is None else len(shard_indices(names, sharing.shard))

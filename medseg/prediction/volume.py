@@ -41,8 +41,8 @@ from medseg.prediction.postprocess import apply_postprocessing, keep_largest_com
 from medseg.prediction.statistics import VOLUME_COLUMNS, statistics_section, structure_statistics, voxel_volume_mm3
 from medseg.prediction.statistics_table import write_statistics_table
 
-__all__ = ["VolumeCase", "find_channel_cases", "find_volume_cases", "predict_outputs", "predict_volume",
-           "predict_volumes", "read_input_volume"]
+__all__ = ["VolumeCase", "find_channel_cases", "find_volume_cases", "one_channel_case_name", "predict_outputs",
+           "predict_volume", "predict_volumes", "read_input_volume"]
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,19 @@ def _dicom_cases(folder: Path, series: list[SeriesInfo]) -> list[VolumeCase]:
     return [VolumeCase(f"{folder.name}_{i + 1:02d}", folder, s.series_uid) for i, s in enumerate(usable)]
 
 
+def one_channel_case_name(path: str | Path) -> str:
+    """The case name of a volume file for a one-channel model: the name without its suffix, and without nnU-Net's
+    channel suffix ``_0000`` (the only channel), as training pairs ``imagesTr/case_0000.nii.gz`` with case ``case``.
+    Other 4-digit suffixes are kept (``_0001`` is no first channel).
+
+    Example:
+        >>> one_channel_case_name("imagesTs/la_003_0000.nii.gz"), one_channel_case_name("ct_0001.mha")
+        ('la_003', 'ct_0001')
+    """
+    case, index = split_channel(path)
+    return case if index == 0 else volume_case_name(path)
+
+
 def find_volume_cases(inputs: Sequence[Path]) -> list[VolumeCase]:
     """Cases among the inputs: volume files, and what each folder holds.
 
@@ -209,22 +222,24 @@ def find_volume_cases(inputs: Sequence[Path]) -> list[VolumeCase]:
 
     * the usable DICOM series among its own files: one case named after the folder, or ``<folder>_01``,
       ``<folder>_02`` ... for several (in the order :func:`~medseg.io.dicom.list_series` gives);
-    * each volume file in it (``.nii.gz`` ...), named after the file;
+    * each volume file in it (``.nii.gz`` ...), named after the file (less a ``_0000`` channel suffix, see
+      :func:`one_channel_case_name`);
     * the usable DICOM series among the files of each sub-folder, named after the sub-folder as above.
 
     A folder counts as a DICOM series folder only through the usable series its files hold, so one stray file
     (a ``LICENSE``, a DICOM-SEG or report beside a series sub-folder) neither hides the volume files and series
     sub-folders beside it nor makes a case. DICOM images that form no usable volume (a single slice, a gap) are
     skipped with a warning, or refused (naming the folder) when the input yields no case at all. Two cases with
-    one name (``ct.nii.gz`` beside a sub-folder ``ct``) are refused, as each would write ``<name>.nii.gz``.
+    one name (``ct.nii.gz`` beside a sub-folder ``ct``, or ``ct.nii.gz`` beside ``ct_0000.nii.gz``) are refused, as
+    each would write ``<name>.nii.gz``.
 
     Example:
         >>> import tempfile
         >>> tmp = tempfile.TemporaryDirectory()
-        >>> for name in ("a.nii.gz", "b.mha", "LICENSE"):
+        >>> for name in ("a.nii.gz", "b_0000.mha", "LICENSE"):
         ...     _ = (Path(tmp.name) / name).write_bytes(b"")
         >>> [(c.name, c.source.name) for c in find_volume_cases([Path(tmp.name)])]
-        [('a', 'a.nii.gz'), ('b', 'b.mha')]
+        [('a', 'a.nii.gz'), ('b', 'b_0000.mha')]
         >>> tmp.cleanup()
 
     Raises:
@@ -234,7 +249,7 @@ def find_volume_cases(inputs: Sequence[Path]) -> list[VolumeCase]:
     cases: list[VolumeCase] = []
     for src in (Path(p) for p in inputs):
         if src.is_file():
-            cases.append(VolumeCase(volume_case_name(src), src))
+            cases.append(VolumeCase(one_channel_case_name(src), src))
         elif src.is_dir():
             cases += _folder_cases(src)
         else:
@@ -303,7 +318,7 @@ def _folder_cases(folder: Path) -> list[VolumeCase]:
         elif series:
             no_volume.append(where)
         if where == folder:
-            cases += [VolumeCase(volume_case_name(p), p) for p in _volume_files(folder)]
+            cases += [VolumeCase(one_channel_case_name(p), p) for p in _volume_files(folder)]
     if not cases and (no_volume or own_dicom):
         where = no_volume[0] if no_volume else folder
         raise DataError(f"{where}: no usable DICOM volume series (see `medseg inspect {where}`)")

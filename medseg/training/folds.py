@@ -21,18 +21,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from medseg.config.kinds import DataKind
 from medseg.config.schema import ExperimentConfig
-from medseg.data.pairing import find_pairs_from_config
+from medseg.data.pairing import Pair, find_pairs_from_config
 from medseg.data.splits import read_split_file
 from medseg.errors import ConfigError, DataError
 from medseg.evaluation.evaluate import EvaluationResult, case_name, evaluate
 from medseg.prediction.batch import predict_paths
 from medseg.prediction.predictor import Predictor
+from medseg.prediction.volume import one_channel_case_name
 from medseg.training.loop import TrainResult, train
 
-__all__ = ["FoldsResult", "parse_fold_option", "train_folds"]
+__all__ = ["FoldsResult", "parse_fold_option", "prediction_name", "train_folds"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,21 @@ def parse_fold_option(text: str, folds: int | None) -> list[int]:
     if value.isdigit() and int(value) < folds:
         return [int(value)]
     raise ConfigError(f"--fold: got {text!r}; allowed 0..{folds - 1} (data.folds is {folds}) or 'all'")
+
+
+def prediction_name(pair: Pair, kind: DataKind | str) -> str:
+    """The name (file name less suffix) of a case's prediction in ``cv_predictions/``, as ``medseg predict`` names
+    it: the case id for a multi-channel case and for nnU-Net's ``case_0000.nii.gz`` (``case``), else the image's
+    name less its suffix.
+
+    Example:
+        >>> prediction_name(Pair("la_003", Path("imagesTr/la_003_0000.nii.gz"), Path("labelsTr/la_003.nii.gz")),
+        ...                 "volumes3d")
+        'la_003'
+    """
+    if len(pair.channels) > 1:
+        return pair.case_id
+    return one_channel_case_name(pair.image) if DataKind(kind).segments_volumes else case_name(pair.image)
 
 
 def _fold_config(cfg: ExperimentConfig, fold: int) -> ExperimentConfig:
@@ -115,7 +131,7 @@ def train_folds(cfg: ExperimentConfig, folds: list[int], *, run_dir: str | Path,
     return FoldsResult(root, trained, _score_if_complete(cfg, root, pairs))
 
 
-def _score_if_complete(cfg: ExperimentConfig, root: Path, pairs: dict[str, Any]) -> EvaluationResult | None:
+def _score_if_complete(cfg: ExperimentConfig, root: Path, pairs: dict[str, Pair]) -> EvaluationResult | None:
     """Score the union of the folds' predictions once every fold has its validation predictions."""
     assert cfg.data.folds is not None
     folders = [root / f"fold_{k}" for k in range(cfg.data.folds)]
@@ -124,8 +140,7 @@ def _score_if_complete(cfg: ExperimentConfig, root: Path, pairs: dict[str, Any])
     val_ids = [c for f in folders for c in read_split_file(f / "splits" / "val.txt")]
     predicted = {case_name(p) for p in (root / "cv_predictions").iterdir()} if (root / "cv_predictions").is_dir() \
         else set()
-    truths = {pairs[c].case_id if len(pairs[c].channels) > 1 else case_name(pairs[c].image): pairs[c].mask
-              for c in val_ids}
+    truths = {prediction_name(pairs[c], cfg.data.kind): pairs[c].mask for c in val_ids}
     if not set(truths) <= predicted:
         return None
     checkpoint = folders[0] / "checkpoints" / "last.pt"

@@ -40,9 +40,10 @@ from medseg.data.labels import LabelMap
 from medseg.data.pairing import find_pairs_from_config
 from medseg.data.splits import read_split_file
 from medseg.errors import ConfigError, DataError, OutputExistsError
-from medseg.evaluation.evaluate import case_name, label_files, read_label_values
+from medseg.evaluation.evaluate import label_files, read_label_values
 from medseg.prediction.postprocess import POSTPROCESSING_FILE, POSTPROCESSING_FORMAT, ComponentRule
 from medseg.progress import progress_bar
+from medseg.training.folds import prediction_name
 
 __all__ = ["ClassChoice", "Selection", "candidate_sizes", "choose_rule", "select_postprocessing"]
 
@@ -226,9 +227,10 @@ def _cases(run_dir: Path) -> _Cases:
     cfg = _config(folds[0])
     labels = _labels(folds[0])
     found = find_pairs_from_config(cfg.data)
-    truths = {case_name(p.image): p.mask for p in found}
-    by_id = {p.case_id: case_name(p.image) for p in found}
+    by_id = {p.case_id: prediction_name(p, cfg.data.kind) for p in found}
+    truths = {by_id[p.case_id]: p.mask for p in found}
     predicted = label_files(predictions, "prediction")
+    cv_dir = predictions.parent  # the cross-validation folder, also when run_dir is one fold of it
     pairs: list[tuple[str, Path, Path]] = []
     for fold in folds:
         for case_id in read_split_file(fold / "splits" / "val.txt"):
@@ -238,7 +240,7 @@ def _cases(run_dir: Path) -> _Cases:
             name = by_id[case_id]
             if name not in predicted:
                 raise DataError(f"{predictions}: no prediction for validation case {name!r} of {fold.name}; "
-                                f"finish the folds (medseg train CONFIG --fold all --resume {run_dir})")
+                                f"finish the folds (medseg train CONFIG --fold all --resume {cv_dir})")
             pairs.append((name, predicted[name], truths[name]))
     return _Cases(labels, cfg.data.labels.tolerance, pairs)
 

@@ -209,16 +209,35 @@ def test_a_case_without_one_channel_is_one_line_naming_the_case_and_the_file(tmp
     with pytest.raises(DataError) as err:
         find_pairs(tmp_path, images_dir="imagesTr", masks_dir="labelsTr", kind=VOLUMES)
     assert "\n" not in str(err.value)
-    assert "case b: channel file(s) b_0001.nii.gz missing in" in str(err.value)
+    assert "case b: has _0000; other cases have _0000, _0001 (missing b_0001.nii.gz)" in str(err.value)
     pairs = find_pairs(tmp_path, images_dir="imagesTr", masks_dir="labelsTr", kind=VOLUMES, strict=False)
     assert [p.case_id for p in pairs] == ["a"]
 
 
 def test_a_gap_in_the_channels_names_the_missing_file(tmp_path):
     _touch(tmp_path, ["imagesTr/a_0000.nii.gz", "imagesTr/a_0002.nii.gz", "labelsTr/a.nii.gz"])
-    with pytest.raises(DataError, match=r"case a: channel file\(s\) a_0001\.nii\.gz missing .*cases have 3 "
-                       r"channels, _0000 to _0002"):
+    with pytest.raises(DataError, match=r"have channel files _0000, _0002; number them from _0000 without gaps "
+                       r"\(no _0001\)"):
         find_pairs(tmp_path, images_dir="imagesTr", masks_dir="labelsTr", kind=VOLUMES)
+
+
+def test_one_odd_case_is_named_alone_against_the_channels_most_cases_have(tmp_path):
+    names = [f"imagesTr/case{c:02d}_{i:04d}.nii.gz" for c in (0, 1, 3) for i in (0, 1)]
+    _touch(tmp_path, [*names, "imagesTr/case02_0000.nii.gz", "imagesTr/case02_0002.nii.gz",
+                      *(f"labelsTr/case{c:02d}.nii.gz" for c in range(4))])
+    with pytest.raises(DataError) as err:
+        find_pairs(tmp_path, images_dir="imagesTr", masks_dir="labelsTr", kind=VOLUMES)
+    message = str(err.value)
+    assert message.startswith("case case02: has _0000, _0002; other cases have _0000, _0001 (missing "
+                              "case02_0001.nii.gz, unexpected case02_0002.nii.gz); fix the file names")
+    assert "case00" not in message and "case01" not in message and "\n" not in message
+    pairs = find_pairs(tmp_path, images_dir="imagesTr", masks_dir="labelsTr", kind=VOLUMES, strict=False)
+    assert [p.case_id for p in pairs] == ["case00", "case01", "case03"]
+    # data.channels decides when set: three channels named, so the two-channel cases are the odd ones
+    _touch(tmp_path, ["imagesTr/case02_0001.nii.gz"])
+    cfg = DataConfig(kind="volumes3d", root=tmp_path, images_dir="imagesTr", masks_dir="labelsTr", strict=False,
+                     channels=[{"name": "T1"}, {"name": "T2"}, {"name": "FLAIR"}])
+    assert [p.case_id for p in find_pairs_from_config(cfg)] == ["case02"]
 
 
 def test_channel_count_must_match_data_channels(tmp_path):

@@ -76,3 +76,26 @@ def test_existing_output_needs_overwrite(folders):
         evaluate(pred, truth, labels=VERTEBRAE, output=pred / "m.csv")
     evaluate(pred, truth, labels=VERTEBRAE, output=pred / "m.csv", overwrite=True)
     assert (pred / "m.csv").read_text().startswith("case,class")
+
+
+def test_no_prediction_pairing_with_any_truth_is_one_error_line_not_a_table_of_zeros(tmp_path):
+    from typer.testing import CliRunner
+
+    from medseg.cli.main import app
+
+    labels = np.zeros((4, 4, 4), np.uint8)
+    labels[1:3, 1:3, 1:3] = 1
+    for folder, name in (("pred", "case00_0000"), ("pred", "case01_0000"), ("truth", "case00"), ("truth", "case01")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / folder / f"{name}.nii.gz")
+    result = CliRunner().invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth"),
+                                      "-o", str(tmp_path / "scores.csv")])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (
+        f"error: no prediction in {tmp_path / 'pred'} pairs with a truth file in {tmp_path / 'truth'}: predictions "
+        "are named like 'case00_0000', truths like 'case00'; cases pair by file name without extension")
+    assert not (tmp_path / "scores.csv").exists()
+    # one pairing case is enough: the other truth scores as an empty prediction, as before
+    (tmp_path / "pred" / "case00_0000.nii.gz").rename(tmp_path / "pred" / "case00.nii.gz")
+    result = evaluate(tmp_path / "pred", tmp_path / "truth")
+    assert result.missing_predictions == ["case01"]

@@ -202,7 +202,8 @@ def test_refuses_a_missing_channel_and_empty_masks(tmp_path: Path) -> None:
     _write(tmp_path / "a" / "imagesTr" / "d_0000.nii.gz", image, (1.0, 1.0, 1.0))
     for case in "cd":
         _write(tmp_path / "a" / "labelsTr" / f"{case}.nii.gz", np.ones((16, 16, 16), np.uint8), (1.0, 1.0, 1.0))
-    with pytest.raises(DataError, match=r"case d: channel file\(s\) d_0001\.nii\.gz missing"):
+    with pytest.raises(DataError, match=r"case d: has _0000; other cases have _0000, _0001 "
+                       r"\(missing d_0001\.nii\.gz\)"):
         plan_dataset(tmp_path / "a", tmp_path / "a.yaml")
     _write(tmp_path / "b" / "imagesTr" / "c_0000.nii.gz", image, (1.0, 1.0, 1.0))
     _write(tmp_path / "b" / "labelsTr" / "c.nii.gz", np.zeros((16, 16, 16), np.uint8), (1.0, 1.0, 1.0))

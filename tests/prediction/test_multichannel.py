@@ -161,3 +161,18 @@ def test_bundle_export_is_refused_and_onnx_metadata_names_each_channel(two_chann
                                       "image file; use --format onnx or torchscript")
     assert input_channels(loaded) == ["CT (<case>_0000): CT window 100/800 HU -> 0..1",
                                       "MR (<case>_0001): intensity, z-scored over the resampled volume"]
+
+
+def test_a_failing_case_is_reported_once_by_its_case_name_and_leaves_no_output_folder(two_channel, tmp_path):
+    ckpt, root = two_channel
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "d_0000.nii.gz").write_bytes((root / "imagesTr" / "a_0000.nii.gz").read_bytes())
+    nib.save(nib.Nifti1Image(np.ones((5, 6, 7), np.float32), AFFINE), folder / "d_0001.nii.gz")
+    result = runner.invoke(app, ["predict", str(ckpt), str(folder), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    mentions = [line for line in result.output.splitlines() if "shapes differ" in line]
+    assert len(mentions) == 1, result.output
+    assert mentions[0].startswith(f"failed: d: channels {folder / 'd_0000.nii.gz'} and {folder / 'd_0001.nii.gz'}: "
+                                  "shapes differ ((12, 12, 12) vs (5, 6, 7))")
+    assert not (tmp_path / "out").exists()
