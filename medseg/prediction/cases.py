@@ -87,11 +87,14 @@ def _is_inside(path: Path, folder: Path) -> bool:
 
 
 def check_output_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
-    """Refuse an output folder that is, or lies inside, an input folder (inputs are never written to).
+    """Refuse an output folder that is, or lies inside, an input folder (inputs are never written to), and an
+    output that is a file.
 
     Raises:
-        ConfigError: naming both folders.
+        ConfigError: naming both folders, or the file.
     """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"-o: {out_dir} is a file; the output must be a folder (new or existing)")
     for src in inputs:
         folder = src if src.is_dir() else src.parent
         if src.is_dir() and _is_inside(out_dir, folder):

@@ -178,3 +178,12 @@ def test_config_show_prints_resolved_defaults(tmp_path):
     shown = yaml.safe_load(result.output)
     assert shown["train"]["max_epochs"] == 9 and shown["train"]["optimizer"] == "adamw"
     assert shown["data"]["root"] == str(tmp_path / "d")
+
+
+def test_output_that_is_a_file_refused(trained, tmp_path):
+    tmp, data = trained
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    _fail(["predict", str(tmp / "run"), str(data / "images"), "-o", str(afile)], 2,
+          f"-o: {afile} is a file; the output must be a folder (new or existing)")
+    assert afile.read_text() == "x"
