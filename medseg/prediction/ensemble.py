@@ -267,9 +267,9 @@ class Ensemble(Predictor):
                 members whose own ``postprocessing.json`` rules differ (with neither of the above to decide).
             DataError: A ``postprocessing.json`` that is unreadable or names other classes.
         """
-        paths = [Path(p) for p in paths]
+        given = [Path(p) for p in paths]
         members = [LoadedModel.from_checkpoint(p, device=device, spell=spell, postprocessing=False, **infer_overrides)
-                   for p in expand_checkpoints(paths)]
+                   for p in expand_checkpoints(given)]
         say = spell or _same
         explicit = infer_overrides.get("largest_component")
         choice: tuple[str | None, dict[int, ComponentRule] | None] = (None, None)
@@ -278,8 +278,8 @@ class Ensemble(Predictor):
         elif explicit is not None:
             log.info("postprocessing: %s given explicitly, so no postprocessing.json is applied",
                      say("largest_component" if explicit else "all_components"))
-        elif len(paths) == 1 and is_folds_folder(paths[0]):
-            found = paths[0] / POSTPROCESSING_FILE
+        elif len(given) == 1 and is_folds_folder(given[0]):
+            found = given[0] / POSTPROCESSING_FILE
             if found.is_file():
                 choice = (str(found), read_postprocessing(found, members[0].labels))
         else:
