@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "medseg"
 
 #: Top-level modules everyone may import: no job of their own, no medseg imports beyond each other.
-GROUND = {"errors", "atomic", "checkpoint", "device", "progress", "seeds", "dtypes"}
+GROUND = {"errors", "atomic", "checkpoint", "device", "progress", "processes", "seeds", "dtypes"}
 #: Other top-level modules and the layer each belongs to (``python -m medseg`` is the command line).
 TOP_LEVEL = {"__main__": "cli", "doctor": "doctor"}
 

@@ -29,6 +29,8 @@ PATH_KEYS = (("data", "root"), ("data", "pair_list"), ("data", "train_list"), ("
              ("data", "cache_dir"), ("model", "pretrained"))
 #: A validator message that starts with the key it refuses, e.g. "data.image_size: ...".
 _NAMED_KEY = re.compile(r"^([a-z_]+(?:\.[a-z_]+)*): ")
+#: The "line" of a key given with --set (it has none in the file).
+FROM_SET = 0
 #: Values of path keys that name something other than a file.
 NOT_PATHS = ("imagenet",)
 
@@ -64,6 +66,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
         value = _get_dotted(override_raw, keys)
         if value is not None:
             _set_dotted(raw, ".".join(keys), value)
+    for item in overrides:  # a value from --set has no line in the file: errors about it say "from --set"
+        key = _parse_override(item)[0]
+        lines = {k: v for k, v in lines.items() if k != key and not k.startswith(key + ".")} | {key: FROM_SET}
     return validate_config(raw, source=str(path), lines=lines)
 
 
@@ -86,7 +91,8 @@ def validate_config(
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
-        problems = [_describe(e, lines or {}) for e in err.errors()]
+        errors = _readable_errors(err.errors(), _derived_keys(raw))
+        problems = list(dict.fromkeys(_describe(e, lines or {}) for e in errors))
         detail = "; ".join(problems)
         raise ConfigError(f"{source}: {len(problems)} invalid setting(s): {detail}") from None
 
@@ -280,6 +286,45 @@ def _key_lines(path: Path) -> dict[str, int]:
     return out
 
 
+def _derived_keys(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    """Keys the config fills from others, not given by the user: ``data.intensity`` and ``data.windows`` repeat
+    the first of ``data.channels`` (their errors are the channel's, reported there)."""
+    data = raw.get("data")
+    if not isinstance(data, Mapping) or not isinstance(data.get("channels"), list):
+        return ()
+    return tuple(f"data.{k}" for k in ("intensity", "windows") if data.get(k) is None)
+
+
+#: Union branches pydantic names in an error's location (``windows.0.str``): not keys.
+_BRANCHES = {"str": str, "WindowConfig": dict}
+#: What a mapping-valued entry looks like, for "expected a mapping" messages.
+_MAPPING_EXAMPLES = {"ChannelConfig": "{name: CT}", "WindowConfig": "{center_hu: 40, width_hu: 400}"}
+
+
+def _readable_errors(errors: Sequence[Any], derived: Sequence[str]) -> list[dict[str, Any]]:
+    """Pydantic's errors without those about derived keys and with union branches folded: an entry that may be
+    a preset name or a mapping is reported once, by the branch its value took (or as neither)."""
+    out: list[dict[str, Any]] = []
+    for error in errors:
+        loc = [p for p in error["loc"] if not str(p).startswith(("function-after", "function-before"))]
+        if ".".join(map(str, loc)).startswith(tuple(derived)) and derived:
+            continue
+        branch = next((i for i, p in enumerate(loc) if p in _BRANCHES), None)
+        if branch is None:
+            out.append({**error, "loc": tuple(loc)})
+            continue
+        entry = error["input"] if branch == len(loc) - 1 else None
+        taken = _BRANCHES[str(loc[branch])]
+        if branch == len(loc) - 1 and not isinstance(entry, taken):
+            if isinstance(entry, str | dict):
+                continue  # the other branch, which the value took, says what is wrong
+            out.append({**error, "loc": tuple(loc[:branch]), "type": "value_error",
+                        "msg": "expected a window preset name or a mapping like {center_hu: 40, width_hu: 400}"})
+            continue
+        out.append({**error, "loc": tuple(loc[:branch] + loc[branch + 1:])})
+    return out
+
+
 def _describe(error: Mapping[str, Any], lines: Mapping[str, int]) -> str:
     loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-after", "function-before"))]
     network = ""
@@ -293,9 +338,14 @@ def _describe(error: Mapping[str, Any], lines: Mapping[str, int]) -> str:
     where = ""
     for n in range(len(loc), 0, -1):
         line = lines.get(".".join(loc[:n]))
-        if line:
-            where = f" (line {line})"
+        if line is not None:
+            where = " (from --set)" if line == FROM_SET else f" (line {line})"
             break
+    if error["type"] == "model_type":
+        example = _MAPPING_EXAMPLES.get(str(error.get("ctx", {}).get("class_name")))
+        msg = f"expected a mapping like {example}" if example else "expected a mapping of keys"
+    elif error["type"] == "path_type":
+        msg = "expected a path (text)"
     if error["type"] == "extra_forbidden":
         msg = "unknown key"
         if network:

@@ -194,7 +194,8 @@ class DataConfig(Strict):
         "images2d",
         description="images2d: image/mask file pairs; volumes3d: CT/MR volumes; slices2d: 2D model on volume slices.",
     )
-    root: Path = Field(description="Dataset folder (relative paths resolve against the YAML file's folder).")
+    root: Path = Field(description="Dataset folder (relative paths resolve against the YAML file's folder; given "
+                       "with --set, against the current folder).")
     images_dir: str = Field("images", description="Sub-folder of root with the images.")
     masks_dir: str = Field("masks", description="Sub-folder of root with the masks / label maps.")
     pairing: Literal["same_stem", "suffix", "replace", "list"] = Field(
@@ -231,7 +232,8 @@ class DataConfig(Strict):
     cache_dir: Path | None = Field(
         None, description="Folder of the preprocessed volume cache. Left out: $MEDSEG_CACHE_DIR, else "
         "$XDG_CACHE_HOME/medseg/preprocessed, else ~/.cache/medseg/preprocessed (outside the data folder, which "
-        "medseg never writes to). Safe to delete at any time.")
+        "medseg never writes to). Safe to delete at any time. A relative path resolves against the YAML file's folder, "
+        "or against the current folder when given with --set (as for data.root).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     # intensity (2D images and volumes)
     intensity: Literal["ct_window", "zscore", "scale", "minmax"] = Field(

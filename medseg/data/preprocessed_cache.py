@@ -60,6 +60,7 @@ from medseg.data.volume_dataset import PreparedCase, prepared_case
 from medseg.data.volume_preprocessing import GridRecord, VolumePreprocessor
 from medseg.errors import ConfigError, DataError, MedsegError
 from medseg.io.volume_io import read_volume
+from medseg.processes import exit_with_parent
 from medseg.progress import progress_bar
 
 __all__ = [
@@ -448,7 +449,8 @@ def _build_missing(cache: PreprocessedCache, missing: Sequence[Pair], *, workers
             return built
         n = min(workers, len(missing))
         threads = max(1, (os.cpu_count() or 1) // n)
-        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(_START_METHOD)) as pool:
+        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(_START_METHOD),
+                                 initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
             futures: dict[Future[bool], Pair] = {pool.submit(_build_in_worker, cache, p, threads): p for p in missing}
             try:
                 for future in as_completed(futures):

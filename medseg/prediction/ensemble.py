@@ -14,6 +14,7 @@ are the members (:func:`split_arguments`), and a folder of fold runs stands for 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,10 +23,12 @@ from typing import Any, TypeVar
 
 from medseg.checkpoint import checkpoint_in_folder, fold_folders
 from medseg.errors import ConfigError
-from medseg.prediction.loaded import LoadedModel
+from medseg.prediction.loaded import LoadedModel, postprocessing_of
+from medseg.prediction.postprocess import POSTPROCESSING_FILE, ComponentRule, describe_rules, read_postprocessing
 from medseg.prediction.predictor import Predictor
 
-__all__ = ["MODEL_SUFFIXES", "Ensemble", "check_compatible", "expand_checkpoints", "is_model_path",
+__all__ = ["MODEL_SUFFIXES", "Ensemble", "check_compatible", "expand_checkpoints", "is_folds_folder",
+           "is_model_path",
            "load_predictor", "split_arguments"]
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,25 @@ def is_model_path(path: str | Path) -> bool:
     if path.is_dir():
         return checkpoint_in_folder(path) is not None or any(checkpoint_in_folder(f) for f in fold_folders(path))
     return path.suffix.lower() in MODEL_SUFFIXES
+
+
+def is_folds_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder of fold runs: no checkpoint of its own, ``fold_K`` folders inside.
+
+    Example:
+        >>> is_folds_folder("no/such/folder")
+        False
+    """
+    path = Path(path)
+    return path.is_dir() and checkpoint_in_folder(path) is None and bool(fold_folders(path))
+
+
+def _with_own_postprocessing(model: LoadedModel) -> LoadedModel:
+    """``model`` with the ``postprocessing.json`` its checkpoint finds on its own (ONNX models have none)."""
+    if model.source.lower().endswith(".onnx"):
+        return model
+    found, rules = postprocessing_of(model.source, model.labels)
+    return dataclasses.replace(model, postprocessing=rules, postprocessing_file=str(found) if rules else None)
 
 
 def expand_checkpoints(paths: Iterable[str | Path]) -> list[Path]:
@@ -102,8 +124,9 @@ def check_compatible(a: LoadedModel, b: LoadedModel, spell: Callable[[str], str]
     """Refuse two models that cannot be averaged, naming both and the first setting they differ in.
 
     They must agree on the kind of data, the device, the input channels, the labels (names and values, in order),
-    every preprocessing entry but the patch size, and the settings applied to the average:
-    ``infer.threshold``, ``infer.largest_component`` and the rules of the runs' ``postprocessing.json``.
+    every preprocessing entry but the patch size, and the settings applied to the average: ``infer.threshold``
+    and ``infer.largest_component`` (the rules of ``postprocessing.json`` files are chosen for the ensemble as
+    a whole: see :meth:`Ensemble.from_checkpoints`).
 
     Raises:
         ConfigError: One line: ``ensemble: A and B differ in KEY (VALUE vs VALUE); ...``.
@@ -117,15 +140,25 @@ def check_compatible(a: LoadedModel, b: LoadedModel, spell: Callable[[str], str]
         if va != vb:
             raise ConfigError(f"ensemble: {a.source} and {b.source} differ in infer.{name} ({va!r} vs {vb!r}), "
                               f"which applies to their average; give {spell(name)} to choose it")
-    if (a.postprocessing or None) != (b.postprocessing or None):
-        raise ConfigError(f"ensemble: {a.source} and {b.source} have different postprocessing.json rules "
-                          f"({_rules(a)} vs {_rules(b)}), which apply to their average; give "
-                          f"{spell('largest_component')} or its opposite to choose")
 
 
-def _rules(model: LoadedModel) -> str:
-    rules = model.postprocessing or {}
-    return "none" if not rules else ", ".join(f"class {k}: {v}" for k, v in sorted(rules.items()))
+def _agreed_postprocessing(members: Sequence[LoadedModel], spell: Callable[[str], str]
+                           ) -> tuple[str | None, dict[int, ComponentRule] | None]:
+    """The members' own ``postprocessing.json`` rules (and file) when they all agree; else one error line."""
+    first = members[0]
+    for other in members[1:]:
+        if (first.postprocessing or None) != (other.postprocessing or None):
+            raise ConfigError(
+                f"ensemble: {first.source} and {other.source} have different postprocessing.json rules "
+                f"({_where(first)}{describe_rules(first.postprocessing, first.labels)} vs {_where(other)}"
+                f"{describe_rules(other.postprocessing, other.labels)}), which would apply to their average; give "
+                f"{spell('largest_component')} or {spell('all_components')} to choose")
+    files = list(dict.fromkeys(m.postprocessing_file for m in members if m.postprocessing_file))
+    return (", ".join(files) or None) if first.postprocessing else None, first.postprocessing or None
+
+
+def _where(model: LoadedModel) -> str:
+    return f"{model.postprocessing_file}: " if model.postprocessing_file else ""
 
 
 def _difference(a: LoadedModel, b: LoadedModel) -> str | None:
@@ -176,11 +209,19 @@ class Ensemble(Predictor):
             raise ConfigError("Ensemble: no members; build it with Ensemble.from_checkpoints or Ensemble.of")
 
     @classmethod
-    def of(cls: type[E], members: Iterable[LoadedModel], *, spell: Callable[[str], str] = _same) -> E:
+    def of(cls: type[E], members: Iterable[LoadedModel], *, spell: Callable[[str], str] = _same,
+           postprocessing: tuple[str | None, dict[int, ComponentRule] | None] | None = None) -> E:
         """An ensemble of loaded models (an ensemble among them adds its members).
 
+        Args:
+            members: The models (or ensembles) to average.
+            spell: How a setting is named in error messages.
+            postprocessing: (file, rules) applied to the average; default: the members' own
+                ``postprocessing`` when they all agree.
+
         Raises:
-            ConfigError: No member, or two that cannot be averaged (:func:`check_compatible`).
+            ConfigError: No member, two that cannot be averaged (:func:`check_compatible`), or (without
+                ``postprocessing``) members with different postprocessing rules.
         """
         flat = tuple(m for model in members for m in model.members)
         if not flat:
@@ -194,14 +235,16 @@ class Ensemble(Predictor):
                 log.warning("ensemble: %s given twice; it counts twice in the average", source)
             seen.add(source)
         sources = ", ".join(m.source or "<model>" for m in flat)
+        file, rules = postprocessing if postprocessing is not None else _agreed_postprocessing(flat, spell)
         return cls(first.model, first.config, first.labels, dict(first.preprocessing), first.infer, first.device,
                    first.kind, source=f"ensemble of {len(flat)} ({sources})" if len(flat) > 1 else first.source,
                    in_channels=first.in_channels, divisor=first.divisor, tiling=first.tiling,
-                   postprocessing=first.postprocessing, members=flat)
+                   postprocessing=rules, postprocessing_file=file, members=flat)
 
     @classmethod
     def from_checkpoints(cls: type[E], paths: Iterable[str | Path], *, device: str = "auto",
-                         spell: Callable[[str], str] | None = None, **infer_overrides: Any) -> E:
+                         spell: Callable[[str], str] | None = None, postprocessing: bool = True,
+                         **infer_overrides: Any) -> E:
         """Load every model ``paths`` name and check that they can be averaged.
 
         Args:
@@ -209,16 +252,42 @@ class Ensemble(Predictor):
                 fold) and exported ``.onnx`` models, in any mix.
             device: ``auto``, ``cpu`` or ``cuda`` (all members on it).
             spell: How a setting is named in error messages (the CLI passes its option names).
+            postprocessing: Apply a ``postprocessing.json`` (chosen as below); False: none.
             **infer_overrides: Inference settings applied to every member (see
                 :meth:`~medseg.prediction.loaded.LoadedModel.from_checkpoint`); the others stay each member's own.
 
+        Postprocessing applied to the average (members are loaded without their own): ``largest_component``
+        given explicitly (True or False) alone decides; else, when ``paths`` is one folder of fold runs, that
+        folder's ``postprocessing.json`` (the decision ``medseg postprocess-select`` made from the whole
+        cross-validation), if there is one; else the files the members find on their own, when they all agree.
+
         Raises:
             CheckpointError: A path that is no model (as for one checkpoint).
-            ConfigError: No path, a bad override, or members that cannot be averaged (:func:`check_compatible`).
+            ConfigError: No path, a bad override, members that cannot be averaged (:func:`check_compatible`), or
+                members whose own ``postprocessing.json`` rules differ (with neither of the above to decide).
+            DataError: A ``postprocessing.json`` that is unreadable or names other classes.
         """
-        members = [LoadedModel.from_checkpoint(p, device=device, spell=spell, **infer_overrides)
-                   for p in expand_checkpoints(paths)]
-        return cls.of(members, spell=spell or _same)
+        given = [Path(p) for p in paths]
+        members = [LoadedModel.from_checkpoint(p, device=device, spell=spell, postprocessing=False, **infer_overrides)
+                   for p in expand_checkpoints(given)]
+        say = spell or _same
+        explicit = infer_overrides.get("largest_component")
+        choice: tuple[str | None, dict[int, ComponentRule] | None] = (None, None)
+        if not postprocessing:
+            pass
+        elif explicit is not None:
+            log.info("postprocessing: %s given explicitly, so no postprocessing.json is applied",
+                     say("largest_component" if explicit else "all_components"))
+        elif len(given) == 1 and is_folds_folder(given[0]):
+            found = given[0] / POSTPROCESSING_FILE
+            if found.is_file():
+                choice = (str(found), read_postprocessing(found, members[0].labels))
+        else:
+            own = [_with_own_postprocessing(m) for m in members]
+            choice = _agreed_postprocessing(own, say)
+        if choice[1]:
+            log.info("postprocessing from %s: %s", choice[0], describe_rules(choice[1], members[0].labels))
+        return cls.of(members, spell=say, postprocessing=choice)
 
     @classmethod
     def from_checkpoint(cls: type[E], path: str | Path, *, device: str = "auto",
@@ -244,4 +313,4 @@ def load_predictor(paths: Sequence[str | Path], *, device: str = "auto", spell: 
     files = expand_checkpoints(paths)
     if len(files) == 1:
         return Predictor.from_checkpoint(files[0], device=device, spell=spell, **infer_overrides)
-    return Ensemble.from_checkpoints(files, device=device, spell=spell, **infer_overrides)
+    return Ensemble.from_checkpoints(paths, device=device, spell=spell, **infer_overrides)

@@ -215,7 +215,8 @@ def predict_images(
             paths.append(write_overlay(out_dir / f"{case.name}_overlay.png", image, classes))
         if out_dir / f"{case.name}.json" in todo:
             sidecar = {"case": case.name, "input": str(case.source), "shape": list(mask.shape),
-                       "statistics": stats_of(case, mask)}
+                       "statistics": stats_of(case, mask),
+                       **({"postprocessing": loaded.postprocessing_record()} if loaded.postprocessing else {})}
             paths.append(write_json_atomic(out_dir / f"{case.name}.json", sidecar))
         return [write_mask(mask_path, mask), *paths] if mask_path in todo else paths
 

@@ -25,10 +25,10 @@ from medseg.device import resolve_device
 from medseg.errors import CheckpointError, ConfigError
 from medseg.models.factory import build_model
 from medseg.prediction.onnx_network import is_onnx_file, load_onnx_network
-from medseg.prediction.postprocess import ComponentRule, find_postprocessing, read_postprocessing
+from medseg.prediction.postprocess import ComponentRule, describe_rules, find_postprocessing, read_postprocessing
 from medseg.prediction.settings import apply_infer_overrides
 
-__all__ = ["LoadedModel", "mean_probabilities"]
+__all__ = ["LoadedModel", "mean_probabilities", "postprocessing_of"]
 
 M = TypeVar("M", bound="LoadedModel")
 
@@ -55,6 +55,7 @@ class LoadedModel:
             inspecting it) or "roi" (roi-size windows, for networks whose output depends on the window).
         postprocessing: Per-class component rules (class index -> rule) from the run's ``postprocessing.json``
             (``medseg postprocess-select``), applied after ``infer.largest_component``; None when there are none.
+        postprocessing_file: The ``postprocessing.json`` those rules came from (recorded in the outputs).
     """
 
     model: torch.nn.Module
@@ -69,6 +70,7 @@ class LoadedModel:
     divisor: tuple[int, ...] | None = None
     tiling: str = "auto"
     postprocessing: dict[int, ComponentRule] | None = None
+    postprocessing_file: str | None = None
 
     @classmethod
     def from_checkpoint(
@@ -107,10 +109,11 @@ class LoadedModel:
             reason = str(err)[:200]
             raise CheckpointError(f"{ckpt['path']}: weights do not fit the stored model config: {reason}") from None
         model.to(dev).eval()
-        rules = _run_postprocessing(Path(ckpt["path"]), labels, infer_overrides.get("largest_component"),
-                                    spell or (lambda name: name)) if postprocessing else None
+        found, rules = _run_postprocessing(Path(ckpt["path"]), labels, infer_overrides.get("largest_component"),
+                                           spell or (lambda name: name)) if postprocessing else (None, None)
         return cls(model, cfg, labels, dict(ckpt["preprocessing"]), infer, dev, kind, source=str(ckpt["path"]),
-                   in_channels=int(ckpt["in_channels"]), postprocessing=rules)
+                   in_channels=int(ckpt["in_channels"]), postprocessing=rules,
+                   postprocessing_file=str(found) if rules else None)
 
     @classmethod
     def from_onnx(
@@ -157,6 +160,22 @@ class LoadedModel:
         """2 for image models (also slice-wise models), 3 for volume models."""
         return self.kind.spatial_dims
 
+    def postprocessing_record(self) -> dict[str, Any]:
+        """The ``postprocessing.json`` rules applied, for an output's sidecar: the file and each class's rule
+        (``none``, ``largest_component`` or ``remove_small < N``); empty rules when none are applied.
+
+        Example:
+            >>> from medseg.data.labels import LabelMap
+            >>> m = LoadedModel(None, None, LabelMap.from_mapping({0: "bg", 1: "body"}), {}, None, None, None,
+            ...                 postprocessing={1: ComponentRule("largest_component")},
+            ...                 postprocessing_file="run/postprocessing.json")  # type: ignore[arg-type]
+            >>> m.postprocessing_record()
+            {'file': 'run/postprocessing.json', 'classes': {'body': 'largest_component'}}
+        """
+        rules = self.postprocessing or {}
+        return {"file": self.postprocessing_file,
+                "classes": {self.labels.names[k]: r.text() for k, r in sorted(rules.items())}}
+
     @property
     def members(self) -> tuple[LoadedModel, ...]:
         """The models whose class probabilities a prediction averages: this one alone (an
@@ -188,20 +207,30 @@ def mean_probabilities(loaded: LoadedModel, run: Callable[[LoadedModel], torch.T
     return total
 
 
-def _run_postprocessing(checkpoint: Path, labels: LabelMap, explicit: bool | None,
-                        spell: Callable[[str], str]) -> dict[int, ComponentRule] | None:
-    """The per-class rules of the run's ``postprocessing.json``, unless ``largest_component`` was given."""
+def _run_postprocessing(checkpoint: Path, labels: LabelMap, explicit: bool | None, spell: Callable[[str], str],
+                        *, quiet: bool = False) -> tuple[Path | None, dict[int, ComponentRule] | None]:
+    """The run's ``postprocessing.json`` and its per-class rules, unless ``largest_component`` was given."""
     found = find_postprocessing(checkpoint)
     if found is None:
-        return None
+        return None, None
     if explicit is not None:
-        log.info("postprocessing: %s %s given explicitly, so %s is not applied", spell("largest_component"),
-                 "on" if explicit else "off", found)
-        return None
+        log.info("postprocessing: %s given explicitly, so %s is not applied",
+                 spell("largest_component" if explicit else "all_components"), found)
+        return None, None
     rules = read_postprocessing(found, labels)
-    log.info("postprocessing from %s: %s", found,
-             ", ".join(f"{labels.names[k]} {r.describe()}" for k, r in sorted(rules.items())) or "none")
-    return rules
+    if not quiet:
+        log.info("postprocessing from %s: %s", found, describe_rules(rules, labels))
+    return found, rules
+
+
+def postprocessing_of(checkpoint: str | Path, labels: LabelMap) -> tuple[Path | None, dict[int, ComponentRule] | None]:
+    """The ``postprocessing.json`` a checkpoint finds on its own (:func:`~medseg.prediction.postprocess.
+    find_postprocessing`) and its rules read for ``labels``; (None, None) when there is none.
+
+    Raises:
+        DataError: The file is unreadable or names other classes.
+    """
+    return _run_postprocessing(Path(checkpoint), labels, None, lambda name: name, quiet=True)
 
 
 def _settings(

@@ -26,7 +26,8 @@ from medseg.errors import DataError
 
 __all__ = [
     "OPTIONS", "POSTPROCESSING_FILE", "POSTPROCESSING_FORMAT", "ComponentRule", "apply_postprocessing",
-    "find_postprocessing", "keep_largest_component", "read_postprocessing", "remove_small_components",
+    "describe_rules", "find_postprocessing", "keep_largest_component", "read_postprocessing",
+    "remove_small_components",
 ]
 
 #: The file ``medseg postprocess-select`` writes into a run folder.
@@ -72,6 +73,37 @@ class ComponentRule:
             ('remove_small<12', 'none')
         """
         return f"remove_small<{self.min_size}" if self.option == "remove_small" else self.option
+
+    def text(self) -> str:
+        """The rule as users read it: ``none``, ``largest_component`` or ``remove_small < N``.
+
+        Example:
+            >>> ComponentRule("remove_small", 20).text(), ComponentRule("largest_component").text()
+            ('remove_small < 20', 'largest_component')
+        """
+        return f"remove_small < {self.min_size}" if self.option == "remove_small" else self.option
+
+
+def describe_rules(rules: Mapping[int, ComponentRule] | None, labels: LabelMap) -> str:
+    """Per-class rules as users read them, by class name in class order; ``none`` when there are none.
+
+    Args:
+        rules: Class index -> rule (as :func:`read_postprocessing` returns), or None.
+        labels: The model's classes (for the names).
+
+    Returns:
+        E.g. ``body: largest_component, disc: remove_small < 20``.
+
+    Example:
+        >>> labels = LabelMap.from_mapping({0: "background", 1: "body", 2: "disc"})
+        >>> describe_rules({2: ComponentRule("remove_small", 20), 1: ComponentRule("largest_component")}, labels)
+        'body: largest_component, disc: remove_small < 20'
+        >>> describe_rules(None, labels)
+        'none'
+    """
+    if not rules:
+        return "none"
+    return ", ".join(f"{labels.names[k]}: {r.text()}" for k, r in sorted(rules.items()))
 
 
 def keep_largest_component(classes: np.ndarray, num_classes: int) -> np.ndarray:
@@ -188,14 +220,25 @@ def read_postprocessing(path: str | Path, labels: LabelMap) -> dict[int, Compone
                         "'classes'); write it with medseg postprocess-select")
     rules: dict[int, ComponentRule] = {}
     for name, entry in doc["classes"].items():
+        if name not in labels.names[1:]:
+            raise DataError(f"{path}: {name!r} is not a class of the checkpoint (classes: "
+                            f"{', '.join(labels.names[1:])}); select again with medseg postprocess-select "
+                            "or predict with --all-components")
+        if not isinstance(entry, dict):
+            raise DataError(f"{path}: class {name!r}: expected a mapping with 'index' and 'option', "
+                            f"found {type(entry).__name__}")
+        missing = [key for key in ("index", "option") if key not in entry]
+        if missing:
+            raise DataError(f"{path}: class {name!r}: missing key {missing[0]!r} (an entry has 'index', 'option' "
+                            "and, for remove_small, 'min_size')")
         try:
             index = int(entry["index"])
             rule = ComponentRule(str(entry["option"]), int(entry.get("min_size") or 0))
-        except (TypeError, KeyError, ValueError) as err:
+        except (TypeError, ValueError) as err:
             raise DataError(f"{path}: class {name!r}: malformed entry ({' '.join(str(err).split())[:120]})") from None
-        if not 0 < index < labels.num_classes or labels.names[index] != name:
-            raise DataError(f"{path}: class {name!r} at index {index} is not a class of this model "
-                            f"({', '.join(labels.names[1:])}); select again with medseg postprocess-select "
-                            "or predict with --all-components")
+        if labels.names[index:index + 1] != [name] or index < 1:
+            raise DataError(f"{path}: class {name!r} is at index {index} in the file but at index "
+                            f"{labels.names.index(name)} in the checkpoint; select again with "
+                            "medseg postprocess-select or predict with --all-components")
         rules[index] = rule
     return rules

@@ -367,6 +367,7 @@ def describe_result(loaded: LoadedModel, volume: Volume, result: Volume, case: C
         "checkpoint": loaded.source,
         "preprocessing": loaded.preprocessing,
         "infer": loaded.infer.model_dump(mode="json"),
+        **({"postprocessing": loaded.postprocessing_record()} if loaded.postprocessing else {}),
         **({"ensemble": [{"checkpoint": m.source, "patch_size": m.preprocessing.get("patch_size"),
                           "infer": m.infer.model_dump(mode="json")} for m in loaded.members]}
            if len(loaded.members) > 1 else {}),

@@ -133,14 +133,15 @@ def model_sources(loaded: LoadedModel) -> Sources:
     return tuple((m.source, m.infer) for m in loaded.members)
 
 
-def load_sources(sources: Sources, device: torch.device, postprocessing: Any = None) -> LoadedModel:
+def load_sources(sources: Sources, device: torch.device, postprocessing: Any = None,
+                 postprocessing_file: str | None = None) -> LoadedModel:
     """The model (or ensemble) loaded again from its files on ``device``, each member with its inference settings,
     and the main process's postprocessing rules (the run's ``postprocessing.json`` is not looked up again)."""
     fresh = [dataclasses.replace(LoadedModel.from_checkpoint(source, device=str(device), postprocessing=False),
                                  infer=infer)
              for source, infer in sources]
     model = fresh[0] if len(fresh) == 1 else Ensemble.of(fresh)
-    return dataclasses.replace(model, postprocessing=postprocessing)
+    return dataclasses.replace(model, postprocessing=postprocessing, postprocessing_file=postprocessing_file)
 
 
 def _unique(items: Iterable[T]) -> list[T]:
@@ -251,7 +252,7 @@ def _worker_main(job: _Job) -> None:
     torch.set_num_threads(job.threads)
     outcome: BatchReport | MedsegError
     try:
-        loaded = load_sources(job.sources, torch.device(job.device), job.postprocessing)
+        loaded = load_sources(job.sources, torch.device(job.device), *job.postprocessing)
         outcome = job.predict(loaded, list(job.inputs), job.out_dir, sharing=job.sharing, **job.options)
     except MedsegError as err:
         outcome = err
@@ -274,7 +275,8 @@ def _in_workers(predict: PredictFn, loaded: LoadedModel, inputs: Sequence[Path],
     ctx = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
     with tempfile.TemporaryDirectory(prefix="medseg-workers-") as tmp:
-        jobs = [_Job(predict, sources, loaded.postprocessing, str(worker_device(loaded.device, k)),
+        rules = (loaded.postprocessing, loaded.postprocessing_file)
+        jobs = [_Job(predict, sources, rules, str(worker_device(loaded.device, k)),
                      max(1, _cores() // workers), tuple(inputs), Path(out_dir), sharing,
                      {**options, "progress": False}, Path(tmp) / f"worker-{k}.pickle", k, level)
                 for k in range(workers)]
@@ -325,7 +327,8 @@ def _as_torchrun_rank(predict: PredictFn, loaded: LoadedModel, inputs: Sequence[
         outcome: BatchReport | MedsegError
         try:
             model = loaded if device == loaded.device else load_sources(model_sources(loaded), device,
-                                                                            loaded.postprocessing)
+                                                                            loaded.postprocessing,
+                                                                            loaded.postprocessing_file)
             outcome = predict(model, list(inputs), out_dir, sharing=Sharing(timeout, run_id=box[0]),
                               **{**options, "progress": bool(options.get("progress", True)) and rank == 0})
         except MedsegError as err:

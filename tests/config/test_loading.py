@@ -61,7 +61,7 @@ def test_overrides_apply_and_parse_yaml_values(tmp_path):
 
 def test_override_of_unknown_key_and_bad_syntax(tmp_path):
     path = _write(tmp_path, {"data": {"root": "x"}})
-    with pytest.raises(ConfigError, match=r"train\.max_epoch: unknown key"):
+    with pytest.raises(ConfigError, match=r"train\.max_epoch \(from --set\): unknown key"):
         load_config(path, ["train.max_epoch=3"])
     with pytest.raises(ConfigError, match=r"expected key\.path=value"):
         load_config(path, ["train.max_epochs"])

@@ -213,7 +213,7 @@ def test_real_folds_select_and_predict_applies_it(cv_run: Path, tmp_path: Path) 
     applied = runner.invoke(app, ["predict", str(cv_run / "fold_0"), str(images), "-o", str(tmp_path / "pp"),
                                   "--threshold", "0.5"])
     assert applied.exit_code == 0, applied.output
-    assert "postprocessing from" in applied.output and "polyp largest_component" in applied.output
+    assert "postprocessing from" in applied.output and "polyp: largest_component" in applied.output
     every = runner.invoke(app, ["predict", str(cv_run / "fold_0" / "checkpoints" / "best.pt"), str(images),
                                 "-o", str(tmp_path / "all"), "--threshold", "0.5", "--all-components"])
     assert every.exit_code == 0 and "not applied" in every.output
