@@ -79,7 +79,7 @@ def main() -> int:
 
     plan = work / "plan.yaml"
     t0 = time.perf_counter()
-    out = _medseg("plan", work / "train", "-o", plan, "--device-memory", args.device_memory, "--overwrite")
+    out = run_medseg("plan", work / "train", "-o", plan, "--device-memory", args.device_memory, "--overwrite")
     planned = [line.strip() for line in out.splitlines()
                if ":" in line and not line.startswith(("config", "fingerprint"))]
     print(f"plan: {'; '.join(planned)} ({time.perf_counter() - t0:.0f} s)")
@@ -97,7 +97,7 @@ def main() -> int:
         sets.append("train.scheduler.warmup_epochs=0")
     run = work / "cv"
     t0 = time.perf_counter()
-    _medseg("train", plan, *_set(sets), "--fold", "all", "-o", run, "--overwrite")
+    run_medseg("train", plan, *_set(sets), "--fold", "all", "-o", run, "--overwrite")
     cv_wall = time.perf_counter() - t0
     own = {k: _best_val_dice(run / f"fold_{k}") for k in range(FOLDS)}
     for k, dice in own.items():
@@ -112,7 +112,7 @@ def main() -> int:
     truth = {case: args.data / "masks" / f"{case}.jpg" for case in val_ids}
     status = _single_and_ensemble(run, work, work / "val" / "images", truth, own, smoke=args.smoke)
     # after the predictions above: predict applies RUN/postprocessing.json, and the comparison is of the models
-    selected = _medseg("postprocess-select", run, "--overwrite")
+    selected = run_medseg("postprocess-select", run, "--overwrite")
     rows = [line.split() for line in selected.splitlines() if line.split()[:1] == [name]]
     if rows:
         print(f"postprocess-select ({name}): CV Dice {rows[0][1]} -> {rows[0][2]} with {rows[0][3]}")
@@ -124,7 +124,7 @@ def _single_and_ensemble(run: Path, work: Path, images: Path, truth: dict[str, P
     """Dice of each fold and of the folds' ensemble on the validation images."""
     single = {}
     for k in range(FOLDS):
-        _medseg("predict", run / f"fold_{k}", images, "-o", work / f"pred_fold_{k}", "--overwrite")
+        run_medseg("predict", run / f"fold_{k}", images, "-o", work / f"pred_fold_{k}", "--overwrite")
         single[k] = _dice(work / f"pred_fold_{k}", truth, run)
         print(f"fold {k} on the {len(truth)} validation images: Dice {single[k]:.4f}")
     best = max(own, key=lambda k: own[k])
@@ -165,7 +165,7 @@ def _links(data: Path, ids: list[str], folder: Path, *, masks: bool) -> None:
 
 def _epochs_for(plan: Path, minutes: float, probe: Path, sets: list[str]) -> int:
     """Epochs that fit ``minutes``: a 2-epoch run at the planned settings, its median epoch (+ validation) time."""
-    _medseg("train", plan, *_set([*sets, "train.max_epochs=2", "train.scheduler.warmup_epochs=0"]), "-o", probe,
+    run_medseg("train", plan, *_set([*sets, "train.max_epochs=2", "train.scheduler.warmup_epochs=0"]), "-o", probe,
             "--overwrite")
     records = json.loads((probe / "log.json").read_text())
     per_epoch = statistics.median(r["epoch_time_s"] + r.get("val_time_s", 0.0) for r in records)
@@ -205,7 +205,7 @@ def _command(*args: object) -> list[str]:
     return [sys.executable, "-m", "medseg", *map(str, args)]
 
 
-def _medseg(*args: object) -> str:
+def run_medseg(*args: object) -> str:
     """Run a medseg command; its stdout, or exit with its error line."""
     done = subprocess.run(_command(*args), capture_output=True, text=True, env=_env())
     if done.returncode != 0:

@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from plan_folds import run_medseg  # one way to run the CLI for both benchmarks
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDS = 5
@@ -93,10 +93,10 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"(shared: times are one run's, noisy); work folder {work}")
 
-    _medseg("synth", "spine", "-o", data, "--n", args.cases, "--seed", 0, "--overwrite")
+    run_medseg("synth", "spine", "-o", data, "--n", args.cases, "--seed", 0, "--overwrite")
     plan = work / "plan.yaml"
     t0 = time.perf_counter()
-    _medseg("plan", data, "-o", plan, "--device-memory", "cpu", "--overwrite")
+    run_medseg("plan", data, "-o", plan, "--device-memory", "cpu", "--overwrite")
     plan_s = time.perf_counter() - t0
     print(f"data: {args.cases} synthetic spine cases (medseg synth spine --seed 0); fold {FOLD} of {FOLDS}, "
           f"data.seed {args.seed}; medseg plan took {plan_s:.1f} s")
@@ -119,7 +119,7 @@ def main() -> int:
         if epochs[name] <= 5:  # both configs warm up for 5 epochs: none in runs that short
             budget.append("train.scheduler.warmup_epochs=0")
         t0 = time.perf_counter()
-        _medseg("train", config, *_set([*sets, *budget]), "--fold", FOLD, "-o", run, "--overwrite",
+        run_medseg("train", config, *_set([*sets, *budget]), "--fold", FOLD, "-o", run, "--overwrite",
                 "--device", args.device)
         results[name] = _result(run / f"fold_{FOLD}", time.perf_counter() - t0)
 
@@ -189,7 +189,7 @@ def _best_dice(log: list[dict[str, Any]], classes: list[str]) -> tuple[float, in
 
 def _epochs_for(config: Path, sets: list[str], minutes: float, probe: Path, device: str) -> int:
     """Epochs that fit ``minutes``: a 2-epoch run of fold 0, its median epoch time with validation."""
-    _medseg("train", config, *_set([*sets, "train.max_epochs=2", "train.val_every=1",
+    run_medseg("train", config, *_set([*sets, "train.max_epochs=2", "train.val_every=1",
                                     "train.scheduler.warmup_epochs=0"]),
             "--fold", FOLD, "-o", probe, "--overwrite", "--device", device)
     records = json.loads((probe / f"fold_{FOLD}" / "log.json").read_text())
@@ -199,21 +199,6 @@ def _epochs_for(config: Path, sets: list[str], minutes: float, probe: Path, devi
 
 def _set(sets: list[str]) -> list[str]:
     return [arg for s in sets for arg in ("--set", s)]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-
-
-def _medseg(*args: object) -> str:
-    """Run a medseg command; its stdout, or exit with its error line."""
-    done = subprocess.run([sys.executable, "-m", "medseg", *map(str, args)], capture_output=True, text=True,
-                          env=_env())
-    if done.returncode != 0:
-        print(f"error: medseg {' '.join(map(str, args[:1]))} failed ({done.returncode}): "
-              f"{(done.stderr.strip().splitlines() or ['no message'])[-1]}", file=sys.stderr)
-        raise SystemExit(1)
-    return done.stdout
 
 
 if __name__ == "__main__":
