@@ -18,6 +18,7 @@ from medseg.data.synthetic.polyp import make_polyp_dataset
 from medseg.losses.factory import build_loss
 from medseg.models.factory import build_model
 from medseg.training.ema import ModelEma
+from medseg.training.epoch import run_epoch
 from medseg.training.loop import train
 from medseg.training.task import build_task
 
@@ -162,3 +163,24 @@ def test_cli_ema_out_of_range_is_one_line_exit_2(tmp_path, value):
     assert lines == [f"error: {config}: 1 invalid setting(s): train.ema (line 8): expected a decay strictly between 0 "
                      f"and 1 (e.g. 0.999), or null for no EMA (found: {value!r})"], lines
     assert not (tmp_path / "run").exists()
+
+
+def test_steps_the_loss_scaler_skips_are_not_averaged(tmp_path, polyps):
+    """fp16 loss scaling skips a step whose scaled gradients overflow (lowering its scale); the EMA skips it too.
+    The CPU GradScaler behaves as the CUDA one: a huge initial scale makes the first steps overflow."""
+    cfg = _cfg(RAW, polyps, max_epochs=1)
+    task = build_task(cfg, tmp_path, labels=None, resume=False, write=False)
+    model = build_model(cfg.model, in_channels=task.in_channels, out_channels=task.labels.num_classes)
+    loss_fn = build_loss(cfg.loss, task.labels.num_classes)
+    ema = ModelEma(model, 0.5)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
+    rec = run_epoch(model, task, loss_fn, optimizer, scaler, torch.device("cpu"), cfg, 0, False, ema=ema)
+    assert rec["steps"] == 2 and scaler.get_scale() == 2.0**125  # both steps skipped: the scale halved twice
+    assert ema.steps == 0
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items() if v.is_floating_point()
+               and "running" not in k)  # the weights did not move
+    scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    run_epoch(model, task, loss_fn, optimizer, scaler, torch.device("cpu"), cfg, 1, False, ema=ema)
+    assert scaler.get_scale() == 1.0 and ema.steps == 2  # no step skipped: both averaged
