@@ -17,13 +17,16 @@ own copy, with no communication.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.optim.swa_utils import AveragedModel
 
 __all__ = ["ModelEma", "ema_decay", "warmup_ema_multi_avg_fn"]
+
+#: The tensors AveragedModel hands its ``multi_avg_fn``.
+Tensors = list[torch.Tensor] | tuple[torch.Tensor, ...]
 
 
 def ema_decay(decay: float, t: int) -> float:
@@ -36,8 +39,7 @@ def ema_decay(decay: float, t: int) -> float:
     return min(decay, (1 + t) / (10 + t))
 
 
-def warmup_ema_multi_avg_fn(decay: float) -> Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor],
-                                                       torch.Tensor], None]:
+def warmup_ema_multi_avg_fn(decay: float) -> Callable[[Tensors, Tensors, torch.Tensor | int], None]:
     """An ``AveragedModel`` ``multi_avg_fn``: the EMA of :func:`ema_decay` (``get_ema_multi_avg_fn`` with warm-up).
 
     Args:
@@ -48,7 +50,7 @@ def warmup_ema_multi_avg_fn(decay: float) -> Callable[[Sequence[torch.Tensor], S
     """
 
     @torch.no_grad()
-    def update(averaged: Sequence[torch.Tensor], current: Sequence[torch.Tensor], n_averaged: torch.Tensor) -> None:
+    def update(averaged: Tensors, current: Tensors, n_averaged: torch.Tensor | int) -> None:
         d = ema_decay(decay, int(n_averaged))
         if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
             torch._foreach_lerp_(list(averaged), list(current), 1.0 - d)
