@@ -4,6 +4,7 @@ checkpoints, resume and the CLI."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -137,11 +138,17 @@ def test_resume_with_ema_continues_exactly(tmp_path, ema_run, polyps):
         assert [r[key] for r in la] == [r[key] for r in lb], key
 
 
-def test_ema_off_trains_the_same_weights(tmp_path, ema_run, polyps):
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory, polyps):
+    """The run of :func:`ema_run` without train.ema."""
+    return train(_cfg(RAW, polyps), run_dir=tmp_path_factory.mktemp("plain") / "run", progress=False)
+
+
+def test_ema_off_trains_the_same_weights(ema_run, plain_run):
     """Without train.ema the run trains exactly the weights an EMA run trains (the EMA draws no random numbers and
     changes no step), and its checkpoints keep their former layout."""
-    raw_cfg, with_ema, _, _ = ema_run
-    plain = train(_cfg(raw_cfg, polyps), run_dir=tmp_path / "plain", progress=False)
+    _, with_ema, _, _ = ema_run
+    plain = plain_run
     a = load_checkpoint(plain.last_checkpoint)
     b = load_checkpoint(with_ema.last_checkpoint)
     assert "model" not in a["train_state"] and "ema_steps" not in a["train_state"]
@@ -150,6 +157,24 @@ def test_ema_off_trains_the_same_weights(tmp_path, ema_run, polyps):
     la, lb = (json.loads((r.run_dir / "log.json").read_text()) for r in (plain, with_ema))
     assert [r["train_loss"] for r in la] == [r["train_loss"] for r in lb]
     assert all("ema_decay" not in r for r in la)
+
+
+def test_resume_turning_ema_off_or_on(tmp_path, ema_run, plain_run, polyps):
+    """--force resumes with train.ema changed: off, training continues from the trained weights (not the EMA); on,
+    the average starts at the resume."""
+    runs = {name: tmp_path / name for name in ("was_ema", "was_plain", "now_ema")}
+    shutil.copytree(ema_run[1].run_dir, runs["was_ema"])
+    shutil.copytree(plain_run.run_dir, runs["was_plain"])
+    shutil.copytree(plain_run.run_dir, runs["now_ema"])
+    train(_cfg(RAW, polyps, max_epochs=3), run_dir=runs["was_ema"], resume=True, force=True, progress=False)
+    train(_cfg(RAW, polyps, max_epochs=3), run_dir=runs["was_plain"], resume=True, progress=False)
+    train(_cfg(RAW, polyps, max_epochs=3, ema=DECAY), run_dir=runs["now_ema"], resume=True, force=True,
+          progress=False)
+    was_ema, was_plain, now_ema = (load_checkpoint(p / "checkpoints" / "last.pt") for p in runs.values())
+    for key, value in was_plain["state_dict"].items():
+        assert torch.equal(was_ema["state_dict"][key], value), key
+        assert torch.equal(now_ema["train_state"]["model"][key], value), key
+    assert "ema_steps" not in was_ema["train_state"] and now_ema["train_state"]["ema_steps"] == 2  # epoch 3 only
 
 
 @pytest.mark.parametrize("value", [1.5, 0, 1, -0.1])
