@@ -393,8 +393,9 @@ def _train_and_validate(run: _Run, epoch: int, progress: bool) -> dict[str, Any]
     seed_everything(epoch_seed(cfg.train.seed, epoch))
     lr = run.scheduler.start_epoch(epoch)
     _freeze_encoder(run, epoch)
-    rec = run_epoch(run.step_model or run.net, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg,
-                    epoch, progress, run.dist, speed=run.speed, ema=run.ema)
+    steps = run.net if run.step_model is None else run.step_model  # not `or`: a compiled module has no truth value
+    rec = run_epoch(steps, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg, epoch, progress,
+                    run.dist, speed=run.speed, ema=run.ema)
     rec["lr"] = lr
     if run.ema is not None and run.ema.steps > 1:
         rec["ema_decay"] = ema_decay(run.ema.decay, run.ema.steps - 1)  # that of the epoch's last step

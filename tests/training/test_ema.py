@@ -209,3 +209,23 @@ def test_steps_the_loss_scaler_skips_are_not_averaged(tmp_path, polyps):
     scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
     run_epoch(model, task, loss_fn, optimizer, scaler, torch.device("cpu"), cfg, 1, False, ema=ema)
     assert scaler.get_scale() == 1.0 and ema.steps == 2  # no step skipped: both averaged
+
+
+def test_compiled_steps_average_into_a_plain_copy(tmp_path, polyps, monkeypatch):
+    """train.compile compiles what the steps call; the EMA copies the plain module and is never compiled. (Dynamo
+    with its eager backend here: the same graph capture, no code generation, seconds instead of a minute.)"""
+    from medseg.training import loop
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_(model, backend="eager"))
+    built = []
+    build_run = loop._build_run
+    monkeypatch.setattr(loop, "_build_run", lambda *a, **kw: built.append(build_run(*a, **kw)) or built[-1])
+    result = train(_cfg(RAW, polyps, ema=DECAY, compile=True, max_epochs=1), run_dir=tmp_path / "run",
+                   progress=False)
+    run = built[0]
+    assert isinstance(run.step_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert type(run.ema.module) is type(run.model) and run.ema.source is run.model
+    last = load_checkpoint(result.last_checkpoint)
+    assert last["train_state"]["ema_steps"] == 2
+    assert all(torch.equal(v, run.ema.module.state_dict()[k]) for k, v in last["state_dict"].items())
