@@ -252,6 +252,8 @@ def _check_2d(work: Path, outputs: list[str]) -> None:
                  "splits/train.txt", "splits/val.txt"):
         assert (work / "runs" / "polyps" / name).is_file(), name
     assert len((work / "runs" / "polyps" / "splits" / "val.txt").read_text().split()) == 3  # 12 x 0.25
+    ema_log = json.loads((work / "runs" / "polyps-ema" / "log.json").read_text())  # train.ema: 2 steps per epoch
+    assert [r["ema_decay"] for r in ema_log] == [2 / 11, 4 / 13]  # warm-up (1 + t) / (10 + t) at steps t = 1, 3
     names = sorted(p.name for p in (work / "predictions").iterdir())
     assert names == sorted([f"case_00{i}{s}.png" for i in range(4) for s in ("", "_overlay")]), names
     rows = (work / "scores.csv").read_text().splitlines()

@@ -9,7 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictBool, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from medseg.config.networks import ModelConfig as ModelConfig  # re-exported: planning/ imports it from here
 from medseg.config.networks import NetworkConfig, default_network_name, size_problem
@@ -414,6 +422,11 @@ class TrainConfig(Strict):
         0.0, ge=0, description="Improvements of the best metric smaller than this count as none for early stopping."
     )
     grad_clip: float | None = Field(12.0, gt=0, description="Clip the gradient norm to this value (None: off).")
+    ema: float | None = Field(
+        None, gt=0, lt=1, description="Exponential moving average of the weights: its decay, strictly between 0 and 1 "
+        "(e.g. 0.999), warmed up as min(ema, (1 + t) / (10 + t)) at optimizer step t; validation, best.pt and "
+        "prediction use the averaged weights (None: off)."
+    )
     amp: bool = Field(True, description="Mixed precision: fp16 with loss scaling on CUDA, bf16 on a CPU with native "
                       "bf16 (AVX512-BF16/AMX); other CPUs train in fp32 (logged).")
     channels_last: bool = Field(True, description="Weights and batches in channels-last layout (faster convolutions "
@@ -439,6 +452,17 @@ class TrainConfig(Strict):
     distributed_timeout_s: PositiveInt = Field(
         600, description="Several processes: longest wait for the others before stopping with an error."
     )
+
+    @field_validator("ema", mode="wrap")
+    @classmethod
+    def _ema_in_range(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """One message for a decay out of range, whichever bound it crosses."""
+        try:
+            return handler(value)
+        except ValidationError as err:
+            if any(e["type"] in ("greater_than", "less_than") for e in err.errors()):
+                raise ValueError("expected a decay strictly between 0 and 1 (e.g. 0.999), or null for no EMA") from None
+            raise
 
 
 class InferConfig(Strict):

@@ -18,6 +18,7 @@ from medseg.metrics.confusion import EpochMetrics
 from medseg.models.outputs import main_output, weighted_loss
 from medseg.progress import progress_bar
 from medseg.training.distributed import Dist, Share, is_peer_failure
+from medseg.training.ema import ModelEma
 from medseg.training.speed import TrainingSpeed
 from medseg.training.task import Task
 
@@ -27,7 +28,7 @@ __all__ = ["run_epoch"]
 def run_epoch(
     model: torch.nn.Module, task: Task, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, device: torch.device, cfg: ExperimentConfig, epoch: int, progress: bool,
-    dist: Dist | None = None, *, speed: TrainingSpeed | None = None,
+    dist: Dist | None = None, *, speed: TrainingSpeed | None = None, ema: ModelEma | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for one epoch of ``task``'s loader; returns the epoch's log record (loss, times and the
     metrics of :meth:`~medseg.metrics.confusion.EpochMetrics.record`, with ``train_confusion``: the pooled
@@ -39,6 +40,8 @@ def run_epoch(
     micro-batches (each loss divided by their number, so the gradient is the mean over the step's samples).
 
     ``speed`` sets autocast dtype and batch layout (default: fp16 autocast when the scaler is on, else fp32).
+    ``ema`` (``train.ema``), when given, is updated after every optimizer step (not after one that fp16 loss
+    scaling skipped).
 
     Raises:
         MedsegError: The loss became NaN or infinite (naming the epoch and step).
@@ -71,6 +74,7 @@ def run_epoch(
                 micro.append((speed.batch(image), label))
             t_ready = time.perf_counter()
             t_data += t_ready - t_mark
+            scale = scaler.get_scale() if ema is not None and scaler.is_enabled() else None
             try:
                 step_totals = _train_step(model, loss_fn, optimizer, scaler, micro, cfg.train.grad_clip, metrics,
                                           dist, speed.amp_dtype)
@@ -85,6 +89,8 @@ def run_epoch(
                     f"training diverged at epoch {epoch + 1}, step {step + 1}: loss is {loss_value}; "
                     "lower train.lr or enable train.grad_clip"
                 )
+            if ema is not None and (scale is None or scaler.get_scale() >= scale):
+                ema.update()  # not after a step the loss scaler skipped (inf gradients: it lowers the scale)
             t_mark = time.perf_counter()
             t_compute += t_mark - t_ready
             advance(loss=loss_value, dice=metrics.running_dice)

@@ -37,6 +37,7 @@ from medseg.models.factory import build_model, encoder_parameters
 from medseg.models.pretrained import load_pretrained
 from medseg.seeds import epoch_seed, seed_everything
 from medseg.training.distributed import Dist, micro_batch_size, start_distributed, stop_distributed, wrap_model
+from medseg.training.ema import ModelEma, ema_decay
 from medseg.training.epoch import run_epoch
 from medseg.training.optim import EpochScheduler, build_optimizer
 from medseg.training.plots import plot_confusion, plot_curves, plot_preview
@@ -208,13 +209,22 @@ class _Run:
     step_model: torch.nn.Module | None = None  # what the training steps call (net, or torch.compile of it)
     plotted_at: float = field(default_factory=time.monotonic)  # when the PNGs were last drawn (or the run began)
     best_confusion: tuple[np.ndarray, str] | None = None  # the best epoch's matrix and title, not yet drawn
+    ema: ModelEma | None = None  # train.ema: the averaged weights, validated and saved as the model
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights validation scores and checkpoints carry: the EMA when ``train.ema`` is set."""
+        return self.ema.module if self.ema is not None else self.model
 
     @property
     def labels(self) -> LabelMap:
         return self.task.labels
 
     def payload(self, epoch: int, rec: dict[str, Any], train_state: dict[str, Any] | None) -> dict[str, Any]:
-        """A checkpoint: everything prediction needs, plus the resume state for ``last.pt``."""
+        """A checkpoint: everything prediction needs, plus the resume state for ``last.pt``.
+
+        ``state_dict`` holds the EMA weights when ``train.ema`` is set (prediction and export use them); the
+        trained weights then go into ``train_state["model"]``."""
         return {
             "medseg_version": medseg.__version__,
             "config": config_to_dict(self.cfg),
@@ -222,7 +232,7 @@ class _Run:
             "preprocessing": self.task.preprocessing,
             "in_channels": self.task.in_channels,
             "out_channels": self.labels.num_classes,
-            "state_dict": self.model.state_dict(),
+            "state_dict": self.evaluated.state_dict(),
             "epoch": epoch,
             "metrics": rec,
             "train_state": train_state,
@@ -302,6 +312,7 @@ def _build_run(cfg: ExperimentConfig, run_dir: Path, dist: Dist, device: torch.d
     if layout is not torch.contiguous_format:
         model.to(memory_format=layout)  # type: ignore[call-overload]  # in place, before DDP registers the parameters
     model, net = wrap_model(model, dist, device, sync_batchnorm=cfg.train.sync_batchnorm)
+    ema = None if cfg.train.ema is None else ModelEma(model, cfg.train.ema)  # the plain module, in its layout
     _log_batch(cfg, dist, micro)
     loss_fn = build_loss(cfg.loss, k).to(device)
     optimizer = build_optimizer(cfg.train, model.parameters())
@@ -311,9 +322,13 @@ def _build_run(cfg: ExperimentConfig, run_dir: Path, dist: Dist, device: torch.d
     speed = resolve_training_speed(cfg.train, device, cfg.model.spatial_dims, sample)
     step_model = speed.model(net)  # the layout was set before wrapping; compiles when train.compile
     log.info("training steps: %s", speed.describe())
+    if ema is not None:
+        log.info("train.ema %g: exponential moving average of the weights after every optimizer step (decay "
+                 "min(%g, (1 + t) / (10 + t)) at step t); validation and checkpoints use the averaged weights",
+                 ema.decay, ema.decay)
     scaler = torch.amp.GradScaler("cuda", enabled=speed.scale_loss)
     return _Run(cfg, run_dir, dist, device, task, model, net, loss_fn, optimizer, scheduler, scaler, speed.scale_loss,
-                speed=speed, step_model=step_model)
+                speed=speed, step_model=step_model, ema=ema)
 
 
 def _log_batch(cfg: ExperimentConfig, dist: Dist, micro: int) -> None:
@@ -326,9 +341,15 @@ def _log_batch(cfg: ExperimentConfig, dist: Dist, micro: int) -> None:
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
-    """Model, optimizer, schedule, scaler, counters, random states and log of an interrupted run."""
+    """Model (and its EMA), optimizer, schedule, scaler, counters, random states and log of an interrupted run."""
     ts = state["train_state"]
-    run.model.load_state_dict(state["state_dict"])
+    run.model.load_state_dict(ts.get("model", state["state_dict"]))  # "model": the trained weights beside an EMA
+    if run.ema is not None:
+        if "ema_steps" in ts:
+            run.ema.load(state["state_dict"], ts["ema_steps"])
+        else:
+            log.info("train.ema: this run had no EMA; the average starts at epoch %d", ts["epoch"] + 2)
+            run.ema.load(run.model.state_dict(), 0)
     run.optimizer.load_state_dict(ts["optimizer"])
     run.scheduler.load_state_dict(ts["scheduler"])
     if ts.get("scaler"):
@@ -372,12 +393,15 @@ def _train_and_validate(run: _Run, epoch: int, progress: bool) -> dict[str, Any]
     seed_everything(epoch_seed(cfg.train.seed, epoch))
     lr = run.scheduler.start_epoch(epoch)
     _freeze_encoder(run, epoch)
-    rec = run_epoch(run.step_model or run.net, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg,
-                    epoch, progress, run.dist, speed=run.speed)
+    steps = run.net if run.step_model is None else run.step_model  # not `or`: a compiled module has no truth value
+    rec = run_epoch(steps, run.task, run.loss_fn, run.optimizer, run.scaler, run.device, cfg, epoch, progress,
+                    run.dist, speed=run.speed, ema=run.ema)
     rec["lr"] = lr
+    if run.ema is not None and run.ema.steps > 1:
+        rec["ema_decay"] = ema_decay(run.ema.decay, run.ema.steps - 1)  # that of the epoch's last step
     if (epoch + 1) % cfg.train.val_every == 0 or epoch == cfg.train.max_epochs - 1:
         t0 = time.perf_counter()
-        val = run.task.validate(run.model, run.loss_fn, run.device, rank=run.dist.rank,
+        val = run.task.validate(run.evaluated, run.loss_fn, run.device, rank=run.dist.rank,
                                 world_size=run.dist.world_size)
         if run.dist.enabled:
             val = merge_validation(run.dist.gather_objects(val, what="gathering validation results"))
@@ -438,6 +462,8 @@ def _end_epoch(run: _Run, rec: dict[str, Any], epoch: int, writer: Any) -> None:
         "scaler": run.scaler.state_dict() if run.use_amp else None, "best": run.best, "best_epoch": run.best_epoch,
         "bad_validations": run.bad, "rng": _rng_state(), "world_size": run.dist.world_size,
     }
+    if run.ema is not None:
+        train_state.update(model=run.model.state_dict(), ema_steps=run.ema.steps)
     save_checkpoint(run.payload(epoch, rec, train_state), run.run_dir / "checkpoints" / "last.pt")
     mark_checkpointed(run.run_dir)
     write_json_atomic(run.run_dir / "log.json", run.records)
