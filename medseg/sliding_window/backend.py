@@ -22,6 +22,7 @@ channels-last forward pass is faster than its fp32 one (see docs/benchmarks.md).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medseg.atomic import write_json_atomic
@@ -41,6 +43,7 @@ __all__ = [
     "BACKENDS",
     "PROBE_AGREEMENT",
     "PROBE_MIN_VOXELS",
+    "channels_last_instance_norms",
     "check_backend",
     "choose_backend",
     "default_cache_file",
@@ -276,5 +279,56 @@ def using_backend(network: nn.Module, backend: str, spatial: int | None = None) 
     def forward(x: torch.Tensor) -> Any:
         return runner(x.contiguous(memory_format=layout))
 
-    yield forward
+    with channels_last_instance_norms(network):
+        yield forward
+
+
+def _instance_stats_norms(network: nn.Module) -> list[nn.Module]:
+    """Instance-norm layers that normalise each sample by its own statistics and update nothing."""
+    found = []
+    for module in network.modules():
+        if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+            if module.track_running_stats and (module.training or module.running_mean is not None):
+                continue  # running statistics are used or updated: PyTorch's own layer does that
+            found.append(module)
+    return found
+
+
+def _instance_norm_by_sample(module: nn.modules.instancenorm._InstanceNorm, x: torch.Tensor) -> torch.Tensor:
+    """Instance norm of a channels-last batch that stays channels-last: batch norm of each sample on its own.
+
+    PyTorch's instance norm views the batch as one sample of N x C channels, which needs channels-first memory:
+    on a channels-last input it copies the input to channels-first (in float32 under autocast), normalises and
+    hands back a channels-first float32 map that the next convolution copies back. Batch norm in training mode
+    over one sample computes the same per-channel mean and biased variance, and PyTorch runs it on channels-last
+    memory in the input's dtype.
+    """
+    layout = _layout(x.ndim - 2)
+    if layout is None or x.shape[0] == 0 or not x.is_contiguous(memory_format=layout):
+        return type(module).forward(module, x)
+    eps = module.eps
+    if x.shape[0] == 1:
+        return F.batch_norm(x, None, None, module.weight, module.bias, True, 0.0, eps)
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i : i + 1] = F.batch_norm(x[i : i + 1], None, None, module.weight, module.bias, True, 0.0, eps)
+    return out
+
+
+@contextlib.contextmanager
+def channels_last_instance_norms(network: nn.Module) -> Iterator[int]:
+    """While active, the network's instance-norm layers keep channels-last inputs channels-last.
+
+    On a 2-core CPU with bf16 autocast, 4 windows of 96^3 through an instance-norm MONAI UNet 16-256 took 0.83 s
+    of CPU time instead of 1.09 s this way (labels agree with float32 as PyTorch's layer's do). Layers that use
+    or update running statistics are left alone. Yields how many layers it changed; restores them on exit.
+    """
+    norms = [m for m in _instance_stats_norms(network) if "forward" not in vars(m)]
+    for module in norms:
+        module.forward = functools.partial(_instance_norm_by_sample, module)  # type: ignore[method-assign]
+    try:
+        yield len(norms)
+    finally:
+        for module in norms:
+            vars(module).pop("forward", None)
 

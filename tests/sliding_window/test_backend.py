@@ -150,3 +150,60 @@ def test_probe_prefers_a_backend_whose_labels_agree(monkeypatch):
     monkeypatch.setattr(backend_mod, "_memory_cache", {})
     assert choose_backend(net, window, None) == "eager"  # 64 voxels: below PROBE_MIN_VOXELS, not probed
     assert choose_backend(torch.nn.Identity(), torch.rand(1, 1, 256, 256, 256), None) == "eager"  # no convolution
+
+
+# --- instance norm on channels-last memory ---------------------------------------------------------------------
+
+from medseg.sliding_window.backend import channels_last_instance_norms  # noqa: E402
+
+
+@pytest.mark.parametrize("spatial", [2, 3])
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_instance_norm_by_sample_equals_pytorchs(spatial: int, affine: bool, batch: int) -> None:
+    torch.manual_seed(spatial * 10 + batch)
+    norm_cls = torch.nn.InstanceNorm2d if spatial == 2 else torch.nn.InstanceNorm3d
+    layout = torch.channels_last if spatial == 2 else torch.channels_last_3d
+    norm = norm_cls(5, affine=affine).eval()
+    if affine:
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    x = (torch.randn(batch, 5, *([9] * spatial)) * 3 + 2).contiguous(memory_format=layout)
+    expected = norm(x.contiguous())
+    with channels_last_instance_norms(norm) as changed:
+        got = norm(x)
+    assert changed == 1
+    assert got.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+    assert "forward" not in vars(norm)  # restored
+
+
+def test_instance_norm_with_running_stats_is_left_alone() -> None:
+    tracked = torch.nn.InstanceNorm3d(4, track_running_stats=True).eval()
+    plain = torch.nn.InstanceNorm3d(4)
+    net = torch.nn.Sequential(tracked, plain)
+    with channels_last_instance_norms(net) as changed:
+        assert changed == 1
+        assert "forward" not in vars(tracked) and "forward" in vars(plain)
+    assert "forward" not in vars(plain)
+
+
+def test_instance_norm_patch_is_undone_on_error() -> None:
+    norm = torch.nn.InstanceNorm2d(3)
+    with pytest.raises(RuntimeError, match="boom"), channels_last_instance_norms(norm):
+        raise RuntimeError("boom")
+    assert "forward" not in vars(norm)
+
+
+def test_instance_norm_unet_channels_last_matches_eager() -> None:
+    from monai.networks.nets import UNet
+
+    from medseg.sliding_window.predict import sliding_window_predict
+
+    torch.manual_seed(0)
+    net = UNet(3, 1, 3, (8, 16, 32), (2, 2), num_res_units=1, norm="instance").eval()
+    image = torch.rand(1, 1, 40, 48, 36)
+    eager = sliding_window_predict(net, image, 32, output="logits", precision="fp32", backend="eager")
+    fast = sliding_window_predict(net, image, 32, output="logits", precision="fp32", backend="channels_last")
+    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=1e-4)
+    assert not any("forward" in vars(m) for m in net.modules())
