@@ -59,6 +59,7 @@ from monai.networks.nets import UNet
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from medseg.sliding_window.backend import using_backend  # noqa: E402
+from medseg.sliding_window.heap import reuse_freed_memory  # noqa: E402
 from medseg.sliding_window.predict import resolve_precision, sliding_window_predict  # noqa: E402
 
 DATA = Path("/work/shared/data/spine-ct-totalseg")
@@ -262,6 +263,12 @@ def monai_amp_labels(net, image):
         return monai_labels(net, image)
 
 
+def monai_amp_heap_labels(net, image):
+    """MONAI with autocast, run inside the C-heap setting medseg uses around its own calls (CPU, glibc)."""
+    with reuse_freed_memory(image.device):
+        return monai_amp_labels(net, image)
+
+
 def forward_backends(net, padded, repeats, device, dtype, with_compile) -> dict[str, tuple[float, list[float]]]:
     """Time one forward pass over ``padded`` with each backend: {name: (median, runs)}; last output kept in
     ``forward_backends.single`` (autocast eager), the network's one-pass answer."""
@@ -295,6 +302,7 @@ def run_volume(name, net, image, truth, repeats, device, classes, with_compile=F
     with torch.no_grad():
         t_monai, ts_monai, (ref, ref_logits) = timed(lambda: monai_labels(net, image), repeats, device, "monai fp32")
         t_amp, ts_amp, (ref_amp, _) = timed(lambda: monai_amp_labels(net, image), repeats, device, "monai amp")
+        t_amp_heap, ts_amp_heap, _ = timed(lambda: monai_amp_heap_labels(net, image), repeats, device)
         t_ours, ts_ours, (labels, stats) = timed(
             lambda: sliding_window_predict(net, image, ROI, output="labels", return_stats=True), repeats, device,
             "medseg")
@@ -318,6 +326,11 @@ def run_volume(name, net, image, truth, repeats, device, classes, with_compile=F
     print(
         f"[{name}] time MONAI {amp} autocast / medseg: {t_amp:.2f} s / {t_ours:.2f} s = {t_amp / t_ours:.2f}x "
         f"(runs MONAI {amp} {fmt_times(ts_amp)})"
+    )
+    print(
+        f"[{name}] time MONAI {amp} autocast inside medseg's heap reuse (medseg.sliding_window.heap, what medseg "
+        f"does around its own calls) / medseg: {t_amp_heap:.2f} s / {t_ours:.2f} s = {t_amp_heap / t_ours:.2f}x "
+        f"(runs {fmt_times(ts_amp_heap)})"
     )
     for label, (t, ts) in fwd.items():
         print(f"[{name}] one forward pass over the padded volume {'x'.join(map(str, padded.shape[2:]))}, {label}: "
@@ -387,6 +400,19 @@ def run_instance_variant(image, repeats, device, classes) -> None:
         t_ours, ts_ours, (labels, stats) = timed(
             lambda: sliding_window_predict(net, image, ROI, output="labels", return_stats=True), repeats, device
         )
+        t_amp_heap, ts_amp_heap, _ = timed(lambda: monai_amp_heap_labels(net, image), repeats, device)
+        # The limit for roi windows: the network calls medseg makes, each as fast as the fastest backend runs one.
+        batch = stats.batch_size
+        calls = math.ceil(stats.windows / batch)
+        windows = torch.rand(batch, 1, *ROI, device=device)
+        dtype = resolve_precision("auto", device)
+        one = {}
+        for backend in ("eager", "channels_last"):
+            with using_backend(net, backend, 3) as fwd:
+                def run(fwd=fwd):
+                    with torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                        return fwd(windows)
+                one[backend] = timed(run, repeats, device)[:2]
     dice = dice_per_class(labels[:, 0].long(), ref, classes)
     print(f"[{name}] medseg plan: {stats.plan}, tiling {stats.tiling}, {stats.precision}, backend {stats.backend}")
     print(
@@ -394,6 +420,19 @@ def run_instance_variant(image, repeats, device, classes) -> None:
         f"autocast / medseg: {t_amp:.2f} s / {t_ours:.2f} s = {t_amp / t_ours:.2f}x (runs MONAI {fmt_times(ts_monai)}, "
         f"MONAI {amp} {fmt_times(ts_amp)}, medseg {fmt_times(ts_ours)}); label agreement of an untrained "
         f"network, for information only: {fmt_dice(dice)}"
+    )
+    print(
+        f"[{name}] time MONAI {amp} autocast inside medseg's heap reuse / medseg: {t_amp_heap:.2f} s / {t_ours:.2f} s "
+        f"= {t_amp_heap / t_ours:.2f}x (runs {fmt_times(ts_amp_heap)})"
+    )
+    for backend, (t, ts) in one.items():
+        print(f"[{name}] one network call on {batch} windows of {'x'.join(map(str, ROI))}, {backend}: {t:.3f} s "
+              f"(runs {fmt_times(ts)})")
+    best = min(one, key=lambda k: one[k][0])
+    limit = calls * one[best][0]
+    print(
+        f"[{name}] medseg / its limit ({calls} calls x the fastest call, {best}): {t_ours:.2f} s / {limit:.2f} s = "
+        f"{t_ours / limit:.2f}"
     )
 
 

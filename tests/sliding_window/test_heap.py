@@ -20,7 +20,7 @@ from medseg.sliding_window.predict import sliding_window_predict
 
 pytestmark = pytest.mark.skipif(not heap_reuse_available(), reason="needs glibc (Linux); elsewhere it does nothing")
 
-#: Three forward passes of a small pointwise conv net over 128^3 (feature maps of 64 MiB, each a fresh mmap without reuse).
+#: Three passes of a small pointwise conv net over 128^3: feature maps of 64 MiB, each a fresh mmap without reuse.
 PROBE = textwrap.dedent(
     """
     import json, resource
