@@ -35,6 +35,11 @@ runs. medseg: sliding_window_predict(net, x, 96, output="labels") with its defau
 autocast eager, autocast channels-last, and with ``--compile`` torch.compile); medseg's time is given over the
 fastest of them. Timings: one warm-up, then the median of ``--repeats`` runs (3 by default). On CUDA each line
 also gives the peak GPU memory of the call (torch.cuda.max_memory_allocated).
+
+Allocator: the ``medseg`` command asks PyTorch for huge-page CPU allocations before torch loads
+(``THP_MEM_ALLOC_ENABLE=1``, :func:`medseg.processes.prefer_huge_pages`). This script does the same before it
+imports torch, so MONAI and medseg run under the same allocator (the header line says which); run it with
+``THP_MEM_ALLOC_ENABLE=0`` for 4 KiB pages in both.
 """
 
 from __future__ import annotations
@@ -48,18 +53,20 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-import torch
-import torch.nn.functional as F
-from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
-from monai.networks.nets import UNet
+if "THP_MEM_ALLOC_ENABLE" not in os.environ and sys.platform.startswith("linux"):
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # what the medseg command does; MONAI gets it too (same process)
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from monai.inferers import sliding_window_inference  # noqa: E402
+from monai.losses import DiceCELoss  # noqa: E402
+from monai.networks.nets import UNet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from medseg.sliding_window.backend import using_backend  # noqa: E402
-from medseg.sliding_window.heap import reuse_freed_memory  # noqa: E402
 from medseg.sliding_window.predict import resolve_precision, sliding_window_predict  # noqa: E402
 
 DATA = Path("/work/shared/data/spine-ct-totalseg")
@@ -263,12 +270,6 @@ def monai_amp_labels(net, image):
         return monai_labels(net, image)
 
 
-def monai_amp_heap_labels(net, image):
-    """MONAI with autocast, run inside the C-heap setting medseg uses around its own calls (CPU, glibc)."""
-    with reuse_freed_memory(image.device):
-        return monai_amp_labels(net, image)
-
-
 def forward_backends(net, padded, repeats, device, dtype, with_compile) -> dict[str, tuple[float, list[float]]]:
     """Time one forward pass over ``padded`` with each backend: {name: (median, runs)}; last output kept in
     ``forward_backends.single`` (autocast eager), the network's one-pass answer."""
@@ -302,7 +303,6 @@ def run_volume(name, net, image, truth, repeats, device, classes, with_compile=F
     with torch.no_grad():
         t_monai, ts_monai, (ref, ref_logits) = timed(lambda: monai_labels(net, image), repeats, device, "monai fp32")
         t_amp, ts_amp, (ref_amp, _) = timed(lambda: monai_amp_labels(net, image), repeats, device, "monai amp")
-        t_amp_heap, ts_amp_heap, _ = timed(lambda: monai_amp_heap_labels(net, image), repeats, device)
         t_ours, ts_ours, (labels, stats) = timed(
             lambda: sliding_window_predict(net, image, ROI, output="labels", return_stats=True), repeats, device,
             "medseg")
@@ -326,11 +326,6 @@ def run_volume(name, net, image, truth, repeats, device, classes, with_compile=F
     print(
         f"[{name}] time MONAI {amp} autocast / medseg: {t_amp:.2f} s / {t_ours:.2f} s = {t_amp / t_ours:.2f}x "
         f"(runs MONAI {amp} {fmt_times(ts_amp)})"
-    )
-    print(
-        f"[{name}] time MONAI {amp} autocast inside medseg's heap reuse (medseg.sliding_window.heap, what medseg "
-        f"does around its own calls) / medseg: {t_amp_heap:.2f} s / {t_ours:.2f} s = {t_amp_heap / t_ours:.2f}x "
-        f"(runs {fmt_times(ts_amp_heap)})"
     )
     for label, (t, ts) in fwd.items():
         print(f"[{name}] one forward pass over the padded volume {'x'.join(map(str, padded.shape[2:]))}, {label}: "
@@ -400,7 +395,6 @@ def run_instance_variant(image, repeats, device, classes) -> None:
         t_ours, ts_ours, (labels, stats) = timed(
             lambda: sliding_window_predict(net, image, ROI, output="labels", return_stats=True), repeats, device
         )
-        t_amp_heap, ts_amp_heap, _ = timed(lambda: monai_amp_heap_labels(net, image), repeats, device)
         # The limit for roi windows: the network calls medseg makes, each as fast as the fastest backend runs one.
         batch = stats.batch_size
         calls = math.ceil(stats.windows / batch)
@@ -420,10 +414,6 @@ def run_instance_variant(image, repeats, device, classes) -> None:
         f"autocast / medseg: {t_amp:.2f} s / {t_ours:.2f} s = {t_amp / t_ours:.2f}x (runs MONAI {fmt_times(ts_monai)}, "
         f"MONAI {amp} {fmt_times(ts_amp)}, medseg {fmt_times(ts_ours)}); label agreement of an untrained "
         f"network, for information only: {fmt_dice(dice)}"
-    )
-    print(
-        f"[{name}] time MONAI {amp} autocast inside medseg's heap reuse / medseg: {t_amp_heap:.2f} s / {t_ours:.2f} s "
-        f"= {t_amp_heap / t_ours:.2f}x (runs {fmt_times(ts_amp_heap)})"
     )
     for backend, (t, ts) in one.items():
         print(f"[{name}] one network call on {batch} windows of {'x'.join(map(str, ROI))}, {backend}: {t:.3f} s "
@@ -537,7 +527,8 @@ def main() -> None:
     repeats = args.repeats or (1 if args.quick or args.smoke else 3)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
-        f"auto precision {resolve_precision('auto', args.device)}"
+        f"auto precision {resolve_precision('auto', args.device)}, THP_MEM_ALLOC_ENABLE="
+        f"{os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')} (both libraries)"
     )
     if args.memory_only:
         memory(128 if args.quick else 256, 10, args.device, args.memory_runs)

@@ -31,7 +31,6 @@ from torch import nn
 
 from medseg.errors import ConfigError, DataError, MedsegError
 from medseg.sliding_window.backend import check_backend, choose_backend, using_backend
-from medseg.sliding_window.heap import reuse_freed_memory
 from medseg.sliding_window.memory import budget_bytes, free_cache, is_oom, network_device, peak_mb
 from medseg.sliding_window.plan import (
     ACTIVATION_FACTOR,
@@ -154,22 +153,20 @@ def sliding_window_predict(
     budget = budget_bytes(memory_budget_mb, device)
     tiling, tiling_note = resolve_tiling(network, tiling)
 
-    with reuse_freed_memory(device):  # freed feature maps stay in the heap: no page faults per layer
-        if backend == "auto":
-            window = _probe_window(image, roi, div, padding_value).to(device)
-            backend = choose_backend(network, window, dtype, batch=sw_batch_size * len(flips))
-            del window
+    if backend == "auto":
+        window = _probe_window(image, roi, div, padding_value).to(device)
+        backend = choose_backend(network, window, dtype, batch=sw_batch_size * len(flips))
+        del window
 
-        stats = SlidingWindowStats(precision=_dtype_name(dtype), device=str(device), tiling=tiling_note,
-                                   backend=backend)
-        request = _Request(roi=roi, div=div, overlap=overlap, tiling=tiling, output=output, dtype=dtype, flips=flips,
-                           blend=blend, sigma_scale=sigma_scale, padding_value=padding_value, progress=progress)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        with using_backend(network, backend, spatial) as forward:
-            result, plan, run_batch = _run_with_fallbacks(
-                network, image, request, device, budget, sw_batch_size, stats, forward)
+    stats = SlidingWindowStats(precision=_dtype_name(dtype), device=str(device), tiling=tiling_note, backend=backend)
+    request = _Request(roi=roi, div=div, overlap=overlap, tiling=tiling, output=output, dtype=dtype, flips=flips,
+                       blend=blend, sigma_scale=sigma_scale, padding_value=padding_value, progress=progress)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    with using_backend(network, backend, spatial) as forward:
+        result, plan, run_batch = _run_with_fallbacks(
+            network, image, request, device, budget, sw_batch_size, stats, forward)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     stats.seconds = time.perf_counter() - start
