@@ -7,7 +7,8 @@ Backends:
   ``channels_last_3d`` in 3D), which lets oneDNN (CPU) and cuDNN (GPU) pick their fastest convolution kernels;
   with bf16 autocast on a CPU with AMX a MONAI UNet 16-256 forward pass took 0.50 s instead of 0.84 s.
   Instance-norm layers run per sample as batch norm so that their outputs stay channels-last too
-  (:func:`channels_last_instance_norms`).
+  (:func:`channels_last_instance_norms`), and eval-mode batch norms are folded into the convolutions before
+  them, in a copy of the network (:func:`folded_batch_norms`).
 * ``"compile"``: channels-last plus ``torch.compile`` (inductor). Compiling takes tens of seconds per network
   and input shape, so ``"auto"`` never picks it; ask for it where a long run pays the compile time back.
 * ``"auto"``: a short measured probe (like cuDNN's benchmark mode) times ``"eager"`` and ``"channels_last"``
@@ -24,6 +25,7 @@ channels-last forward pass is faster than its fp32 one (see docs/benchmarks.md).
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -31,6 +33,7 @@ import logging
 import math
 import platform
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from medseg.atomic import write_json_atomic
 
@@ -47,6 +51,7 @@ __all__ = [
     "PROBE_MIN_VOXELS",
     "channels_last_instance_norms",
     "check_backend",
+    "folded_batch_norms",
     "choose_backend",
     "default_cache_file",
     "network_signature",
@@ -61,8 +66,8 @@ PROBE_AGREEMENT = 0.98
 #: Below this many voxels of network work in one call, ``"auto"`` runs eager without probing.
 PROBE_MIN_VOXELS = 48**3
 #: Bumped when a backend changes what it runs, so choices cached by an earlier medseg are measured again
-#: (2: instance norm kept channels-last).
-BACKENDS_VERSION = 2
+#: (2: instance norm kept channels-last; 3: batch norm folded into convolutions).
+BACKENDS_VERSION = 3
 #: Timed calls per candidate after one warm-up (the fastest counts).
 PROBE_REPEATS = 2
 
@@ -277,6 +282,9 @@ def using_backend(network: nn.Module, backend: str, spatial: int | None = None) 
         return
     if not _is_layout(network, layout):
         network.to(memory_format=layout)  # type: ignore[call-overload]  # in place: parameters stay the same objects
+    network = folded_batch_norms(network)
+    if not _is_layout(network, layout):
+        network.to(memory_format=layout)  # type: ignore[call-overload]
     # torch.compile keeps its compiled code per forward function and guards, so a second call with the same
     # network and shapes does not compile again
     runner: Callable[..., Any] = torch.compile(network, dynamic=False) if backend == "compile" else network
@@ -286,6 +294,79 @@ def using_backend(network: nn.Module, backend: str, spatial: int | None = None) 
 
     with channels_last_instance_norms(network):
         yield forward
+
+
+def _foldable_pairs(network: nn.Module) -> list[tuple[nn.Sequential, str, nn.Module, str]]:
+    """(container, convolution's name, batch norm's container, batch norm's name) of each convolution followed by
+    an eval-mode batch norm with running statistics: next in the same ``nn.Sequential``, or first in the
+    ``nn.Sequential`` that comes next (MONAI's ``Convolution``: ``conv`` then ``adn`` = norm, dropout, activation)."""
+    pairs = []
+    for container in network.modules():
+        if not isinstance(container, nn.Sequential):
+            continue
+        children = list(container.named_children())
+        for (conv_name, conv), (next_name, after) in zip(children, children[1:], strict=False):
+            if not isinstance(conv, nn.modules.conv._ConvNd):
+                continue
+            owner: nn.Module = container
+            norm_name, norm = next_name, after
+            if isinstance(after, nn.Sequential) and len(after) > 0:
+                owner, (norm_name, norm) = after, next(iter(after.named_children()))
+            if (isinstance(norm, nn.modules.batchnorm._BatchNorm) and not norm.training
+                    and norm.running_mean is not None and norm.running_var is not None
+                    and norm.num_features == conv.out_channels):
+                pairs.append((container, conv_name, owner, norm_name))
+    return pairs
+
+
+_folded: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def _state_key(network: nn.Module) -> tuple[Any, ...]:
+    """Changes whenever a weight or buffer of ``network`` is replaced or changed in place, or a mode flips."""
+    tensors = tuple((id(t), t._version, t.device, t.dtype, t.data_ptr())
+                    for t in (*network.parameters(), *network.buffers()))
+    return tensors + tuple(m.training for m in network.modules())
+
+
+def folded_batch_norms(network: nn.Module) -> nn.Module:
+    """``network``, or a copy with each eval-mode batch norm folded into the convolution before it.
+
+    In eval mode batch norm is a per-channel affine map, so it can be folded into the preceding convolution's weights
+    and bias (PyTorch's :func:`torch.nn.utils.fusion.fuse_conv_bn_eval`): the same result in float32 (to ~1e-5)
+    without a pass over every feature map. On a bf16 MONAI UNet 16-256 (batch norm) over 96x160x160 this cut the
+    forward pass's CPU time from 0.283 s to 0.214 s (1 thread). The network itself is not changed: the copy is kept
+    (one per network, while it lives) and made again when any of its weights, buffers or modes change.
+    Networks with nothing to fold are returned as they are.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).eval()
+        >>> folded = folded_batch_norms(net)
+        >>> type(folded[1]).__name__, type(net[1]).__name__
+        ('Identity', 'BatchNorm2d')
+    """
+    key = _state_key(network)
+    cached = _folded.get(network)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if not _foldable_pairs(network):
+        return network
+    try:
+        folded = copy.deepcopy(network)
+    except Exception as err:  # noqa: BLE001  (a wrapper that cannot be copied: run it unfolded)
+        log.info("batch norm folding skipped: %s cannot be copied (%s)", type(network).__name__, err)
+        return network
+    for container, conv_name, owner, norm_name in _foldable_pairs(folded):
+        conv, norm = getattr(container, conv_name), getattr(owner, norm_name)
+        transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
+        fused = fuse_conv_bn_eval(conv, norm, transpose=transposed)  # type: ignore[arg-type]
+        setattr(container, conv_name, fused)
+        setattr(owner, norm_name, nn.Identity())
+    folded.eval()
+    for param in folded.parameters():
+        param.requires_grad_(False)
+    _folded[network] = (key, folded)
+    return folded
 
 
 def _instance_stats_norms(network: nn.Module) -> list[nn.Module]:
