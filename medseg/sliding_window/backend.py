@@ -359,7 +359,7 @@ def folded_batch_norms(network: nn.Module) -> nn.Module:
     for container, conv_name, owner, norm_name in _foldable_pairs(folded):
         conv, norm = getattr(container, conv_name), getattr(owner, norm_name)
         transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
-        fused = fuse_conv_bn_eval(conv, norm, transpose=transposed)  # type: ignore[arg-type]
+        fused = fuse_conv_bn_eval(conv, norm, transpose=transposed)
         setattr(container, conv_name, fused)
         setattr(owner, norm_name, nn.Identity())
     folded.eval()
@@ -369,9 +369,9 @@ def folded_batch_norms(network: nn.Module) -> nn.Module:
     return folded
 
 
-def _instance_stats_norms(network: nn.Module) -> list[nn.Module]:
+def _instance_stats_norms(network: nn.Module) -> list[nn.modules.instancenorm._InstanceNorm]:
     """Instance-norm layers that normalise each sample by its own statistics and update nothing."""
-    found = []
+    found: list[nn.modules.instancenorm._InstanceNorm] = []
     for module in network.modules():
         if isinstance(module, nn.modules.instancenorm._InstanceNorm):
             if module.track_running_stats and (module.training or module.running_mean is not None):
@@ -411,7 +411,7 @@ def channels_last_instance_norms(network: nn.Module) -> Iterator[int]:
     """
     norms = [m for m in _instance_stats_norms(network) if "forward" not in vars(m)]
     for module in norms:
-        module.forward = functools.partial(_instance_norm_by_sample, module)  # type: ignore[method-assign]
+        setattr(module, "forward", functools.partial(_instance_norm_by_sample, module))  # noqa: B010  (instance attribute; mypy refuses the assignment)
     try:
         yield len(norms)
     finally:
