@@ -132,6 +132,7 @@ def _images_per_s(cfg, device, speed, steps: int, repeats: int = 3) -> float:
 
     from medseg.losses import build_loss
     from medseg.models import build_model
+    from medseg.models.outputs import weighted_loss
 
     classes = len(cfg.data.labels.classes) if cfg.data.labels.classes else 2
     channels = 3 if cfg.data.color == "rgb" else 1
@@ -154,7 +155,7 @@ def _images_per_s(cfg, device, speed, steps: int, repeats: int = 3) -> float:
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=speed.amp_dtype or torch.bfloat16,
                                 enabled=speed.amp_dtype is not None):
-                loss = loss_fn(step_model(image).float(), label)
+                loss = weighted_loss(loss_fn, step_model(image), label)  # several heads (DeepLabV3's aux) too
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or 1e9)

@@ -35,6 +35,11 @@ runs. medseg: sliding_window_predict(net, x, 96, output="labels") with its defau
 autocast eager, autocast channels-last, and with ``--compile`` torch.compile); medseg's time is given over the
 fastest of them. Timings: one warm-up, then the median of ``--repeats`` runs (3 by default). On CUDA each line
 also gives the peak GPU memory of the call (torch.cuda.max_memory_allocated).
+
+Allocator: the ``medseg`` command asks PyTorch for huge-page CPU allocations before torch loads
+(``THP_MEM_ALLOC_ENABLE=1``, :func:`medseg.processes.prefer_huge_pages`). This script does the same before it
+imports torch, so MONAI and medseg run under the same allocator (the header line says which); run it with
+``THP_MEM_ALLOC_ENABLE=0`` for 4 KiB pages in both.
 """
 
 from __future__ import annotations
@@ -48,13 +53,16 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-import torch
-import torch.nn.functional as F
-from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
-from monai.networks.nets import UNet
+if "THP_MEM_ALLOC_ENABLE" not in os.environ and sys.platform.startswith("linux"):
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # what the medseg command does; MONAI gets it too (same process)
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from monai.inferers import sliding_window_inference  # noqa: E402
+from monai.losses import DiceCELoss  # noqa: E402
+from monai.networks.nets import UNet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -387,6 +395,18 @@ def run_instance_variant(image, repeats, device, classes) -> None:
         t_ours, ts_ours, (labels, stats) = timed(
             lambda: sliding_window_predict(net, image, ROI, output="labels", return_stats=True), repeats, device
         )
+        # The limit for roi windows: the network calls medseg makes, each as fast as the fastest backend runs one.
+        batch = stats.batch_size
+        calls = math.ceil(stats.windows / batch)
+        windows = torch.rand(batch, 1, *ROI, device=device)
+        dtype = resolve_precision("auto", device)
+        one = {}
+        for backend in ("eager", "channels_last"):
+            with using_backend(net, backend, 3) as fwd:
+                def run(fwd=fwd):
+                    with torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                        return fwd(windows)
+                one[backend] = timed(run, repeats, device)[:2]
     dice = dice_per_class(labels[:, 0].long(), ref, classes)
     print(f"[{name}] medseg plan: {stats.plan}, tiling {stats.tiling}, {stats.precision}, backend {stats.backend}")
     print(
@@ -394,6 +414,15 @@ def run_instance_variant(image, repeats, device, classes) -> None:
         f"autocast / medseg: {t_amp:.2f} s / {t_ours:.2f} s = {t_amp / t_ours:.2f}x (runs MONAI {fmt_times(ts_monai)}, "
         f"MONAI {amp} {fmt_times(ts_amp)}, medseg {fmt_times(ts_ours)}); label agreement of an untrained "
         f"network, for information only: {fmt_dice(dice)}"
+    )
+    for backend, (t, ts) in one.items():
+        print(f"[{name}] one network call on {batch} windows of {'x'.join(map(str, ROI))}, {backend}: {t:.3f} s "
+              f"(runs {fmt_times(ts)})")
+    best = min(one, key=lambda k: one[k][0])
+    limit = calls * one[best][0]
+    print(
+        f"[{name}] medseg / its limit ({calls} calls x the fastest call, {best}): {t_ours:.2f} s / {limit:.2f} s = "
+        f"{t_ours / limit:.2f}"
     )
 
 
@@ -498,7 +527,8 @@ def main() -> None:
     repeats = args.repeats or (1 if args.quick or args.smoke else 3)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
-        f"auto precision {resolve_precision('auto', args.device)}"
+        f"auto precision {resolve_precision('auto', args.device)}, THP_MEM_ALLOC_ENABLE="
+        f"{os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')} (both libraries)"
     )
     if args.memory_only:
         memory(128 if args.quick else 256, 10, args.device, args.memory_runs)

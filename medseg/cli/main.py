@@ -493,6 +493,9 @@ def doctor() -> None:
 
 def main() -> None:
     """Console-script entry point (also ``python -m medseg``)."""
+    from medseg.processes import prefer_huge_pages
+
+    prefer_huge_pages()  # before anything imports torch: PyTorch reads the setting once
     app(prog_name="medseg")
 
 

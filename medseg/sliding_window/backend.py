@@ -6,6 +6,9 @@ Backends:
 * ``"channels_last"``: weights and inputs in channels-last layout (``channels_last`` in 2D,
   ``channels_last_3d`` in 3D), which lets oneDNN (CPU) and cuDNN (GPU) pick their fastest convolution kernels;
   with bf16 autocast on a CPU with AMX a MONAI UNet 16-256 forward pass took 0.50 s instead of 0.84 s.
+  Instance-norm layers run per sample as batch norm so that their outputs stay channels-last too
+  (:func:`channels_last_instance_norms`), and eval-mode batch norms are folded into the convolutions before
+  them, in a copy of the network (:func:`folded_batch_norms`).
 * ``"compile"``: channels-last plus ``torch.compile`` (inductor). Compiling takes tens of seconds per network
   and input shape, so ``"auto"`` never picks it; ask for it where a long run pays the compile time back.
 * ``"auto"``: a short measured probe (like cuDNN's benchmark mode) times ``"eager"`` and ``"channels_last"``
@@ -22,18 +25,23 @@ channels-last forward pass is faster than its fp32 one (see docs/benchmarks.md).
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import hashlib
 import json
 import logging
 import math
 import platform
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from medseg.atomic import write_json_atomic
 
@@ -41,7 +49,9 @@ __all__ = [
     "BACKENDS",
     "PROBE_AGREEMENT",
     "PROBE_MIN_VOXELS",
+    "channels_last_instance_norms",
     "check_backend",
+    "folded_batch_norms",
     "choose_backend",
     "default_cache_file",
     "network_signature",
@@ -55,6 +65,9 @@ PROBE_CANDIDATES = ("eager", "channels_last")
 PROBE_AGREEMENT = 0.98
 #: Below this many voxels of network work in one call, ``"auto"`` runs eager without probing.
 PROBE_MIN_VOXELS = 48**3
+#: Bumped when a backend changes what it runs, so choices cached by an earlier medseg are measured again
+#: (2: instance norm kept channels-last; 3: batch norm folded into convolutions).
+BACKENDS_VERSION = 3
 #: Timed calls per candidate after one warm-up (the fastest counts).
 PROBE_REPEATS = 2
 
@@ -122,7 +135,7 @@ def _cpu_model() -> str:
 def _probe_key(network: nn.Module, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype | None) -> str:
     dtype_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
     return "|".join((network_signature(network), _device_name(device), dtype_name, "x".join(map(str, shape)),
-                     f"torch {torch.__version__}"))
+                     f"torch {torch.__version__}", f"backends v{BACKENDS_VERSION}"))
 
 
 def choose_backend(
@@ -269,6 +282,9 @@ def using_backend(network: nn.Module, backend: str, spatial: int | None = None) 
         return
     if not _is_layout(network, layout):
         network.to(memory_format=layout)  # type: ignore[call-overload]  # in place: parameters stay the same objects
+    network = folded_batch_norms(network)
+    if not _is_layout(network, layout):
+        network.to(memory_format=layout)  # type: ignore[call-overload]
     # torch.compile keeps its compiled code per forward function and guards, so a second call with the same
     # network and shapes does not compile again
     runner: Callable[..., Any] = torch.compile(network, dynamic=False) if backend == "compile" else network
@@ -276,5 +292,129 @@ def using_backend(network: nn.Module, backend: str, spatial: int | None = None) 
     def forward(x: torch.Tensor) -> Any:
         return runner(x.contiguous(memory_format=layout))
 
-    yield forward
+    with channels_last_instance_norms(network):
+        yield forward
+
+
+def _foldable_pairs(network: nn.Module) -> list[tuple[nn.Sequential, str, nn.Module, str]]:
+    """(container, convolution's name, batch norm's container, batch norm's name) of each convolution followed by
+    an eval-mode batch norm with running statistics: next in the same ``nn.Sequential``, or first in the
+    ``nn.Sequential`` that comes next (MONAI's ``Convolution``: ``conv`` then ``adn`` = norm, dropout, activation)."""
+    pairs = []
+    for container in network.modules():
+        if not isinstance(container, nn.Sequential):
+            continue
+        children = list(container.named_children())
+        for (conv_name, conv), (next_name, after) in zip(children, children[1:], strict=False):
+            if not isinstance(conv, nn.modules.conv._ConvNd):
+                continue
+            owner: nn.Module = container
+            norm_name, norm = next_name, after
+            if isinstance(after, nn.Sequential) and len(after) > 0:
+                owner, (norm_name, norm) = after, next(iter(after.named_children()))
+            if (isinstance(norm, nn.modules.batchnorm._BatchNorm) and not norm.training
+                    and norm.running_mean is not None and norm.running_var is not None
+                    and norm.num_features == conv.out_channels):
+                pairs.append((container, conv_name, owner, norm_name))
+    return pairs
+
+
+_folded: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def _state_key(network: nn.Module) -> tuple[Any, ...]:
+    """Changes whenever a weight or buffer of ``network`` is replaced or changed in place, or a mode flips."""
+    tensors = tuple((id(t), t._version, t.device, t.dtype, t.data_ptr())
+                    for t in (*network.parameters(), *network.buffers()))
+    return tensors + tuple(m.training for m in network.modules())
+
+
+def folded_batch_norms(network: nn.Module) -> nn.Module:
+    """``network``, or a copy with each eval-mode batch norm folded into the convolution before it.
+
+    In eval mode batch norm is a per-channel affine map, so it can be folded into the preceding convolution's weights
+    and bias (PyTorch's :func:`torch.nn.utils.fusion.fuse_conv_bn_eval`): the same result in float32 (to ~1e-5)
+    without a pass over every feature map. On a bf16 MONAI UNet 16-256 (batch norm) over 96x160x160 this cut the
+    forward pass's CPU time from 0.283 s to 0.214 s (1 thread). The network itself is not changed: the copy is kept
+    (one per network, while it lives) and made again when any of its weights, buffers or modes change.
+    Networks with nothing to fold are returned as they are.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).eval()
+        >>> folded = folded_batch_norms(net)
+        >>> type(folded[1]).__name__, type(net[1]).__name__
+        ('Identity', 'BatchNorm2d')
+    """
+    key = _state_key(network)
+    cached = _folded.get(network)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if not _foldable_pairs(network):
+        return network
+    try:
+        folded = copy.deepcopy(network)
+    except Exception as err:  # noqa: BLE001  (a wrapper that cannot be copied: run it unfolded)
+        log.info("batch norm folding skipped: %s cannot be copied (%s)", type(network).__name__, err)
+        return network
+    for container, conv_name, owner, norm_name in _foldable_pairs(folded):
+        conv, norm = getattr(container, conv_name), getattr(owner, norm_name)
+        transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
+        fused = fuse_conv_bn_eval(conv, norm, transpose=transposed)
+        setattr(container, conv_name, fused)
+        setattr(owner, norm_name, nn.Identity())
+    folded.eval()
+    for param in folded.parameters():
+        param.requires_grad_(False)
+    _folded[network] = (key, folded)
+    return folded
+
+
+def _instance_stats_norms(network: nn.Module) -> list[nn.modules.instancenorm._InstanceNorm]:
+    """Instance-norm layers that normalise each sample by its own statistics and update nothing."""
+    found: list[nn.modules.instancenorm._InstanceNorm] = []
+    for module in network.modules():
+        if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+            if module.track_running_stats and (module.training or module.running_mean is not None):
+                continue  # running statistics are used or updated: PyTorch's own layer does that
+            found.append(module)
+    return found
+
+
+def _instance_norm_by_sample(module: nn.modules.instancenorm._InstanceNorm, x: torch.Tensor) -> torch.Tensor:
+    """Instance norm of a channels-last batch that stays channels-last: batch norm of each sample on its own.
+
+    PyTorch's instance norm views the batch as one sample of N x C channels, which needs channels-first memory:
+    on a channels-last input it copies the input to channels-first (in float32 under autocast), normalises and
+    hands back a channels-first float32 map that the next convolution copies back. Batch norm in training mode
+    over one sample computes the same per-channel mean and biased variance, and PyTorch runs it on channels-last
+    memory in the input's dtype.
+    """
+    layout = _layout(x.ndim - 2)
+    if layout is None or x.shape[0] == 0 or not x.is_contiguous(memory_format=layout):
+        return type(module).forward(module, x)
+    eps = module.eps
+    if x.shape[0] == 1:
+        return F.batch_norm(x, None, None, module.weight, module.bias, True, 0.0, eps)
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i : i + 1] = F.batch_norm(x[i : i + 1], None, None, module.weight, module.bias, True, 0.0, eps)
+    return out
+
+
+@contextlib.contextmanager
+def channels_last_instance_norms(network: nn.Module) -> Iterator[int]:
+    """While active, the network's instance-norm layers keep channels-last inputs channels-last.
+
+    On a 2-core CPU with bf16 autocast, 4 windows of 96^3 through an instance-norm MONAI UNet 16-256 took 0.83 s
+    of CPU time instead of 1.09 s this way (labels agree with float32 as PyTorch's layer's do). Layers that use
+    or update running statistics are left alone. Yields how many layers it changed; restores them on exit.
+    """
+    norms = [m for m in _instance_stats_norms(network) if "forward" not in vars(m)]
+    for module in norms:
+        setattr(module, "forward", functools.partial(_instance_norm_by_sample, module))  # noqa: B010  (instance attribute; mypy refuses the assignment)
+    try:
+        yield len(norms)
+    finally:
+        for module in norms:
+            vars(module).pop("forward", None)
 

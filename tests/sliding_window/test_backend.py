@@ -150,3 +150,121 @@ def test_probe_prefers_a_backend_whose_labels_agree(monkeypatch):
     monkeypatch.setattr(backend_mod, "_memory_cache", {})
     assert choose_backend(net, window, None) == "eager"  # 64 voxels: below PROBE_MIN_VOXELS, not probed
     assert choose_backend(torch.nn.Identity(), torch.rand(1, 1, 256, 256, 256), None) == "eager"  # no convolution
+
+
+# --- instance norm on channels-last memory ---------------------------------------------------------------------
+
+from medseg.sliding_window.backend import channels_last_instance_norms  # noqa: E402
+
+
+@pytest.mark.parametrize("spatial", [2, 3])
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_instance_norm_by_sample_equals_pytorchs(spatial: int, affine: bool, batch: int) -> None:
+    torch.manual_seed(spatial * 10 + batch)
+    norm_cls = torch.nn.InstanceNorm2d if spatial == 2 else torch.nn.InstanceNorm3d
+    layout = torch.channels_last if spatial == 2 else torch.channels_last_3d
+    norm = norm_cls(5, affine=affine).eval()
+    if affine:
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    x = (torch.randn(batch, 5, *([9] * spatial)) * 3 + 2).contiguous(memory_format=layout)
+    expected = norm(x.contiguous())
+    with channels_last_instance_norms(norm) as changed:
+        got = norm(x)
+    assert changed == 1
+    assert got.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+    assert "forward" not in vars(norm)  # restored
+
+
+def test_instance_norm_with_running_stats_is_left_alone() -> None:
+    tracked = torch.nn.InstanceNorm3d(4, track_running_stats=True).eval()
+    plain = torch.nn.InstanceNorm3d(4)
+    net = torch.nn.Sequential(tracked, plain)
+    with channels_last_instance_norms(net) as changed:
+        assert changed == 1
+        assert "forward" not in vars(tracked) and "forward" in vars(plain)
+    assert "forward" not in vars(plain)
+
+
+def test_instance_norm_patch_is_undone_on_error() -> None:
+    norm = torch.nn.InstanceNorm2d(3)
+    with pytest.raises(RuntimeError, match="boom"), channels_last_instance_norms(norm):
+        raise RuntimeError("boom")
+    assert "forward" not in vars(norm)
+
+
+def test_instance_norm_unet_channels_last_matches_eager() -> None:
+    from monai.networks.nets import UNet
+
+    from medseg.sliding_window.predict import sliding_window_predict
+
+    torch.manual_seed(0)
+    net = UNet(3, 1, 3, (8, 16, 32), (2, 2), num_res_units=1, norm="instance").eval()
+    image = torch.rand(1, 1, 40, 48, 36)
+    eager = sliding_window_predict(net, image, 32, output="logits", precision="fp32", backend="eager")
+    fast = sliding_window_predict(net, image, 32, output="logits", precision="fp32", backend="channels_last")
+    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=1e-4)
+    assert not any("forward" in vars(m) for m in net.modules())
+
+
+# --- batch norm folded into the convolutions ---------------------------------------------------------------------
+
+from medseg.sliding_window.backend import folded_batch_norms  # noqa: E402
+
+
+def _trained_bn_unet(spatial: int) -> torch.nn.Module:
+    """A batch-norm UNet whose running statistics and affine weights are not the identity."""
+    torch.manual_seed(spatial)
+    net = UNet(spatial, 1, 3, (8, 16, 32), (2, 2), num_res_units=1, norm="batch")
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):  # batch statistics move the running ones away from 0 / 1
+            net(torch.rand(2, 1, *([16] * spatial)) * 4 - 1)
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+@pytest.mark.parametrize("spatial", [2, 3])
+def test_folded_network_computes_what_the_network_computes(spatial: int) -> None:
+    net = _trained_bn_unet(spatial)
+    x = torch.rand(2, 1, *([24] * spatial))
+    folded = folded_batch_norms(net)
+    assert folded is not net
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    transposed = [m for m in folded.modules() if isinstance(m, torch.nn.modules.conv._ConvTransposeNd)]
+    assert transposed  # the up path's transposed convolutions were folded too
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), atol=2e-5, rtol=1e-4)
+    assert all(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in norms)  # the network is unchanged
+
+
+def test_folded_copy_is_reused_and_made_again_when_weights_change() -> None:
+    net = _trained_bn_unet(2)
+    first = folded_batch_norms(net)
+    assert folded_batch_norms(net) is first
+    with torch.no_grad():
+        next(net.parameters()).add_(0.5)  # an optimizer step, a load_state_dict: in place
+    second = folded_batch_norms(net)
+    assert second is not first
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(second(x), net(x), atol=2e-5, rtol=1e-4)
+
+
+def test_batch_norm_in_training_mode_is_not_folded() -> None:
+    net = _trained_bn_unet(2).train()
+    assert folded_batch_norms(net) is net
+
+
+def test_bn_unet_channels_last_backend_matches_eager() -> None:
+    net = _trained_bn_unet(3)
+    image = torch.rand(1, 1, 40, 48, 36)
+    eager = sliding_window_predict(net, image, 32, output="logits", precision="fp32", backend="eager")
+    fast = sliding_window_predict(net, image, 32, output="logits", precision="fp32", backend="channels_last")
+    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=1e-4)
