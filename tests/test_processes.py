@@ -119,14 +119,16 @@ def _run_faults(env_extra: dict[str, str]) -> dict:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are a Linux feature")
 def test_huge_pages_cut_the_page_faults_of_big_blocks() -> None:
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if not thp.exists() or "[never]" in thp.read_text():
+    mode = thp.read_text() if thp.exists() else "[never]"
+    if "[never]" in mode:
         pytest.skip("transparent huge pages are off on this machine")
     on = _run_faults({})
     off = _run_faults({"THP_MEM_ALLOC_ENABLE": "0"})
     assert on["asked"] is True and on["env"] == "1"
     assert off["asked"] is False and off["env"] == "0"  # the user's choice is kept
-    assert off["faults"] > 3 * 16384 * 0.9  # every 4 KiB page of every block faulted
-    assert on["faults"] < off["faults"] / 5
+    assert on["faults"] < 3 * 16384 / 5  # 2 MiB pages: a few hundred faults, not 3 x 16384
+    if "[madvise]" in mode:  # ("always" gives big blocks huge pages whether PyTorch asks or not)
+        assert off["faults"] > 3 * 16384 * 0.9  # every 4 KiB page of every block faulted
 
 
 def test_huge_pages_are_not_asked_for_once_torch_is_imported(monkeypatch: pytest.MonkeyPatch) -> None:
