@@ -36,7 +36,7 @@ def prefer_huge_pages() -> bool:
         True
     """
     if HUGE_PAGES_ENV in os.environ:
-        return os.environ[HUGE_PAGES_ENV].strip() not in ("", "0")
+        return os.environ[HUGE_PAGES_ENV] == "1"  # PyTorch ignores other values (with a warning)
     if "torch" in sys.modules or not sys.platform.startswith("linux"):
         return False  # too late for this process (PyTorch has read its setting), or no transparent huge pages
     os.environ[HUGE_PAGES_ENV] = "1"

@@ -244,17 +244,53 @@ def test_folded_network_computes_what_the_network_computes(spatial: int) -> None
     assert all(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in norms)  # the network is unchanged
 
 
-def test_folded_copy_is_reused_and_made_again_when_weights_change() -> None:
+def test_folding_follows_every_change_to_the_network() -> None:
     net = _trained_bn_unet(2)
-    first = folded_batch_norms(net)
-    assert folded_batch_norms(net) is first
-    with torch.no_grad():
-        next(net.parameters()).add_(0.5)  # an optimizer step, a load_state_dict: in place
-    second = folded_batch_norms(net)
-    assert second is not first
     x = torch.rand(1, 1, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(second(x), net(x), atol=2e-5, rtol=1e-4)
+    norm = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    changes = [
+        lambda: next(net.parameters()).add_(0.5),  # an optimizer step, load_state_dict: in place
+        lambda: next(net.parameters()).data.mul_(2),  # through .data: no version bump
+        lambda: norm.running_mean.data.fill_(3.0),
+        lambda: setattr(norm, "eps", 10.0),
+    ]
+    for change in changes:
+        with torch.no_grad():
+            change()
+            torch.testing.assert_close(folded_batch_norms(net)(x), net(x), atol=2e-5, rtol=1e-4)
+
+
+class _Residual(torch.nn.Sequential):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # conv, then conv + norm(conv): not a chain
+        y = self[0](x)
+        return y + self[1](y)
+
+
+def test_only_plain_chains_are_folded() -> None:
+    torch.manual_seed(0)
+    residual = _Residual(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+    grouped_up = torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 6, 3, padding=1, groups=2), torch.nn.BatchNorm2d(6))
+    for net in (residual, grouped_up):
+        norm = net[1]
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        net.eval()
+        assert folded_batch_norms(net) is net
+        x = torch.rand(2, net[0].in_channels, 12, 12)
+        eager = sliding_window_predict(net, x, 16, output="logits", precision="fp32", backend="eager")
+        fast = sliding_window_predict(net, x, 16, output="logits", precision="fp32", backend="channels_last")
+        torch.testing.assert_close(fast, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_hooks_and_training_mode_modules_keep_the_network_unfolded() -> None:
+    net = _trained_bn_unet(2)
+    calls = []
+    handle = net.model[0].register_forward_hook(lambda *_: calls.append(1))
+    assert folded_batch_norms(net) is net
+    handle.remove()
+    dropout = torch.nn.Dropout(0.5).train()  # Monte Carlo dropout in an eval-mode network
+    mc = torch.nn.Sequential(net, dropout)
+    assert folded_batch_norms(mc) is mc
 
 
 def test_batch_norm_in_training_mode_is_not_folded() -> None:
