@@ -35,7 +35,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -320,7 +320,7 @@ def _foldable_pairs(network: nn.Module) -> list[tuple[nn.Sequential, str, nn.Mod
     return pairs
 
 
-def _runs_in_order(module: nn.Module) -> bool:
+def _runs_in_order(module: nn.Module) -> TypeGuard[nn.Sequential]:
     """An ``nn.Sequential`` whose forward is Sequential's own: each child's output is the next child's only input."""
     return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
