@@ -154,7 +154,7 @@ def test_probe_prefers_a_backend_whose_labels_agree(monkeypatch):
 
 # --- instance norm on channels-last memory ---------------------------------------------------------------------
 
-from medseg.sliding_window.backend import channels_last_instance_norms  # noqa: E402
+from medseg.sliding_window.layers import channels_last_instance_norms  # noqa: E402
 
 
 @pytest.mark.parametrize("spatial", [2, 3])
@@ -211,7 +211,7 @@ def test_instance_norm_unet_channels_last_matches_eager() -> None:
 
 # --- batch norm folded into the convolutions ---------------------------------------------------------------------
 
-from medseg.sliding_window.backend import folded_batch_norms  # noqa: E402
+from medseg.sliding_window.layers import folded_batch_norms  # noqa: E402
 
 
 def _trained_bn_unet(spatial: int) -> torch.nn.Module:
