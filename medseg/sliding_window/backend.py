@@ -8,7 +8,8 @@ Backends:
   with bf16 autocast on a CPU with AMX a MONAI UNet 16-256 forward pass took 0.50 s instead of 0.84 s.
   Instance-norm layers run per sample as batch norm so that their outputs stay channels-last too
   (:func:`~medseg.sliding_window.layers.channels_last_instance_norms`), and eval-mode batch norms are folded
-  into the convolutions before them, in a copy of the network (:func:`~medseg.sliding_window.layers.folded_batch_norms`).
+  into the convolutions before them, in a copy of the network
+  (:func:`~medseg.sliding_window.layers.folded_batch_norms`).
 * ``"compile"``: channels-last plus ``torch.compile`` (inductor). Compiling takes tens of seconds per network
   and input shape, so ``"auto"`` never picks it; ask for it where a long run pays the compile time back.
 * ``"auto"``: a short measured probe (like cuDNN's benchmark mode) times ``"eager"`` and ``"channels_last"``
