@@ -193,6 +193,14 @@ class AugmentConfig(Strict):
         0.0, ge=0, le=1, description="Probability of a gamma change per sample (0: off): each channel rescaled to "
         "0..1 by its min and max, raised to gamma, rescaled back.")
     gamma: float = Field(0.3, ge=0, lt=1, description="Gamma drawn in [1 - gamma, 1 + gamma].")
+    saturation: float = Field(
+        0.0, ge=0, le=1, description="RGB images: colour saturation scaled by a factor drawn in [1 - saturation, "
+        "1 + saturation] (each pixel's distance from its gray, the mean of its channels), with data.augment."
+        "probability (0: off).")
+    hue: float = Field(
+        0.0, ge=0, le=0.5, description="RGB images: hue turned by an angle drawn in [-hue, hue] turns (0.5: half a "
+        "turn) about the gray axis, which keeps each pixel's gray and colour strength, with data.augment.probability "
+        "(0: off).")
 
 
 class DataConfig(Strict):
@@ -327,6 +335,11 @@ class DataConfig(Strict):
         if value.crop_probability > 0 and info.data.get("kind", "images2d") != "images2d":
             raise ValueError("crop_probability: random crops are for images2d; volume patches (volumes3d, slices2d) "
                              "are random crops already (data.patch_size)")
+        colour = [name for name in ("saturation", "hue") if getattr(value, name) > 0]
+        if colour and (info.data.get("kind", "images2d") != "images2d" or info.data.get("color", "rgb") != "rgb"):
+            raise ValueError(f"{colour[0]}: colour changes are for RGB images (data.kind: images2d, data.color: rgb); "
+                             f"got data.kind {info.data.get('kind', 'images2d')}, data.color "
+                             f"{info.data.get('color', 'rgb')}")
         return value
 
     @field_validator("windows")

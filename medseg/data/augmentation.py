@@ -17,7 +17,9 @@ Beyond flips, turns, rotation, zoom, contrast, brightness and noise, each with i
 - random crop (2D images): each side keeps a fraction in ``[crop_min_fraction, 1]`` at a random place, resized
   back to the input size;
 - Gaussian blur with sigma drawn in ``[0, blur_sigma]`` (all axes; edges replicated);
-- gamma drawn in ``[1 - gamma, 1 + gamma]`` on each channel rescaled to 0..1 by its min and max.
+- gamma drawn in ``[1 - gamma, 1 + gamma]`` on each channel rescaled to 0..1 by its min and max;
+- RGB colour: saturation scaled by a factor in ``[1 - saturation, 1 + saturation]`` and hue turned by up to
+  ``hue`` turns about the gray axis (Rodrigues' rotation), both keeping each pixel's gray (its channel mean).
 
 Crop, rotation, zoom and elastic displacement are composed into one sampling grid, so a sample is resampled
 once (image bilinear, label nearest-neighbour: class values are never mixed). Outside the image the padding is
@@ -113,6 +115,8 @@ class BatchAugment:
             image = self._blur(image, b, draw)
         if cfg.gamma_probability > 0 and cfg.gamma > 0:
             image = self._gamma(image, b, draw)
+        if cfg.saturation > 0 or cfg.hue > 0:
+            image = self._colour(image, b, draw)
         return image, label
 
     def _resample(self, image: torch.Tensor, label: torch.Tensor, theta: torch.Tensor | None,
@@ -207,6 +211,31 @@ class BatchAugment:
         unit = ((image - low) / span.clamp_min(1e-12)).clamp(0, 1)
         out = torch.where(span > 0, unit**gamma * span + low, image)
         return torch.where(applied.view(b, *([1] * (image.ndim - 1))), out, image)
+
+    def _colour(self, image: torch.Tensor, b: int, draw: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """Saturation (chroma scaled about each pixel's gray) and hue (chroma turned about the gray axis) of RGB
+        batches, each drawn per sample with ``cfg.probability``; both keep every pixel's gray (channel mean)."""
+        cfg = self.cfg
+        if image.shape[1] != 3:
+            raise ValueError(f"saturation and hue need RGB images (3 channels), got {image.shape[1]} channels")
+        shape = (b, 1, *([1] * self.dims))
+        if cfg.saturation > 0:
+            apply = (draw(b) < cfg.probability).float()
+            factor = (1 + (draw(b) * 2 - 1) * cfg.saturation * apply).view(shape).to(image)
+            gray = image.mean(1, keepdim=True)
+            image = gray + (image - gray) * factor
+        if cfg.hue > 0:
+            apply = (draw(b) < cfg.probability).float()
+            angle = (draw(b) * 2 - 1) * cfg.hue * 2 * math.pi * apply
+            cos, sin = torch.cos(angle), torch.sin(angle)
+            # Rodrigues' rotation about the unit gray axis k = (1, 1, 1) / sqrt(3): cos I + sin [k]x + (1 - cos) k k^T
+            k = torch.full((3,), 1 / math.sqrt(3), device=angle.device)
+            cross = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]], device=angle.device)
+            cross = cross / math.sqrt(3)
+            turn = (cos.view(b, 1, 1) * torch.eye(3, device=angle.device) + sin.view(b, 1, 1) * cross
+                    + (1 - cos).view(b, 1, 1) * torch.outer(k, k))
+            image = torch.einsum("bij,bj...->bi...", turn.to(image), image)
+        return image
 
     def _affine(self, b: int, draw: Callable[..., torch.Tensor]) -> torch.Tensor | None:
         cfg = self.cfg

@@ -189,3 +189,39 @@ def test_random_crops_are_for_2d_images_only():
     with pytest.raises(ConfigError, match=r"data\.augment\.crop_probability: random crops are for images2d"):
         validate_config({"data": {"kind": "volumes3d", "root": "x", "augment": {"crop_probability": 0.5}},
                          "model": {"spatial_dims": 3}})
+
+
+def test_saturation_and_hue_match_the_formulas_and_keep_gray_and_labels():
+    from scipy.spatial.transform import Rotation
+
+    image, label = _batch(b=3)
+    image[:, :, 0, 0] = 0.4  # a gray pixel: no colour to change
+    cfg = AugmentConfig(**OFF, probability=1.0, saturation=0.5, hue=0.25)
+    out, out_label = BatchAugment(cfg, spatial_dims=2)(image, label, torch.Generator().manual_seed(6))
+    torch.testing.assert_close(out_label, label, rtol=0, atol=0)
+    draws = torch.rand(4, 3, generator=torch.Generator().manual_seed(6))  # (apply, factor), (apply, angle)
+    factor = 1 + (draws[1] * 2 - 1) * 0.5
+    angle = (draws[3] * 2 - 1) * 0.25 * 2 * torch.pi
+    gray = image.mean(1, keepdim=True)
+    saturated = gray + (image - gray) * factor.view(3, 1, 1, 1)
+    axis = torch.ones(3, dtype=torch.float64) / 3**0.5
+    for i in range(3):  # the turn, from SciPy's rotation of a rotation vector
+        turn = torch.from_numpy(Rotation.from_rotvec((angle[i].double() * axis).numpy()).as_matrix()).float()
+        expected = torch.einsum("ij,jhw->ihw", turn, saturated[i])
+        torch.testing.assert_close(out[i], expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.mean(1), image.mean(1), rtol=0, atol=1e-5)  # every pixel keeps its gray
+    torch.testing.assert_close(out[:, :, 0, 0], image[:, :, 0, 0], rtol=0, atol=1e-6)
+
+
+def test_colour_changes_are_for_rgb_images_only():
+    from medseg.config.loading import validate_config
+    from medseg.errors import ConfigError
+
+    for data, found in (({"kind": "images2d", "color": "gray"}, "data.color gray"),
+                        ({"kind": "volumes3d"}, "data.kind volumes3d")):
+        with pytest.raises(ConfigError, match=rf"data\.augment\.hue: colour changes are for RGB .*got .*{found}"):
+            validate_config({"data": {**data, "root": "x", "augment": {"hue": 0.1}},
+                             "model": {"spatial_dims": 3 if data["kind"] == "volumes3d" else 2}})
+    with pytest.raises(ValueError, match="saturation and hue need RGB images .*got 1 channels"):
+        BatchAugment(AugmentConfig(saturation=0.2), spatial_dims=2)(
+            torch.rand(2, 1, 8, 8), torch.zeros(2, 1, 8, 8, dtype=torch.long), torch.Generator().manual_seed(0))
