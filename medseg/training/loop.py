@@ -48,7 +48,7 @@ from medseg.training.run_folder import (
     read_log,
     remove_unstarted_run,
 )
-from medseg.training.speed import TrainingSpeed, resolve_training_speed
+from medseg.training.speed import TrainingSpeed, resolve_training_speed, to_memory_format
 from medseg.training.task import Task, build_task
 
 #: During training, the curves and the best epoch's confusion matrix are drawn at most this often (seconds);
@@ -309,8 +309,7 @@ def _build_run(cfg: ExperimentConfig, run_dir: Path, dist: Dist, device: torch.d
                           f"(this run has {dist.world_size}); set it to 0 or train with one process")
     sample = cfg.data.image_size if cfg.data.kind == "images2d" else cfg.data.patch_size
     layout = resolve_training_speed(cfg.train, device, cfg.model.spatial_dims, sample).memory_format
-    if layout is not torch.contiguous_format:
-        model.to(memory_format=layout)  # type: ignore[call-overload]  # in place, before DDP registers the parameters
+    to_memory_format(model, layout)  # in place, before DDP registers the parameters
     model, net = wrap_model(model, dist, device, sync_batchnorm=cfg.train.sync_batchnorm)
     ema = None if cfg.train.ema is None else ModelEma(model, cfg.train.ema)  # the plain module, in its layout
     _log_batch(cfg, dist, micro)

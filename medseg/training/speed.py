@@ -3,8 +3,9 @@
 ``train.amp`` gives fp16 autocast with loss scaling (GradScaler) on CUDA and bf16 autocast on a CPU with
 native bf16 instructions (AVX512-BF16 or AMX; bf16 keeps fp32's exponent range, so no loss scaling); on other
 CPUs training stays fp32, which is logged. ``train.channels_last`` keeps weights and batches in channels-last
-layout (oneDNN's and cuDNN's fastest convolution kernels); ``train.compile`` wraps the model in
-``torch.compile`` for the training steps (validation and checkpoints use the plain model).
+layout (oneDNN's and cuDNN's fastest convolution kernels; strided 1x1 convolutions then run as subsampling + a
+stride-1 convolution, around a oneDNN heap overflow: :mod:`medseg.training.strided_convs`); ``train.compile``
+wraps the model in ``torch.compile`` for the training steps (validation and checkpoints use the plain model).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import torch
 
 from medseg.config.schema import TrainConfig
 from medseg.sliding_window.plan import cpu_has_native_bf16
+from medseg.training.strided_convs import subsample_strided_1x1_convs
 
-__all__ = ["TrainingSpeed", "resolve_training_speed"]
+__all__ = ["TrainingSpeed", "resolve_training_speed", "to_memory_format"]
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +55,28 @@ class TrainingSpeed:
         return image.contiguous(memory_format=self.memory_format)
 
     def model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Put ``model``'s weights in the run's layout (in place); returns what the training steps call."""
-        if self.memory_format is not torch.contiguous_format:
-            model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
+        """Put ``model`` in the run's layout (in place, :func:`to_memory_format`); returns what the training steps
+        call."""
+        to_memory_format(model, self.memory_format)
         return torch.compile(model) if self.compile else model  # type: ignore[return-value]
+
+
+def to_memory_format(model: torch.nn.Module, memory_format: torch.memory_format) -> None:
+    """Put ``model``'s weights in ``memory_format`` for training (in place; nothing for contiguous layout).
+
+    In a channels-last layout the strided 1x1 convolutions also run as subsampling + a stride-1 convolution
+    (:func:`~medseg.training.strided_convs.subsample_strided_1x1_convs`): oneDNN's backward pass of a strided 1x1
+    convolution on channels-last input with fewer than 16 (AVX512) or 8 (AVX2) input channels per group
+    overflows the heap (oneDNN#6035). The change is exact and stays on the model (an instance ``forward`` on
+    those layers; parameters, state dict and repr unchanged).
+    """
+    if memory_format is torch.contiguous_format:
+        return
+    model.to(memory_format=memory_format)  # type: ignore[call-overload]
+    changed = subsample_strided_1x1_convs(model)
+    if changed:
+        log.info("%d strided 1x1 convolution(s) run as subsampling + stride 1 in channels-last training "
+                 "(around oneDNN#6035, a heap overflow in their backward pass)", changed)
 
 
 def _ndim(memory_format: torch.memory_format) -> int:
