@@ -34,7 +34,7 @@ from medseg.prediction.ensemble import Ensemble, check_compatible, expand_checkp
 from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.predictor import Predictor
 from medseg.prediction.workers import load_sources, model_sources
-from medseg.training import loop
+from medseg.training import epoch_record, run_setup
 from medseg.training.loop import train
 
 runner = CliRunner()
@@ -44,8 +44,9 @@ F16 = 2e-3  # float16 rounding of a probability is at most 4.9e-4; two roundings
 def _train(cfg, run_dir: Path) -> Path:
     """Train without drawing the run's plots (no test here looks at them; they take most of a tiny run's time)."""
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("plot_curves", "plot_confusion", "plot_preview"):
-            patch.setattr(loop, name, lambda *args, **kwargs: None)
+        for module, name in ((epoch_record, "plot_curves"), (epoch_record, "plot_confusion"),
+                             (run_setup, "plot_preview")):
+            patch.setattr(module, name, lambda *args, **kwargs: None)
         return train(cfg, run_dir=run_dir, progress=False).last_checkpoint
 
 

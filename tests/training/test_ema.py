@@ -219,8 +219,8 @@ def test_compiled_steps_average_into_a_plain_copy(tmp_path, polyps, monkeypatch)
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_(model, backend="eager"))
     built = []
-    build_run = loop._build_run
-    monkeypatch.setattr(loop, "_build_run", lambda *a, **kw: built.append(build_run(*a, **kw)) or built[-1])
+    build_run = loop.build_run
+    monkeypatch.setattr(loop, "build_run", lambda *a, **kw: built.append(build_run(*a, **kw)) or built[-1])
     result = train(_cfg(RAW, polyps, ema=DECAY, compile=True, max_epochs=1), run_dir=tmp_path / "run",
                    progress=False)
     run = built[0]

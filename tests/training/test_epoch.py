@@ -33,17 +33,17 @@ def test_plots_are_drawn_at_most_every_interval_and_always_at_the_end(monkeypatc
 
     import numpy as np
 
-    from medseg.training import loop
+    from medseg.training import epoch_record
 
     drawn: list[str] = []
-    monkeypatch.setattr(loop, "plot_curves", lambda records, path: drawn.append(path.name))
-    monkeypatch.setattr(loop, "plot_confusion", lambda matrix, names, path, title: drawn.append(path.name))
+    monkeypatch.setattr(epoch_record, "plot_curves", lambda records, path: drawn.append(path.name))
+    monkeypatch.setattr(epoch_record, "plot_confusion", lambda matrix, names, path, title: drawn.append(path.name))
     run = SimpleNamespace(records=[{"epoch": 1}], run_dir=tmp_path, labels=SimpleNamespace(names=["a", "b"]),
                           best_confusion=(np.eye(2), "best epoch 1"), plotted_at=time.monotonic())
-    loop._draw(run, final=False)  # the run began just now: nothing drawn yet
+    epoch_record.draw_plots(run, final=False)  # the run began just now: nothing drawn yet
     assert drawn == []
-    loop._draw(run, final=True)
+    epoch_record.draw_plots(run, final=True)
     assert drawn == ["curves.png", "confusion_best.png"] and run.best_confusion is None
-    run.plotted_at -= loop.PLOT_INTERVAL_S + 1  # the interval has passed: the curves again, no new best to draw
-    loop._draw(run, final=False)
+    run.plotted_at -= epoch_record.PLOT_INTERVAL_S + 1  # the interval has passed: the curves again, no new best to draw
+    epoch_record.draw_plots(run, final=False)
     assert drawn == ["curves.png", "confusion_best.png", "curves.png"]
