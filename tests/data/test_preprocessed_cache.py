@@ -307,7 +307,7 @@ def test_open_file_limits_are_raised_and_never_mistaken_for_damage(spine, tmp_pa
     import errno
 
     resource = pytest.importorskip("resource")  # not on Windows
-    from medseg.data import preprocessed_cache
+    from medseg.data import cache_entries
 
     pairs, pre = _setup(spine)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -323,7 +323,7 @@ def test_open_file_limits_are_raised_and_never_mistaken_for_damage(spine, tmp_pa
     def exhausted(folder):
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(preprocessed_cache, "_map_arrays", exhausted)
+    monkeypatch.setattr(cache_entries, "_map_arrays", exhausted)
     cache = PreprocessedCache(tmp_path / "cache", pre, LABELS)
     with pytest.raises(MedsegError, match="too many open files .*ulimit -n"):
         cache.load(pairs[0])
