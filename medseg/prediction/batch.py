@@ -57,7 +57,9 @@ def predict_paths(
             the two batch functions refuse).
         ConfigError: ``out_dir`` inside an input folder, or an output this kind of model cannot write
             (``overlay`` for a volume model, ``dicom_seg`` for an image model), ``workers`` below 1, or
-            ``workers`` with a shard, or either under torchrun; an input that is a model (models come first).
+            ``workers`` with a shard, or either under torchrun; an input that is a model (models come first);
+            without ``overwrite``, a case's sidecar in ``out_dir`` made with other label-shaping settings
+            (:mod:`medseg.prediction.run_settings`).
     """
     paths = [Path(p) for p in inputs]
     out = Path(out_dir)

@@ -3,7 +3,9 @@
 Outputs of :func:`predict_images`: ``OUT/<name>.png`` masks in the original gray values and, on request,
 ``OUT/<name>_overlay.png`` and per-mask statistics (``OUT/<name>.json`` sidecars with a ``statistics`` section,
 ``OUT/statistics.csv`` over all images; in pixels, as a 2D image has no spacing); each written atomically. A
-rerun skips the images whose outputs all exist and writes only the missing outputs of the others.
+rerun skips the images whose outputs all exist and writes only the missing outputs of the others. The sidecars
+record the settings that shaped the masks, and with ``statistics`` a rerun with other ones is refused unless
+``overwrite`` (:mod:`medseg.prediction.run_settings`; without ``statistics`` there is no sidecar to compare).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_u
 from medseg.prediction.claims import Sharing
 from medseg.prediction.loaded import LoadedModel, mean_probabilities
 from medseg.prediction.postprocess import apply_postprocessing, keep_largest_component
+from medseg.prediction.run_settings import SETTINGS_KEY, check_recorded_settings, label_settings
 from medseg.prediction.statistics import IMAGE_COLUMNS, mask_statistics, statistics_section
 from medseg.prediction.statistics_table import write_statistics_table
 
@@ -187,10 +190,17 @@ def predict_images(
         progress: Progress bar on stderr.
         sharing: How this process shares ``out_dir`` with others (claim timeout, shard, run id); each case is
             claimed before it is computed (:mod:`medseg.prediction.claims`).
+
+    Raises:
+        ConfigError: ``out_dir`` is an input folder, or (with ``statistics``, without ``overwrite``) a sidecar
+            there made with other settings (:func:`~medseg.prediction.run_settings.check_recorded_settings`).
     """
     inputs = [Path(p) for p in inputs]
     check_output_dir(out_dir, inputs)
     cases = find_image_cases(inputs)
+    settings = label_settings(loaded)
+    if statistics and not overwrite:
+        check_recorded_settings([out_dir / f"{c.name}.json" for c in cases], settings, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def stats_of(case: Case, mask: np.ndarray) -> dict[str, object]:
@@ -216,7 +226,8 @@ def predict_images(
         if out_dir / f"{case.name}.json" in todo:
             sidecar = {"case": case.name, "input": str(case.source), "shape": list(mask.shape),
                        "statistics": stats_of(case, mask),
-                       **({"postprocessing": loaded.postprocessing_record()} if loaded.postprocessing else {})}
+                       **({"postprocessing": loaded.postprocessing_record()} if loaded.postprocessing else {}),
+                       SETTINGS_KEY: settings}
             paths.append(write_json_atomic(out_dir / f"{case.name}.json", sidecar))
         return [write_mask(mask_path, mask), *paths] if mask_path in todo else paths
 
