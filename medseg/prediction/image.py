@@ -224,10 +224,12 @@ def predict_images(
             image = display_uint8(read_image_values(case.source, color="rgb"))
             paths.append(write_overlay(out_dir / f"{case.name}_overlay.png", image, classes))
         if out_dir / f"{case.name}.json" in todo:
-            sidecar = {"case": case.name, "input": str(case.source), "shape": list(mask.shape),
-                       "statistics": stats_of(case, mask),
+            kept = mask_path not in todo  # the mask of an earlier run, whose settings no file recorded
+            described = read_mask(mask_path) if kept else mask
+            sidecar = {"case": case.name, "input": str(case.source), "shape": list(described.shape),
+                       "statistics": stats_of(case, described),
                        **({"postprocessing": loaded.postprocessing_record()} if loaded.postprocessing else {}),
-                       SETTINGS_KEY: settings}
+                       SETTINGS_KEY: None if kept else settings}
             paths.append(write_json_atomic(out_dir / f"{case.name}.json", sidecar))
         return [write_mask(mask_path, mask), *paths] if mask_path in todo else paths
 

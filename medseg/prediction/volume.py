@@ -468,6 +468,8 @@ def predict_volumes(
             log.info("%s: not a DICOM input, no DICOM-SEG written", case.source)
         if out / f"{case.name}.json" in todo:
             sidecar = describe_result(loaded, volume, result, case, time.perf_counter() - t0, settings=settings)
+            if out / f"{case.name}.nii.gz" not in todo:  # a label map kept from a run whose settings are lost
+                sidecar[SETTINGS_KEY] = None
             if statistics:
                 sidecar["statistics"] = statistics_section(structure_statistics(volume, result, loaded.labels))
             written.append(write_json_atomic(out / f"{case.name}.json", sidecar))

@@ -159,3 +159,17 @@ def test_ensemble_records_each_member_and_one_model_after_it_is_refused(ckpt2d, 
     code, _, stderr = _predict(ckpt2d[0], images, "-o", out, "--statistics")
     assert code == 2 and stderr.startswith(
         f"error: {out / (first + '.json')}: made with an ensemble of 2 models, this run has 1 model; ")
+
+
+def test_sidecar_added_to_a_kept_mask_describes_that_mask_and_claims_no_settings(ckpt2d, images, tmp_path):
+    out = tmp_path / "out"
+    assert _predict(ckpt2d[0], images, "-o", out)[0] == 0  # masks only: no sidecar recorded their settings
+    masks = _snapshot(out)
+    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--statistics", "--threshold", "0.01")
+    assert code == 0 and stdout.startswith("3 files written")  # 2 sidecars and the table; the masks are kept
+    assert {n: v for n, v in _snapshot(out).items() if n in masks} == masks
+    fresh = tmp_path / "fresh"  # the statistics of the kept masks, as a run without a threshold writes them
+    assert _predict(ckpt2d[0], images, "-o", fresh, "--statistics")[0] == 0
+    for sidecar in out.glob("*.json"):
+        data, reference = json.loads(sidecar.read_text()), json.loads((fresh / sidecar.name).read_text())
+        assert data["settings"] is None and data["statistics"] == reference["statistics"]
