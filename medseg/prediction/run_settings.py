@@ -6,10 +6,12 @@ stay in the folder while the user takes them for new ones. So, unless ``overwrit
 ``settings`` are compared with this run's before anything is predicted, and the first difference refuses the run
 (:func:`check_recorded_settings`: one line naming the sidecar, the setting, the old and the new value, and
 ``--overwrite`` or another ``-o``). A sidecar without ``settings`` (written by an older medseg) is not compared:
-its case is skipped as before.
+its case is skipped as before. Image folders, whose sidecars are written only on request, also keep the settings
+in one folder record (:mod:`medseg.prediction.folder_settings`), compared in the same way.
 
-Recorded (:func:`label_settings`): per model, its file (path, bytes, modification time: bytes and time are
-compared, so a moved or renamed checkpoint counts as the same one), the precision asked for (``auto``, ``fp32``
+Recorded (:func:`label_settings`): per model, its file (its path, shown only, and the SHA-256 of its bytes,
+compared: a moved, renamed or copied checkpoint counts as the same one, a retrained one as another), the
+precision asked for (``auto``, ``fp32``
 ...) and the one that ran (``precision_used``, shown but not compared, so machines that resolve ``auto``
 differently can share a folder), flip TTA and, for volume models, the window (``roi_size``, ``overlap``,
 ``blend``); for the prediction as a whole ``threshold``, ``largest_component`` and the ``postprocessing.json``
@@ -19,9 +21,10 @@ extra outputs asked for (``--probabilities``, ``--statistics``, ``--overlay``, `
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.network import roi_for
 from medseg.sliding_window.plan import precision_name
 
-__all__ = ["SETTINGS_KEY", "check_recorded_settings", "label_settings", "settings_differences"]
+__all__ = ["SETTINGS_KEY", "check_recorded_settings", "checkpoint_sha256", "label_settings", "settings_differences"]
 
 #: The sidecar entry holding the settings.
 SETTINGS_KEY = "settings"
@@ -48,9 +51,8 @@ def label_settings(loaded: LoadedModel) -> dict[str, Any]:
         >>> m = LoadedModel(None, None, LabelMap.from_mapping({0: "bg", 255: "polyp"}), {}, InferConfig(tta=True),
         ...                 "cpu", DataKind.IMAGES2D)  # type: ignore[arg-type]
         >>> label_settings(m)
-        {'models': [{'checkpoint': None, 'checkpoint_bytes': None, 'checkpoint_modified': None, \
-'precision': 'fp32', 'precision_used': 'fp32', 'tta': True}], 'threshold': None, 'largest_component': False, \
-'postprocessing': None}
+        {'models': [{'checkpoint': None, 'checkpoint_sha256': None, 'precision': 'fp32', 'precision_used': 'fp32', \
+'tta': True}], 'threshold': None, 'largest_component': False, 'postprocessing': None}
     """
     return {
         "models": [_model_settings(m) for m in loaded.members],
@@ -69,11 +71,10 @@ def precision_used(loaded: LoadedModel) -> str:
 
 
 def _model_settings(model: LoadedModel) -> dict[str, Any]:
-    size, modified = _file_identity(model.source)
+    digest = checkpoint_sha256(model.source)
     record: dict[str, Any] = {
-        "checkpoint": str(Path(model.source).resolve()) if size is not None else (model.source or None),
-        "checkpoint_bytes": size,
-        "checkpoint_modified": modified,
+        "checkpoint": str(Path(model.source).resolve()) if digest is not None else (model.source or None),
+        "checkpoint_sha256": digest,
         "precision": model.infer.precision if model.kind.segments_volumes else "fp32",
         "precision_used": precision_used(model),
         "tta": model.infer.tta,
@@ -84,17 +85,34 @@ def _model_settings(model: LoadedModel) -> dict[str, Any]:
     return record
 
 
-def _file_identity(source: str) -> tuple[int | None, str | None]:
-    """(bytes, modification time to the nanosecond in UTC) of a model file; (None, None) without one."""
+def checkpoint_sha256(source: str) -> str | None:
+    """The SHA-256 (hex) of a model file's bytes; None without one (a model built in memory).
+
+    Read once per file version: the digest is kept for the same path, size, modification time and inode.
+
+    Raises:
+        DataError: The file exists but cannot be read.
+    """
     try:
         stat = Path(source).stat() if source else None
     except OSError:
         stat = None
-    if stat is None:
-        return None, None
-    seconds, nanos = divmod(stat.st_mtime_ns, 1_000_000_000)
-    when = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return stat.st_size, f"{when}.{nanos:09d}Z"
+    if stat is None or not Path(source).is_file():
+        return None
+    return _file_sha256(str(Path(source).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, modified_ns: int, inode: int) -> str:
+    """SHA-256 of ``path``; the other arguments only key the cache."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the checkpoint ({err.strerror or err})") from None
+    return digest.hexdigest()
 
 
 def settings_differences(old: dict[str, Any], new: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
@@ -112,10 +130,9 @@ def settings_differences(old: dict[str, Any], new: dict[str, Any]) -> Iterator[t
         several = len(new_models) > 1
         for i, (a, b) in enumerate(zip(old_models, new_models, strict=True)):
             prefix = f"model {i + 1} " if several else ""
-            if (a.get("checkpoint_bytes"), a.get("checkpoint_modified")) != (
-                    b.get("checkpoint_bytes"), b.get("checkpoint_modified")):
+            if a.get("checkpoint_sha256") != b.get("checkpoint_sha256"):
                 yield prefix + "checkpoint", _model_file(a), _model_file(b)
-            for key in sorted((set(a) | set(b)) - _SHOWN_ONLY - {"checkpoint_bytes", "checkpoint_modified"}):
+            for key in sorted((set(a) | set(b)) - _SHOWN_ONLY - {"checkpoint_sha256"}):
                 if a.get(key) != b.get(key):
                     yield prefix + key, _shown(a.get(key), a, key), _shown(b.get(key), b, key)
     for key in [k for k in new if k != "models"] + sorted(set(old) - set(new) - {"models"}):
@@ -169,8 +186,9 @@ def _count(models: list[Any]) -> str:
 
 
 def _model_file(record: dict[str, Any]) -> str:
-    return (f"{record.get('checkpoint')} ({record.get('checkpoint_bytes')} bytes, modified "
-            f"{record.get('checkpoint_modified')})")
+    """A checkpoint as a message shows it: its path and the start of its SHA-256."""
+    digest = record.get("checkpoint_sha256")
+    return f"{record.get('checkpoint')} (sha256 {digest[:12] if isinstance(digest, str) else 'unknown'})"
 
 
 def _shown(value: Any, record: dict[str, Any] | None = None, key: str = "") -> str:
