@@ -214,7 +214,8 @@ def predict(
                                                       "them; the first argument that is no model starts the inputs.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists (also those made with other "
+                                                 "settings, which a rerun refuses).")] = False,
     overlay: Annotated[bool, typer.Option(help="2D: also write <name>_overlay.png.")] = False,
     tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Flip test-time augmentation.")] = None,  # noqa: UP045
     largest_component: Annotated[Optional[bool], typer.Option(  # noqa: UP045

@@ -3,9 +3,10 @@
 Outputs are written atomically under their final names only when complete. A case counts as finished only when
 every output asked for exists (mask, overlay, DICOM-SEG, JSON sidecar, probabilities): a rerun skips finished
 cases, and for a case with some outputs missing (interrupted, or an output first asked for on the rerun) it runs
-the case again and writes only the missing ones, keeping those that exist (``overwrite`` redoes them all). Each
-case is claimed before it is computed (:mod:`medseg.prediction.claims`), so processes sharing an output folder
-never compute one case twice.
+the case again and writes only the missing ones, keeping those that exist (``overwrite`` redoes them all). Before
+that, the batch functions refuse a rerun whose label-shaping settings differ from those a case's sidecar recorded
+(:mod:`medseg.prediction.run_settings`). Each case is claimed before it is computed
+(:mod:`medseg.prediction.claims`), so processes sharing an output folder never compute one case twice.
 """
 
 from __future__ import annotations

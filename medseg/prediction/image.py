@@ -3,7 +3,10 @@
 Outputs of :func:`predict_images`: ``OUT/<name>.png`` masks in the original gray values and, on request,
 ``OUT/<name>_overlay.png`` and per-mask statistics (``OUT/<name>.json`` sidecars with a ``statistics`` section,
 ``OUT/statistics.csv`` over all images; in pixels, as a 2D image has no spacing); each written atomically. A
-rerun skips the images whose outputs all exist and writes only the missing outputs of the others.
+rerun skips the images whose outputs all exist and writes only the missing outputs of the others. The settings
+that shaped the masks are recorded in ``OUT/.medseg-predict`` (:mod:`medseg.prediction.folder_settings`)
+and in the sidecars, and a rerun with other ones is refused unless ``overwrite``
+(:mod:`medseg.prediction.run_settings`).
 """
 
 from __future__ import annotations
@@ -22,13 +25,18 @@ from medseg.io.images import IMAGE_SUFFIXES, display_uint8, read_image_values, r
 from medseg.models.outputs import main_output
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
 from medseg.prediction.claims import Sharing
+from medseg.prediction.folder_settings import check_folder_settings, claim_folder_settings
 from medseg.prediction.loaded import LoadedModel, mean_probabilities
 from medseg.prediction.postprocess import apply_postprocessing, keep_largest_component
+from medseg.prediction.run_settings import SETTINGS_KEY, check_recorded_settings, label_settings
 from medseg.prediction.statistics import IMAGE_COLUMNS, mask_statistics, statistics_section
 from medseg.prediction.statistics_table import write_statistics_table
 
 __all__ = ["check_image_array", "find_image_cases", "predict_image_classes", "predict_image_outputs",
            "predict_images", "write_probabilities_npz"]
+
+#: Endings of the outputs an image case can write (``<name><ending>``).
+_CASE_OUTPUTS = (".png", "_overlay.png", ".json", "_probabilities.npz")
 
 
 def predict_image_classes(loaded: LoadedModel, image: str | Path | np.ndarray) -> np.ndarray:
@@ -187,11 +195,23 @@ def predict_images(
         progress: Progress bar on stderr.
         sharing: How this process shares ``out_dir`` with others (claim timeout, shard, run id); each case is
             claimed before it is computed (:mod:`medseg.prediction.claims`).
+
+    Raises:
+        ConfigError: ``out_dir`` is an input folder, or (without ``overwrite``) its record
+            ``.medseg-predict`` or (with ``statistics``) a sidecar there made with other settings
+            (:mod:`medseg.prediction.folder_settings`, :func:`~medseg.prediction.run_settings.
+            check_recorded_settings`).
     """
     inputs = [Path(p) for p in inputs]
     check_output_dir(out_dir, inputs)
     cases = find_image_cases(inputs)
+    settings = label_settings(loaded)
+    check_folder_settings(out_dir, settings, overwrite=overwrite)
+    if statistics and not overwrite:
+        check_recorded_settings([out_dir / f"{c.name}.json" for c in cases], settings, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    claim_folder_settings(out_dir, settings, [f"{c.name}{end}" for c in cases for end in _CASE_OUTPUTS],
+                          overwrite=overwrite)
 
     def stats_of(case: Case, mask: np.ndarray) -> dict[str, object]:
         gray = read_image_values(case.source, color="gray")
@@ -214,9 +234,12 @@ def predict_images(
             image = display_uint8(read_image_values(case.source, color="rgb"))
             paths.append(write_overlay(out_dir / f"{case.name}_overlay.png", image, classes))
         if out_dir / f"{case.name}.json" in todo:
-            sidecar = {"case": case.name, "input": str(case.source), "shape": list(mask.shape),
-                       "statistics": stats_of(case, mask),
-                       **({"postprocessing": loaded.postprocessing_record()} if loaded.postprocessing else {})}
+            kept = mask_path not in todo  # the mask of an earlier run, whose settings no file recorded
+            described = read_mask(mask_path) if kept else mask
+            sidecar = {"case": case.name, "input": str(case.source), "shape": list(described.shape),
+                       "statistics": stats_of(case, described),
+                       **({"postprocessing": loaded.postprocessing_record()} if loaded.postprocessing else {}),
+                       SETTINGS_KEY: None if kept else settings}
             paths.append(write_json_atomic(out_dir / f"{case.name}.json", sidecar))
         return [write_mask(mask_path, mask), *paths] if mask_path in todo else paths
 

@@ -10,7 +10,9 @@ for DICOM inputs on request, ``OUT/<case>.seg.dcm``; on request ``OUT/<case>_pro
 (float16 class probabilities, 4D with the class last); on request per-structure statistics in each sidecar and
 ``OUT/statistics.csv`` over all cases (:mod:`medseg.prediction.statistics`, ``statistics_table``). Outputs are
 written atomically; a case whose outputs all exist is skipped unless ``overwrite``, and a case with some missing
-(an interrupted run, or ``dicom_seg`` first asked for on a rerun) is run again to write only those.
+(an interrupted run, or ``dicom_seg`` first asked for on a rerun) is run again to write only those. Each sidecar
+records the settings that shaped the labels, and a rerun with other ones is refused unless ``overwrite``
+(:mod:`medseg.prediction.run_settings`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from medseg.prediction.claims import Sharing
 from medseg.prediction.loaded import LoadedModel, mean_probabilities
 from medseg.prediction.network import infer_prepared
 from medseg.prediction.postprocess import apply_postprocessing, keep_largest_component
+from medseg.prediction.run_settings import SETTINGS_KEY, check_recorded_settings, label_settings, precision_used
 from medseg.prediction.statistics import VOLUME_COLUMNS, statistics_section, structure_statistics, voxel_volume_mm3
 from medseg.prediction.statistics_table import write_statistics_table
 
@@ -336,9 +339,11 @@ _RESAMPLED_OUTPUT = ("the label map (NIfTI) and the statistics lie on the regula
                      "lies on the original slices (each pixel takes the label of the nearest grid node)")
 
 
-def describe_result(loaded: LoadedModel, volume: Volume, result: Volume, case: Case, seconds: float
-                    ) -> dict[str, Any]:
-    """The JSON sidecar of one predicted case."""
+def describe_result(loaded: LoadedModel, volume: Volume, result: Volume, case: Case, seconds: float, *,
+                    settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON sidecar of one predicted case; ``settings`` are :func:`~medseg.prediction.run_settings.
+    label_settings` (computed when not given). Its ``infer.precision`` is the precision that ran (``auto``
+    resolved)."""
     classes = result.meta["classes"]
     voxel_mm3 = voxel_volume_mm3(volume.affine)
     counts = np.bincount(classes.ravel(), minlength=loaded.labels.num_classes)
@@ -366,12 +371,18 @@ def describe_result(loaded: LoadedModel, volume: Volume, result: Volume, case: C
         "medseg_version": medseg.__version__,
         "checkpoint": loaded.source,
         "preprocessing": loaded.preprocessing,
-        "infer": loaded.infer.model_dump(mode="json"),
+        "infer": _infer_record(loaded),
         **({"postprocessing": loaded.postprocessing_record()} if loaded.postprocessing else {}),
         **({"ensemble": [{"checkpoint": m.source, "patch_size": m.preprocessing.get("patch_size"),
-                          "infer": m.infer.model_dump(mode="json")} for m in loaded.members]}
+                          "infer": _infer_record(m)} for m in loaded.members]}
            if len(loaded.members) > 1 else {}),
+        SETTINGS_KEY: label_settings(loaded) if settings is None else settings,
     }
+
+
+def _infer_record(loaded: LoadedModel) -> dict[str, Any]:
+    """A model's inference settings for a sidecar, with the precision that ran."""
+    return {**loaded.infer.model_dump(mode="json"), "precision": precision_used(loaded)}
 
 
 def predict_volumes(
@@ -412,8 +423,9 @@ def predict_volumes(
         A :class:`~medseg.prediction.cases.BatchReport`; failing cases are listed there and the others still run.
 
     Raises:
-        DataError: A 2D image checkpoint, missing inputs, or clashing case names.
-        ConfigError: ``out_dir`` inside an input folder.
+        DataError: A 2D image checkpoint, missing inputs, clashing case names, or an unreadable sidecar.
+        ConfigError: ``out_dir`` inside an input folder, or (without ``overwrite``) a sidecar there made with other
+            label-shaping settings (:func:`~medseg.prediction.run_settings.check_recorded_settings`).
     """
     paths, out = [Path(p) for p in inputs], Path(out_dir)
     check_irregular(irregular)
@@ -421,6 +433,9 @@ def predict_volumes(
     check_output_dir(out, paths)
     files_per_case = VolumePreprocessor(loaded.preprocessing).files_per_case
     cases = find_volume_cases(paths) if files_per_case == 1 else find_channel_cases(paths, loaded)
+    settings = label_settings(loaded)
+    if not overwrite:
+        check_recorded_settings([out / f"{c.name}.json" for c in cases], settings, out)
     out.mkdir(parents=True, exist_ok=True)
 
     def read_case(case: Case) -> list[Volume]:
@@ -452,7 +467,9 @@ def predict_volumes(
         elif dicom_seg and volume.meta.get("format") != "dicom":
             log.info("%s: not a DICOM input, no DICOM-SEG written", case.source)
         if out / f"{case.name}.json" in todo:
-            sidecar = describe_result(loaded, volume, result, case, time.perf_counter() - t0)
+            sidecar = describe_result(loaded, volume, result, case, time.perf_counter() - t0, settings=settings)
+            if out / f"{case.name}.nii.gz" not in todo:  # a label map kept from a run whose settings are lost
+                sidecar[SETTINGS_KEY] = None
             if statistics:
                 sidecar["statistics"] = statistics_section(structure_statistics(volume, result, loaded.labels))
             written.append(write_json_atomic(out / f"{case.name}.json", sidecar))

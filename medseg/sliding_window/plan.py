@@ -63,6 +63,22 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
     return choices[precision]
 
 
+def precision_name(precision: str, device: torch.device | str) -> str:
+    """What ``precision`` runs as on ``device``: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (``"auto"`` resolved by
+    :func:`resolve_precision`), as a prediction's outputs record it.
+
+    Example:
+        >>> precision_name("fp32", "cpu"), precision_name("bf16", "cpu")
+        ('fp32', 'bf16')
+    """
+    return dtype_name(resolve_precision(precision, device))
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """The precision name of an autocast dtype (None: plain fp32)."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def network_in_channels(network: nn.Module) -> int | None:
     """Input channels of the first convolution/linear layer, or None when it can't be told.
 

@@ -36,6 +36,7 @@ from medseg.sliding_window.plan import (
     ACTIVATION_FACTOR,
     TilePlan,
     cpu_has_native_bf16,
+    dtype_name,
     flip_sets,
     network_divisor,
     network_first_width,
@@ -158,7 +159,7 @@ def sliding_window_predict(
         backend = choose_backend(network, window, dtype, batch=sw_batch_size * len(flips))
         del window
 
-    stats = SlidingWindowStats(precision=_dtype_name(dtype), device=str(device), tiling=tiling_note, backend=backend)
+    stats = SlidingWindowStats(precision=dtype_name(dtype), device=str(device), tiling=tiling_note, backend=backend)
     request = _Request(roi=roi, div=div, overlap=overlap, tiling=tiling, output=output, dtype=dtype, flips=flips,
                        blend=blend, sigma_scale=sigma_scale, padding_value=padding_value, progress=progress)
     if device.type == "cuda":
@@ -343,6 +344,3 @@ def _probe_window(image: torch.Tensor, roi: Sequence[int], div: Sequence[int], v
     pads = [p for have, t in reversed(list(zip(crop.shape[2:], size, strict=True))) for p in (0, t - have)]
     return torch.nn.functional.pad(crop, pads, value=value) if any(pads) else crop
 
-
-def _dtype_name(dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

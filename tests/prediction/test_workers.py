@@ -15,6 +15,7 @@ from medseg.cli.main import app
 from medseg.errors import ConfigError
 from medseg.prediction.batch import predict_paths
 from medseg.prediction.claims import CLAIMS_FOLDER, Sharing
+from medseg.prediction.folder_settings import FOLDER_RECORD
 from medseg.prediction.predictor import Predictor
 from medseg.prediction.workers import check_parallel, torchrun_rank
 
@@ -84,8 +85,8 @@ def test_two_workers_write_each_output_once_identical_to_one_process(ckpt2d, tmp
                                  "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert "6 cases predicted, 0 skipped, 0 failed, 0 finished by other processes (2 workers)" in result.output
-    assert _files(tmp_path / "two") == _files(tmp_path / "one")  # masks only: no claims folder left
-    assert len(_files(tmp_path / "one")) == 6
+    assert _files(tmp_path / "two") == _files(tmp_path / "one")  # masks and the settings record: no claims folder
+    assert len(_files(tmp_path / "one")) == 7 and FOLDER_RECORD in _files(tmp_path / "one")
 
 
 @pytest.mark.slow

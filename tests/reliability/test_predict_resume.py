@@ -4,6 +4,7 @@ outputs never carry final names; inputs stay byte-identical; an output folder in
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medseg.cli.main import app
+from medseg.prediction.folder_settings import FOLDER_RECORD
 
 #: Cases in the batch: enough that a kill after the third leaves many to redo, few enough to keep the rerun short.
 N_CASES = 16
@@ -72,7 +74,8 @@ def test_killed_batch_resumes_without_partial_outputs(model_and_images, tmp_path
         mask = np.asarray(Image.open(p))
         assert mask.shape == (900, 1200) and set(np.unique(mask)) <= {0, 255}
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
-    assert all(n.endswith(".tmp") or n == ".medseg-claims" for n in leftovers)  # and the killed process's claim
+    assert all(n.endswith(".tmp") or n in (".medseg-claims", FOLDER_RECORD) for n in leftovers)  # and the claim
+    assert json.loads((out / FOLDER_RECORD).read_text())["settings"]["threshold"] is None  # the record, complete
 
     rerun = CliRunner().invoke(app, ["predict", str(ckpt), str(images), "-o", str(out), "--device", "cpu", "-q"])
     assert rerun.exit_code == 0, rerun.output

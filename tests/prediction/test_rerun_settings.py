@@ -1,0 +1,274 @@
+"""A rerun into a folder made with other label-shaping settings is refused before anything is predicted (exit 2,
+one line); the same settings skip; --overwrite redoes; sidecars of an older medseg (no settings) still skip; the
+sidecar records the precision that ran, not "auto"."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medseg.checkpoint import load_checkpoint, save_checkpoint
+from medseg.cli.main import app
+from medseg.errors import ConfigError
+from medseg.prediction.folder_settings import FOLDER_RECORD, claim_folder_settings
+from medseg.prediction.run_settings import settings_differences
+from medseg.sliding_window.plan import cpu_has_native_bf16
+
+runner = CliRunner()
+
+
+def _predict(*args: object) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["predict", *map(str, args), "--device", "cpu", "-q"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture()
+def images(ckpt2d, tmp_path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for p in sorted(ckpt2d[1].iterdir())[:2]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+@pytest.fixture()
+def volume(ckpt3d, tmp_path) -> Path:
+    folder = tmp_path / "volumes"
+    folder.mkdir()
+    first = sorted(ckpt3d[1].iterdir())[0]
+    shutil.copy(first, folder / first.name)
+    return folder
+
+
+def test_same_settings_skip_other_threshold_refused_overwrite_redoes(ckpt2d, images, tmp_path):
+    out = tmp_path / "out"
+    assert _predict(ckpt2d[0], images, "-o", out, "--statistics")[0] == 0
+    first = sorted(images.iterdir())[0].stem
+    recorded = json.loads((out / f"{first}.json").read_text())["settings"]
+    assert recorded["threshold"] is None and recorded["models"][0]["tta"] is False
+    assert recorded["models"][0]["checkpoint"] == str(Path(ckpt2d[0]).resolve())
+    assert recorded["models"][0]["checkpoint_sha256"] == hashlib.sha256(Path(ckpt2d[0]).read_bytes()).hexdigest()
+    before = _snapshot(out)
+
+    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--statistics")  # same settings: skipped
+    assert code == 0 and ", 2 existing skipped" in stdout
+    after = _snapshot(out)
+    assert {n: v for n, v in after.items() if n != "statistics.csv"} == {
+        n: v for n, v in before.items() if n != "statistics.csv"}  # same bytes, same mtimes
+    assert after["statistics.csv"][1] == before["statistics.csv"][1]  # the table is rebuilt, to the same bytes
+    before = after
+
+    code, stdout, stderr = _predict(ckpt2d[0], images, "-o", out, "--statistics", "--threshold", "0.3")
+    assert code == 2 and stdout == ""
+    assert stderr.splitlines() == [  # the folder's record is compared first, then each sidecar
+        f"error: {out / FOLDER_RECORD}: made with threshold none, this run has threshold 0.3; the finished "
+        f"cases in {out} would be kept as they are: rerun with --overwrite to redo them with this run's settings, "
+        "or choose another -o"]
+    assert _snapshot(out) == before  # nothing written, nothing touched
+
+    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--statistics", "--threshold", "0.3", "--overwrite")
+    assert code == 0 and stdout.startswith("5 files written")  # 2 masks, 2 sidecars, the table
+    assert json.loads((out / f"{first}.json").read_text())["settings"]["threshold"] == 0.3
+    assert _predict(ckpt2d[0], images, "-o", out, "--statistics", "--threshold", "0.3")[0] == 0
+
+
+def test_image_folder_without_statistics_other_threshold_refused_overwrite_redoes(ckpt2d, images, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out)
+    assert code == 0 and stdout.startswith("2 files written")  # the masks; the record is no case's output
+    record = json.loads((out / FOLDER_RECORD).read_text())["settings"]
+    assert record["threshold"] is None and record["largest_component"] is False
+    assert record["models"][0]["checkpoint_sha256"] == hashlib.sha256(Path(ckpt2d[0]).read_bytes()).hexdigest()
+    assert sorted(out.iterdir()) == sorted([out / FOLDER_RECORD, *(out / f"{p.stem}.png" for p in images.iterdir())])
+    before = _snapshot(out)
+
+    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out)  # same settings: skipped, nothing touched
+    assert code == 0 and ", 2 existing skipped" in stdout and _snapshot(out) == before
+
+    code, stdout, stderr = _predict(ckpt2d[0], images, "-o", out, "--threshold", "0.3")
+    assert (code, stdout) == (2, "")
+    assert stderr.splitlines() == [
+        f"error: {out / FOLDER_RECORD}: made with threshold none, this run has threshold 0.3; the finished "
+        f"cases in {out} would be kept as they are: rerun with --overwrite to redo them with this run's settings, "
+        "or choose another -o"]
+    assert _snapshot(out) == before  # masks byte- and mtime-identical, the record too
+    code, stdout, stderr = _predict(ckpt2d[0], images, "-o", out, "--tta")
+    assert code == 2 and stderr.startswith(f"error: {out / FOLDER_RECORD}: made with tta false, this run has tta ")
+
+    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--threshold", "0.3", "--overwrite")
+    assert code == 0 and stdout.startswith("2 files written")
+    assert json.loads((out / FOLDER_RECORD).read_text())["settings"]["threshold"] == 0.3
+    assert all(_snapshot(out)[n][0] != before[n][0] for n in before if n.endswith(".png"))  # both masks redone
+    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--threshold", "0.3")
+    assert code == 0 and ", 2 existing skipped" in stdout
+    assert _predict(ckpt2d[0], images, "-o", out)[0] == 2  # and now the old threshold is the other one
+
+
+def test_folder_record_claimed_once_by_concurrent_processes_older_folders_left_alone(tmp_path):
+    a = {"models": [{"checkpoint": "a.pt", "checkpoint_sha256": "ab" * 32, "tta": False}], "threshold": None}
+    b = {**a, "threshold": 0.3}
+    out = tmp_path / "out"
+    out.mkdir()
+    outcomes: list[BaseException | None] = []
+
+    def claim(settings: dict) -> None:
+        try:
+            claim_folder_settings(out, settings, [], overwrite=False)
+            outcomes.append(None)
+        except ConfigError as err:
+            outcomes.append(err)
+
+    threads = [threading.Thread(target=claim, args=(a,)) for _ in range(8)]  # eight processes starting at once
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes == [None] * 8
+    assert [p.name for p in out.iterdir()] == [FOLDER_RECORD]  # one record, no staging file left
+    assert json.loads((out / FOLDER_RECORD).read_text())["settings"] == a
+    (out / "x.png").write_bytes(b"mask")  # a case written under that record
+    with pytest.raises(ConfigError, match=r"made with threshold none, this run has threshold 0\.3"):
+        claim_folder_settings(out, b, [], overwrite=False)  # a process with other settings that came later
+
+    claim_folder_settings(out, b, ["x.png"], overwrite=True)  # redoes every output there: the record follows
+    assert json.loads((out / FOLDER_RECORD).read_text())["settings"] == b
+    (out / "y.png").write_bytes(b"mask")  # another case, kept as it is by an --overwrite run over x alone
+    claim_folder_settings(out, a, ["x.png"], overwrite=True)
+    assert not (out / FOLDER_RECORD).exists()  # the folder mixes settings: no record claims it
+    claim_folder_settings(out, b, [], overwrite=False)  # an older medseg's folder (outputs, no record): left alone
+    assert not (out / FOLDER_RECORD).exists()
+
+
+def test_a_run_that_writes_nothing_leaves_no_folder(ckpt2d, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"not a png")
+    out = tmp_path / "new" / "out"
+    code, stdout, _ = _predict(ckpt2d[0], broken, "-o", out)
+    assert code == 1 and not (tmp_path / "new").exists(), stdout
+
+
+def test_old_sidecars_without_settings_still_skip(ckpt2d, images, tmp_path):
+    out = tmp_path / "out"
+    assert _predict(ckpt2d[0], images, "-o", out, "--statistics")[0] == 0
+    (out / FOLDER_RECORD).unlink()  # as an older medseg wrote the folder: no record, no settings in the sidecars
+    for sidecar in out.glob("*.json"):
+        data = json.loads(sidecar.read_text())
+        del data["settings"]
+        sidecar.write_text(json.dumps(data))
+    before = _snapshot(out)
+    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--statistics", "--threshold", "0.3")
+    assert code == 0 and ", 2 existing skipped" in stdout
+    assert not (out / FOLDER_RECORD).exists()  # its outputs' settings are unknown: no record claims them
+    after = _snapshot(out)
+    assert {n: v for n, v in after.items() if n != "statistics.csv"} == {
+        n: v for n, v in before.items() if n != "statistics.csv"}
+
+
+def test_volume_sidecar_records_precision_that_ran_and_tta_change_is_refused(ckpt3d, volume, tmp_path):
+    out = tmp_path / "out"
+    assert _predict(ckpt3d[0], volume, "-o", out)[0] == 0
+    sidecar = next(out.glob("*.json"))
+    data = json.loads(sidecar.read_text())
+    ran = "bf16" if cpu_has_native_bf16() else "fp32"  # what "auto" means on this CPU
+    assert data["infer"]["precision"] == ran
+    model = data["settings"]["models"][0]
+    assert (model["precision"], model["precision_used"], model["tta"]) == ("auto", ran, False)
+    assert (model["roi_size"], model["overlap"], model["blend"]) == ([16, 16, 16], 0.25, "gaussian")
+    before = _snapshot(out)
+
+    code, stdout, stderr = _predict(ckpt3d[0], volume, "-o", out, "--tta")
+    assert code == 2 and stdout == ""
+    assert stderr.startswith(f"error: {sidecar}: made with tta false, this run has tta true; ")
+    assert len(stderr.splitlines()) == 1 and _snapshot(out) == before
+
+    code, _, stderr = _predict(ckpt3d[0], volume, "-o", out, "--precision", "fp32")  # the setting asked counts
+    assert code == 2 and f"made with precision auto (ran as {ran}), this run has precision fp32; " in stderr
+    assert _snapshot(out) == before
+
+    code, stdout, _ = _predict(ckpt3d[0], volume, "-o", out, "--probabilities")  # an extra output: no refusal
+    assert code == 0 and stdout.startswith("1 files written")
+
+
+def test_copied_checkpoint_is_the_same_a_perturbed_one_is_refused(ckpt2d, images, tmp_path):
+    out = tmp_path / "out"
+    assert _predict(ckpt2d[0], images, "-o", out)[0] == 0  # no --statistics: only the folder's record compares
+    masks = _snapshot(out)
+    copied = tmp_path / "copied.pt"
+    shutil.copy(ckpt2d[0], copied)  # the same bytes with a new modification time: the same checkpoint
+    os.utime(copied, ns=(1_000_000_000, 1_000_000_000))
+    code, stdout, _ = _predict(copied, images, "-o", out)
+    assert code == 0 and ", 2 existing skipped" in stdout and _snapshot(out) == masks
+
+    payload = load_checkpoint(ckpt2d[0])
+    state = payload["state_dict"]
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 1e-3  # another trained state, the file otherwise alike
+    perturbed = save_checkpoint({k: v for k, v in payload.items() if k not in ("format", "format_version", "path")},
+                                tmp_path / "perturbed.pt")
+    code, stdout, stderr = _predict(perturbed, images, "-o", out)
+    old, new = (hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in (Path(ckpt2d[0]), perturbed))
+    assert code == 2 and stdout == "" and old != new
+    assert stderr.startswith(f"error: {out / FOLDER_RECORD}: made with checkpoint {Path(ckpt2d[0]).resolve()} "
+                             f"(sha256 {old}), this run has checkpoint {perturbed.resolve()} (sha256 {new}); ")
+    assert len(stderr.splitlines()) == 1 and _snapshot(out) == masks
+
+
+def test_differences_name_each_setting():
+    one = {"models": [{"checkpoint": "a.pt", "checkpoint_sha256": "ab" * 32, "tta": False,
+                       "precision": "auto", "precision_used": "fp32"}], "threshold": None,
+           "largest_component": False, "postprocessing": None}
+    same_file_elsewhere = {**one, "models": [{**one["models"][0], "checkpoint": "b.pt", "precision_used": "bf16"}]}
+    assert list(settings_differences(one, same_file_elsewhere)) == []  # path and precision that ran: shown only
+    two = {**one, "models": one["models"] * 2, "largest_component": True}
+    assert list(settings_differences(one, two)) == [("models", "1 model", "an ensemble of 2 models"),
+                                                    ("largest_component", "false", "true")]
+    other = {**two, "models": [two["models"][0], {**two["models"][1], "tta": True}]}
+    assert list(settings_differences(two, other)) == [("model 2 tta", "false", "true")]
+    retrained = {**one, "models": [{**one["models"][0], "checkpoint_sha256": "cd" * 32}]}
+    assert list(settings_differences(one, retrained)) == [
+        ("checkpoint", "a.pt (sha256 abababababab)", "a.pt (sha256 cdcdcdcdcdcd)")]
+
+
+def test_ensemble_records_each_member_and_one_model_after_it_is_refused(ckpt2d, images, tmp_path):
+    out, twin = tmp_path / "out", tmp_path / "twin.pt"
+    shutil.copy2(ckpt2d[0], twin)
+    code, stdout, _ = _predict(ckpt2d[0], twin, images, "-o", out, "--statistics")
+    assert code == 0, stdout
+    first = sorted(images.iterdir())[0].stem
+    models = json.loads((out / f"{first}.json").read_text())["settings"]["models"]
+    assert [m["checkpoint"] for m in models] == [str(Path(ckpt2d[0]).resolve()), str(twin.resolve())]
+    code, _, stderr = _predict(ckpt2d[0], images, "-o", out, "--statistics")
+    assert code == 2 and stderr.startswith(
+        f"error: {out / FOLDER_RECORD}: made with an ensemble of 2 models, this run has 1 model; ")
+    (out / FOLDER_RECORD).unlink()  # the sidecars refuse it as well
+    code, _, stderr = _predict(ckpt2d[0], images, "-o", out, "--statistics")
+    assert code == 2 and stderr.startswith(
+        f"error: {out / (first + '.json')}: made with an ensemble of 2 models, this run has 1 model; ")
+
+
+def test_sidecar_added_to_a_kept_mask_describes_that_mask_and_claims_no_settings(ckpt2d, images, tmp_path):
+    out = tmp_path / "out"
+    assert _predict(ckpt2d[0], images, "-o", out)[0] == 0  # masks only: no sidecar recorded their settings
+    (out / FOLDER_RECORD).unlink()  # as an older medseg wrote the folder
+    masks = _snapshot(out)
+    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--statistics", "--threshold", "0.01")
+    assert code == 0 and stdout.startswith("3 files written")  # 2 sidecars and the table; the masks are kept
+    assert {n: v for n, v in _snapshot(out).items() if n in masks} == masks
+    fresh = tmp_path / "fresh"  # the statistics of the kept masks, as a run without a threshold writes them
+    assert _predict(ckpt2d[0], images, "-o", fresh, "--statistics")[0] == 0
+    for sidecar in out.glob("*.json"):
+        data, reference = json.loads(sidecar.read_text()), json.loads((fresh / sidecar.name).read_text())
+        assert data["settings"] is None and data["statistics"] == reference["statistics"]
