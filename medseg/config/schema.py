@@ -336,10 +336,11 @@ class DataConfig(Strict):
             raise ValueError("crop_probability: random crops are for images2d; volume patches (volumes3d, slices2d) "
                              "are random crops already (data.patch_size)")
         colour = [name for name in ("saturation", "hue") if getattr(value, name) > 0]
-        if colour and (info.data.get("kind", "images2d") != "images2d" or info.data.get("color", "rgb") != "rgb"):
-            raise ValueError(f"{colour[0]}: colour changes are for RGB images (data.kind: images2d, data.color: rgb); "
-                             f"got data.kind {info.data.get('kind', 'images2d')}, data.color "
-                             f"{info.data.get('color', 'rgb')}")
+        kind, color = info.data.get("kind", "images2d"), info.data.get("color", "rgb")
+        if colour and (kind != "images2d" or color != "rgb"):
+            found = f"data.kind {kind}" if kind != "images2d" else f"data.color {color}"
+            raise ValueError(f"{' and '.join(colour)}: colour changes are for RGB images (data.kind: images2d, "
+                             f"data.color: rgb); got {found}")
         return value
 
     @field_validator("windows")

@@ -53,7 +53,8 @@ def export_torchscript(loaded: LoadedModel, path: Path, *, check: bool = True) -
             scripted = torch.jit.script(network)
         except Exception as err:  # torch.jit raises frontend errors of several types
             reason = " ".join(str(err).split())[:300]
-            raise ExportError(f"{path}: {type(network).__name__} cannot be scripted: {reason}") from None
+            raise ExportError(f"{path}: {type(network).__name__} cannot be scripted ({reason}); export it with "
+                              "--format onnx") from None
         result: dict[str, Any] = {"max_abs_diff": None, "check_shape": None}
         with atomic_path(path, suffix=".ts") as tmp:
             torch.jit.save(scripted, str(tmp), _extra_files={EXTRA_FILE: json.dumps(meta)})

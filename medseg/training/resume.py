@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from medseg.checkpoint import load_checkpoint
-from medseg.config.loading import config_to_dict
+from medseg.config.loading import config_to_dict, validate_config
 from medseg.config.schema import ExperimentConfig
-from medseg.errors import MedsegError
+from medseg.errors import ConfigError, MedsegError
 from medseg.training.run_folder import read_log
 from medseg.training.run_setup import Run
 
@@ -47,7 +47,8 @@ def resume_checkpoint(cfg: ExperimentConfig, run_dir: Path, *, force: bool) -> d
     """``last.pt`` of the run, refused when the config changed beyond :data:`RESUMABLE_CHANGES` (unless forced)."""
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     changed = [
-        d for d in config_differences(ckpt["config"], config_to_dict(cfg)) if not d.startswith(RESUMABLE_CHANGES)
+        d for d in config_differences(_with_defaults(ckpt["config"]), config_to_dict(cfg))
+        if not d.startswith(RESUMABLE_CHANGES)
     ]
     if changed and not force:
         raise MedsegError(
@@ -55,6 +56,15 @@ def resume_checkpoint(cfg: ExperimentConfig, run_dir: Path, *, force: bool) -> d
             "resume with the same config (only train.max_epochs may change) or pass --force"
         )
     return ckpt
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config with the keys added to medseg since then at their defaults, so that a run started by an
+    older version resumes (a new key left at its default is no change); as saved if it no longer validates."""
+    try:
+        return config_to_dict(validate_config(saved))
+    except (ConfigError, ValueError, TypeError):
+        return saved
 
 
 def train_state(run: Run, epoch: int) -> dict[str, Any]:

@@ -219,8 +219,9 @@ def test_colour_changes_are_for_rgb_images_only():
 
     for data, found in (({"kind": "images2d", "color": "gray"}, "data.color gray"),
                         ({"kind": "volumes3d"}, "data.kind volumes3d")):
-        with pytest.raises(ConfigError, match=rf"data\.augment\.hue: colour changes are for RGB .*got .*{found}"):
-            validate_config({"data": {**data, "root": "x", "augment": {"hue": 0.1}},
+        with pytest.raises(ConfigError, match=rf"data\.augment.*: saturation and hue: colour changes are for RGB "
+                           rf".*; got {found}$"):
+            validate_config({"data": {**data, "root": "x", "augment": {"hue": 0.1, "saturation": 0.2}},
                              "model": {"spatial_dims": 3 if data["kind"] == "volumes3d" else 2}})
     with pytest.raises(ValueError, match="saturation and hue need RGB images .*got 1 channels"):
         BatchAugment(AugmentConfig(saturation=0.2), spatial_dims=2)(

@@ -62,6 +62,23 @@ def test_resume_with_changed_config_refused_unless_forced(tmp_path, polyps, tiny
     assert result.epochs_run == 2
 
 
+def test_run_of_an_older_version_resumes_when_new_keys_keep_their_defaults(tmp_path, polyps, tiny_2d_config):
+    import torch
+
+    run = train(_cfg(tiny_2d_config, polyps, max_epochs=1), run_dir=tmp_path / "run", progress=False).run_dir
+    last = run / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    for key in ("hue", "saturation"):  # keys this version added: a run started before them has none
+        del ckpt["config"]["data"]["augment"][key]
+    torch.save(ckpt, last)
+    result = train(_cfg(tiny_2d_config, polyps, max_epochs=2), run_dir=run, resume=True, progress=False)
+    assert result.epochs_run == 2
+    ckpt["config"]["data"]["augment"]["hue"] = 0.1  # a value the new run does not have is still a change
+    torch.save(ckpt, last)
+    with pytest.raises(MedsegError, match=r"config differs .*data\.augment\.hue: 0\.1 -> 0\.0"):
+        train(_cfg(tiny_2d_config, polyps, max_epochs=3), run_dir=run, resume=True, progress=False)
+
+
 def test_existing_run_folder_needs_overwrite(tmp_path, polyps, tiny_2d_config):
     cfg = _cfg(tiny_2d_config, polyps, max_epochs=1)
     train(cfg, run_dir=tmp_path / "run", progress=False)
