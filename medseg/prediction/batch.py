@@ -11,7 +11,6 @@ from medseg.io.volume import VOLUME_SUFFIXES
 from medseg.prediction.cases import BatchReport
 from medseg.prediction.claims import Sharing
 from medseg.prediction.ensemble import is_model_path
-from medseg.prediction.folder_settings import remove_lone_record
 from medseg.prediction.image import predict_images
 from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.volume import predict_volumes
@@ -59,9 +58,9 @@ def predict_paths(
         ConfigError: ``out_dir`` inside an input folder, or an output this kind of model cannot write
             (``overlay`` for a volume model, ``dicom_seg`` for an image model), ``workers`` below 1, or
             ``workers`` with a shard, or either under torchrun; an input that is a model (models come first);
-            without ``overwrite``, a case's sidecar in ``out_dir`` or (image models) the folder's record
-            ``.medseg-predict`` made with other label-shaping settings (:mod:`medseg.prediction.run_settings`,
-            :mod:`medseg.prediction.folder_settings`).
+            without ``overwrite``, a case's sidecar in ``out_dir`` or (image models) its record
+            ``.medseg-predict/<name>.json`` made with other label-shaping settings
+            (:mod:`medseg.prediction.run_settings`, :mod:`medseg.prediction.case_records`).
     """
     paths = [Path(p) for p in inputs]
     out = Path(out_dir)
@@ -74,8 +73,6 @@ def predict_paths(
                         statistics=statistics, probabilities=probabilities, progress=progress, sharing=sharing,
                         workers=workers, torchrun=torchrun, irregular=irregular)
     finally:
-        if created:
-            remove_lone_record(out)
         for folder in created:  # deepest first; a folder something was written to stays
             try:
                 folder.rmdir()

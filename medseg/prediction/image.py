@@ -4,7 +4,7 @@ Outputs of :func:`predict_images`: ``OUT/<name>.png`` masks in the original gray
 ``OUT/<name>_overlay.png`` and per-mask statistics (``OUT/<name>.json`` sidecars with a ``statistics`` section,
 ``OUT/statistics.csv`` over all images; in pixels, as a 2D image has no spacing); each written atomically. A
 rerun skips the images whose outputs all exist and writes only the missing outputs of the others. The settings
-that shaped the masks are recorded in ``OUT/.medseg-predict`` (:mod:`medseg.prediction.folder_settings`)
+that shaped each mask are recorded in ``OUT/.medseg-predict/<name>.json`` (:mod:`medseg.prediction.case_records`)
 and in the sidecars, and a rerun with other ones is refused unless ``overwrite``
 (:mod:`medseg.prediction.run_settings`).
 """
@@ -23,9 +23,9 @@ from medseg.data.image_intensity import ImageIntensity
 from medseg.errors import DataError
 from medseg.io.images import IMAGE_SUFFIXES, display_uint8, read_image_values, read_mask, write_mask, write_overlay
 from medseg.models.outputs import main_output
+from medseg.prediction.case_records import check_case_records, remove_case_record, write_case_record
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
 from medseg.prediction.claims import Sharing
-from medseg.prediction.folder_settings import check_folder_settings, claim_folder_settings
 from medseg.prediction.loaded import LoadedModel, mean_probabilities
 from medseg.prediction.postprocess import apply_postprocessing, keep_largest_component
 from medseg.prediction.run_settings import SETTINGS_KEY, check_recorded_settings, label_settings
@@ -34,10 +34,6 @@ from medseg.prediction.statistics_table import write_statistics_table
 
 __all__ = ["check_image_array", "find_image_cases", "predict_image_classes", "predict_image_outputs",
            "predict_images", "write_probabilities_npz"]
-
-#: Endings of the outputs an image case can write (``<name><ending>``).
-_CASE_OUTPUTS = (".png", "_overlay.png", ".json", "_probabilities.npz")
-
 
 def predict_image_classes(loaded: LoadedModel, image: str | Path | np.ndarray) -> np.ndarray:
     """Class indices 0..K-1 (uint8) of one 2D image, at the image's own size (see :func:`predict_image_outputs`)."""
@@ -197,21 +193,20 @@ def predict_images(
             claimed before it is computed (:mod:`medseg.prediction.claims`).
 
     Raises:
-        ConfigError: ``out_dir`` is an input folder, or (without ``overwrite``) its record
-            ``.medseg-predict`` or (with ``statistics``) a sidecar there made with other settings
-            (:mod:`medseg.prediction.folder_settings`, :func:`~medseg.prediction.run_settings.
-            check_recorded_settings`).
+        ConfigError: ``out_dir`` is an input folder, or (without ``overwrite``) the record
+            ``.medseg-predict/<name>.json`` of one of these cases whose mask exists or (with ``statistics``) a
+            sidecar there made with other settings (:mod:`medseg.prediction.case_records`,
+            :func:`~medseg.prediction.run_settings.check_recorded_settings`).
     """
     inputs = [Path(p) for p in inputs]
     check_output_dir(out_dir, inputs)
     cases = find_image_cases(inputs)
     settings = label_settings(loaded)
-    check_folder_settings(out_dir, settings, overwrite=overwrite)
+    if not overwrite:  # the cases whose masks this run keeps (skipped, or completed around the mask)
+        check_case_records(out_dir, [c.name for c in cases if (out_dir / f"{c.name}.png").exists()], settings)
     if statistics and not overwrite:
         check_recorded_settings([out_dir / f"{c.name}.json" for c in cases], settings, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    claim_folder_settings(out_dir, settings, [f"{c.name}{end}" for c in cases for end in _CASE_OUTPUTS],
-                          overwrite=overwrite)
 
     def stats_of(case: Case, mask: np.ndarray) -> dict[str, object]:
         gray = read_image_values(case.source, color="gray")
@@ -241,7 +236,12 @@ def predict_images(
                        **({"postprocessing": loaded.postprocessing_record()} if loaded.postprocessing else {}),
                        SETTINGS_KEY: None if kept else settings}
             paths.append(write_json_atomic(out_dir / f"{case.name}.json", sidecar))
-        return [write_mask(mask_path, mask), *paths] if mask_path in todo else paths
+        if mask_path not in todo:
+            return paths
+        remove_case_record(out_dir, case.name)  # until the new mask is written, no record describes this case
+        written = write_mask(mask_path, mask)
+        write_case_record(out_dir, case.name, settings)  # no case output: never makes a case finished
+        return [written, *paths]
 
     report = run_cases(cases, outputs_of, run, overwrite=overwrite, progress=progress, sharing=sharing)
     if statistics:

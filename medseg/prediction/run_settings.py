@@ -6,8 +6,8 @@ stay in the folder while the user takes them for new ones. So, unless ``overwrit
 ``settings`` are compared with this run's before anything is predicted, and the first difference refuses the run
 (:func:`check_recorded_settings`: one line naming the sidecar, the setting, the old and the new value, and
 ``--overwrite`` or another ``-o``). A sidecar without ``settings`` (written by an older medseg) is not compared:
-its case is skipped as before. Image folders, whose sidecars are written only on request, also keep the settings
-in one folder record (:mod:`medseg.prediction.folder_settings`), compared in the same way.
+its case is skipped as before. Image cases, whose sidecars are written only on request, also keep the settings
+in a record per case (:mod:`medseg.prediction.case_records`), compared in the same way.
 
 Recorded (:func:`label_settings`): per model, its file (its path, shown only, and the SHA-256 of its bytes,
 compared: a moved, renamed or copied checkpoint counts as the same one, a retrained one as another), the

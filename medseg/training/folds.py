@@ -138,8 +138,8 @@ def _score_if_complete(cfg: ExperimentConfig, root: Path, pairs: dict[str, Pair]
     if not all((f / "splits" / "val.txt").is_file() for f in folders):
         return None
     val_ids = [c for f in folders for c in read_split_file(f / "splits" / "val.txt")]
-    predicted = {case_name(p) for p in (root / "cv_predictions").iterdir()} if (root / "cv_predictions").is_dir() \
-        else set()
+    predicted = {case_name(p) for p in (root / "cv_predictions").iterdir() if not p.name.startswith(".")} \
+        if (root / "cv_predictions").is_dir() else set()  # hidden: the per-case records, claims
     truths = {prediction_name(pairs[c], cfg.data.kind): pairs[c].mask for c in val_ids}
     if not set(truths) <= predicted:
         return None

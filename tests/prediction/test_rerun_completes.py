@@ -13,7 +13,6 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg.cli.main import app
-from medseg.prediction.folder_settings import FOLDER_RECORD
 
 runner = CliRunner()
 
@@ -46,7 +45,7 @@ def test_overlay_asked_on_rerun_is_written_masks_kept(ckpt2d, images, tmp_path):
     assert code == 0 and stdout.startswith("3 files written to") and ", 0 existing skipped" in stdout
     after = _snapshot(out)
     stems = sorted(p.stem for p in images.iterdir())
-    assert sorted(after) == sorted([FOLDER_RECORD] + [f"{s}.png" for s in stems] + [f"{s}_overlay.png" for s in stems])
+    assert sorted(after) == sorted([f"{s}.png" for s in stems] + [f"{s}_overlay.png" for s in stems])
     assert all(after[name] == before[name] for name in before)  # masks untouched: same bytes, same mtime
     code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--overlay")
     assert code == 0 and stdout.startswith("0 files written") and ", 3 existing skipped" in stdout

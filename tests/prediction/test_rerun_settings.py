@@ -1,6 +1,7 @@
 """A rerun into a folder made with other label-shaping settings is refused before anything is predicted (exit 2,
 one line); the same settings skip; --overwrite redoes; sidecars of an older medseg (no settings) still skip; the
-sidecar records the precision that ran, not "auto"."""
+sidecar records the precision that ran, not "auto". Image cases are compared through their own records
+``OUT/.medseg-predict/<name>.json``, so one folder can hold cases made by several models."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,7 @@ from typer.testing import CliRunner
 
 from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.cli.main import app
-from medseg.errors import ConfigError
-from medseg.prediction.folder_settings import FOLDER_RECORD, claim_folder_settings
+from medseg.prediction.case_records import RECORDS_FOLDER, case_record
 from medseg.prediction.run_settings import settings_differences
 from medseg.sliding_window.plan import cpu_has_native_bf16
 
@@ -31,7 +30,22 @@ def _predict(*args: object) -> tuple[int, str, str]:
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file()}
+    """Every file under ``folder`` (the records too) by its relative path: modification time and bytes."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _perturbed(checkpoint: Path, target: Path) -> Path:
+    """``checkpoint`` with one weight changed: another trained state, the file otherwise alike."""
+    payload = load_checkpoint(checkpoint)
+    state = payload["state_dict"]
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 1e-3
+    return save_checkpoint({k: v for k, v in payload.items() if k not in ("format", "format_version", "path")}, target)
 
 
 @pytest.fixture()
@@ -72,8 +86,8 @@ def test_same_settings_skip_other_threshold_refused_overwrite_redoes(ckpt2d, ima
 
     code, stdout, stderr = _predict(ckpt2d[0], images, "-o", out, "--statistics", "--threshold", "0.3")
     assert code == 2 and stdout == ""
-    assert stderr.splitlines() == [  # the folder's record is compared first, then each sidecar
-        f"error: {out / FOLDER_RECORD}: made with threshold none, this run has threshold 0.3; the finished "
+    assert stderr.splitlines() == [  # the cases' records are compared first, then each sidecar
+        f"error: {case_record(out, first)}: made with threshold none, this run has threshold 0.3; the finished "
         f"cases in {out} would be kept as they are: rerun with --overwrite to redo them with this run's settings, "
         "or choose another -o"]
     assert _snapshot(out) == before  # nothing written, nothing touched
@@ -86,12 +100,16 @@ def test_same_settings_skip_other_threshold_refused_overwrite_redoes(ckpt2d, ima
 
 def test_image_folder_without_statistics_other_threshold_refused_overwrite_redoes(ckpt2d, images, tmp_path):
     out = tmp_path / "out"
+    stems = sorted(p.stem for p in images.iterdir())
     code, stdout, _ = _predict(ckpt2d[0], images, "-o", out)
-    assert code == 0 and stdout.startswith("2 files written")  # the masks; the record is no case's output
-    record = json.loads((out / FOLDER_RECORD).read_text())["settings"]
-    assert record["threshold"] is None and record["largest_component"] is False
-    assert record["models"][0]["checkpoint_sha256"] == hashlib.sha256(Path(ckpt2d[0]).read_bytes()).hexdigest()
-    assert sorted(out.iterdir()) == sorted([out / FOLDER_RECORD, *(out / f"{p.stem}.png" for p in images.iterdir())])
+    assert code == 0 and stdout.startswith("2 files written")  # the masks; the records are no case's outputs
+    assert sorted(p.name for p in out.iterdir()) == sorted([RECORDS_FOLDER, *(f"{s}.png" for s in stems)])
+    assert sorted(p.name for p in (out / RECORDS_FOLDER).iterdir()) == [f"{s}.json" for s in stems]
+    assert list(out.glob("*.json")) == []  # the records stay out of the folder's JSON files
+    for stem in stems:
+        record = json.loads(case_record(out, stem).read_text())["settings"]
+        assert record["threshold"] is None and record["largest_component"] is False
+        assert record["models"][0]["checkpoint_sha256"] == _sha256(ckpt2d[0])
     before = _snapshot(out)
 
     code, stdout, _ = _predict(ckpt2d[0], images, "-o", out)  # same settings: skipped, nothing touched
@@ -100,55 +118,50 @@ def test_image_folder_without_statistics_other_threshold_refused_overwrite_redoe
     code, stdout, stderr = _predict(ckpt2d[0], images, "-o", out, "--threshold", "0.3")
     assert (code, stdout) == (2, "")
     assert stderr.splitlines() == [
-        f"error: {out / FOLDER_RECORD}: made with threshold none, this run has threshold 0.3; the finished "
+        f"error: {case_record(out, stems[0])}: made with threshold none, this run has threshold 0.3; the finished "
         f"cases in {out} would be kept as they are: rerun with --overwrite to redo them with this run's settings, "
         "or choose another -o"]
-    assert _snapshot(out) == before  # masks byte- and mtime-identical, the record too
+    assert _snapshot(out) == before  # masks byte- and mtime-identical, the records too
     code, stdout, stderr = _predict(ckpt2d[0], images, "-o", out, "--tta")
-    assert code == 2 and stderr.startswith(f"error: {out / FOLDER_RECORD}: made with tta false, this run has tta ")
+    assert code == 2
+    assert stderr.startswith(f"error: {case_record(out, stems[0])}: made with tta false, this run has tta ")
 
     code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--threshold", "0.3", "--overwrite")
     assert code == 0 and stdout.startswith("2 files written")
-    assert json.loads((out / FOLDER_RECORD).read_text())["settings"]["threshold"] == 0.3
-    assert all(_snapshot(out)[n][0] != before[n][0] for n in before if n.endswith(".png"))  # both masks redone
+    assert [json.loads(case_record(out, s).read_text())["settings"]["threshold"] for s in stems] == [0.3, 0.3]
+    assert all(_snapshot(out)[n][0] != before[n][0] for n in before)  # both masks and both records redone
     code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--threshold", "0.3")
     assert code == 0 and ", 2 existing skipped" in stdout
     assert _predict(ckpt2d[0], images, "-o", out)[0] == 2  # and now the old threshold is the other one
 
 
-def test_folder_record_claimed_once_by_concurrent_processes_older_folders_left_alone(tmp_path):
-    a = {"models": [{"checkpoint": "a.pt", "checkpoint_sha256": "ab" * 32, "tta": False}], "threshold": None}
-    b = {**a, "threshold": 0.3}
+def test_two_image_sets_by_two_checkpoints_share_one_folder(ckpt2d, images, tmp_path):
+    others = tmp_path / "others"  # another image set, as another fold's validation images
+    others.mkdir()
+    for p in sorted(ckpt2d[1].iterdir())[2:4]:
+        shutil.copy(p, others / p.name)
+    other_ckpt = _perturbed(ckpt2d[0], tmp_path / "other.pt")
     out = tmp_path / "out"
-    out.mkdir()
-    outcomes: list[BaseException | None] = []
+    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out)
+    assert code == 0 and stdout.startswith("2 files written")
+    code, stdout, stderr = _predict(other_ckpt, others, "-o", out)  # the first set's cases are not compared
+    assert code == 0 and stdout.startswith("2 files written"), stderr
+    for folder, ckpt in ((images, ckpt2d[0]), (others, other_ckpt)):
+        for p in folder.iterdir():
+            model = json.loads(case_record(out, p.stem).read_text())["settings"]["models"][0]
+            assert model["checkpoint_sha256"] == _sha256(ckpt) and model["checkpoint"] == str(ckpt.resolve())
+    before = _snapshot(out)
+    assert len([n for n in before if n.endswith(".png")]) == 4
 
-    def claim(settings: dict) -> None:
-        try:
-            claim_folder_settings(out, settings, [], overwrite=False)
-            outcomes.append(None)
-        except ConfigError as err:
-            outcomes.append(err)
-
-    threads = [threading.Thread(target=claim, args=(a,)) for _ in range(8)]  # eight processes starting at once
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert outcomes == [None] * 8
-    assert [p.name for p in out.iterdir()] == [FOLDER_RECORD]  # one record, no staging file left
-    assert json.loads((out / FOLDER_RECORD).read_text())["settings"] == a
-    (out / "x.png").write_bytes(b"mask")  # a case written under that record
-    with pytest.raises(ConfigError, match=r"made with threshold none, this run has threshold 0\.3"):
-        claim_folder_settings(out, b, [], overwrite=False)  # a process with other settings that came later
-
-    claim_folder_settings(out, b, ["x.png"], overwrite=True)  # redoes every output there: the record follows
-    assert json.loads((out / FOLDER_RECORD).read_text())["settings"] == b
-    (out / "y.png").write_bytes(b"mask")  # another case, kept as it is by an --overwrite run over x alone
-    claim_folder_settings(out, a, ["x.png"], overwrite=True)
-    assert not (out / FOLDER_RECORD).exists()  # the folder mixes settings: no record claims it
-    claim_folder_settings(out, b, [], overwrite=False)  # an older medseg's folder (outputs, no record): left alone
-    assert not (out / FOLDER_RECORD).exists()
+    for folder, ckpt in ((images, ckpt2d[0]), (others, other_ckpt)):  # each set rerun with its own checkpoint
+        code, stdout, _ = _predict(ckpt, folder, "-o", out)
+        assert code == 0 and ", 2 existing skipped" in stdout and _snapshot(out) == before
+    code, stdout, stderr = _predict(other_ckpt, images, "-o", out)  # the first set with the other checkpoint
+    first = sorted(p.stem for p in images.iterdir())[0]
+    assert (code, stdout) == (2, "") and len(stderr.splitlines()) == 1
+    assert stderr.startswith(f"error: {case_record(out, first)}: made with checkpoint {Path(ckpt2d[0]).resolve()} "
+                             f"(sha256 {_sha256(ckpt2d[0])[:12]}), this run has checkpoint {other_ckpt.resolve()} ")
+    assert _snapshot(out) == before
 
 
 def test_a_run_that_writes_nothing_leaves_no_folder(ckpt2d, tmp_path):
@@ -163,7 +176,7 @@ def test_a_run_that_writes_nothing_leaves_no_folder(ckpt2d, tmp_path):
 def test_old_sidecars_without_settings_still_skip(ckpt2d, images, tmp_path):
     out = tmp_path / "out"
     assert _predict(ckpt2d[0], images, "-o", out, "--statistics")[0] == 0
-    (out / FOLDER_RECORD).unlink()  # as an older medseg wrote the folder: no record, no settings in the sidecars
+    shutil.rmtree(out / RECORDS_FOLDER)  # as an older medseg wrote the folder: no records, no settings in sidecars
     for sidecar in out.glob("*.json"):
         data = json.loads(sidecar.read_text())
         del data["settings"]
@@ -171,7 +184,7 @@ def test_old_sidecars_without_settings_still_skip(ckpt2d, images, tmp_path):
     before = _snapshot(out)
     code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--statistics", "--threshold", "0.3")
     assert code == 0 and ", 2 existing skipped" in stdout
-    assert not (out / FOLDER_RECORD).exists()  # its outputs' settings are unknown: no record claims them
+    assert not (out / RECORDS_FOLDER).exists()  # the kept masks' settings are unknown: no record claims them
     after = _snapshot(out)
     assert {n: v for n, v in after.items() if n != "statistics.csv"} == {
         n: v for n, v in before.items() if n != "statistics.csv"}
@@ -204,7 +217,7 @@ def test_volume_sidecar_records_precision_that_ran_and_tta_change_is_refused(ckp
 
 def test_copied_checkpoint_is_the_same_a_perturbed_one_is_refused(ckpt2d, images, tmp_path):
     out = tmp_path / "out"
-    assert _predict(ckpt2d[0], images, "-o", out)[0] == 0  # no --statistics: only the folder's record compares
+    assert _predict(ckpt2d[0], images, "-o", out)[0] == 0  # no --statistics: only the cases' records compare
     masks = _snapshot(out)
     copied = tmp_path / "copied.pt"
     shutil.copy(ckpt2d[0], copied)  # the same bytes with a new modification time: the same checkpoint
@@ -212,16 +225,12 @@ def test_copied_checkpoint_is_the_same_a_perturbed_one_is_refused(ckpt2d, images
     code, stdout, _ = _predict(copied, images, "-o", out)
     assert code == 0 and ", 2 existing skipped" in stdout and _snapshot(out) == masks
 
-    payload = load_checkpoint(ckpt2d[0])
-    state = payload["state_dict"]
-    name = next(k for k, v in state.items() if v.is_floating_point())
-    state[name] = state[name] + 1e-3  # another trained state, the file otherwise alike
-    perturbed = save_checkpoint({k: v for k, v in payload.items() if k not in ("format", "format_version", "path")},
-                                tmp_path / "perturbed.pt")
+    perturbed = _perturbed(ckpt2d[0], tmp_path / "perturbed.pt")
     code, stdout, stderr = _predict(perturbed, images, "-o", out)
     old, new = (hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in (Path(ckpt2d[0]), perturbed))
     assert code == 2 and stdout == "" and old != new
-    assert stderr.startswith(f"error: {out / FOLDER_RECORD}: made with checkpoint {Path(ckpt2d[0]).resolve()} "
+    first = sorted(p.stem for p in images.iterdir())[0]
+    assert stderr.startswith(f"error: {case_record(out, first)}: made with checkpoint {Path(ckpt2d[0]).resolve()} "
                              f"(sha256 {old}), this run has checkpoint {perturbed.resolve()} (sha256 {new}); ")
     assert len(stderr.splitlines()) == 1 and _snapshot(out) == masks
 
@@ -252,8 +261,8 @@ def test_ensemble_records_each_member_and_one_model_after_it_is_refused(ckpt2d, 
     assert [m["checkpoint"] for m in models] == [str(Path(ckpt2d[0]).resolve()), str(twin.resolve())]
     code, _, stderr = _predict(ckpt2d[0], images, "-o", out, "--statistics")
     assert code == 2 and stderr.startswith(
-        f"error: {out / FOLDER_RECORD}: made with an ensemble of 2 models, this run has 1 model; ")
-    (out / FOLDER_RECORD).unlink()  # the sidecars refuse it as well
+        f"error: {case_record(out, first)}: made with an ensemble of 2 models, this run has 1 model; ")
+    shutil.rmtree(out / RECORDS_FOLDER)  # the sidecars refuse it as well
     code, _, stderr = _predict(ckpt2d[0], images, "-o", out, "--statistics")
     assert code == 2 and stderr.startswith(
         f"error: {out / (first + '.json')}: made with an ensemble of 2 models, this run has 1 model; ")
@@ -262,7 +271,7 @@ def test_ensemble_records_each_member_and_one_model_after_it_is_refused(ckpt2d, 
 def test_sidecar_added_to_a_kept_mask_describes_that_mask_and_claims_no_settings(ckpt2d, images, tmp_path):
     out = tmp_path / "out"
     assert _predict(ckpt2d[0], images, "-o", out)[0] == 0  # masks only: no sidecar recorded their settings
-    (out / FOLDER_RECORD).unlink()  # as an older medseg wrote the folder
+    shutil.rmtree(out / RECORDS_FOLDER)  # as an older medseg wrote the folder
     masks = _snapshot(out)
     code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--statistics", "--threshold", "0.01")
     assert code == 0 and stdout.startswith("3 files written")  # 2 sidecars and the table; the masks are kept

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from medseg.cli.main import app
 from medseg.errors import ConfigError
 from medseg.prediction.batch import predict_paths
+from medseg.prediction.case_records import RECORDS_FOLDER
 from medseg.prediction.claims import CLAIMS_FOLDER, Sharing
-from medseg.prediction.folder_settings import FOLDER_RECORD
 from medseg.prediction.predictor import Predictor
 from medseg.prediction.workers import check_parallel, torchrun_rank
 
@@ -24,7 +24,8 @@ runner = CliRunner()
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    """Every file under ``folder`` (the per-case records in the hidden folder too) by its relative path."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -85,8 +86,9 @@ def test_two_workers_write_each_output_once_identical_to_one_process(ckpt2d, tmp
                                  "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert "6 cases predicted, 0 skipped, 0 failed, 0 finished by other processes (2 workers)" in result.output
-    assert _files(tmp_path / "two") == _files(tmp_path / "one")  # masks and the settings record: no claims folder
-    assert len(_files(tmp_path / "one")) == 7 and FOLDER_RECORD in _files(tmp_path / "one")
+    assert _files(tmp_path / "two") == _files(tmp_path / "one")  # masks and their records: no claims folder
+    assert sorted(_files(tmp_path / "one")) == sorted(
+        [f"case_{i:03d}.png" for i in range(6)] + [f"{RECORDS_FOLDER}/case_{i:03d}.json" for i in range(6)])
 
 
 @pytest.mark.slow
@@ -101,6 +103,9 @@ def test_torchrun_ranks_share_the_cases_and_rank_0_prints_the_total(ckpt2d, tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if "cases predicted" in line]
     assert lines == ["5 cases predicted, 1 skipped, 0 failed, 0 finished by other processes (2 workers)"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"case_{i:03d}.png" for i in range(6)]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != RECORDS_FOLDER) == [
+        f"case_{i:03d}.png" for i in range(6)]
     assert (tmp_path / "out" / "case_000.png").read_bytes() == b"kept"
+    assert sorted(p.name for p in (tmp_path / "out" / RECORDS_FOLDER).iterdir()) == [  # each by its own rank
+        f"case_{i:03d}.json" for i in range(1, 6)]
     assert not (tmp_path / "out" / CLAIMS_FOLDER).exists()

@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medseg.cli.main import app
-from medseg.prediction.folder_settings import FOLDER_RECORD
+from medseg.prediction.case_records import RECORDS_FOLDER, case_record
 
 #: Cases in the batch: enough that a kill after the third leaves many to redo, few enough to keep the rerun short.
 N_CASES = 16
@@ -74,8 +74,11 @@ def test_killed_batch_resumes_without_partial_outputs(model_and_images, tmp_path
         mask = np.asarray(Image.open(p))
         assert mask.shape == (900, 1200) and set(np.unique(mask)) <= {0, 255}
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
-    assert all(n.endswith(".tmp") or n in (".medseg-claims", FOLDER_RECORD) for n in leftovers)  # and the claim
-    assert json.loads((out / FOLDER_RECORD).read_text())["settings"]["threshold"] is None  # the record, complete
+    assert all(n.endswith(".tmp") or n in (".medseg-claims", RECORDS_FOLDER) for n in leftovers)  # and the claim
+    for p in finals:  # a written record is complete; a mask whose record the kill prevented has none
+        record = case_record(out, p.stem)
+        assert not record.exists() or json.loads(record.read_text())["settings"]["threshold"] is None
+    assert all((out / f"{r.stem}.png").exists() for r in (out / RECORDS_FOLDER).glob("*.json"))  # no lone record
 
     rerun = CliRunner().invoke(app, ["predict", str(ckpt), str(images), "-o", str(out), "--device", "cpu", "-q"])
     assert rerun.exit_code == 0, rerun.output
