@@ -254,8 +254,10 @@ def _check_2d(work: Path, outputs: list[str]) -> None:
     assert len((work / "runs" / "polyps" / "splits" / "val.txt").read_text().split()) == 3  # 12 x 0.25
     ema_log = json.loads((work / "runs" / "polyps-ema" / "log.json").read_text())  # train.ema: 2 steps per epoch
     assert [r["ema_decay"] for r in ema_log] == [2 / 11, 4 / 13]  # warm-up (1 + t) / (10 + t) at steps t = 1, 3
-    names = sorted(p.name for p in (work / "predictions").iterdir())
+    names = sorted(p.name for p in (work / "predictions").iterdir() if not p.name.startswith("."))
     assert names == sorted([f"case_00{i}{s}.png" for i in range(4) for s in ("", "_overlay")]), names
+    records = sorted(p.name for p in (work / "predictions" / ".medseg-predict").iterdir())
+    assert records == [f"case_00{i}.json" for i in range(4)], records  # the settings each mask was made with
     rows = (work / "scores.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 * 2  # header + 4 cases x (polyp, overall)
     assert json.loads((work / "scores.summary.json").read_text())

@@ -329,7 +329,10 @@ def test_bad_image_among_good_ones_fails_alone(tmp_path, shared_data, ckpt2d, ru
     out = run_cli("jpg_truncated_among_good", ["predict", ckpt2d, inputs, "-o", tmp_path / "out", "-q",
                                                "--device", "cpu"], expect=(1,), names=["bad.jpg"])
     assert out.kind == "clear", out.detail
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{f.stem}.png" for f in good)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(f"{f.stem}.png" for f in good)
+    # the settings records (OUT/.medseg-predict/<name>.json) of the good images only
+    assert sorted(p.name for p in (out / ".medseg-predict").iterdir()) == sorted(f"{f.stem}.json" for f in good)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
