@@ -162,17 +162,24 @@ def check_recorded_settings(sidecars: Iterable[Path], settings: dict[str, Any], 
                 "choose another -o")
 
 
+_MAX_RECORD_BYTES = 16 * 2**20  # a sidecar with statistics of many classes stays far below
+
+
 def _recorded(sidecar: Path) -> dict[str, Any] | None:
     """The settings a sidecar recorded; None when it does not exist or holds none."""
     try:
-        text = sidecar.read_text(encoding="utf-8")
+        with sidecar.open("rb") as f:
+            raw = f.read(_MAX_RECORD_BYTES + 1)  # bounded: a record is a few hundred bytes
     except FileNotFoundError:
         return None
     except OSError as err:
         raise DataError(f"{sidecar}: cannot read it ({err.strerror or err})") from None
+    if len(raw) > _MAX_RECORD_BYTES:
+        raise DataError(f"{sidecar}: over {_MAX_RECORD_BYTES // 2**20} MB, no settings record; delete it and its "
+                        "case's outputs, or rerun with --overwrite")
     try:
-        data = json.loads(text)
-    except ValueError as err:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError included
         raise DataError(f"{sidecar}: not readable JSON ({err}); delete it and its case's outputs, or rerun with "
                         "--overwrite") from None
     if not isinstance(data, dict):

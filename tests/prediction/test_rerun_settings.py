@@ -281,3 +281,15 @@ def test_sidecar_added_to_a_kept_mask_describes_that_mask_and_claims_no_settings
     for sidecar in out.glob("*.json"):
         data, reference = json.loads(sidecar.read_text()), json.loads((fresh / sidecar.name).read_text())
         assert data["settings"] is None and data["statistics"] == reference["statistics"]
+
+
+def test_unreadable_records_are_one_line_data_errors(tmp_path):
+    from medseg.errors import DataError
+    from medseg.prediction.run_settings import check_recorded_settings
+
+    record = tmp_path / "case.json"
+    for content, message in ((bytes(range(128, 256)), "not readable JSON"), (b"[1, 2]", "holds a list")):
+        record.write_bytes(content)  # bytes that are no UTF-8, then JSON that is no object
+        with pytest.raises(DataError, match=message) as err:
+            check_recorded_settings([record], {"threshold": None}, tmp_path)
+        assert "\n" not in str(err.value) and str(record) in str(err.value)
