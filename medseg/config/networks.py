@@ -13,9 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from medseg.config.strict import StrictUnionMember
-
-PositiveInt = Annotated[int, Field(ge=1)]
+from medseg.config.strict import PositiveInt, StrictUnionMember
 
 #: Backbones of MONAI's FlexibleUNet (its encoder registry).
 FLEXIBLE_BACKBONES = (

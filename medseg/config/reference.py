@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Iterator
 
@@ -38,8 +39,7 @@ def _union_members(ann: object) -> list[type[BaseModel]]:
 def _type_name(ann: object) -> str:
     if _union_members(ann):
         return "one of the sections below, by name"
-    text = str(ann).replace("typing.", "").replace("pathlib.", "").replace("medseg.config.schema.", "")
-    text = text.replace("medseg.config.networks.", "")
+    text = re.sub(r"medseg\.config\.\w+\.", "", str(ann).replace("typing.", "").replace("pathlib.", ""))
     text = text.replace("<class '", "").replace("'>", "")
     positive_float = "Annotated[float, FieldInfo(annotation=NoneType, required=True, metadata=[Gt(gt=0)])]"
     text = text.replace(positive_float, "float>0")

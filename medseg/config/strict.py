@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import typing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-__all__ = ["Strict", "StrictUnionMember", "takes_bool"]
+__all__ = ["PositiveFloat", "PositiveInt", "Strict", "StrictUnionMember", "takes_bool"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 def takes_bool(annotation: Any) -> bool:
