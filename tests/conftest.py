@@ -96,10 +96,10 @@ def ckpt3d(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(autouse=True, scope="session")
 def _probe_cache_in_tmp(tmp_path_factory):
-    """The sliding window's forward-backend probe caches its choices in a session folder, not ~/.cache/medseg."""
-    from medseg.sliding_window import backend
+    """The sliding window's forward-backend probe caches its choices in a session folder, not ~/.cache/medseg:
+    through the environment, so the processes a test starts (CLI runs, prediction workers) do the same."""
+    from medseg.sliding_window.backend import CACHE_FILE_ENV
 
-    path = tmp_path_factory.mktemp("probe") / "forward_backends.json"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(backend, "default_cache_file", lambda: path)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_FILE_ENV, str(tmp_path_factory.mktemp("probe") / "forward_backends.json"))
         yield

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +45,7 @@ from medseg.sliding_window.layers import channels_last_instance_norms, folded_ba
 
 __all__ = [
     "BACKENDS",
+    "CACHE_FILE_ENV",
     "PROBE_AGREEMENT",
     "PROBE_MIN_VOXELS",
     "check_backend",
@@ -65,6 +67,8 @@ PROBE_MIN_VOXELS = 48**3
 BACKENDS_VERSION = 3
 #: Timed calls per candidate after one warm-up (the fastest counts).
 PROBE_REPEATS = 2
+#: Environment variable naming the probe results file in place of ``~/.cache/medseg/forward_backends.json``.
+CACHE_FILE_ENV = "MEDSEG_BACKEND_CACHE_FILE"
 
 log = logging.getLogger(__name__)
 _memory_cache: dict[str, str] = {}
@@ -90,7 +94,11 @@ def check_backend(backend: object) -> str:
 
 
 def default_cache_file() -> Path:
-    """Where probe results are kept between processes: ``~/.cache/medseg/forward_backends.json``."""
+    """Where probe results are kept between processes: ``$MEDSEG_BACKEND_CACHE_FILE``, else
+    ``~/.cache/medseg/forward_backends.json``."""
+    env = os.environ.get(CACHE_FILE_ENV)
+    if env:
+        return Path(env).expanduser()
     return Path.home() / ".cache" / "medseg" / "forward_backends.json"
 
 

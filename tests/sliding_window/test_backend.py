@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,6 +133,38 @@ def test_probe_runs_once_and_its_cached_choice_is_reused(tmp_path, monkeypatch):
     cache.write_text("{not json")
     choose_backend(net, window, None, cache_file=cache)
     assert len(calls) == 4 and len(json.loads(cache.read_text())) == 1
+
+
+def test_probe_cache_file_is_named_by_the_environment_else_in_the_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(backend_mod.CACHE_FILE_ENV, str(tmp_path / "probe.json"))
+    assert backend_mod.default_cache_file() == tmp_path / "probe.json"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(backend_mod.CACHE_FILE_ENV, "~/elsewhere/probe.json")
+    assert backend_mod.default_cache_file() == tmp_path / "home" / "elsewhere" / "probe.json"
+    for unset in (lambda: monkeypatch.setenv(backend_mod.CACHE_FILE_ENV, ""),
+                  lambda: monkeypatch.delenv(backend_mod.CACHE_FILE_ENV)):
+        unset()
+        assert backend_mod.default_cache_file() == tmp_path / "home" / ".cache" / "medseg" / "forward_backends.json"
+
+
+def test_the_suite_keeps_probe_results_in_its_temporary_folder(tmp_path_factory, monkeypatch):
+    """conftest.py points the probe cache into the session's temporary folder, for this process and the processes
+    tests start; a probe without an explicit file writes there."""
+    path = backend_mod.default_cache_file()
+    assert path.is_relative_to(tmp_path_factory.getbasetemp()) and path.name == "forward_backends.json"
+    assert not path.is_relative_to(Path.home() / ".cache")
+    child = subprocess.run([sys.executable, "-c", "from medseg.sliding_window.backend import default_cache_file; "
+                            "print(default_cache_file())"], capture_output=True, text=True, timeout=60,
+                           cwd=Path(__file__).resolve().parents[2], env=os.environ.copy())
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert Path(child.stdout.strip()) == path
+    monkeypatch.setattr(backend_mod, "_memory_cache", {})
+    monkeypatch.setattr(backend_mod, "PROBE_MIN_VOXELS", 1)
+    net = torch.nn.Conv3d(1, 2, 1).eval()
+    window = torch.rand(1, 1, 4, 4, 4)
+    choice = choose_backend(net, window, None)
+    stored = json.loads(path.read_text())
+    assert any(network_signature(net) in key and entry["backend"] == choice for key, entry in stored.items())
 
 
 def test_probe_prefers_a_backend_whose_labels_agree(monkeypatch):
