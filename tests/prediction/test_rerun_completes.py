@@ -10,21 +10,6 @@ import traceback
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from medseg.cli.main import app
-
-runner = CliRunner()
-
-
-def _predict(*args: object) -> tuple[int, str, str]:
-    result = runner.invoke(app, ["predict", *map(str, args), "--device", "cpu", "-q"])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 @pytest.fixture()
@@ -36,40 +21,40 @@ def images(ckpt2d, tmp_path) -> Path:
     return folder
 
 
-def test_overlay_asked_on_rerun_is_written_masks_kept(ckpt2d, images, tmp_path):
+def test_overlay_asked_on_rerun_is_written_masks_kept(ckpt2d, images, tmp_path, predict_cli, snapshot_outputs):
     out = tmp_path / "out"
-    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out)
+    code, stdout, _ = predict_cli(ckpt2d[0], images, "-o", out)
     assert code == 0 and stdout.startswith("3 files written")
-    before = _snapshot(out)
-    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--overlay")
+    before = snapshot_outputs(out)
+    code, stdout, _ = predict_cli(ckpt2d[0], images, "-o", out, "--overlay")
     assert code == 0 and stdout.startswith("3 files written to") and ", 0 existing skipped" in stdout
-    after = _snapshot(out)
+    after = snapshot_outputs(out)
     stems = sorted(p.stem for p in images.iterdir())
     assert sorted(after) == sorted([f"{s}.png" for s in stems] + [f"{s}_overlay.png" for s in stems])
     assert all(after[name] == before[name] for name in before)  # masks untouched: same bytes, same mtime
-    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--overlay")
+    code, stdout, _ = predict_cli(ckpt2d[0], images, "-o", out, "--overlay")
     assert code == 0 and stdout.startswith("0 files written") and ", 3 existing skipped" in stdout
 
 
-def test_interrupted_case_gets_only_its_missing_outputs(ckpt2d, images, tmp_path):
+def test_interrupted_case_gets_only_its_missing_outputs(ckpt2d, images, tmp_path, predict_cli, snapshot_outputs):
     out = tmp_path / "out"
-    assert _predict(ckpt2d[0], images, "-o", out, "--overlay", "--statistics")[0] == 0
+    assert predict_cli(ckpt2d[0], images, "-o", out, "--overlay", "--statistics")[0] == 0
     first = sorted(images.iterdir())[0].stem
     (out / f"{first}_overlay.png").unlink()  # as if the run had been killed between two writes
     (out / f"{first}.json").unlink()
-    before = _snapshot(out)
-    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--overlay", "--statistics")
+    before = snapshot_outputs(out)
+    code, stdout, _ = predict_cli(ckpt2d[0], images, "-o", out, "--overlay", "--statistics")
     assert code == 0 and stdout.startswith("3 files written") and ", 2 existing skipped" in stdout  # + the CSV
-    after = _snapshot(out)
+    after = snapshot_outputs(out)
     assert {f"{first}_overlay.png", f"{first}.json"} <= set(after)
     assert all(after[name] == before[name] for name in before if name != "statistics.csv")
     assert json.loads((out / f"{first}.json").read_text())["case"] == first
 
 
-def test_overwrite_rewrites_every_output(ckpt2d, images, tmp_path):
+def test_overwrite_rewrites_every_output(ckpt2d, images, tmp_path, predict_cli):
     out = tmp_path / "out"
-    _predict(ckpt2d[0], images, "-o", out, "--overlay")
-    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--overlay", "--overwrite")
+    predict_cli(ckpt2d[0], images, "-o", out, "--overlay")
+    code, stdout, _ = predict_cli(ckpt2d[0], images, "-o", out, "--overlay", "--overwrite")
     assert code == 0 and stdout.startswith("6 files written") and ", 0 existing skipped" in stdout
 
 
@@ -80,20 +65,20 @@ def dicom_series(shared_data, tmp_path) -> Path:
     return folder
 
 
-def test_dicom_seg_asked_on_rerun_is_written(ckpt3d, dicom_series, tmp_path):
+def test_dicom_seg_asked_on_rerun_is_written(ckpt3d, dicom_series, tmp_path, predict_cli, snapshot_outputs):
     out = tmp_path / "out"
-    assert _predict(ckpt3d[0], dicom_series, "-o", out)[0] == 0
-    before = _snapshot(out)
+    assert predict_cli(ckpt3d[0], dicom_series, "-o", out)[0] == 0
+    before = snapshot_outputs(out)
     assert sorted(before) == ["series.json", "series.nii.gz"]
-    code, stdout, _ = _predict(ckpt3d[0], dicom_series, "-o", out, "--dicom-seg")
+    code, stdout, _ = predict_cli(ckpt3d[0], dicom_series, "-o", out, "--dicom-seg")
     assert code == 0 and stdout.startswith("1 files written") and ", 0 existing skipped" in stdout
-    after = _snapshot(out)
+    after = snapshot_outputs(out)
     assert sorted(after) == ["series.json", "series.nii.gz", "series.seg.dcm"]
     assert all(after[n] == before[n] for n in before)
-    assert _predict(ckpt3d[0], dicom_series, "-o", out, "--dicom-seg")[1].startswith("0 files written")
+    assert predict_cli(ckpt3d[0], dicom_series, "-o", out, "--dicom-seg")[1].startswith("0 files written")
 
 
-def test_disk_full_writing_dicom_seg_is_one_line(ckpt3d, dicom_series, tmp_path, monkeypatch):
+def test_disk_full_writing_dicom_seg_is_one_line(ckpt3d, dicom_series, tmp_path, monkeypatch, predict_cli):
     """pydicom re-raises a write error with its whole traceback as the message and no errno."""
     import pydicom
 
@@ -105,7 +90,7 @@ def test_disk_full_writing_dicom_seg_is_one_line(ckpt3d, dicom_series, tmp_path,
 
     monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", full)
     out = tmp_path / "out"
-    code, stdout, stderr = _predict(ckpt3d[0], dicom_series, "-o", out, "--dicom-seg")
+    code, stdout, stderr = predict_cli(ckpt3d[0], dicom_series, "-o", out, "--dicom-seg")
     assert code == 1 and "Traceback" not in stderr
     failed = [line for line in stderr.splitlines() if line.startswith(("failed:", "error:"))]
     assert failed == [f"failed: {dicom_series}: no space left on device writing {out}/series.seg.dcm; "
@@ -113,12 +98,12 @@ def test_disk_full_writing_dicom_seg_is_one_line(ckpt3d, dicom_series, tmp_path,
     assert not out.exists()  # no temporary file left behind: nothing was written, so the run removed its folder
 
 
-def test_probabilities_asked_on_rerun_are_written(ckpt2d, images, tmp_path):
+def test_probabilities_asked_on_rerun_are_written(ckpt2d, images, tmp_path, predict_cli, snapshot_outputs):
     out = tmp_path / "out"
-    assert _predict(ckpt2d[0], images, "-o", out)[0] == 0
-    before = _snapshot(out)
-    code, stdout, _ = _predict(ckpt2d[0], images, "-o", out, "--probabilities")
+    assert predict_cli(ckpt2d[0], images, "-o", out)[0] == 0
+    before = snapshot_outputs(out)
+    code, stdout, _ = predict_cli(ckpt2d[0], images, "-o", out, "--probabilities")
     assert code == 0 and stdout.startswith("3 files written")
-    after = _snapshot(out)
+    after = snapshot_outputs(out)
     assert sorted(set(after) - set(before)) == sorted(f"{p.stem}_probabilities.npz" for p in images.iterdir())
     assert all(after[n] == before[n] for n in before)
