@@ -61,7 +61,8 @@ def _default(field: typing.Any) -> str:
 def config_reference_markdown() -> str:
     """The whole reference as Markdown, one table per section."""
     lines = ["# Config reference", "",
-             "Generated from the config classes in `medseg/config/` by `python -m medseg.config.reference`; do not edit by hand.",
+             ("Generated from the config classes in `medseg/config/` by `python -m medseg.config.reference`; "
+             "do not edit by hand."),
              "Unknown keys are errors. Relative paths resolve against the YAML file's folder.", ""]
     for prefix, title, model in _sections(ExperimentConfig, ""):
         lines += [f"## {title}", "", (model.__doc__ or "").strip().splitlines()[0], "",
