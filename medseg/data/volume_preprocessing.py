@@ -22,25 +22,35 @@ original size), then the class map is turned back into the input orientation. La
 with nearest-neighbour (:meth:`VolumePreprocessor.invert_classes`).
 
 The settings are a JSON-safe dict (:attr:`VolumePreprocessor.settings`) that is stored in checkpoints.
+
+The grid work (steps 1-2 and their inverse) is in :mod:`medseg.data.volume_grid`, the grid comparisons in
+:mod:`medseg.data.grid_checks`; :class:`GridRecord`, :func:`check_same_grid` and :func:`check_same_channel_grid`
+are re-exported here.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
-from scipy import ndimage
 
 from medseg.config.schema import DataConfig
+from medseg.data.grid_checks import check_same_channel_grid, check_same_grid
 from medseg.data.labels import LabelMap
 from medseg.data.transforms import ct_window, resolve_window
+from medseg.data.volume_grid import (
+    GridRecord,
+    invert_classes,
+    invert_probabilities,
+    invert_probability_maps,
+    labels_onto_grid,
+    plan_grid,
+    resample_image,
+)
 from medseg.errors import DataError
 from medseg.io.volume import Volume
 from medseg.io.volume_io import read_volume
@@ -55,40 +65,7 @@ __all__ = [
     "slice_axis_index",
 ]
 
-log = logging.getLogger(__name__)
-
-#: Image and label grids may differ by this much (float noise in headers) and still be paired.
-SPACING_TOLERANCE_MM = 1e-3
-ORIGIN_TOLERANCE_MM = 1e-3
-DIRECTION_TOLERANCE = 1e-5
 _SLICE_LETTERS = {"axial": "SI", "sagittal": "LR", "coronal": "AP"}
-
-
-@dataclass(frozen=True)
-class GridRecord:
-    """How one volume was moved onto the canonical grid (enough to move a result back).
-
-    Attributes:
-        shape: Original voxel shape ``(I, J, K)``.
-        affine: Original 4x4 RAS affine.
-        transform: nibabel orientation transform (original -> canonical axes), shape (3, 2).
-        inverse: The transform back (canonical -> original axes).
-        oriented_shape: Shape after reorientation, before resampling.
-        oriented_affine: Affine after reorientation.
-        shape_out: Shape of the preprocessed grid.
-        spacing_out: Real voxel size (mm) of the preprocessed grid.
-        affine_out: Affine of the preprocessed grid (for debugging outputs).
-    """
-
-    shape: tuple[int, int, int]
-    affine: np.ndarray
-    transform: np.ndarray
-    inverse: np.ndarray
-    oriented_shape: tuple[int, int, int]
-    oriented_affine: np.ndarray
-    shape_out: tuple[int, int, int]
-    spacing_out: tuple[float, float, float]
-    affine_out: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -133,61 +110,6 @@ def slice_axis_index(orientation: str, slice_axis: str) -> int:
     """
     letters = _SLICE_LETTERS[slice_axis]
     return next(i for i, c in enumerate(orientation.upper()) if c in letters)
-
-
-def _differences(a: Volume, b: Volume) -> tuple[float, float, float]:
-    """Largest spacing (mm), origin (mm) and direction differences of two grids of one shape."""
-    return (float(np.abs(np.subtract(a.spacing, b.spacing)).max()),
-            float(np.abs(a.affine[:3, 3] - b.affine[:3, 3]).max()),
-            float(np.abs(a.direction_lps - b.direction_lps).max()))
-
-
-def _within_tolerance(names: str, a: Volume, b: Volume, fix: str) -> None:
-    """Raise naming both files when ``b``'s grid is not ``a``'s (shape, or beyond the tolerances); log float noise."""
-    if a.shape != b.shape:
-        raise DataError(f"{names}: shapes differ ({a.shape} vs {b.shape}); {fix}")
-    d_spacing, d_origin, d_dir = _differences(a, b)
-    if d_spacing > SPACING_TOLERANCE_MM or d_origin > ORIGIN_TOLERANCE_MM or d_dir > DIRECTION_TOLERANCE:
-        raise DataError(
-            f"{names}: geometry differs (spacing by {d_spacing:.3g} mm, origin by {d_origin:.3g} mm, direction by "
-            f"{d_dir:.3g}; allowed {SPACING_TOLERANCE_MM} mm, {ORIGIN_TOLERANCE_MM} mm, {DIRECTION_TOLERANCE}); {fix}"
-        )
-    if d_spacing or d_origin or d_dir:
-        log.info("%s: geometry differs by float noise only (spacing %.2g mm, origin %.2g mm, direction %.2g); "
-                 "using the first one's geometry", names, d_spacing, d_origin, d_dir)
-
-
-def check_same_grid(image: Volume, label: Volume) -> None:
-    """Raise unless ``label`` lies on ``image``'s grid (differences within float noise are logged).
-
-    Raises:
-        DataError: Shapes differ, or spacing/origin (> 1e-3 mm) or direction (> 1e-5) differ; names both files.
-    """
-    names = f"image {image.meta.get('path', '<array>')} and label {label.meta.get('path', '<array>')}"
-    fix = ("the label must be on the image grid" if image.shape != label.shape
-           else "resample the label onto the image grid")
-    _within_tolerance(names, image, label, fix)
-
-
-def check_same_channel_grid(first: Volume, other: Volume) -> None:
-    """Raise unless input channel ``other`` lies on the first channel's grid (the tolerances of
-    :func:`check_same_grid`).
-
-    Raises:
-        DataError: One line naming both channel files and what differs.
-
-    Example:
-        >>> a = Volume(np.zeros((2, 2, 2)), np.eye(4), {"path": "c_0000.nii.gz"})
-        >>> b = Volume(np.zeros((2, 2, 3)), np.eye(4), {"path": "c_0001.nii.gz"})
-        >>> try:
-        ...     check_same_channel_grid(a, b)
-        ... except DataError as err:
-        ...     print(str(err).split(";")[0])
-        channels c_0000.nii.gz and c_0001.nii.gz: shapes differ ((2, 2, 2) vs (2, 2, 3))
-    """
-    a, b = first.meta.get("path", "<array>"), other.meta.get("path", "<array>")
-    _within_tolerance(f"channels {a} and {b}", first, other,
-                      f"co-registered channels must share one grid: resample {b} onto {a}'s grid")
 
 
 def label_classes(label: Volume, labels: LabelMap, *, tolerance: int = 0) -> np.ndarray:
@@ -299,32 +221,7 @@ class VolumePreprocessor:
     # --------------------------------------------------------------------------------- geometry
     def plan(self, volume: Volume) -> GridRecord:
         """The grid a volume goes to (no voxel work)."""
-        _check_volume(volume)
-        shape = volume.shape
-        current = io_orientation(volume.affine)
-        target = axcodes2ornt(tuple(self.orientation))
-        transform, inverse = ornt_transform(current, target), ornt_transform(target, current)
-        oriented_affine = volume.affine @ inv_ornt_aff(transform, shape)
-        oriented_shape = cast("tuple[int, int, int]", tuple(int(shape[int(a)]) for a in _source_axes(transform)))
-        spacing_in = np.linalg.norm(oriented_affine[:3, :3], axis=0)
-        shape_out: tuple[int, ...]
-        if self.spacing_mm is None:
-            shape_out = oriented_shape
-        else:
-            shape_out = tuple(max(1, round(n * s / t)) for n, s, t in
-                              zip(oriented_shape, spacing_in, self.spacing_mm, strict=True))
-        factor = np.asarray(oriented_shape, float) / np.asarray(shape_out, float)
-        scale = np.eye(4)
-        scale[:3, :3] = np.diag(factor)
-        scale[:3, 3] = 0.5 * factor - 0.5  # voxel centres with align_corners=False
-        affine_out = oriented_affine @ scale
-        return GridRecord(
-            shape=shape, affine=volume.affine.copy(), transform=transform, inverse=inverse,
-            oriented_shape=oriented_shape, oriented_affine=oriented_affine,
-            shape_out=cast("tuple[int, int, int]", tuple(int(n) for n in shape_out)),
-            spacing_out=cast("tuple[float, float, float]", tuple(float(s) for s in spacing_in * factor)),
-            affine_out=affine_out,
-        )
+        return plan_grid(volume, orientation=self.orientation, spacing_mm=self.spacing_mm)
 
     def prepare_image(self, volume: Volume | Sequence[Volume]) -> tuple[torch.Tensor, GridRecord]:
         """Reorient, resample and normalise an image volume, or the channel volumes of one case.
@@ -350,30 +247,13 @@ class VolumePreprocessor:
         for other in volumes[1:]:
             check_same_channel_grid(volumes[0], other)
         grid = self.plan(volumes[0])
-        parts = [self._normalise(self._resample(v, grid), str(v.meta.get("path", "<array>")), spec)
+        parts = [self._normalise(resample_image(v, grid), str(v.meta.get("path", "<array>")), spec)
                  for v, spec in zip(volumes, self.channels, strict=True)]
         return (parts[0] if len(parts) == 1 else torch.cat(parts)), grid
 
-    def _resample(self, volume: Volume, grid: GridRecord) -> torch.Tensor:
-        """One volume reoriented and resampled onto ``grid``: ``(1, X, Y, Z)`` float32."""
-        _check_volume(volume)
-        array = np.asarray(volume.array, dtype=np.float32)
-        if not np.isfinite(array).all():
-            raise DataError(f"{volume.meta.get('path', '<array>')}: volume holds NaN or Inf voxels")
-        oriented = np.ascontiguousarray(apply_orientation(array, grid.transform))
-        if grid.shape_out != grid.oriented_shape:
-            sigma = [max(0.0, (a / b - 1) / 2) for a, b in zip(grid.oriented_shape, grid.shape_out, strict=True)]
-            if max(sigma) > 0:
-                oriented = ndimage.gaussian_filter(oriented, sigma=sigma, mode="nearest")
-            return F.interpolate(torch.from_numpy(oriented)[None, None], size=grid.shape_out, mode="trilinear",
-                                 align_corners=False)[0]
-        return torch.from_numpy(oriented)[None]
-
     def prepare_label(self, label: Volume, grid: GridRecord, labels: LabelMap, *, tolerance: int = 0) -> torch.Tensor:
         """Class map of a label volume on the prepared grid ``(X, Y, Z)`` uint8 (nearest-neighbour)."""
-        classes = np.ascontiguousarray(apply_orientation(label_classes(label, labels, tolerance=tolerance),
-                                                         grid.transform))
-        return self._resample_classes(torch.from_numpy(classes), grid.shape_out)
+        return labels_onto_grid(label_classes(label, labels, tolerance=tolerance), grid)
 
     def prepare_pair(
         self, image_path: str | Path | Sequence[str | Path], label_path: str | Path, labels: LabelMap, *,
@@ -395,11 +275,8 @@ class VolumePreprocessor:
     # --------------------------------------------------------------------------------- inverse
     def invert_classes(self, classes: torch.Tensor | np.ndarray, grid: GridRecord) -> np.ndarray:
         """A class map on the prepared grid -> the original grid (nearest-neighbour), same dtype."""
-        t = torch.as_tensor(np.asarray(classes))
-        back = self._resample_classes(t, grid.oriented_shape).numpy()
-        return _unorient(back, grid)
+        return invert_classes(classes, grid)
 
-    @torch.no_grad()
     def invert_probabilities(self, probs: torch.Tensor, grid: GridRecord, *, threshold: float | None = None
                              ) -> np.ndarray:
         """Class scores ``(K, X, Y, Z)`` on the prepared grid -> class map (uint8/int64) on the original grid.
@@ -408,26 +285,7 @@ class VolumePreprocessor:
         stays at two original-size volumes whatever K is. With ``threshold`` (two classes only), class 1 wherever
         its resampled probability is ``>= threshold``.
         """
-        k = probs.shape[0]
-        dtype = torch.uint8 if k <= 256 else torch.int64
-        if threshold is not None:
-            if k != 2:
-                raise ValueError(f"threshold needs two classes, got {k}")
-            fg = probs[1].float().cpu()
-            if tuple(fg.shape) != grid.oriented_shape:
-                fg = F.interpolate(fg[None, None], size=grid.oriented_shape, mode="trilinear",
-                                   align_corners=False)[0, 0]
-            return _unorient((fg >= threshold).to(dtype).numpy(), grid)
-        if tuple(probs.shape[1:]) == grid.oriented_shape:
-            return _unorient(probs.argmax(0).to(dtype).cpu().numpy(), grid)
-        best = torch.full(grid.oriented_shape, -torch.inf)
-        arg = torch.zeros(grid.oriented_shape, dtype=dtype)
-        for c in range(k):
-            up = F.interpolate(probs[c][None, None].float().cpu(), size=grid.oriented_shape, mode="trilinear",
-                               align_corners=False)[0, 0]
-            arg[up > best] = c
-            torch.maximum(best, up, out=best)
-        return _unorient(arg.numpy(), grid)
+        return invert_probabilities(probs, grid, threshold=threshold)
 
     def invert_probability_maps(self, probs: torch.Tensor, grid: GridRecord) -> np.ndarray:
         """Class scores ``(K, X, Y, Z)`` on the prepared grid -> float16 ``(K, *original shape)`` on the original
@@ -436,14 +294,7 @@ class VolumePreprocessor:
         Each class is resampled trilinearly (as :meth:`invert_probabilities` does before its argmax) and stored as
         float16 before the next one, so memory stays at the float16 result plus one float32 class.
         """
-        out = np.empty((probs.shape[0], *grid.shape), dtype=np.float16)
-        for c in range(probs.shape[0]):
-            up = probs[c].float().cpu()
-            if tuple(up.shape) != grid.oriented_shape:
-                up = F.interpolate(up[None, None], size=grid.oriented_shape, mode="trilinear",
-                                   align_corners=False)[0, 0]
-            out[c] = _unorient(up.numpy(), grid)
-        return out
+        return invert_probability_maps(probs, grid)
 
     # --------------------------------------------------------------------------------- helpers
     def _normalise(self, x: torch.Tensor, source: str, spec: ChannelSpec) -> torch.Tensor:
@@ -453,32 +304,3 @@ class VolumePreprocessor:
                 raise DataError(f"{source}: constant volume, cannot z-score normalise it")
             return ((x - x.mean()) / std).float()
         return torch.cat([ct_window(x, center_hu=c, width_hu=w) for c, w in spec.windows]).float()
-
-    @staticmethod
-    def _resample_classes(classes: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-        if tuple(classes.shape) == tuple(shape):
-            return classes
-        dtype = classes.dtype
-        out = F.interpolate(classes[None, None].float(), size=tuple(shape), mode="nearest-exact")[0, 0]
-        return out.to(dtype)
-
-
-def _check_volume(volume: Volume) -> None:
-    if volume.array.ndim != 3:
-        raise DataError(f"{volume.meta.get('path', '<array>')}: expected a 3D volume, got shape {volume.array.shape}")
-
-
-def _source_axes(transform: np.ndarray) -> list[int]:
-    """For each output axis of ``apply_orientation(arr, transform)``, the input axis it comes from."""
-    src = [0, 0, 0]
-    for in_axis, (out_axis, _) in enumerate(transform):
-        src[int(out_axis)] = in_axis
-    return src
-
-
-def _unorient(array: np.ndarray, grid: GridRecord) -> np.ndarray:
-    """Undo the reorientation of ``grid`` on an array of the oriented shape."""
-    out = np.ascontiguousarray(apply_orientation(array, grid.inverse))
-    if out.shape != grid.shape:
-        raise RuntimeError(f"inverse orientation gave shape {out.shape}, expected {grid.shape}")
-    return out
