@@ -1,7 +1,8 @@
 """The ``medseg`` command line: thin wrappers over the Python API.
 
-Exit codes: 0 ok, 2 usage or config error, 1 data or runtime error. A :class:`MedsegError` prints
-one line on stderr, never a traceback; anything else is a bug and keeps its traceback.
+Exit codes: 0 ok, 2 usage or config error (an output that exists without ``--overwrite`` too), 1 data or
+runtime error. A :class:`MedsegError` prints one line on stderr, never a traceback; anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from medseg.errors import ConfigError, MedsegError
+from medseg.errors import ConfigError, MedsegError, OutputExistsError
 
 
 class OneLineUsageErrors(TyperGroup):
@@ -77,10 +78,13 @@ Irregular = Annotated[str, typer.Option(help="Tilted, unevenly spaced or sheared
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn medseg errors into one stderr line and an exit code (2 config, 1 data/runtime)."""
+    """Turn medseg errors into one stderr line and an exit code (2 config or usage, 1 data/runtime).
+
+    An output that exists without ``--overwrite`` is a usage refusal (exit 2), like a rerun with other settings.
+    """
     try:
         yield
-    except ConfigError as err:
+    except (ConfigError, OutputExistsError) as err:
         _echo(f"error: {_one_line(err)}", err=True)
         raise typer.Exit(2) from None
     except MedsegError as err:
