@@ -473,14 +473,19 @@ def inspect(
     irregular: Irregular = "refuse",
     verbose: Verbose = False,
 ) -> None:
-    """List the image series found in a folder (or describe one volume file), and why anything was skipped."""
+    """List the image series found in a folder (or describe one volume file), and why anything was skipped; exit 1
+    when no volume can be read from it."""
     _logging(verbose, False)
     with user_errors():
-        from medseg.io.describe import describe_path
+        from medseg.errors import DataError
+        from medseg.io.describe import describe
         from medseg.io.dicom import check_irregular
 
         check_irregular(irregular, "--irregular")
-        _echo(describe_path(path, irregular=irregular))
+        found = describe(path, irregular=irregular)
+        _echo(found.text)
+        if found.problem is not None:  # the table above says what each series is; this line why none is read
+            raise DataError(found.problem)
 
 
 @app.command()

@@ -71,3 +71,62 @@ def test_an_output_that_exists_is_a_usage_refusal_exit_2(existing, args, line):
 def _files(folder: Path) -> dict[Path, bytes]:
     """Every file under ``folder`` with its bytes, less a run folder's lock file (kept there by design)."""
     return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+# ------------------------------------------------------------------------------------------- predict's records
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_a_file_where_predict_keeps_its_records_is_one_line_and_nothing_is_left(ckpt2d, tmp_path, overwrite):
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(sorted(ckpt2d[1].iterdir())[0], images)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".medseg-predict").write_text("not medseg's")
+    line = _refusal(["predict", ckpt2d[0], images, "-o", out, "--device", "cpu", "-q",
+                     *(["--overwrite"] if overwrite else [])], 1)
+    assert line == (f"error: {out}/.medseg-predict: is a file; expected a folder, where medseg predict writes the "
+                    "settings record of each image case; remove or rename it, or choose another -o")
+    assert [p.name for p in out.iterdir()] == [".medseg-predict"]  # no .medseg-claims/, no mask
+    assert (out / ".medseg-predict").read_text() == "not medseg's"
+
+
+# ------------------------------------------------------------------------------------------- inspect
+def _series(shared_data: Path, folder: Path, edit: dict[int, dict[str, object]]) -> tuple[Path, str]:
+    """A copy of the 3-slice CT series (slices 1 mm apart) with some slices' header attributes changed."""
+    import pydicom
+
+    shutil.copytree(shared_data / "dicom-seg-dcmqi" / "ct", folder)
+    files = sorted(folder.iterdir())
+    for index, changes in edit.items():
+        ds = pydicom.dcmread(files[index])
+        for key, value in changes.items():
+            setattr(ds, key, value)
+        ds.save_as(files[index])
+    return folder, str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+
+
+def test_inspect_of_an_unevenly_spaced_series_says_why_and_exits_1(shared_data, tmp_path):
+    # z of the slices 01, 02, 03: -126.69, -127.69, -128.69 mm; 03 moved to -135.69, 8 mm below 02
+    folder, uid = _series(shared_data, tmp_path / "uneven", {2: {"ImagePositionPatient": [-235.2, -226.8, -135.69]}})
+    result = runner.invoke(app, ["inspect", str(folder)])
+    assert result.exit_code == 1, result.output
+    assert result.stdout.startswith(f"{folder}: 1 series (0 usable as volumes)\n")
+    assert "[irregular volume, refused unless --irregular resample: non-uniform slice spacing" in result.stdout
+    assert result.stderr.splitlines() == [
+        f"error: {folder}: no series can be read as a volume: series '{uid}': non-uniform slice spacing: 8.000 mm "
+        "between slices 0 and 1 (03.dcm (instance 3), 02.dcm (instance 2)), expected 1.000 mm (missing slice?); "
+        "--irregular resample reads it resampled onto a regular grid"]
+    resampled = runner.invoke(app, ["inspect", str(folder), "--irregular", "resample"])
+    assert resampled.exit_code == 0 and resampled.stderr == "", resampled.output
+    assert resampled.stdout.startswith(f"{folder}: 1 series (1 usable as volumes)\n")
+
+
+def test_inspect_of_a_series_that_mixes_orientations_says_why_and_exits_1(shared_data, tmp_path):
+    folder, uid = _series(shared_data, tmp_path / "mixed", {1: {"ImageOrientationPatient": [0, 1, 0, 0, 0, -1]}})
+    (folder / sorted(folder.iterdir())[2].name).unlink()  # two slices, one per orientation: neither is a volume
+    result = runner.invoke(app, ["inspect", str(folder)])
+    assert result.exit_code == 1, result.output
+    assert result.stdout.startswith(f"{folder}: 2 series (0 usable as volumes)\n")
+    assert result.stderr.splitlines() == [
+        f"error: {folder}: no series can be read as a volume: series '{uid}': split (inconsistent orientation): "
+        "part 1 of 2; single frame of one file; a volume needs >= 2 slices (and 1 more series, listed above)"]
