@@ -85,22 +85,31 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ConfigError, OutputExistsError) as err:
-        _echo(f"error: {_one_line(err)}", err=True)
+        _error(f"error: {_one_line(err)}")
         raise typer.Exit(2) from None
     except MedsegError as err:
-        _echo(f"error: {_one_line(err)}", err=True)
+        _error(f"error: {_one_line(err)}")
         raise typer.Exit(1) from None
     except OSError as err:  # a user path the io layer did not anticipate (permissions, full disk, ...)
         where = f"{err.filename}: " if err.filename else ""
-        _echo(f"error: {where}{err.strerror or _one_line(err)}", err=True)
+        _error(f"error: {where}{err.strerror or _one_line(err)}")
         raise typer.Exit(1) from None
     except MemoryError:
-        _echo("error: out of memory; the input is too large for this machine (try a smaller input or "
-              "--sw-batch-size 1)", err=True)
+        _error("error: out of memory; the input is too large for this machine (try a smaller input or "
+               "--sw-batch-size 1)")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        _echo("interrupted", err=True)
+        _error("interrupted")
         raise typer.Exit(130) from None
+
+
+def _error(line: str) -> None:
+    """Print an error line on stderr; a process of ``medseg train --nproc N`` other than rank 0 hands it to the
+    launcher instead (:mod:`medseg.training.rank_errors`), so the error all processes meet is printed once."""
+    from medseg.training.rank_errors import hand_over
+
+    if hand_over(line):
+        _echo(line, err=True)
 
 
 def _one_line(err: BaseException) -> str:

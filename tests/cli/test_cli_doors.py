@@ -130,3 +130,48 @@ def test_inspect_of_a_series_that_mixes_orientations_says_why_and_exits_1(shared
     assert result.stderr.splitlines() == [
         f"error: {folder}: no series can be read as a volume: series '{uid}': split (inconsistent orientation): "
         "part 1 of 2; single frame of one file; a volume needs >= 2 slices (and 1 more series, listed above)"]
+
+
+# ------------------------------------------------------------------------------------------- train --nproc
+def test_a_data_error_of_train_nproc_2_is_printed_once(tmp_path, monkeypatch):
+    """Both processes meet the same bad mask; rank 0 prints it, rank 1 hands it to the launcher, whose line follows.
+
+    torchrun is replaced by running the two processes' command lines one after the other in this process (with
+    their RANK); a real two-process run takes about 20 s here (checked by hand: the same two lines)."""
+    import numpy as np
+    import torch.distributed.run as torchrun
+    from PIL import Image
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from medseg.data.synthetic.polyp import make_polyp_dataset
+
+    data = make_polyp_dataset(tmp_path / "data", n=4, size=(32, 32), seed=0)
+    bad = sorted((data / "masks").iterdir())[0]
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(bad)
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": {"kind": "images2d", "root": str(data), "image_size": [32, 32], "val_fraction": 0.5,
+                 "labels": {"classes": {0: "background", 255: "polyp"}, "tolerance": 20}},
+        "model": {"spatial_dims": 2, "channels": [4, 8], "strides": [2], "num_res_units": 0},
+        "train": {"max_epochs": 1, "batch_size": 2, "device": "cpu", "preview_samples": 0}}))
+    codes: list[int] = []
+
+    def processes(args):
+        assert args.training_script_args[:2] == ["train", str(cfg)]
+        for rank in (0, 1):
+            monkeypatch.setenv("RANK", str(rank))
+            codes.append(app(args.training_script_args, prog_name="medseg", standalone_mode=False))
+        monkeypatch.delenv("RANK")
+        first = ProcessFailure(local_rank=0, pid=10, exitcode=codes[0], error_file="")
+        later = ProcessFailure(local_rank=1, pid=11, exitcode=codes[1], error_file="")
+        later.timestamp = first.timestamp + 1
+        raise ChildFailedError("medseg", {0: first, 1: later})
+
+    monkeypatch.setattr(torchrun, "run", processes)
+    result = runner.invoke(app, ["train", str(cfg), "--run-dir", str(tmp_path / "run"), "--nproc", "2", "-q"])
+    assert codes == [1, 1] and result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [
+        f"error: {bad}: label values 128 are not within tolerance 20 of any allowed value [0, 255] (classes "
+        "{background: [0], polyp: [255]}); add them to the label map or raise the tolerance",
+        "error: training on 2 processes failed: rank 0 exited with code 1 (its error is above); the launcher "
+        "stopped the others"]
