@@ -98,5 +98,6 @@ def _problem(folder: Path, series: list[SeriesInfo], skipped: dict[str, list[str
     first = series[0]
     why = (f"{first.irregular}; --irregular resample reads it resampled onto a regular grid" if first.usable
            else first.reason or "not a volume")
+    which = f"series {first.series_uid!r}" if first.series_uid else "a series without a UID"
     more = f" (and {len(series) - 1} more series, listed above)" if len(series) > 1 else ""
-    return f"{folder}: no series can be read as a volume: series {first.series_uid or first.description!r}: {why}{more}"
+    return f"{folder}: no series can be read as a volume: {which}: {why}{more}"

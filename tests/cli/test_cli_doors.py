@@ -132,6 +132,22 @@ def test_inspect_of_a_series_that_mixes_orientations_says_why_and_exits_1(shared
         "part 1 of 2; single frame of one file; a volume needs >= 2 slices (and 1 more series, listed above)"]
 
 
+def test_inspect_of_dicom_without_images_exits_1_and_of_no_dicom_still_0(shared_data, tmp_path):
+    seg = tmp_path / "seg"
+    seg.mkdir()
+    shutil.copy(shared_data / "dicom-seg-dcmqi" / "liver_seg.dcm", seg)
+    result = runner.invoke(app, ["inspect", str(seg)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [
+        f"error: {seg}: no DICOM image series to read as a volume; liver_seg.dcm: non-image SOP class SEG"]
+    notes = tmp_path / "notes"  # no DICOM at all: the listing says so, and there is nothing medseg refused
+    notes.mkdir()
+    (notes / "README.txt").write_text("not DICOM")
+    listed = runner.invoke(app, ["inspect", str(notes)])
+    assert listed.exit_code == 0 and listed.stderr == "", listed.output
+    assert listed.stdout.startswith(f"{notes}: 0 series (0 usable as volumes)\n  skipped 1 file(s) (not a DICOM file")
+
+
 # ------------------------------------------------------------------------------------------- train --nproc
 def test_a_data_error_of_train_nproc_2_is_printed_once(tmp_path, monkeypatch):
     """Both processes meet the same bad mask; rank 0 prints it, rank 1 hands it to the launcher, whose line follows.
