@@ -1,7 +1,8 @@
 """Errors medseg raises for problems a user can fix.
 
 Library code raises these; the CLI turns them into one stderr line and an exit code
-(2 for :class:`ConfigError`, 1 for every other :class:`MedsegError`).
+(2 for :class:`ConfigError` and :class:`OutputExistsError`, usage refusals; 1 for every other
+:class:`MedsegError`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class CheckpointError(MedsegError):
 
 
 class OutputExistsError(MedsegError):
-    """An output file or folder exists and ``overwrite`` was not requested."""
+    """An output file or folder exists and ``overwrite`` was not requested (the CLI exits 2, a usage refusal)."""
 
 
 class DependencyError(MedsegError):

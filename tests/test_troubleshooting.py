@@ -119,7 +119,7 @@ def output_exists(root: Path) -> str:
     (root / "runs" / "polyps").mkdir(parents=True)
     (root / "runs" / "polyps" / "log.json").write_text("[]")
     return _cli_error(["train", str(_write(root / "polyps.yaml", _polyp_config(root))),
-                       "-o", str(root / "runs" / "polyps")], 1)
+                       "-o", str(root / "runs" / "polyps")], 2)
 
 
 def unknown_config_key(root: Path) -> str:

@@ -1,7 +1,8 @@
 """The ``medseg`` command line: thin wrappers over the Python API.
 
-Exit codes: 0 ok, 2 usage or config error, 1 data or runtime error. A :class:`MedsegError` prints
-one line on stderr, never a traceback; anything else is a bug and keeps its traceback.
+Exit codes: 0 ok, 2 usage or config error (an output that exists without ``--overwrite`` too), 1 data or
+runtime error. A :class:`MedsegError` prints one line on stderr, never a traceback; anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from medseg.errors import ConfigError, MedsegError
+from medseg.errors import ConfigError, MedsegError, OutputExistsError
 
 
 class OneLineUsageErrors(TyperGroup):
@@ -77,26 +78,38 @@ Irregular = Annotated[str, typer.Option(help="Tilted, unevenly spaced or sheared
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn medseg errors into one stderr line and an exit code (2 config, 1 data/runtime)."""
+    """Turn medseg errors into one stderr line and an exit code (2 config or usage, 1 data/runtime).
+
+    An output that exists without ``--overwrite`` is a usage refusal (exit 2), like a rerun with other settings.
+    """
     try:
         yield
-    except ConfigError as err:
-        _echo(f"error: {_one_line(err)}", err=True)
+    except (ConfigError, OutputExistsError) as err:
+        _error(f"error: {_one_line(err)}")
         raise typer.Exit(2) from None
     except MedsegError as err:
-        _echo(f"error: {_one_line(err)}", err=True)
+        _error(f"error: {_one_line(err)}")
         raise typer.Exit(1) from None
     except OSError as err:  # a user path the io layer did not anticipate (permissions, full disk, ...)
         where = f"{err.filename}: " if err.filename else ""
-        _echo(f"error: {where}{err.strerror or _one_line(err)}", err=True)
+        _error(f"error: {where}{err.strerror or _one_line(err)}")
         raise typer.Exit(1) from None
     except MemoryError:
-        _echo("error: out of memory; the input is too large for this machine (try a smaller input or "
-              "--sw-batch-size 1)", err=True)
+        _error("error: out of memory; the input is too large for this machine (try a smaller input or "
+               "--sw-batch-size 1)")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        _echo("interrupted", err=True)
+        _error("interrupted")
         raise typer.Exit(130) from None
+
+
+def _error(line: str) -> None:
+    """Print an error line on stderr; a process of ``medseg train --nproc N`` other than rank 0 hands it to the
+    launcher instead (:mod:`medseg.training.rank_errors`), so the error all processes meet is printed once."""
+    from medseg.training.rank_errors import hand_over
+
+    if hand_over(line):
+        _echo(line, err=True)
 
 
 def _one_line(err: BaseException) -> str:
@@ -469,14 +482,19 @@ def inspect(
     irregular: Irregular = "refuse",
     verbose: Verbose = False,
 ) -> None:
-    """List the image series found in a folder (or describe one volume file), and why anything was skipped."""
+    """List the image series found in a folder (or describe one volume file), and why anything was skipped; exit 1
+    when no volume can be read from it."""
     _logging(verbose, False)
     with user_errors():
-        from medseg.io.describe import describe_path
+        from medseg.errors import DataError
+        from medseg.io.describe import describe
         from medseg.io.dicom import check_irregular
 
         check_irregular(irregular, "--irregular")
-        _echo(describe_path(path, irregular=irregular))
+        found = describe(path, irregular=irregular)
+        _echo(found.text)
+        if found.problem is not None:  # the table above says what each series is; this line why none is read
+            raise DataError(found.problem)
 
 
 @app.command()

@@ -24,7 +24,8 @@ from medseg.cli.main import app
 __all__ = ["cli_reference_markdown", "command_options", "iter_commands"]
 
 _TYPE_NAMES: dict[object, str] = {Path: "path", str: "text", int: "integer", float: "number", bool: "flag"}
-_EXIT_CODES = "Exit codes: 0 ok, 2 config or usage error, 1 data or runtime error; errors are one line on stderr."
+_EXIT_CODES = ("Exit codes: 0 ok, 2 config or usage error (an output that exists without `--overwrite` too), 1 data "
+               "or runtime error; errors are one line on stderr.")
 
 
 def iter_commands(root: typer.Typer = app) -> Iterator[tuple[str, Any]]:

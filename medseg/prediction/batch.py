@@ -8,6 +8,7 @@ from pathlib import Path
 from medseg.errors import ConfigError, DataError
 from medseg.io.images import IMAGE_SUFFIXES
 from medseg.io.volume import VOLUME_SUFFIXES
+from medseg.prediction.case_records import check_records_folder
 from medseg.prediction.cases import BatchReport
 from medseg.prediction.claims import Sharing
 from medseg.prediction.ensemble import is_model_path
@@ -103,6 +104,8 @@ def _predict(loaded: LoadedModel, paths: list[Path], out: Path, *, overwrite: bo
         raise ConfigError(f"--irregular: {loaded.source} is a 2D image model; irregular volumes are resampled for "
                           "volume models only")
     check_parallel(workers, sharing, torchrun)
+    if not loaded.kind.segments_volumes:
+        check_records_folder(out)  # before the workers start (and claim cases)
     if workers != 1 or torchrun:
         options = {"overwrite": overwrite, "overlay": overlay, "dicom_seg": dicom_seg, "statistics": statistics,
                    "probabilities": probabilities, "progress": progress, "irregular": irregular}

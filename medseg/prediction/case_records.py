@@ -26,9 +26,11 @@ from typing import Any
 
 import medseg
 from medseg.atomic import write_json_atomic
+from medseg.errors import DataError
 from medseg.prediction.run_settings import SETTINGS_KEY, check_recorded_settings
 
-__all__ = ["RECORDS_FOLDER", "case_record", "check_case_records", "remove_case_record", "write_case_record"]
+__all__ = ["RECORDS_FOLDER", "case_record", "check_case_records", "check_records_folder", "remove_case_record",
+           "write_case_record"]
 
 #: The hidden folder of the records in the output folder.
 RECORDS_FOLDER = ".medseg-predict"
@@ -37,6 +39,21 @@ RECORDS_FOLDER = ".medseg-predict"
 def case_record(out_dir: Path, name: str) -> Path:
     """The record of case ``name`` in ``out_dir``."""
     return out_dir / RECORDS_FOLDER / f"{name}.json"
+
+
+def check_records_folder(out_dir: Path) -> None:
+    """Refuse an output folder where the records' folder is taken by something else (a file, a broken link).
+
+    Called before anything is written, so such a folder is refused with nothing left behind.
+
+    Raises:
+        DataError: ``out_dir/.medseg-predict`` exists and is not a folder.
+    """
+    folder = Path(out_dir) / RECORDS_FOLDER
+    if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+        what = "a broken link" if not folder.exists() else "a file"
+        raise DataError(f"{folder}: is {what}; expected a folder, where medseg predict writes the settings record "
+                        "of each image case; remove or rename it, or choose another -o")
 
 
 def check_case_records(out_dir: Path, names: Iterable[str], settings: dict[str, Any]) -> None:

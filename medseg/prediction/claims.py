@@ -367,27 +367,29 @@ def run_claimed(
         advance(i)
         return True
 
-    for i in shard_indices(names, sharing.shard):
-        if not overwrite and finished(i):
-            result.skipped.append(i)
-            advance(i)
-        elif not attempt(i):
-            held.append(i)
-    if held:
-        log.info("%d case(s) are being computed by other processes; waiting for them (claims older than %gs "
-                 "are taken over)", len(held), claims.timeout_s)
-    while held:
-        time.sleep(min(1.0, claims.heartbeat_s))
-        still = []
-        for i in held:
+    try:
+        for i in shard_indices(names, sharing.shard):
             if not overwrite and finished(i):
-                result.elsewhere.append(i)
+                result.skipped.append(i)
                 advance(i)
             elif not attempt(i):
-                still.append(i)
-        held = still
-    if not overwrite and claims.folder.is_dir():
-        claims.sweep({names[i] for i in result.skipped})
-    if tried is None:
-        claims.remove_if_empty()
+                held.append(i)
+        if held:
+            log.info("%d case(s) are being computed by other processes; waiting for them (claims older than %gs "
+                     "are taken over)", len(held), claims.timeout_s)
+        while held:
+            time.sleep(min(1.0, claims.heartbeat_s))
+            still = []
+            for i in held:
+                if not overwrite and finished(i):
+                    result.elsewhere.append(i)
+                    advance(i)
+                elif not attempt(i):
+                    still.append(i)
+            held = still
+        if not overwrite and claims.folder.is_dir():
+            claims.sweep({names[i] for i in result.skipped})
+    finally:  # also when work() let an error through: no empty claims folder is left behind
+        if tried is None:
+            claims.remove_if_empty()
     return result

@@ -23,7 +23,12 @@ from medseg.data.image_intensity import ImageIntensity
 from medseg.errors import DataError
 from medseg.io.images import IMAGE_SUFFIXES, display_uint8, read_image_values, read_mask, write_mask, write_overlay
 from medseg.models.outputs import main_output
-from medseg.prediction.case_records import check_case_records, remove_case_record, write_case_record
+from medseg.prediction.case_records import (
+    check_case_records,
+    check_records_folder,
+    remove_case_record,
+    write_case_record,
+)
 from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
 from medseg.prediction.claims import Sharing
 from medseg.prediction.loaded import LoadedModel, mean_probabilities
@@ -197,9 +202,12 @@ def predict_images(
             ``.medseg-predict/<name>.json`` of one of these cases whose mask exists or (with ``statistics``) a
             sidecar there made with other settings (:mod:`medseg.prediction.case_records`,
             :func:`~medseg.prediction.run_settings.check_recorded_settings`).
+        DataError: ``out_dir/.medseg-predict`` is not a folder
+            (:func:`~medseg.prediction.case_records.check_records_folder`), an unreadable record, or a bad input.
     """
     inputs = [Path(p) for p in inputs]
     check_output_dir(out_dir, inputs)
+    check_records_folder(out_dir)
     cases = find_image_cases(inputs)
     settings = label_settings(loaded)
     if not overwrite:  # the cases whose masks this run keeps (skipped, or completed around the mask)

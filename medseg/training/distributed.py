@@ -32,6 +32,7 @@ import torch
 from medseg.device import resolve_device
 from medseg.errors import ConfigError, MedsegError
 from medseg.seeds import epoch_seed
+from medseg.training.rank_errors import RANK_ERRORS_ENV, first_failure_line, recorded_lines
 
 __all__ = [
     "Dist", "PeerLostError", "Share", "epoch_batches", "is_peer_failure", "launch_local", "loader_generator",
@@ -336,6 +337,9 @@ def launch_local(nproc: int, module_args: Sequence[str], *, run_dir: Path | None
     Returns:
         0 when every process finished.
 
+    An error all processes meet is printed once, by rank 0; the others hand their lines to the launcher, which
+    adds the first failure's line to its own when nobody printed it (:mod:`medseg.training.rank_errors`).
+
     Raises:
         ConfigError: ``nproc`` below 1.
         MedsegError: A process failed or was killed (naming its rank and exit code or signal); the others were
@@ -343,19 +347,31 @@ def launch_local(nproc: int, module_args: Sequence[str], *, run_dir: Path | None
     """
     if nproc < 1:
         raise ConfigError(f"--nproc: got {nproc}; allowed: 1 or more processes")
+    import tempfile
+
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "--module", "medseg", *module_args])
-    try:
-        run(args)
-    except ChildFailedError as err:
-        raise _child_failure(err, nproc, run_dir) from None
+    with tempfile.TemporaryDirectory(prefix="medseg-rank-errors-") as errors:
+        before = os.environ.get(RANK_ERRORS_ENV)
+        os.environ[RANK_ERRORS_ENV] = errors  # the processes' error lines: rank 0 alone prints its own
+        try:
+            run(args)
+        except ChildFailedError as err:
+            raise _child_failure(err, nproc, run_dir, recorded_lines(Path(errors))) from None
+        finally:
+            if before is None:
+                os.environ.pop(RANK_ERRORS_ENV, None)
+            else:
+                os.environ[RANK_ERRORS_ENV] = before
     return 0
 
 
-def _child_failure(err: Any, nproc: int, run_dir: Path | None = None) -> MedsegError:
-    """One line for the first process that failed (the launcher then stops the others, which fail after it)."""
+def _child_failure(err: Any, nproc: int, run_dir: Path | None = None,
+                   lines: dict[int, str] | None = None) -> MedsegError:
+    """One line for the first process that failed (the launcher then stops the others, which fail after it),
+    with that process's error when no process printed it (:func:`~medseg.training.rank_errors.first_failure_line`)."""
     import signal
 
     rank, failure = err.get_first_failure()
@@ -366,7 +382,8 @@ def _child_failure(err: Any, nproc: int, run_dir: Path | None = None) -> MedsegE
         except ValueError:
             how = f"was killed by signal {-code}"
     else:
-        how = f"exited with code {code} (its error is above)"
+        unprinted = first_failure_line(lines or {}, rank)
+        how = f"exited with code {code}: {unprinted}" if unprinted else f"exited with code {code} (its error is above)"
     text = f"training on {nproc} processes failed: rank {rank} {how}; the launcher stopped the others"
     if run_dir is not None and (Path(run_dir) / "checkpoints" / "last.pt").is_file():
         text += f". The run folder keeps the last finished epoch: continue with --resume {run_dir}"

@@ -77,7 +77,7 @@ def test_predict_full_size_original_values_then_evaluate(trained):
     assert all(0.0 <= d <= 1.0 for d in dice)
     again = runner.invoke(app, ["evaluate", "--pred", str(out), "--truth", str(data / "masks"), "--tolerance", "20",
                                 "-o", str(tmp / "metrics.csv")])
-    assert again.exit_code == 1 and "exists; pass --overwrite" in again.output
+    assert again.exit_code == 2 and "exists; pass --overwrite" in again.output
 
 
 def test_predictor_python_api_matches_cli(trained):
@@ -162,7 +162,7 @@ def test_not_a_medseg_checkpoint(tmp_path):
 
 def test_existing_run_folder_refused(trained):
     tmp, _ = trained
-    _fail(["train", str(tmp / "exp.yaml"), "--run-dir", str(tmp / "run")], 1, "run folder exists and is not empty")
+    _fail(["train", str(tmp / "exp.yaml"), "--run-dir", str(tmp / "run")], 2, "run folder exists and is not empty")
 
 
 def test_output_inside_input_refused(trained):

@@ -272,7 +272,7 @@ def test_output_suffix_must_fit_the_format(ckpt3d, tmp_path):
 def test_existing_output_needs_overwrite(ckpt3d, tmp_path):
     target = tmp_path / "m.ts"
     target.write_text("keep me")
-    line = _refused(["export", str(ckpt3d), "-o", str(target), "--format", "torchscript"], 1)
+    line = _refused(["export", str(ckpt3d), "-o", str(target), "--format", "torchscript"], 2)
     assert line == f"error: {target}: exists; pass --overwrite (overwrite=True) to replace it"
     assert target.read_text() == "keep me"
     _invoke_ok(["export", str(ckpt3d), "-o", str(target), "--format", "torchscript", "--overwrite"])

@@ -186,7 +186,7 @@ def test_doors(spine_set: Path, tmp_path: Path) -> None:
     assert ok.exit_code == 0, ok.output
     assert "spacing_mm: [2.0, 2.0, 2.0]" in ok.output
     again = runner.invoke(app, ["plan", str(spine_set), "-o", str(out)])
-    assert again.exit_code == 1 and "--overwrite" in again.output and "Traceback" not in again.output
+    assert again.exit_code == 2 and "--overwrite" in again.output and "Traceback" not in again.output
     with pytest.raises(OutputExistsError):
         plan_dataset(spine_set, out)
     bad = runner.invoke(app, ["plan", str(tmp_path / "none"), "-o", str(tmp_path / "q.yaml")])

@@ -172,6 +172,20 @@ def test_a_shard_runs_only_its_cases(tmp_path):
     assert not (tmp_path / CLAIMS_FOLDER).exists()
 
 
+def test_an_error_that_stops_the_run_leaves_no_claims_folder(tmp_path):
+    """An error a case lets through (no MedsegError: not recorded as the case's failure) ends the loop; its claim
+    is released and the claims folder, left empty, is removed."""
+    cases = [Case(n, tmp_path / n) for n in NAMES]
+
+    def run(case: Case, todo: set[Path]) -> list[Path]:
+        assert (tmp_path / CLAIMS_FOLDER / f"{case.name}@0.claim").is_file()  # claimed while it runs
+        raise NotADirectoryError(20, "Not a directory", str(tmp_path / "x"))
+
+    with pytest.raises(NotADirectoryError):
+        run_cases(cases, lambda c: tmp_path / f"{c.name}.txt", run, overwrite=True, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------- processes
 @pytest.mark.slow
 def test_two_processes_started_together_never_compute_one_case_twice(tmp_path):

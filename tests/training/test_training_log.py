@@ -159,7 +159,7 @@ def test_compare_two_runs_png_and_tables_equal_the_logs(runs, tmp_path):
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["-o", "{tmp}/x.jpg"], 2, "--output: .*must end in .png"),
     (["-o", "{tmp}/x.png", "--table", "{tmp}/t.xlsx"], 2, "--table: .*must end in .csv or .md"),
-    (["-o", "{tmp}/exists.png"], 1, "exists; pass --overwrite"),
+    (["-o", "{tmp}/exists.png"], 2, "exists; pass --overwrite"),
 ])
 def test_compare_bad_options_are_one_line(runs, tmp_path, args, code, message):
     (tmp_path / "exists.png").write_bytes(b"x")

@@ -27,7 +27,7 @@ def prepare_folders(root: Path, names: Sequence[str], pattern: str, overwrite: b
         if existing and not overwrite:
             raise OutputExistsError(
                 f"{folder}: already holds {len(existing)} case file(s) such as "
-                f"{existing[0].name}; use an empty folder or overwrite=True"
+                f"{existing[0].name}; use an empty folder or pass --overwrite (overwrite=True)"
             )
         for path in existing:
             path.unlink()
