@@ -16,7 +16,8 @@ Backends:
   on one window of the image, keeps the faster of those whose labels agree with the eager labels on at least
   :data:`PROBE_AGREEMENT` of the voxels, and caches the choice in a JSON file (written atomically) keyed by the
   network's structure, the device, the autocast dtype and the window shape, so later calls, in this process and
-  in later ones, do not probe again. Jobs too small to pay for a probe run eager.
+  in later ones, do not probe again. The file is read and written only when it is a medseg backend cache
+  (:mod:`~medseg.sliding_window.probe_cache`). Jobs too small to pay for a probe run eager.
 
 ONNX Runtime is a separate way to run an exported network (``medseg export`` and
 :mod:`medseg.prediction.onnx_network`), not a backend here: it has no bf16 kernels on the CPU, and medseg's bf16
@@ -27,10 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
-import os
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -40,8 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from medseg.atomic import write_json_atomic
 from medseg.sliding_window.layers import channels_last_instance_norms, folded_batch_norms
+from medseg.sliding_window.probe_cache import CACHE_FILE_ENV, default_cache_file, read_probe_cache, write_probe_cache
 
 __all__ = [
     "BACKENDS",
@@ -67,8 +66,6 @@ PROBE_MIN_VOXELS = 48**3
 BACKENDS_VERSION = 3
 #: Timed calls per candidate after one warm-up (the fastest counts).
 PROBE_REPEATS = 2
-#: Environment variable naming the probe results file in place of ``~/.cache/medseg/forward_backends.json``.
-CACHE_FILE_ENV = "MEDSEG_BACKEND_CACHE_FILE"
 
 log = logging.getLogger(__name__)
 _memory_cache: dict[str, str] = {}
@@ -91,15 +88,6 @@ def check_backend(backend: object) -> str:
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     return backend
-
-
-def default_cache_file() -> Path:
-    """Where probe results are kept between processes: ``$MEDSEG_BACKEND_CACHE_FILE``, else
-    ``~/.cache/medseg/forward_backends.json``."""
-    env = os.environ.get(CACHE_FILE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "medseg" / "forward_backends.json"
 
 
 def network_signature(network: nn.Module) -> str:
@@ -162,7 +150,8 @@ def choose_backend(
         window: One window of the image, ``(1, C, *roi)``.
         dtype: Autocast dtype, or None for fp32.
         batch: Windows per network call in the real run.
-        cache_file: Probe results file; default :func:`default_cache_file`.
+        cache_file: Probe results file; default :func:`default_cache_file`. Used only when it is a medseg
+            backend cache or does not exist (:mod:`~medseg.sliding_window.probe_cache`).
 
     Returns:
         ``"eager"`` or ``"channels_last"``.
@@ -173,28 +162,17 @@ def choose_backend(
     if key in _memory_cache:
         return _memory_cache[key]
     path = cache_file or default_cache_file()
-    stored = _read_cache(path)
-    entry = stored.get(key)
+    stored = read_probe_cache(path)
+    if stored.problem is not None:
+        log.debug("forward backend probe: ignoring the cache file %s: it %s", path, stored.problem)
+    entry = stored.entries.get(key)
     if isinstance(entry, dict) and entry.get("backend") in PROBE_CANDIDATES:
         _memory_cache[key] = str(entry["backend"])
         return _memory_cache[key]
     entry = _probe(network, window, dtype)
     _memory_cache[key] = entry["backend"]
-    stored = _read_cache(path)  # another process may have written meanwhile
-    stored[key] = entry
-    try:
-        write_json_atomic(path, stored)
-    except OSError as err:  # a read-only home: the choice still holds for this process
-        log.info("forward backend probe: could not cache the result in %s (%s)", path, err)
+    write_probe_cache(path, key, entry)  # when it cannot be written, the choice still holds for this process
     return entry["backend"]
-
-
-def _read_cache(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _probe(network: nn.Module, window: torch.Tensor, dtype: torch.dtype | None) -> dict[str, Any]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,7 @@ from medseg.config.schema import InferConfig
 from medseg.errors import ConfigError
 from medseg.prediction.settings import apply_infer_overrides
 from medseg.sliding_window import backend as backend_mod
+from medseg.sliding_window import probe_cache
 from medseg.sliding_window.backend import check_backend, choose_backend, network_signature, using_backend
 from medseg.sliding_window.predict import sliding_window_predict
 
@@ -114,6 +119,7 @@ def test_probe_runs_once_and_its_cached_choice_is_reused(tmp_path, monkeypatch):
     first = choose_backend(net, window, None, cache_file=cache)
     assert first in ("eager", "channels_last") and calls == [(1, 1, 8, 8, 8)]
     stored = json.loads(cache.read_text())
+    assert stored.pop(probe_cache.MARKER) == 1  # marks the file as a medseg backend cache
     (key, entry), = stored.items()
     assert network_signature(net) in key and "fp32" in key and "1x1x8x8x8" in key
     assert entry["backend"] == first and set(entry["seconds"]) == {"eager", "channels_last"}
@@ -127,12 +133,8 @@ def test_probe_runs_once_and_its_cached_choice_is_reused(tmp_path, monkeypatch):
     # another dtype, window or structure is another key: probed, and added beside the first
     choose_backend(net, window, torch.bfloat16, cache_file=cache)
     choose_backend(UNet(3, 1, 3, (4, 8), (2,), num_res_units=0).eval(), window, None, cache_file=cache)
-    assert len(calls) == 3 and len(json.loads(cache.read_text())) == 3
-    # a damaged cache file is probed over and rewritten, not an error
-    monkeypatch.setattr(backend_mod, "_memory_cache", {})
-    cache.write_text("{not json")
-    choose_backend(net, window, None, cache_file=cache)
-    assert len(calls) == 4 and len(json.loads(cache.read_text())) == 1
+    assert len(calls) == 3 and json.loads(cache.read_text()).pop(probe_cache.MARKER) == 1
+    assert len(json.loads(cache.read_text())) == 1 + 3  # the marker and three entries
 
 
 def test_probe_cache_file_is_named_by_the_environment_else_in_the_home_cache(tmp_path, monkeypatch):
@@ -186,6 +188,166 @@ def test_probe_prefers_a_backend_whose_labels_agree(monkeypatch):
     monkeypatch.setattr(backend_mod, "_memory_cache", {})
     assert choose_backend(net, window, None) == "eager"  # 64 voxels: below PROBE_MIN_VOXELS, not probed
     assert choose_backend(torch.nn.Identity(), torch.rand(1, 1, 256, 256, 256), None) == "eager"  # no convolution
+
+
+# --- the probe cache file: only a medseg backend cache is read or written ------------------------------------------
+
+_PROBED = {"backend": "channels_last", "seconds": {"eager": 2.0, "channels_last": 1.0},
+           "agreement": {"eager": 1.0, "channels_last": 1.0}}
+
+
+@pytest.fixture()
+def fake_probe(monkeypatch):
+    """choose_backend(cache file, window side) on a tiny network, each call as in a new process, with a fixed probe
+    result; the calls to the probe are counted."""
+    calls: list[int] = []
+    monkeypatch.setattr(backend_mod, "_probe", lambda net, window, dtype: calls.append(1) or dict(_PROBED))
+    monkeypatch.setattr(backend_mod, "_memory_cache", {})
+    monkeypatch.setattr(backend_mod, "PROBE_MIN_VOXELS", 1)
+    monkeypatch.setattr(probe_cache, "_refused", set())
+    net = torch.nn.Conv3d(1, 2, 1).eval()
+
+    def choose(cache: Path | None, side: int = 4) -> str:
+        backend_mod._memory_cache.clear()  # as in a new process: the file decides
+        return choose_backend(net, torch.rand(1, 1, side, side, side), None, cache_file=cache)
+
+    choose.calls = calls  # type: ignore[attr-defined]
+    choose.key = lambda side=4: backend_mod._probe_key(net, (1, 1, side, side, side), torch.device("cpu"), None)
+    return choose
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def _within(seconds: float, fifo: Path, call):
+    """``call()``'s result; fails (after unblocking a reader stuck on ``fifo``) when it takes over ``seconds``."""
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the stuck open returns, its read sees EOF
+        thread.join(seconds)
+        pytest.fail(f"reading the probe cache blocked on the FIFO {fifo}")
+    return result[0]
+
+
+def test_a_fifo_as_cache_file_is_neither_waited_on_nor_replaced(tmp_path, fake_probe, caplog, monkeypatch):
+    fifo = tmp_path / "probe.fifo"
+    os.mkfifo(fifo)
+    with caplog.at_level(logging.DEBUG, logger="medseg.sliding_window"):
+        assert _within(5, fifo, lambda: fake_probe(fifo)) == "channels_last"  # the probe's choice holds
+        assert _within(5, fifo, lambda: fake_probe(fifo, side=5)) == "channels_last"
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and fake_probe.calls == [1, 1]
+    assert [p.name for p in tmp_path.iterdir()] == ["probe.fifo"]  # no temporary file left either
+    (line,) = _warnings(caplog)  # one warning for the file, not one per probe
+    assert str(fifo) in line and "is a FIFO, not a regular file" in line and "MEDSEG_BACKEND_CACHE_FILE" in line
+    assert any("ignoring the cache file" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
+    # a FIFO swapped in after the stat said "regular file": the open does not block, the open file is checked
+    real_stat = os.stat
+
+    def stale_stat(path, *args, **kwargs):
+        info = real_stat(path, *args, **kwargs)
+        return os.stat_result((stat.S_IFREG | 0o644, *tuple(info)[1:])) if Path(path) == fifo else info
+
+    monkeypatch.setattr(os, "stat", stale_stat)
+    found = _within(5, fifo, lambda: probe_cache.read_probe_cache(fifo))
+    assert found.entries == {} and found.problem == "is a FIFO, not a regular file"
+
+
+@pytest.mark.parametrize("kind", [stat.S_IFCHR, stat.S_IFBLK])
+def test_a_device_as_cache_file_is_neither_read_nor_replaced(tmp_path, fake_probe, caplog, monkeypatch, kind):
+    """A device (/dev/null, /dev/zero) is simulated: a regular file that os.stat reports as a device. It holds a
+    cache choosing eager, so reading it would show; replacing it would change its inode."""
+    device = tmp_path / "device"
+    device.write_text(json.dumps({probe_cache.MARKER: 1, fake_probe.key(): {"backend": "eager"}}))
+    before = (device.read_bytes(), os.stat(device).st_ino)
+    real_stat = os.stat
+
+    def device_stat(path, *args, **kwargs):
+        info = real_stat(path, *args, **kwargs)
+        return os.stat_result((kind | 0o666, *tuple(info)[1:])) if Path(path) == device else info
+
+    monkeypatch.setattr(os, "stat", device_stat)
+    assert fake_probe(device) == "channels_last" and fake_probe.calls == [1]
+    monkeypatch.setattr(os, "stat", real_stat)
+    assert (device.read_bytes(), os.stat(device).st_ino) == before
+    (line,) = _warnings(caplog)
+    assert f"{device}: it is a {'character' if kind == stat.S_IFCHR else 'block'} device, not a regular file" in line
+
+
+def test_a_folder_or_a_file_over_the_size_cap_is_not_read(tmp_path, fake_probe, caplog, monkeypatch):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert fake_probe(folder) == "channels_last" and list(folder.iterdir()) == []
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({probe_cache.MARKER: 1, fake_probe.key(): {"backend": "eager"}, "pad": "x" * 64}))
+    before = big.read_bytes()
+    monkeypatch.setattr(probe_cache, "MAX_CACHE_BYTES", 64)
+    assert fake_probe(big) == "channels_last" and big.read_bytes() == before and fake_probe.calls == [1, 1]
+    folder_line, big_line = _warnings(caplog)
+    assert "is a folder, not a regular file" in folder_line
+    assert f"is larger ({len(before)} bytes) than a backend cache can be (64 bytes)" in big_line
+
+
+@pytest.mark.parametrize("content", [b"my notes\n", b"[1, 2, 3]\n", b"{}\n", b'{"name": "settings"}', b"{not json",
+                                     b'"text"', b"\xff\xfe\x00", b'{"a": {"backend": 1}}'],
+                         ids=["text", "array", "empty", "object", "broken", "string", "not-utf8", "bad-entry"])
+def test_an_unrelated_file_is_left_byte_identical(tmp_path, fake_probe, caplog, monkeypatch, content):
+    other = tmp_path / "notes.json"
+    other.write_bytes(content)
+    monkeypatch.setenv(backend_mod.CACHE_FILE_ENV, str(other))
+    assert fake_probe(None) == "channels_last"
+    assert other.read_bytes() == content and [p.name for p in tmp_path.iterdir()] == ["notes.json"]
+    (line,) = _warnings(caplog)
+    assert line.startswith(f"forward backend probe: not caching the result in {other}: it is ")
+    assert line.endswith("it is left unchanged (set MEDSEG_BACKEND_CACHE_FILE to another file)")
+
+
+def test_a_cache_without_the_marker_is_read_and_extended(tmp_path, fake_probe):
+    """Files written before the marker existed stay caches: read, and written back with the marker."""
+    old = tmp_path / "forward_backends.json"
+    old.write_text(json.dumps({fake_probe.key(): {"backend": "eager", "seconds": {}, "agreement": {}}}))
+    assert fake_probe(old) == "eager" and fake_probe.calls == []  # the old entry, unprobed
+    assert fake_probe(old, side=5) == "channels_last" and fake_probe.calls == [1]
+    assert json.loads(old.read_text()) == {probe_cache.MARKER: 1, fake_probe.key(): {"backend": "eager", "seconds": {},
+                                                                                    "agreement": {}},
+                                           fake_probe.key(5): _PROBED}
+
+
+def test_a_symlinked_cache_file_writes_its_target(tmp_path, fake_probe, caplog):
+    target = tmp_path / "real" / "backends.json"
+    link = tmp_path / "link.json"
+    link.symlink_to(target)  # dangling: the target is created
+    assert fake_probe(link) == "channels_last"
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert json.loads(target.read_text()) == {probe_cache.MARKER: 1, fake_probe.key(): _PROBED}
+    assert fake_probe(link, side=5) == "channels_last"  # an existing target is read and extended
+    assert link.is_symlink() and set(json.loads(target.read_text())) == {probe_cache.MARKER, fake_probe.key(),
+                                                                         fake_probe.key(5)}
+    assert [p.name for p in target.parent.iterdir()] == ["backends.json"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    to_notes = tmp_path / "to_notes.json"
+    to_notes.symlink_to(notes)
+    assert fake_probe(to_notes) == "channels_last" and notes.read_text() == "keep me" and to_notes.is_symlink()
+    (line,) = _warnings(caplog)
+    assert f"{to_notes} (-> {notes}): it is not JSON" in line
+
+
+def test_a_whitespace_cache_variable_counts_as_unset(tmp_path, fake_probe, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(backend_mod.CACHE_FILE_ENV, " \t")
+    default = tmp_path / "home" / ".cache" / "medseg" / "forward_backends.json"
+    assert backend_mod.default_cache_file() == default
+    assert fake_probe(None) == "channels_last"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"] and json.loads(default.read_text())[
+        fake_probe.key()] == _PROBED
+    monkeypatch.setenv(backend_mod.CACHE_FILE_ENV, f"  {tmp_path / 'named.json'}\n")
+    assert backend_mod.default_cache_file() == tmp_path / "named.json"
 
 
 # --- instance norm on channels-last memory ---------------------------------------------------------------------
