@@ -367,11 +367,10 @@ def postprocess_select(
     The choice is written to RUN/postprocessing.json, which medseg predict applies for the run's checkpoints."""
     _logging(verbose, quiet)
     with user_errors():
-        from medseg.training.postprocess_select import select_postprocessing
+        from medseg.training.postprocess_select import select_postprocessing_runs
 
-        for run_dir in run_dirs:
-            selection = select_postprocessing(run_dir, min_gain=min_gain, overwrite=overwrite)
-            _echo(f"{run_dir}: {selection.classes[0].n_cases if selection.classes else 0} validation cases")
+        for selection in select_postprocessing_runs(run_dirs, min_gain=min_gain, overwrite=overwrite):
+            _echo(f"{selection.run_dir}: {selection.classes[0].n_cases if selection.classes else 0} validation cases")
             _echo(selection.table())
             _echo(f"written: {selection.path}")
 
