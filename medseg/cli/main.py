@@ -319,7 +319,7 @@ def evaluate(
     checkpoint: Annotated[Optional[Path], typer.Option(help="Take the label mapping from this checkpoint.")] = None,  # noqa: UP045,E501
     labels: Annotated[Optional[str], typer.Option(help="Label mapping, e.g. '0=background,255=polyp'.")] = None,  # noqa: UP045,E501
     tolerance: Annotated[int, typer.Option(help="Snap values within this many gray levels (JPEG masks).")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing CSV.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing CSV and its .summary.json.")] = False,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -367,11 +367,10 @@ def postprocess_select(
     The choice is written to RUN/postprocessing.json, which medseg predict applies for the run's checkpoints."""
     _logging(verbose, quiet)
     with user_errors():
-        from medseg.training.postprocess_select import select_postprocessing
+        from medseg.training.postprocess_select import select_postprocessing_runs
 
-        for run_dir in run_dirs:
-            selection = select_postprocessing(run_dir, min_gain=min_gain, overwrite=overwrite)
-            _echo(f"{run_dir}: {selection.classes[0].n_cases if selection.classes else 0} validation cases")
+        for selection in select_postprocessing_runs(run_dirs, min_gain=min_gain, overwrite=overwrite):
+            _echo(f"{selection.run_dir}: {selection.classes[0].n_cases if selection.classes else 0} validation cases")
             _echo(selection.table())
             _echo(f"written: {selection.path}")
 
@@ -421,7 +420,7 @@ def synth(
     output: Annotated[Path, typer.Option("--output", "-o", help="Dataset folder to write.")],
     n: Annotated[Optional[int], typer.Option(help="Number of cases.")] = None,  # noqa: UP045
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing generated cases.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Write into a folder that is not empty, replacing all in it.")] = False,  # noqa: E501
 ) -> None:
     """Write a synthetic dataset in the layout configs/kvasir.yaml or configs/spine.yaml expects."""
     _logging(False, False)

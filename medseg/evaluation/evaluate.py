@@ -156,14 +156,15 @@ def evaluate(
         DataError: Missing folders, unreadable files, no prediction named like any truth file, values outside the
             mapping, shape or geometry mismatch.
         ConfigError: ``tolerance`` outside 0..127.
-        OutputExistsError: ``output`` exists and ``overwrite`` is False.
+        OutputExistsError: ``output`` or the summary beside it exists and ``overwrite`` is False (checked before
+            anything is read or written).
     """
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, np.integer)) or not 0 <= tolerance <= 127:
         raise ConfigError(f"--tolerance: got {tolerance!r}; allowed an integer 0..127 (gray levels)")
     pred_dir = Path(pred_dir)
     out_path = Path(output) if output is not None else None
-    if out_path is not None and out_path.exists() and not overwrite:
-        raise OutputExistsError(f"{out_path}: exists; pass --overwrite to replace it")
+    if out_path is not None and not overwrite:
+        _refuse_existing(out_path)
     preds = label_files(pred_dir, "prediction")
     truths = dict(truth_dir) if isinstance(truth_dir, Mapping) else label_files(Path(truth_dir), "truth")
     if not set(preds) & set(truths):
@@ -206,10 +207,25 @@ def evaluate(
         out_path.parent.mkdir(parents=True, exist_ok=True)
         csv_path = write_text_atomic(out_path, _to_csv(cases))
         summary_path = write_json_atomic(
-            out_path.with_suffix(".summary.json"),
+            _summary_path(out_path),
             {"labels": labels.to_dict(), "n_cases": len(truths), "missing_predictions": missing, "summary": summary},
         )
     return EvaluationResult(cases, summary, csv_path, summary_path, missing)
+
+
+def _summary_path(output: Path) -> Path:
+    """The ``.summary.json`` beside the per-case CSV ``output`` (``metrics.csv`` -> ``metrics.summary.json``)."""
+    return output.with_suffix(".summary.json")
+
+
+def _refuse_existing(output: Path) -> None:
+    """Refuse before anything is read or written if the CSV or the summary beside it exists."""
+    if output.exists() or output.is_symlink():
+        raise OutputExistsError(f"{output}: exists; pass --overwrite to replace it")
+    summary = _summary_path(output)
+    if summary.exists() or summary.is_symlink():
+        raise OutputExistsError(f"{summary}: exists (the summary written beside {output.name}); pass --overwrite "
+                                "to replace it")
 
 
 def _to_csv(rows: list[dict[str, Any]]) -> str:

@@ -112,7 +112,8 @@ def export_bundle(loaded: LoadedModel, folder: Path, *, overwrite: bool = False,
 
     Raises:
         ExportError: A model the bundle cannot reproduce (see :func:`bundle_refusal`), or a check failure.
-        OutputExistsError: ``folder`` exists and ``overwrite`` is false, or it is not a bundle.
+        OutputExistsError: ``folder`` is a file; or it holds files and ``overwrite`` is false, or they are not a
+            bundle (an empty folder is used).
     """
     reason = bundle_refusal(loaded)
     if reason is not None:
@@ -384,13 +385,17 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _check_target(folder: Path, overwrite: bool) -> None:
+    """Refuse a file, a folder with content unless ``overwrite``, and a folder with content that is no bundle;
+    an empty folder is used as it is (as ``medseg train`` and ``medseg demo`` use one)."""
     if not folder.exists() and not folder.is_symlink():
         return
-    if not overwrite:
-        raise OutputExistsError(f"{folder}: exists; pass --overwrite (overwrite=True) to replace it")
     if not folder.is_dir() or folder.is_symlink():
         raise OutputExistsError(f"{folder}: exists and is not a folder; remove it or choose another output")
-    if any(folder.iterdir()) and not (folder / "configs" / "metadata.json").is_file():
+    if not any(folder.iterdir()):
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{folder}: exists; pass --overwrite to replace it")
+    if not (folder / "configs" / "metadata.json").is_file():
         raise OutputExistsError(f"{folder}: exists and is not a bundle (no configs/metadata.json); refusing to "
                                 "replace it, choose another output")
 

@@ -77,7 +77,8 @@ def export_model(
 
     Raises:
         ConfigError: Unknown format, or an output name whose suffix does not fit the format.
-        OutputExistsError: The output exists and ``overwrite`` is false.
+        OutputExistsError: The output exists and ``overwrite`` is false (an empty bundle folder is used as it is),
+            or the output is of the wrong kind (a folder for a file format, a file for a bundle).
         CheckpointError: ``source`` is not a medseg checkpoint (an ONNX file included).
         DependencyError: The packages the format needs are missing (``pip install "medseg[onnx]"``).
         ExportError: The export failed, its check failed, or the bundle cannot reproduce the model.
@@ -91,11 +92,10 @@ def export_model(
         raise ConfigError(f"output: {format} export {output} must end in {suffix} (got {output.suffix or 'none'!r})")
     if not suffix and output.suffix.lower() in (".onnx", ".ts", ".pt", ".json"):
         raise ConfigError(f"output: a bundle is a folder, got a file name {output}; e.g. {output.with_suffix('')}")
-    if suffix and (output.exists() or output.is_symlink()):
-        if not overwrite:
-            raise OutputExistsError(f"{output}: exists; pass --overwrite (overwrite=True) to replace it")
-        if output.is_dir():
-            raise OutputExistsError(f"{output}: is a folder; choose a file name ending in {suffix}")
+    if suffix and output.is_dir():
+        raise OutputExistsError(f"{output}: is a folder; choose a file name ending in {suffix}")
+    if suffix and (output.exists() or output.is_symlink()) and not overwrite:
+        raise OutputExistsError(f"{output}: exists; pass --overwrite to replace it")
     if is_onnx_file(source):
         raise CheckpointError(f"{source}: is an exported ONNX model; export takes a medseg checkpoint (.pt) or a "
                               "run folder")

@@ -45,7 +45,8 @@ from medseg.prediction.postprocess import POSTPROCESSING_FILE, POSTPROCESSING_FO
 from medseg.progress import progress_bar
 from medseg.training.folds import prediction_name
 
-__all__ = ["ClassChoice", "Selection", "candidate_sizes", "choose_rule", "select_postprocessing"]
+__all__ = ["ClassChoice", "Selection", "candidate_sizes", "choose_rule", "select_postprocessing",
+           "select_postprocessing_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -266,13 +267,52 @@ def select_postprocessing(run_dir: str | Path, *, min_gain: float = MIN_GAIN, ov
         DataError: Not a run folder, no validation predictions, folds unfinished, unreadable or mismatched files.
         OutputExistsError: ``postprocessing.json`` exists and ``overwrite`` is False.
     """
+    return select_postprocessing_runs([run_dir], min_gain=min_gain, overwrite=overwrite, progress=progress)[0]
+
+
+def select_postprocessing_runs(run_dirs: Sequence[str | Path], *, min_gain: float = MIN_GAIN,
+                               overwrite: bool = False, progress: bool = True) -> list[Selection]:
+    """:func:`select_postprocessing` for several run folders, all or nothing (``medseg postprocess-select``).
+
+    Every folder is read and its ``postprocessing.json`` checked, then every folder scored, and only then is any
+    file written: a refusal or a bad file in one folder leaves all of them as they were.
+
+    Raises:
+        ConfigError: ``min_gain`` out of range, no folder, or a folder given twice.
+        DataError: As :func:`select_postprocessing`, for any folder.
+        OutputExistsError: Any folder's ``postprocessing.json`` exists and ``overwrite`` is False.
+    """
     if isinstance(min_gain, bool) or not isinstance(min_gain, (int, float)) or not 0 <= min_gain < 1:
         raise ConfigError(f"--min-gain: got {min_gain!r}; allowed a number 0 <= x < 1 (mean Dice)")
-    run_dir = Path(run_dir)
-    cases = _cases(run_dir)
-    out = run_dir / POSTPROCESSING_FILE
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out}: exists; pass --overwrite to replace it")
+    folders = [Path(d) for d in run_dirs]
+    if not folders:
+        raise ConfigError("no run folder given; give one or more cross-validation folders")
+    seen: dict[Path, Path] = {}
+    for folder in folders:
+        key = folder.resolve()
+        if key in seen:
+            raise ConfigError(f"{folder}: run folder given twice (as {seen[key]} too); give each once")
+        seen[key] = folder
+    runs = []
+    for folder in folders:
+        cases = _cases(folder)
+        out = folder / POSTPROCESSING_FILE
+        if (out.exists() or out.is_symlink()) and not overwrite:
+            raise OutputExistsError(f"{out}: exists; pass --overwrite to replace it")
+        runs.append((folder, out, cases))
+    scored = [(folder, out, cases, _choices(cases, min_gain, progress)) for folder, out, cases in runs]
+    selections = []
+    for folder, out, cases, choices in scored:
+        write_json_atomic(out, {
+            "format": POSTPROCESSING_FORMAT, "version": 1, "n_cases": len(cases.pairs), "min_gain": min_gain,
+            "connectivity": "faces", "classes": {ch.name: _entry(ch, cases.labels) for ch in choices},
+        })
+        selections.append(Selection(folder, out, choices))
+    return selections
+
+
+def _choices(cases: _Cases, min_gain: float, progress: bool) -> list[ClassChoice]:
+    """Score every case of one run folder and decide each foreground class."""
     foreground = range(1, cases.labels.num_classes)
     stats: dict[int, list[_Components]] = {c: [] for c in foreground}
     with progress_bar(f"scoring {len(cases.pairs)} cases", len(cases.pairs), enabled=progress) as advance:
@@ -285,12 +325,7 @@ def select_postprocessing(run_dir: str | Path, *, min_gain: float = MIN_GAIN, ov
                 stats[c].append(_components(pred == c, truth == c))
             advance()
             log.debug("scored %s", name)
-    choices = [_choose(cases.labels.names[c], c, stats[c], min_gain) for c in foreground]
-    write_json_atomic(out, {
-        "format": POSTPROCESSING_FORMAT, "version": 1, "n_cases": len(cases.pairs), "min_gain": min_gain,
-        "connectivity": "faces", "classes": {ch.name: _entry(ch, cases.labels) for ch in choices},
-    })
-    return Selection(run_dir, out, choices)
+    return [_choose(cases.labels.names[c], c, stats[c], min_gain) for c in foreground]
 
 
 def _classes(path: Path, cases: _Cases) -> np.ndarray:

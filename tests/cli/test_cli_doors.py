@@ -49,7 +49,7 @@ def existing(tmp_path: Path) -> Path:
      "error: {t}/run: run folder exists and is not empty; use --resume {t}/run to continue it, --overwrite to "
      "replace it, or another --run-dir"),
     (["export", "{t}/missing.pt", "-o", "{t}/model.onnx"],
-     "error: {t}/model.onnx: exists; pass --overwrite (overwrite=True) to replace it"),
+     "error: {t}/model.onnx: exists; pass --overwrite to replace it"),
     (["compare", "{t}/run", "-o", "{t}/curves.png"], "error: --output {t}/curves.png exists; pass --overwrite to "
                                                      "replace it"),
     (["plan", "{t}/data", "-o", "{t}/plan.yaml"], "error: {t}/plan.yaml exists; pass --overwrite to replace it"),
@@ -58,8 +58,8 @@ def existing(tmp_path: Path) -> Path:
     (["demo", "-o", "{t}/demo"], "error: {t}/demo: demo folder exists and is not empty; pass --overwrite or "
                                  "another -o"),
     (["synth", "polyp", "-o", "{t}/synth"],
-     "error: {t}/synth/images: already holds 1 case file(s) such as case_000.png; use an empty folder or pass "
-     "--overwrite (overwrite=True)"),
+     "error: {t}/synth: folder is not empty (holds images); synth writes into a new or empty folder: pass "
+     "--overwrite to replace its contents, or choose another -o"),
 ])
 def test_an_output_that_exists_is_a_usage_refusal_exit_2(existing, args, line):
     """Like a predict rerun with other settings (exit 2): the user is to pass --overwrite or choose another path."""

@@ -73,12 +73,41 @@ def test_polyp_jpeg_masks_are_noisy_near_0_and_255(tmp_path):
     assert ((mask > 40) & (mask < 215)).mean() < 0.01
 
 
-def test_polyp_refuses_existing_cases_unless_overwrite(tmp_path):
+def test_polyp_refuses_a_folder_that_is_not_empty_unless_overwrite(tmp_path):
     make_polyp_dataset(tmp_path, n=2, size=(32, 32))
-    with pytest.raises(OutputExistsError, match=r"images: already holds 2 case file\(s\)"):
+    with pytest.raises(OutputExistsError, match=r"folder is not empty \(holds README.txt, images, masks\)"):
         make_polyp_dataset(tmp_path, n=1, size=(32, 32))
+    assert [p.name for p in sorted((tmp_path / "images").iterdir())] == ["case_000.png", "case_001.png"]
     make_polyp_dataset(tmp_path, n=1, size=(32, 32), overwrite=True)
     assert [p.name for p in sorted((tmp_path / "images").iterdir())] == ["case_000.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.txt", "images", "masks"]  # no build folder left
+
+
+def test_an_error_part_way_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    """The cases are written into a hidden folder and moved up at the end: with --overwrite, the old dataset stays
+    whole when the new one fails part way, and no build folder is left."""
+    import medseg.data.synthetic.polyp as polyp
+
+    make_polyp_dataset(tmp_path / "d", n=2, size=(32, 32))
+    before = _files(tmp_path)
+    real = polyp._polyp_case
+    calls = []
+
+    def fail_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(polyp, "_polyp_case", fail_second)
+    with pytest.raises(OSError, match="No space left"):
+        make_polyp_dataset(tmp_path / "d", n=3, size=(32, 32), seed=5, overwrite=True)
+    assert _files(tmp_path) == before
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["README.txt", "images", "masks"]
+    with pytest.raises(OSError, match="No space left"):
+        calls.clear()
+        make_polyp_dataset(tmp_path / "new", n=3, size=(32, 32))
+    assert not (tmp_path / "new").exists()
 
 
 def test_polyp_rejects_bad_arguments(tmp_path):
@@ -167,5 +196,5 @@ def test_spine_dataset_layout(tmp_path):
     again = make_spine_dataset(tmp_path / "again", n_cases=2, seed=1)
     for name in ("imagesTr/case_001.nii.gz", "labelsTr/case_001.nii.gz"):
         assert (again / name).read_bytes() == (root / name).read_bytes()
-    with pytest.raises(OutputExistsError, match="imagesTr"):
+    with pytest.raises(OutputExistsError, match=r"holds README.txt, again, imagesTr and 1 more\)"):
         make_spine_dataset(tmp_path, n_cases=1)

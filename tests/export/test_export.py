@@ -273,10 +273,29 @@ def test_existing_output_needs_overwrite(ckpt3d, tmp_path):
     target = tmp_path / "m.ts"
     target.write_text("keep me")
     line = _refused(["export", str(ckpt3d), "-o", str(target), "--format", "torchscript"], 2)
-    assert line == f"error: {target}: exists; pass --overwrite (overwrite=True) to replace it"
+    assert line == f"error: {target}: exists; pass --overwrite to replace it"
     assert target.read_text() == "keep me"
     _invoke_ok(["export", str(ckpt3d), "-o", str(target), "--format", "torchscript", "--overwrite"])
     assert target.stat().st_size > 1000
+
+
+def test_a_bundle_goes_into_an_empty_folder_and_not_onto_a_file(ckpt3d, tmp_path):
+    """An empty folder is used as it is (as train and demo use one); a file or a folder of the wrong kind is refused
+    for what it is, with or without --overwrite, and left alone."""
+    empty = tmp_path / "bundle"
+    empty.mkdir()
+    assert str(empty) in _invoke_ok(["export", str(ckpt3d), "-o", str(empty), "--format", "bundle", "--no-check"])
+    assert json.loads((empty / "configs" / "metadata.json").read_text())["labels"][1]["name"] == "v26"
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    folder = tmp_path / "m.onnx"
+    folder.mkdir()
+    for extra in ([], ["--overwrite"]):
+        line = _refused(["export", str(ckpt3d), "-o", str(afile), "--format", "bundle", *extra], 2)
+        assert line == f"error: {afile}: exists and is not a folder; remove it or choose another output"
+        line = _refused(["export", str(ckpt3d), "-o", str(folder), *extra], 2)
+        assert line == f"error: {folder}: is a folder; choose a file name ending in .onnx"
+    assert afile.read_text() == "keep me" and list(folder.iterdir()) == []
 
 
 def test_a_file_that_is_no_checkpoint_is_refused(tmp_path):

@@ -153,6 +153,31 @@ def test_doors(cv_files: Path, tmp_path: Path) -> None:
         select_postprocessing(run, progress=False)
 
 
+def test_several_folders_are_all_checked_before_any_is_written(cv_files: Path, tmp_path: Path) -> None:
+    """CV1 has its postprocessing.json already: `postprocess-select CV2 CV1` writes nothing, prints no table."""
+    cv1, cv2 = tmp_path / "cv1", tmp_path / "cv2"
+    _copy_tree(cv_files, cv1)
+    _copy_tree(cv_files, cv2)
+    (cv1 / "postprocessing.json").write_text('{"mine": 1}\n')
+    before = {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
+    runner = CliRunner()
+    result = runner.invoke(app, ["postprocess-select", str(cv2), str(cv1)])
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert result.stderr.splitlines() == [f"error: {cv1}/postprocessing.json: exists; pass --overwrite to replace it"]
+    assert {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")} == before
+    # a bad file in the second folder: the first is scored but not written either (exit 1)
+    Image.fromarray(np.zeros((7, 7), np.uint8)).save(next((cv1 / "cv_predictions").glob("*.png")))
+    (cv1 / "postprocessing.json").unlink()
+    result = runner.invoke(app, ["postprocess-select", str(cv2), str(cv1)])
+    assert result.exit_code == 1 and "differs from the mask" in result.stderr and result.stdout == ""
+    assert not (cv2 / "postprocessing.json").exists() and not (cv1 / "postprocessing.json").exists()
+    twice = runner.invoke(app, ["postprocess-select", str(cv2), str(cv2 / ".." / "cv2")])
+    assert twice.exit_code == 2
+    assert twice.stderr.splitlines() == [f"error: {cv2 / '..' / 'cv2'}: run folder given twice (as {cv2} too); "
+                                         "give each once"]
+    assert not (cv2 / "postprocessing.json").exists()
+
+
 def test_cli_prints_the_table(cv_files: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     _copy_tree(cv_files, run)

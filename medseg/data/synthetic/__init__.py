@@ -25,14 +25,15 @@ def make_synthetic(kind: str, output: str | Path, *, n: int | None = None, seed:
         output: Dataset folder (created).
         n: Number of cases (default 40 polyp images, 6 spine volumes).
         seed: Random seed; the same arguments give the same files.
-        overwrite: Replace generated cases already in ``output``.
+        overwrite: Write into an ``output`` folder that is not empty, replacing everything in it.
 
     Returns:
         ``output`` as a path.
 
     Raises:
-        ConfigError: Unknown ``kind``, ``n`` below 1 or a negative ``seed``.
-        OutputExistsError: ``output`` already holds generated cases and not ``overwrite``.
+        ConfigError: Unknown ``kind``, ``n`` below 1, a negative ``seed``, or ``output`` is a file (a dataset is a
+            folder).
+        OutputExistsError: ``output`` is a folder that is not empty and not ``overwrite`` (nothing is written).
     """
     from medseg.data.synthetic.polyp import make_polyp_dataset
     from medseg.data.synthetic.spine import make_spine_dataset

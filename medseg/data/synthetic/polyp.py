@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from medseg.data.synthetic.common import case_rng, prepare_folders, write_readme
+from medseg.data.synthetic.common import case_rng, dataset_folder, write_readme
 
 __all__ = ["make_polyp_dataset"]
 
@@ -115,14 +115,16 @@ def make_polyp_dataset(
             with noisy values near 0 and 255 like Kvasir-SEG's masks.
         jpeg_noise: Pass images through JPEG compression (quality 80) before saving them as
             PNG, to add compression artifacts.
-        overwrite: Replace ``case_*`` files already in ``root/images`` and ``root/masks``.
+        overwrite: Write into a ``root`` that is not empty, replacing everything in it (once the new files are
+            complete).
 
     Returns:
         ``root``.
 
     Raises:
         ValueError: If ``n``, ``size`` or ``mask_format`` is invalid.
-        OutputExistsError: If the folders already hold case files and not ``overwrite``.
+        ConfigError: ``root`` is a file.
+        OutputExistsError: ``root`` is a folder that is not empty and not ``overwrite`` (nothing is written).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -131,30 +133,32 @@ def make_polyp_dataset(
     if mask_format not in ("png", "jpg"):
         raise ValueError(f"mask_format must be 'png' or 'jpg', got {mask_format!r}")
     root = Path(root)
-    prepare_folders(root, ("images", "masks"), "case_*.*", overwrite)
     height, width = int(size[0]), int(size[1])
-    for index in range(n):
-        image, mask = _polyp_case(case_rng(seed, index), height, width)
-        picture = Image.fromarray(image)
-        if jpeg_noise:
-            picture = _jpeg_roundtrip(picture, quality=80)
-        picture.save(root / "images" / f"case_{index:03d}.png", format="PNG")
-        if mask_format == "png":
-            Image.fromarray(mask).save(root / "masks" / f"case_{index:03d}.png", format="PNG")
-        else:
-            Image.fromarray(mask).convert("RGB").save(
-                root / "masks" / f"case_{index:03d}.jpg", format="JPEG", quality=95
-            )
-    write_readme(
-        root,
-        [
-            "Synthetic endoscopy-like polyp images (images/) and binary masks (masks/, 0/255).",
-            (
-                f"Parameters: n={n}, size=(H={height}, W={width}), seed={seed}, "
-                f"mask_format={mask_format}, jpeg_noise={jpeg_noise}"
-            ),
-        ],
-    )
+    with dataset_folder(root, overwrite) as build:
+        (build / "images").mkdir()
+        (build / "masks").mkdir()
+        for index in range(n):
+            image, mask = _polyp_case(case_rng(seed, index), height, width)
+            picture = Image.fromarray(image)
+            if jpeg_noise:
+                picture = _jpeg_roundtrip(picture, quality=80)
+            picture.save(build / "images" / f"case_{index:03d}.png", format="PNG")
+            if mask_format == "png":
+                Image.fromarray(mask).save(build / "masks" / f"case_{index:03d}.png", format="PNG")
+            else:
+                Image.fromarray(mask).convert("RGB").save(
+                    build / "masks" / f"case_{index:03d}.jpg", format="JPEG", quality=95
+                )
+        write_readme(
+            build,
+            [
+                "Synthetic endoscopy-like polyp images (images/) and binary masks (masks/, 0/255).",
+                (
+                    f"Parameters: n={n}, size=(H={height}, W={width}), seed={seed}, "
+                    f"mask_format={mask_format}, jpeg_noise={jpeg_noise}"
+                ),
+            ],
+        )
     return root
 
 

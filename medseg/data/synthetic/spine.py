@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from medseg.data.synthetic.common import case_rng, prepare_folders, write_readme
+from medseg.data.synthetic.common import case_rng, dataset_folder, write_readme
 
 __all__ = ["make_spine_dataset", "make_spine_phantom"]
 
@@ -224,39 +224,41 @@ def make_spine_dataset(
         first_label: Label of the most inferior vertebra.
         label_step: Label increment per vertebra.
         seed: Random seed; the same arguments give byte-identical files.
-        overwrite: Replace ``case_*`` files already in ``imagesTr``/``labelsTr``.
+        overwrite: Write into a ``root`` that is not empty, replacing everything in it (once the new files are
+            complete).
 
     Returns:
         ``root``.
 
     Raises:
         ValueError: If an argument is out of range.
-        OutputExistsError: If the folders already hold case files and not ``overwrite``.
+        ConfigError: ``root`` is a file.
+        OutputExistsError: ``root`` is a folder that is not empty and not ``overwrite`` (nothing is written).
     """
     if n_cases < 1:
         raise ValueError(f"n_cases must be >= 1, got {n_cases}")
     spacing = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
     _check_spine_args(shape, spacing, n_vertebrae, first_label, label_step)
     root = Path(root)
-    prepare_folders(root, ("imagesTr", "labelsTr"), "case_*.nii*", overwrite)
-    for index in range(n_cases):
-        rng = case_rng(seed, index)
-        scale = rng.uniform(0.88, 1.12, size=3)
-        case_shape = tuple(max(16, round(s * f)) for s, f in zip(shape, scale, strict=True))
-        case_shape = (case_shape[0], case_shape[1], max(case_shape[2], int(shape[2])))
-        hu, labels = _spine_arrays(rng, case_shape, spacing, n_vertebrae, first_label, label_step)
-        affine = _spine_affine(case_shape, spacing)
-        _save_nifti(hu, affine, root / "imagesTr" / f"case_{index:03d}.nii.gz")
-        _save_nifti(labels, affine, root / "labelsTr" / f"case_{index:03d}.nii.gz")
-    last = first_label + (n_vertebrae - 1) * label_step
-    write_readme(
-        root,
-        [
-            "Synthetic CT spine phantoms in HU (imagesTr/, int16), vertebra labels (labelsTr/).",
-            f"Labels: 0 background, vertebrae {first_label}..{last} (step {label_step}) "
-            + "from inferior to superior.",
-            f"Parameters: n_cases={n_cases}, shape={tuple(shape)}, spacing_mm={spacing}, "
-            + f"n_vertebrae={n_vertebrae}, seed={seed}",
-        ],
-    )
+    with dataset_folder(root, overwrite) as build:
+        for index in range(n_cases):
+            rng = case_rng(seed, index)
+            scale = rng.uniform(0.88, 1.12, size=3)
+            case_shape = tuple(max(16, round(s * f)) for s, f in zip(shape, scale, strict=True))
+            case_shape = (case_shape[0], case_shape[1], max(case_shape[2], int(shape[2])))
+            hu, labels = _spine_arrays(rng, case_shape, spacing, n_vertebrae, first_label, label_step)
+            affine = _spine_affine(case_shape, spacing)
+            _save_nifti(hu, affine, build / "imagesTr" / f"case_{index:03d}.nii.gz")
+            _save_nifti(labels, affine, build / "labelsTr" / f"case_{index:03d}.nii.gz")
+        last = first_label + (n_vertebrae - 1) * label_step
+        write_readme(
+            build,
+            [
+                "Synthetic CT spine phantoms in HU (imagesTr/, int16), vertebra labels (labelsTr/).",
+                f"Labels: 0 background, vertebrae {first_label}..{last} (step {label_step}) "
+                + "from inferior to superior.",
+                f"Parameters: n_cases={n_cases}, shape={tuple(shape)}, spacing_mm={spacing}, "
+                + f"n_vertebrae={n_vertebrae}, seed={seed}",
+            ],
+        )
     return root
