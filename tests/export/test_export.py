@@ -193,7 +193,9 @@ def test_predict_onnx_gives_the_labels_of_predict_run_3d(onnx3d, ckpt3d, real_ct
     for _, name in REAL_CTS:
         a, b = _labels(tmp_path / "pt" / name), _labels(tmp_path / "onnx" / name)
         assert a.shape == b.shape and len(np.unique(a)) > 1
-        np.testing.assert_array_equal(b, a)  # measured: identical label maps
+        # Near-ties of the argmax may flip with the summation order, which follows the thread count: measured 0
+        # differing voxels with 2 threads, 1 of 1.38 M on example_ct with 1 thread.
+        assert int((a != b).sum()) <= a.size * 1e-5
     sidecar = json.loads((tmp_path / "onnx" / REAL_CTS[0][1].replace(".nii.gz", ".json")).read_text())
     assert sidecar["checkpoint"] == str(path) and sidecar["infer"]["precision"] == "fp32"
 
