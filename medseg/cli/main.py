@@ -185,11 +185,13 @@ def train(
             from medseg.training.distributed import launch_local, micro_batch_size, preflight
 
             micro_batch_size(cfg.train.batch_size, max(1, nproc), cfg.train.grad_accumulation)  # refuse before starting
-            preflight(cfg.train, max(1, nproc), resume_dir=folder if resume is not None else None)
+            preflight(cfg.train, max(1, nproc), run_dir=folder, resume=resume is not None, overwrite=overwrite)
             args = [a for s in overrides for a in ("--set", s)] + (["--resume"] if resume else ["--run-dir"])
             flags = [f for f, on in (("--overwrite", overwrite), ("--force", force), ("-v", verbose), ("-q", quiet))
                      if on]
-            launch_local(nproc, ["train", str(config), *args, str(folder), *flags], run_dir=folder)
+            code = launch_local(nproc, ["train", str(config), *args, str(folder), *flags], run_dir=folder)
+            if code:  # rank 0 printed the error
+                raise typer.Exit(code)
             return
         result = run_training(cfg, run_dir=folder, resume=resume is not None, overwrite=overwrite, force=force)
         if result.rank != 0:

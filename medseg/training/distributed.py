@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -32,7 +33,8 @@ import torch
 from medseg.device import resolve_device
 from medseg.errors import ConfigError, MedsegError
 from medseg.seeds import epoch_seed
-from medseg.training.rank_errors import RANK_ERRORS_ENV, first_failure_line, recorded_lines
+from medseg.training.rank_errors import RANK_ERRORS_ENV, first_failure_line, printed_already, recorded_lines
+from medseg.training.run_folder import check_run_dir
 
 __all__ = [
     "Dist", "PeerLostError", "Share", "epoch_batches", "is_peer_failure", "launch_local", "loader_generator",
@@ -307,13 +309,16 @@ def wrap_model(model: torch.nn.Module, dist: Dist, device: torch.device, *, sync
     return model, torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def preflight(train: Any, nproc: int, *, resume_dir: Path | None = None) -> None:
-    """What ``medseg train --nproc N`` can refuse before it starts any process (each would refuse it alike).
+def preflight(train: Any, nproc: int, *, run_dir: Path | None = None, resume: bool = False,
+              overwrite: bool = False) -> None:
+    """What ``medseg train --nproc N`` can refuse before it starts any process (each would refuse it alike, and a
+    refusal is then one line, as on one process).
 
     Raises:
         ConfigError: ``train.sync_batchnorm`` on CPU processes, CUDA asked for where there is none or fewer
-            devices than processes.
-        MedsegError: ``--resume`` of a folder without ``checkpoints/last.pt``.
+            devices than processes, a run folder path that is a file.
+        OutputExistsError: ``run_dir`` exists with content, without ``resume`` or ``overwrite``.
+        MedsegError: ``resume`` of a folder without ``checkpoints/last.pt``.
     """
     device = resolve_device(train.device)
     if device.type == "cuda" and nproc > torch.cuda.device_count():
@@ -322,9 +327,8 @@ def preflight(train: Any, nproc: int, *, resume_dir: Path | None = None) -> None
     if train.sync_batchnorm and device.type != "cuda":
         raise ConfigError("train.sync_batchnorm: PyTorch synchronises batch norm on CUDA devices only; "
                           "set it to false for CPU processes (or use model.norm: instance)")
-    if resume_dir is not None and not (Path(resume_dir) / "checkpoints" / "last.pt").is_file():
-        what = "does not exist" if not Path(resume_dir).exists() else "holds no checkpoints/last.pt"
-        raise MedsegError(f"--resume {resume_dir}: the folder {what}; nothing to resume")
+    if run_dir is not None:
+        check_run_dir(Path(run_dir), resume=resume, overwrite=overwrite)  # rank 0 checks again, under the lock
 
 
 def launch_local(nproc: int, module_args: Sequence[str], *, run_dir: Path | None = None) -> int:
@@ -335,15 +339,19 @@ def launch_local(nproc: int, module_args: Sequence[str], *, run_dir: Path | None
         module_args: The medseg command line for each process (e.g. ``["train", "cfg.yaml", "--run-dir", "r"]``).
 
     Returns:
-        0 when every process finished.
+        0 when every process finished; the exit code of the process that failed first when its error is printed
+        already (rank 0 printed it: the error every process met, a refused run folder), with nothing to add.
 
     An error all processes meet is printed once, by rank 0; the others hand their lines to the launcher, which
-    adds the first failure's line to its own when nobody printed it (:mod:`medseg.training.rank_errors`).
+    adds the first failure's line to its own when nobody printed it (:mod:`medseg.training.rank_errors`). The
+    launcher's own log lines (torch's ``W``/``E`` lines: processes stopped, a process failed) go to medseg's
+    debug log (``-v``): the failure they report is told in medseg's line.
 
     Raises:
         ConfigError: ``nproc`` below 1.
-        MedsegError: A process failed or was killed (naming its rank and exit code or signal); the others were
-            stopped. A process that exited 2 (a config error) makes this a :class:`ConfigError`.
+        MedsegError: A process failed or was killed, with an error nobody printed (naming its rank and exit code
+            or signal); the others were stopped. A process that exited 2 (a config error) makes this a
+            :class:`ConfigError`.
     """
     if nproc < 1:
         raise ConfigError(f"--nproc: got {nproc}; allowed: 1 or more processes")
@@ -353,19 +361,43 @@ def launch_local(nproc: int, module_args: Sequence[str], *, run_dir: Path | None
     from torch.distributed.run import parse_args, run
 
     args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "--module", "medseg", *module_args])
-    with tempfile.TemporaryDirectory(prefix="medseg-rank-errors-") as errors:
+    with tempfile.TemporaryDirectory(prefix="medseg-rank-errors-") as errors, _launcher_logs_to_debug():
         before = os.environ.get(RANK_ERRORS_ENV)
         os.environ[RANK_ERRORS_ENV] = errors  # the processes' error lines: rank 0 alone prints its own
         try:
             run(args)
         except ChildFailedError as err:
-            raise _child_failure(err, nproc, run_dir, recorded_lines(Path(errors))) from None
+            lines = recorded_lines(Path(errors))
+            rank, failure = err.get_first_failure()
+            if failure.exitcode > 0 and printed_already(lines, rank):
+                return int(failure.exitcode)
+            raise _child_failure(err, nproc, run_dir, lines) from None
         finally:
             if before is None:
                 os.environ.pop(RANK_ERRORS_ENV, None)
             else:
                 os.environ[RANK_ERRORS_ENV] = before
     return 0
+
+
+class _ToDebug(logging.Handler):
+    """Hands torch's launcher log records to medseg's debug log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.debug("%s: %s", record.name, record.getMessage().strip())
+
+
+@contextmanager
+def _launcher_logs_to_debug() -> Iterator[None]:
+    """While the launcher runs, ``torch.distributed``'s log records (it prints them on stderr with a handler of
+    its own) go to medseg's debug log instead."""
+    torch_log = logging.getLogger("torch.distributed")
+    saved = torch_log.handlers[:], torch_log.propagate
+    torch_log.handlers, torch_log.propagate = [_ToDebug()], False
+    try:
+        yield
+    finally:
+        torch_log.handlers, torch_log.propagate = saved
 
 
 def _child_failure(err: Any, nproc: int, run_dir: Path | None = None,

@@ -47,7 +47,13 @@ from medseg.training.epoch_record import (
     write_confusion,
 )
 from medseg.training.resume import RESUMABLE_CHANGES, config_differences, restore_run, resume_checkpoint, train_state
-from medseg.training.run_folder import RunLock, mark_checkpointed, prepare_run_dir, remove_unstarted_run
+from medseg.training.run_folder import (
+    RunLock,
+    check_run_dir,
+    mark_checkpointed,
+    prepare_run_dir,
+    remove_unstarted_run,
+)
 from medseg.training.run_setup import Run, build_run, start_fresh
 
 #: Names that moved out of this module, still importable from here.
@@ -121,15 +127,17 @@ def train(
         created = False
         try:
             with ExitStack() as lock:
-                problem = None
+                problem, held = None, None
                 if dist.is_main:
                     try:
-                        created = _prepare(Path(folder), lock, resume=resume, overwrite=overwrite)
+                        created, held = _prepare(Path(folder), lock, resume=resume, overwrite=overwrite)
                     except MedsegError as err:
                         problem = err
                 _raise_everywhere(dist, problem)
-                result = _train_locked(cfg, Path(folder), dist, device, resume=resume, force=force,
-                                       progress=progress)
+                state = resume_checkpoint(cfg, Path(folder), force=force) if resume else None  # may refuse
+                if held is not None:
+                    held.announce()  # every check passed: the lock names this process
+                result = _train_locked(cfg, Path(folder), dist, device, state, progress=progress)
                 dist.barrier("finishing")  # rank 0 has written the last files
                 return result
         except BaseException:
@@ -140,16 +148,18 @@ def train(
         stop_distributed()
 
 
-def _prepare(run_dir: Path, lock: ExitStack, *, resume: bool, overwrite: bool) -> bool:
-    """Create or check the run folder, holding its lock (in ``lock``) from before anything is checked or cleared;
-    True when this call created the folder."""
-    if resume and not run_dir.is_dir():
-        prepare_run_dir(run_dir, resume=True, overwrite=False)  # raises: nothing to resume
+def _prepare(run_dir: Path, lock: ExitStack, *, resume: bool, overwrite: bool) -> tuple[bool, RunLock]:
+    """Create or check the run folder, holding its lock (in ``lock``) from before anything is cleared or written;
+    ``(created, lock)``, created when this call created the folder.
+
+    A refused folder is left as it was: the checks run before the lock is taken (no ``.lock`` written), and again
+    under it (another training may have started here meanwhile); the caller announces the lock once it trains."""
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock.enter_context(RunLock(run_dir))  # taken before anything in the folder is checked, cleared or written
+    held = lock.enter_context(RunLock(run_dir, announce=False))  # before anything in the folder is cleared
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    return created
+    return created, held
 
 
 def _raise_everywhere(dist: Dist, problem: MedsegError | None) -> None:
@@ -162,11 +172,11 @@ def _raise_everywhere(dist: Dist, problem: MedsegError | None) -> None:
         raise (ConfigError if is_config else MedsegError)(f"rank 0 stopped: {text}")
 
 
-def _train_locked(cfg: ExperimentConfig, run_dir: Path, dist: Dist, device: torch.device, *, resume: bool,
-                  force: bool, progress: bool) -> TrainResult:
-    state = resume_checkpoint(cfg, run_dir, force=force) if resume else None
+def _train_locked(cfg: ExperimentConfig, run_dir: Path, dist: Dist, device: torch.device,
+                  state: dict[str, Any] | None, *, progress: bool) -> TrainResult:
+    """Train, from scratch or from the resume ``state`` (``last.pt``)."""
     run = build_run(cfg, run_dir, dist, device, labels=labels_from_checkpoint(state) if state else None,
-                    resume=resume)
+                    resume=state is not None)
     if state is not None:
         restore_run(run, state)
     elif dist.is_main:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["RANK_ERRORS_ENV", "first_failure_line", "hand_over", "recorded_lines"]
+__all__ = ["RANK_ERRORS_ENV", "first_failure_line", "hand_over", "printed_already", "recorded_lines"]
 
 #: The variable through which the launcher gives its processes the folder for their error lines.
 RANK_ERRORS_ENV = "MEDSEG_RANK_ERRORS"
@@ -63,3 +63,19 @@ def first_failure_line(lines: dict[int, str], rank: int) -> str | None:
     if rank == 0 or line is None or line == lines.get(0):
         return None
     return line.removeprefix("error: ")
+
+
+def printed_already(lines: dict[int, str], rank: int) -> bool:
+    """Whether the error of ``rank``, the process that failed first, is on the screen already: rank 0 printed a
+    line and ``rank``'s is that same line (the error every process met; rank 1 may well stop first), or ``rank``
+    is 0. Then the launcher has nothing to add, and names no rank (the line is not necessarily the first
+    failure's own).
+
+    Example:
+        >>> printed_already({0: "error: a", 1: "error: a"}, 1), printed_already({0: "error: a", 1: "error: b"}, 1)
+        (True, False)
+        >>> printed_already({1: "error: b"}, 1), printed_already({0: "error: a"}, 1)  # rank 1 left no line
+        (False, False)
+    """
+    printed = lines.get(0)
+    return printed is not None and (rank == 0 or lines.get(rank) == printed)

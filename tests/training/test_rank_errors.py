@@ -66,3 +66,42 @@ def test_the_launcher_line_carries_an_error_nobody_printed(monkeypatch, exitcode
         launch_local(2, ["train", "cfg.yaml"])
     assert type(info.value) is error
     assert RANK_ERRORS_ENV not in os.environ  # the launcher's own environment is as it was
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_an_error_rank_0_printed_is_not_told_again_nor_logged_by_torch(monkeypatch, capfd, first):
+    """The launcher returns the exit code and names no rank (rank 1 may stop first with rank 0's line); torch's
+    W/E lines (a process failed, the others were sent SIGTERM) go to the debug log, not to stderr."""
+    import logging
+
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    def fail(args):
+        for rank in (0, 1):
+            monkeypatch.setenv("RANK", str(rank))
+            hand_over("error: config.yaml: data.root: no images found")
+        logging.getLogger("torch.distributed.elastic.multiprocessing.api").warning("Sending process 11 closing "
+                                                                                  "signal SIGTERM")
+        logging.getLogger("torch.distributed.elastic.multiprocessing.api").error("failed (exitcode: 2) local_rank: 0")
+        failures = {r: ProcessFailure(local_rank=r, pid=10 + r, exitcode=2, error_file="") for r in (0, 1)}
+        failures[1 - first].timestamp = failures[first].timestamp + 1
+        raise ChildFailedError("medseg", failures)
+
+    monkeypatch.setattr(torchrun, "run", fail)
+    debug: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            debug.append(record.getMessage())
+
+    medseg_log = logging.getLogger("medseg.training.distributed")  # kept apart from handlers earlier tests left
+    for name, value in (("handlers", [Keep()]), ("propagate", False), ("level", logging.DEBUG)):
+        monkeypatch.setattr(medseg_log, name, value)
+    handlers = logging.getLogger("torch.distributed").handlers[:]
+    assert launch_local(2, ["train", "cfg.yaml"]) == 2
+    assert capfd.readouterr().err == ""
+    assert debug == [
+        "torch.distributed.elastic.multiprocessing.api: Sending process 11 closing signal SIGTERM",
+        "torch.distributed.elastic.multiprocessing.api: failed (exitcode: 2) local_rank: 0"]
+    assert logging.getLogger("torch.distributed").handlers == handlers  # torch's own logging as it was
