@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +114,7 @@ def run_cases(
     overwrite: bool,
     progress: bool,
     sharing: Sharing | None = None,
+    refused: Mapping[str, str] | None = None,
 ) -> BatchReport:
     """Run each case whose outputs are not all there, collecting failures (a failing case does not stop the others);
     each case is claimed first, and only this process's shard is run (:func:`~medseg.prediction.claims.run_claimed`).
@@ -126,11 +127,13 @@ def run_cases(
         overwrite: Run every case and rewrite all its outputs.
         progress: Progress bar on stderr.
         sharing: How processes share the output folder.
+        refused: Case name -> message: cases that fail with that message without being run (their settings
+            record cannot be read). Claimed like the others, so processes sharing the folder report each once.
 
     Returns:
         The report: a case with every output present is listed once in ``skipped`` (by its label map).
     """
-    sharing = sharing or Sharing()
+    sharing, refused = sharing or Sharing(), refused or {}
     report = BatchReport()
     t0 = time.perf_counter()
     if not cases:
@@ -144,6 +147,8 @@ def run_cases(
             log.info("%s: completing the case: writing %s (the other outputs exist and are kept)", case.source,
                      ", ".join(sorted(t.name for t in todo)))
         try:
+            if case.name in refused:
+                raise DataError(refused[case.name])
             report.written += run(case, todo or set(targets))
             report.predicted.append(case.name)
         except MedsegError as err:  # the report lists it (medseg predict prints it once)
@@ -155,7 +160,8 @@ def run_cases(
     share = len(cases) if sharing.shard is None else len(shard_indices(names, sharing.shard))
     with progress_bar("predicting", share, enabled=progress) as advance:
         found = run_claimed(names, _outputs(output_of(cases[0]))[0].parent,
-                            finished=lambda i: all(t.exists() for t in _outputs(output_of(cases[i]))),
+                            finished=lambda i: names[i] not in refused
+                            and all(t.exists() for t in _outputs(output_of(cases[i]))),
                             work=work, overwrite=overwrite, sharing=sharing, advance=lambda i: advance(case=names[i]))
     report.skipped += [_outputs(output_of(cases[i]))[0] for i in found.skipped]
     report.elsewhere += [names[i] for i in found.elsewhere]
