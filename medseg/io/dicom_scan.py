@@ -322,7 +322,7 @@ def _split_series(uid: str, members: list[DicomHeader]) -> list[SeriesInfo]:
     second slice would pass for a whole volume at twice the spacing.
     """
     parts: dict[tuple[Any, ...], list[DicomHeader]] = defaultdict(list)
-    seen: list[tuple[float, ...]] = []  # the orientations found: one within _TOL_DIR of another is the same
+    seen: list[tuple[float, ...]] = []  # the orientations and pixel spacings found (_seen_as)
     for h in members:
         parts[_kind_key(h, seen)].append(h)
     images = {kind: hs for kind, hs in parts.items() if kind[0] == "image"}
@@ -338,21 +338,31 @@ def _split_series(uid: str, members: list[DicomHeader]) -> list[SeriesInfo]:
 
 
 def _kind_key(h: DicomHeader, seen: list[tuple[float, ...]]) -> tuple[Any, ...]:
-    """What a file is (image, localizer, mosaic) and, for images, its geometry: orientation (the first of ``seen``
-    within ``_TOL_DIR``, else added to it), rows, columns, pixel spacing."""
+    """What a file is (image, localizer, mosaic) and, for images, its geometry: orientation and pixel spacing (each
+    the first of ``seen`` within ``_TOL_DIR``, else added to it: header rounding is no other geometry), rows,
+    columns."""
     if "LOCALIZER" in h.image_type:
         return ("localizer",)
     if "MOSAIC" in h.image_type:
         return ("mosaic",)
-    iop = None
-    if h.orientation:
-        iop = next((o for o in seen if max(abs(a - b) for a, b in zip(o, h.orientation, strict=True)) <= _TOL_DIR),
-                   None)
-        if iop is None:
-            iop = h.orientation
-            seen.append(iop)
-    ps = tuple(np.round(h.pixel_spacing, 4)) if h.pixel_spacing else None
-    return ("image", iop, h.rows, h.cols, ps)
+    return ("image", _seen_as(h.orientation, seen), h.rows, h.cols, _seen_as(h.pixel_spacing, seen))
+
+
+def _seen_as(values: tuple[float, ...] | None, seen: list[tuple[float, ...]]) -> tuple[float, ...] | None:
+    """``values``, or the first of ``seen`` (of the same length) within ``_TOL_DIR`` of it (else added to ``seen``).
+
+    Example:
+        >>> seen = [(1.0, 0.0)]
+        >>> _seen_as((1.00004, 0.0), seen), _seen_as((0.5, 0.5), seen), seen
+        ((1.0, 0.0), (0.5, 0.5), [(1.0, 0.0), (0.5, 0.5)])
+    """
+    if values is None:
+        return None
+    for known in seen:
+        if len(known) == len(values) and max(abs(a - b) for a, b in zip(known, values, strict=True)) <= _TOL_DIR:
+            return known
+    seen.append(values)
+    return values
 
 
 def _disagreeing(uid: str, images: dict[tuple[Any, ...], list[DicomHeader]]) -> SeriesInfo:

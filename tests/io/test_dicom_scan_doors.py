@@ -112,9 +112,10 @@ def test_slices_of_other_sizes_or_pixel_spacings_refuse_the_series(tmp_path, cha
     assert (series.usable, series.n_files) == (False, 6) and series.reason.startswith(f"{found}; ")
 
 
-def test_orientation_noise_is_one_orientation_and_a_localizer_part_is_named(tmp_path):
+def test_header_noise_is_one_geometry_and_a_localizer_part_is_named(tmp_path):
     _ct_series(tmp_path / "s")
     _edit(tmp_path / "s", [2], ImageOrientationPatient=[1, 0.00006, 0, 0, 1, 0])  # rounds apart at 4 decimals
+    _edit(tmp_path / "s", [3], PixelSpacing=[1.00006, 1])
     [series] = list_series(tmp_path / "s")
     assert series.usable and series.size == (4, 4, 6) and series.reason is None
 
