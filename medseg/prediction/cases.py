@@ -6,7 +6,9 @@ cases, and for a case with some outputs missing (interrupted, or an output first
 the case again and writes only the missing ones, keeping those that exist (``overwrite`` redoes them all). Before
 that, the batch functions refuse a rerun whose label-shaping settings differ from those a case's sidecar recorded
 (:mod:`medseg.prediction.run_settings`). Each case is claimed before it is computed
-(:mod:`medseg.prediction.claims`), so processes sharing an output folder never compute one case twice.
+(:mod:`medseg.prediction.claims`), so processes sharing an output folder never compute one case twice. A case
+whose settings record cannot be read, or one that would write over a folder (``overwrite``), fails alone, naming
+the file; folders are never removed.
 """
 
 from __future__ import annotations
@@ -149,6 +151,10 @@ def run_cases(
         try:
             if case.name in refused:
                 raise DataError(refused[case.name])
+            folder = next((t for t in sorted(todo) if t.is_dir()), None)  # with overwrite: outputs that exist
+            if folder is not None:
+                raise DataError(f"{folder}: is a folder where this case's output belongs; remove or rename it to "
+                                "predict this case (medseg does not delete folders, not even with --overwrite)")
             report.written += run(case, todo or set(targets))
             report.predicted.append(case.name)
         except MedsegError as err:  # the report lists it (medseg predict prints it once)

@@ -94,3 +94,25 @@ def test_garbage_volume_sidecar_fails_that_case_only(ckpt3d, tmp_path, predict_c
         "rerun with --overwrite"]
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
         [f"{names[0]}.json", f"{names[1]}.json", f"{names[1]}.nii.gz"])
+
+
+def test_folder_as_volume_sidecar_fails_that_case_with_and_without_overwrite(ckpt3d, tmp_path, predict_cli):
+    volumes = tmp_path / "volumes"
+    volumes.mkdir()
+    files = sorted(ckpt3d[1].iterdir())[:2]
+    for f in files:
+        shutil.copy(f, volumes / f.name)
+    names = [f.name.removesuffix(".nii.gz") for f in files]
+    out = tmp_path / "out"
+    (out / f"{names[0]}.json").mkdir(parents=True)
+    folder, source = out / f"{names[0]}.json", volumes / files[0].name
+    for extra, line in (((), f"failed: {source}: {folder}: is a folder, where medseg predict keeps the settings "
+                             "that made this case's outputs in a file; remove or rename the folder to predict this "
+                             "case (medseg does not delete folders, not even with --overwrite)"),
+                        (("--overwrite",), f"failed: {source}: {folder}: is a folder where this case's output "
+                                           "belongs; remove or rename it to predict this case (medseg does not "
+                                           "delete folders, not even with --overwrite)")):
+        code, stdout, stderr = predict_cli(ckpt3d[0], volumes, "-o", out, *extra)
+        assert code == 1, stderr
+        assert ", 1 failed," in stdout and _failed_lines(stderr) == [line]
+        assert folder.is_dir() and (out / f"{names[1]}.nii.gz").is_file()
