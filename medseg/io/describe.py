@@ -66,7 +66,8 @@ def _series_table(folder: Path, irregular: str) -> Description:
     for s in series:
         size = "x".join(str(n) for n in s.size) if s.size else "?"
         spacing = "x".join(f"{v:.4g}" for v in s.spacing) if s.spacing else "?"
-        state = "volume" if s.usable else f"skipped: {s.reason}"
+        state = ("volume" + (f"; {s.reason}" if s.reason else "")  # a part of a series: "split (...): part 1 of 2"
+                 if s.usable else f"skipped: {s.reason}")
         if s.usable and s.irregular:
             how = "read resampled" if irregular == "resample" else "refused unless --irregular resample"
             state = f"irregular volume, {how}: {s.irregular}"

@@ -1,7 +1,8 @@
-"""Find DICOM series in a folder: read headers, group by series and geometry, say why a group is no volume.
+"""Find DICOM series in a folder: read headers, group by series and file kind, say why a group is no volume.
 
-Only headers are read here (large values such as uncompressed pixel data are deferred, i.e. left on
-disk until touched); :mod:`medseg.io.dicom` reads the pixels.
+Only headers are read here (large values such as uncompressed pixel data are deferred, i.e. left on disk until
+touched); :mod:`medseg.io.dicom` reads the pixels. pydicom's warnings meanwhile go to the debug log (``-v``): the
+reason a file is skipped says what matters.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -77,7 +80,9 @@ class SeriesInfo:
     ``size`` is (cols, rows, slices) like SimpleITK, ``spacing`` (mm) and ``orientation`` (nibabel axis
     codes such as ``"LPS"``: the world direction in which i, j, k grow) describe the volume axes.
     ``usable`` is False when the group cannot be read as one volume; ``reason`` then says why.
-    ``reason`` is also set on usable parts of a split series (``"split: ..."``). ``irregular`` is set on a usable
+    ``reason`` is also set on the usable part of a split series (``"split (mixed image/localizer): part 2 of 2"``):
+    a series is split only by file kind (images, localizers, mosaics); images that disagree in orientation, size or
+    pixel spacing are refused together, as one part naming what differs. ``irregular`` is set on a usable
     series whose slices lie on no regular grid (uneven gaps, gantry tilt, a slice shifted in-plane): it says why,
     naming the slice, and such a series is read only when resampled (``irregular="resample"``).
     """
@@ -130,9 +135,14 @@ def _read_header(path: Path) -> DicomHeader | SkippedFile | list[DicomHeader]:
             # alone still says what it is, and reading its pixels then fails naming the file, not a missing slice
             header = pydicom.dcmread(path, stop_before_pixels=True, force=False)
             ds = header if len(header) > len(ds) else ds
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
-        return SkippedFile(path, f"not a DICOM file ({type(err).__name__}: {str(err).splitlines()[0][:80]})")
+    except InvalidDicomError as err:
+        why = "no DICM prefix" if "'DICM' prefix" in str(err) else f"InvalidDicomError: {_shortened(str(err))}"
+        return SkippedFile(path, f"not a DICOM file ({why})")
+    except (EOFError, OSError, ValueError, KeyError, TypeError) as err:
+        return SkippedFile(path, f"not a DICOM file ({type(err).__name__}: {_shortened(str(err))})")
     sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
+    if not sop_class and "PixelData" not in ds and not ds.get("Rows") and not ds.get("Columns"):
+        return SkippedFile(path, "malformed DICOM header (a DICM prefix, but no SOP class, Rows or Columns)")
     for prefix, name in _NON_IMAGE_SOP.items():
         if sop_class.startswith(prefix) and not (name == "secondary capture" and "ImagePositionPatient" in ds):
             return SkippedFile(path, f"non-image SOP class {name}")
@@ -158,6 +168,47 @@ def _read_header(path: Path) -> DicomHeader | SkippedFile | list[DicomHeader]:
     except (ValueError, TypeError, AttributeError, IndexError) as err:
         return SkippedFile(path, f"malformed DICOM header ({err})")
     return info
+
+
+def _shortened(text: str, limit: int = 80) -> str:
+    """The first line of ``text``, cut at a word boundary with ``...`` when longer than ``limit``.
+
+    Example:
+        >>> _shortened("File is missing DICOM File Meta Information header or the prefix is missing", 40)
+        'File is missing DICOM File Meta...'
+    """
+    line = text.splitlines()[0] if text else ""
+    if len(line) <= limit:
+        return line
+    return line[:limit - 2].rsplit(" ", 1)[0].rstrip(" ,;:.") + "..."
+
+
+@contextmanager
+def _pydicom_warnings_to_debug() -> Iterator[None]:
+    """While headers are read, pydicom's warnings (its log records and Python warnings, e.g. "Expected implicit VR,
+    but found explicit VR") go to this module's debug log, each message once: what matters about a file is in the
+    reason it is skipped, and ``-v`` shows the rest."""
+    heard: dict[str, None] = {}  # insertion-ordered set
+
+    class _Hold(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.levelno < logging.WARNING:
+                return True
+            heard.setdefault(record.getMessage())
+            return False
+
+    hold, pydicom_log = _Hold(), logging.getLogger("pydicom")
+    pydicom_log.addFilter(hold)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for warning in caught:
+            heard.setdefault(str(warning.message))
+    finally:
+        pydicom_log.removeFilter(hold)
+    for message in heard:
+        logger.debug("pydicom, while reading DICOM headers: %s", message)
 
 
 def _frame_headers(header: DicomHeader) -> list[DicomHeader]:
@@ -229,7 +280,8 @@ def scan_dicom(source: Path | str | Sequence[Path | str]) -> tuple[str, list[Ser
         (name of the source for messages, series groups, skipped files).
     """
     name, files = _files_in(source)
-    headers = _read_all(files)
+    with _pydicom_warnings_to_debug():
+        headers = _read_all(files)
     skipped = [h for h in headers if isinstance(h, SkippedFile)]
     images = [h for h in headers if isinstance(h, DicomHeader)]
     by_series: dict[tuple[str, ...], list[DicomHeader]] = defaultdict(list)
@@ -263,11 +315,20 @@ def _series_key(h: DicomHeader) -> tuple[str, ...]:
 
 
 def _split_series(uid: str, members: list[DicomHeader]) -> list[SeriesInfo]:
-    """Split one SeriesInstanceUID by file kind and geometry, then judge each part."""
+    """Split one SeriesInstanceUID by file kind (images, localizers, mosaics), then judge each part.
+
+    The images of one series form one volume or none: images that disagree in orientation, rows/columns or pixel
+    spacing are refused together (one part, naming what differs), never split into stacks, as a stack of every
+    second slice would pass for a whole volume at twice the spacing.
+    """
     parts: dict[tuple[Any, ...], list[DicomHeader]] = defaultdict(list)
+    seen: list[tuple[float, ...]] = []  # the orientations and pixel spacings found (_seen_as)
     for h in members:
-        parts[_kind_key(h)].append(h)
-    groups = [_judge(uid, hs, kind) for kind, hs in parts.items()]
+        parts[_kind_key(h, seen)].append(h)
+    images = {kind: hs for kind, hs in parts.items() if kind[0] == "image"}
+    groups = [_judge(uid, hs, kind) for kind, hs in parts.items() if kind[0] != "image" or len(images) == 1]
+    if len(images) > 1:
+        groups.insert(0, _disagreeing(uid, images))
     if len(groups) > 1:
         what = _split_cause(list(parts))
         for i, g in enumerate(groups, 1):
@@ -276,14 +337,64 @@ def _split_series(uid: str, members: list[DicomHeader]) -> list[SeriesInfo]:
     return groups
 
 
-def _kind_key(h: DicomHeader) -> tuple[Any, ...]:
+def _kind_key(h: DicomHeader, seen: list[tuple[float, ...]]) -> tuple[Any, ...]:
+    """What a file is (image, localizer, mosaic) and, for images, its geometry: orientation and pixel spacing (each
+    the first of ``seen`` within ``_TOL_DIR``, else added to it: header rounding is no other geometry), rows,
+    columns."""
     if "LOCALIZER" in h.image_type:
         return ("localizer",)
     if "MOSAIC" in h.image_type:
         return ("mosaic",)
-    iop = tuple(np.round(h.orientation, 4)) if h.orientation else None
-    ps = tuple(np.round(h.pixel_spacing, 4)) if h.pixel_spacing else None
-    return ("image", iop, h.rows, h.cols, ps)
+    return ("image", _seen_as(h.orientation, seen), h.rows, h.cols, _seen_as(h.pixel_spacing, seen))
+
+
+def _seen_as(values: tuple[float, ...] | None, seen: list[tuple[float, ...]]) -> tuple[float, ...] | None:
+    """``values``, or the first of ``seen`` (of the same length) within ``_TOL_DIR`` of it (else added to ``seen``).
+
+    Example:
+        >>> seen = [(1.0, 0.0)]
+        >>> _seen_as((1.00004, 0.0), seen), _seen_as((0.5, 0.5), seen), seen
+        ((1.0, 0.0), (0.5, 0.5), [(1.0, 0.0), (0.5, 0.5)])
+    """
+    if values is None:
+        return None
+    for known in seen:
+        if len(known) == len(values) and max(abs(a - b) for a, b in zip(known, values, strict=True)) <= _TOL_DIR:
+            return known
+    seen.append(values)
+    return values
+
+
+def _disagreeing(uid: str, images: dict[tuple[Any, ...], list[DicomHeader]]) -> SeriesInfo:
+    """The images of one series whose geometry differs from slice to slice: no volume, the reason naming what
+    differs (the orientations, sizes or pixel spacings found, with their slice counts)."""
+    hs = [h for part in images.values() for h in part]
+    first = hs[0]
+    keys = sorted(images, key=lambda k: -len(images[k]))  # the most slices first
+    if len({k[1] for k in keys}) > 1:
+        what, shown = "orientations", [_orientation_name(k[1]) for k in keys]
+    elif len({(k[2], k[3]) for k in keys}) > 1:
+        what, shown = "sizes", [f"{k[3]}x{k[2]}" for k in keys]
+    else:
+        what, shown = "pixel spacings", ["x".join(f"{v:g}" for v in k[4]) + " mm" if k[4] else "none" for k in keys]
+    listed = ", ".join(f"{name} ({len(images[k])} slice{'s' if len(images[k]) > 1 else ''})"
+                       for name, k in zip(shown[:3], keys[:3], strict=True))
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    reason = (f"slices in {len(keys)} {what}: {listed}{more}; a volume's slices share one orientation, size and "
+              "pixel spacing")
+    return SeriesInfo(series_uid=uid, description=first.description, modality=first.modality,
+                      n_files=len({h.path for h in hs}), size=(first.cols, first.rows, len(hs)), spacing=None,
+                      orientation=None, files=[h.path for h in hs], usable=False, reason=reason, headers=hs)
+
+
+def _orientation_name(iop: tuple[float, ...] | None) -> str:
+    """An ImageOrientationPatient as messages show it: ``"sagittal [0, 1, 0, 0, 0, -1]"`` (or ``"oblique ..."``)."""
+    if iop is None:
+        return "no ImageOrientationPatient"
+    normal = np.cross(np.array(iop[:3], dtype=float), np.array(iop[3:], dtype=float))
+    main = int(np.argmax(np.abs(normal)))
+    plane = ("sagittal", "coronal", "axial")[main] if abs(normal[main]) > 0.9 else "oblique"
+    return f"{plane} [{', '.join(f'{v:g}' for v in iop)}]"
 
 
 def _split_cause(keys: list[tuple[Any, ...]]) -> str:
@@ -308,7 +419,8 @@ def _judge(uid: str, hs: list[DicomHeader], kind: tuple[Any, ...]) -> SeriesInfo
     if kind[0] != "image":
         info.reason = kind[0]
     elif first.rows == 0 or first.cols == 0:
-        info.reason = f"non-image SOP class {first.sop_class} (no Rows/Columns)"
+        what = f"non-image SOP class {first.sop_class}" if first.sop_class else "no SOP class"
+        info.reason = f"{what} (no Rows/Columns)"
     elif int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         info.reason = f"color image (SamplesPerPixel {ds.SamplesPerPixel}); allowed grayscale"
     elif any(h.frames > 1 for h in hs):

@@ -6,14 +6,16 @@ cases, and for a case with some outputs missing (interrupted, or an output first
 the case again and writes only the missing ones, keeping those that exist (``overwrite`` redoes them all). Before
 that, the batch functions refuse a rerun whose label-shaping settings differ from those a case's sidecar recorded
 (:mod:`medseg.prediction.run_settings`). Each case is claimed before it is computed
-(:mod:`medseg.prediction.claims`), so processes sharing an output folder never compute one case twice.
+(:mod:`medseg.prediction.claims`), so processes sharing an output folder never compute one case twice. A case
+whose settings record cannot be read, or one that would write over a folder (``overwrite``), fails alone, naming
+the file; folders are never removed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +116,7 @@ def run_cases(
     overwrite: bool,
     progress: bool,
     sharing: Sharing | None = None,
+    refused: Mapping[str, str] | None = None,
 ) -> BatchReport:
     """Run each case whose outputs are not all there, collecting failures (a failing case does not stop the others);
     each case is claimed first, and only this process's shard is run (:func:`~medseg.prediction.claims.run_claimed`).
@@ -126,11 +129,13 @@ def run_cases(
         overwrite: Run every case and rewrite all its outputs.
         progress: Progress bar on stderr.
         sharing: How processes share the output folder.
+        refused: Case name -> message: cases that fail with that message without being run (their settings
+            record cannot be read). Claimed like the others, so processes sharing the folder report each once.
 
     Returns:
         The report: a case with every output present is listed once in ``skipped`` (by its label map).
     """
-    sharing = sharing or Sharing()
+    sharing, refused = sharing or Sharing(), refused or {}
     report = BatchReport()
     t0 = time.perf_counter()
     if not cases:
@@ -144,6 +149,12 @@ def run_cases(
             log.info("%s: completing the case: writing %s (the other outputs exist and are kept)", case.source,
                      ", ".join(sorted(t.name for t in todo)))
         try:
+            if case.name in refused:
+                raise DataError(refused[case.name])
+            folder = next((t for t in sorted(todo) if t.is_dir()), None)  # with overwrite: outputs that exist
+            if folder is not None:
+                raise DataError(f"{folder}: is a folder where this case's output belongs; remove or rename it to "
+                                "predict this case (medseg does not delete folders, not even with --overwrite)")
             report.written += run(case, todo or set(targets))
             report.predicted.append(case.name)
         except MedsegError as err:  # the report lists it (medseg predict prints it once)
@@ -155,7 +166,8 @@ def run_cases(
     share = len(cases) if sharing.shard is None else len(shard_indices(names, sharing.shard))
     with progress_bar("predicting", share, enabled=progress) as advance:
         found = run_claimed(names, _outputs(output_of(cases[0]))[0].parent,
-                            finished=lambda i: all(t.exists() for t in _outputs(output_of(cases[i]))),
+                            finished=lambda i: names[i] not in refused
+                            and all(t.exists() for t in _outputs(output_of(cases[i]))),
                             work=work, overwrite=overwrite, sharing=sharing, advance=lambda i: advance(case=names[i]))
     report.skipped += [_outputs(output_of(cases[i]))[0] for i in found.skipped]
     report.elsewhere += [names[i] for i in found.elsewhere]

@@ -201,19 +201,23 @@ def predict_images(
         ConfigError: ``out_dir`` is an input folder, or (without ``overwrite``) the record
             ``.medseg-predict/<name>.json`` of one of these cases whose mask exists or (with ``statistics``) a
             sidecar there made with other settings (:mod:`medseg.prediction.case_records`,
-            :func:`~medseg.prediction.run_settings.check_recorded_settings`).
+            :func:`~medseg.prediction.run_settings.check_recorded_settings`). A record or sidecar that cannot be
+            read fails its case alone (listed in the report).
         DataError: ``out_dir/.medseg-predict`` is not a folder
-            (:func:`~medseg.prediction.case_records.check_records_folder`), an unreadable record, or a bad input.
+            (:func:`~medseg.prediction.case_records.check_records_folder`), or a bad input.
     """
     inputs = [Path(p) for p in inputs]
     check_output_dir(out_dir, inputs)
     check_records_folder(out_dir)
     cases = find_image_cases(inputs)
     settings = label_settings(loaded)
+    refused: dict[str, str] = {}  # the cases whose settings cannot be read: they fail alone
     if not overwrite:  # the cases whose masks this run keeps (skipped, or completed around the mask)
-        check_case_records(out_dir, [c.name for c in cases if (out_dir / f"{c.name}.png").exists()], settings)
+        kept = [c.name for c in cases if (out_dir / f"{c.name}.png").exists()]
+        refused |= check_case_records(out_dir, kept, settings)
     if statistics and not overwrite:
-        check_recorded_settings([out_dir / f"{c.name}.json" for c in cases], settings, out_dir)
+        sidecars = check_recorded_settings([out_dir / f"{c.name}.json" for c in cases], settings, out_dir)
+        refused = {path.stem: message for path, message in sidecars.items()} | refused  # a record's message first
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def stats_of(case: Case, mask: np.ndarray) -> dict[str, object]:
@@ -251,8 +255,10 @@ def predict_images(
         write_case_record(out_dir, case.name, settings)  # no case output: never makes a case finished
         return [written, *paths]
 
-    report = run_cases(cases, outputs_of, run, overwrite=overwrite, progress=progress, sharing=sharing)
+    report = run_cases(cases, outputs_of, run, overwrite=overwrite, progress=progress, sharing=sharing,
+                       refused=refused)
     if statistics:
-        write_statistics_table(out_dir, cases, IMAGE_COLUMNS, is_done=lambda c: (out_dir / f"{c.name}.png").exists(),
+        write_statistics_table(out_dir, [c for c in cases if c.name not in refused], IMAGE_COLUMNS,
+                               is_done=lambda c: (out_dir / f"{c.name}.png").exists(),
                                compute=lambda c: stats_of(c, read_mask(out_dir / f"{c.name}.png")), report=report)
     return report

@@ -6,8 +6,10 @@ stay in the folder while the user takes them for new ones. So, unless ``overwrit
 ``settings`` are compared with this run's before anything is predicted, and the first difference refuses the run
 (:func:`check_recorded_settings`: one line naming the sidecar, the setting, the old and the new value, and
 ``--overwrite`` or another ``-o``). A sidecar without ``settings`` (written by an older medseg) is not compared:
-its case is skipped as before. Image cases, whose sidecars are written only on request, also keep the settings
-in a record per case (:mod:`medseg.prediction.case_records`), compared in the same way.
+its case is skipped as before. A sidecar that cannot be read (a folder, no JSON object) leaves its case's settings
+unknown: that case fails alone, naming the file and what to do, and the others are predicted. Image cases,
+whose sidecars are written only on request, also keep the settings in a record per case
+(:mod:`medseg.prediction.case_records`), compared in the same way.
 
 Recorded (:func:`label_settings`): per model, its file (its path, shown only, and the SHA-256 of its bytes,
 compared: a moved, renamed or copied checkpoint counts as the same one, a retrained one as another), the
@@ -33,7 +35,8 @@ from medseg.prediction.loaded import LoadedModel
 from medseg.prediction.network import roi_for
 from medseg.sliding_window.plan import precision_name
 
-__all__ = ["SETTINGS_KEY", "check_recorded_settings", "checkpoint_sha256", "label_settings", "settings_differences"]
+__all__ = ["SETTINGS_KEY", "check_recorded_settings", "checkpoint_sha256", "label_settings", "refuse_folder",
+           "settings_differences"]
 
 #: The sidecar entry holding the settings.
 SETTINGS_KEY = "settings"
@@ -140,18 +143,28 @@ def settings_differences(old: dict[str, Any], new: dict[str, Any]) -> Iterator[t
             yield key, _shown(old.get(key)), _shown(new.get(key))
 
 
-def check_recorded_settings(sidecars: Iterable[Path], settings: dict[str, Any], out_dir: Path) -> None:
-    """Refuse a rerun whose settings differ from those an existing sidecar recorded (see the module docstring).
+def check_recorded_settings(sidecars: Iterable[Path], settings: dict[str, Any], out_dir: Path) -> dict[Path, str]:
+    """Refuse a rerun whose settings differ from those an existing sidecar recorded (see the module docstring), and
+    return the sidecars that cannot be read.
 
-    Sidecars that do not exist, or hold no ``settings`` (an older medseg), are passed over.
+    Sidecars that do not exist, or hold no ``settings`` (an older medseg), are passed over. One that cannot be read
+    (a folder, no JSON, no JSON object) leaves the settings of its case's outputs unknown: it does not stop the
+    run, its case fails alone with the message returned (what to do included), as a bad input does.
+
+    Returns:
+        Each unreadable sidecar with its one-line message (empty when all could be read).
 
     Raises:
         ConfigError: The first sidecar that differs: the setting, the value it was made with, this run's value,
             and what to do.
-        DataError: A sidecar that is no readable JSON object (delete it, or rerun with --overwrite).
     """
+    unreadable: dict[Path, str] = {}
     for sidecar in sidecars:
-        recorded = _recorded(sidecar)
+        try:
+            recorded = _recorded(sidecar)
+        except DataError as err:
+            unreadable[sidecar] = str(err)
+            continue
         if recorded is None:
             continue
         for name, old, new in settings_differences(recorded, settings):
@@ -160,30 +173,49 @@ def check_recorded_settings(sidecars: Iterable[Path], settings: dict[str, Any], 
                 f"{sidecar}: made with {what}{old}, this run has {what}{new}; the finished cases in {out_dir} "
                 "would be kept as they are: rerun with --overwrite to redo them with this run's settings, or "
                 "choose another -o")
+    return unreadable
+
+
+def refuse_folder(path: Path) -> None:
+    """Refuse a folder where a case's settings record or sidecar belongs (medseg never deletes folders).
+
+    Raises:
+        DataError: ``path`` is a folder (a link to one included).
+    """
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, where medseg predict keeps the settings that made this case's "
+                        "outputs in a file; remove or rename the folder to predict this case (medseg does not "
+                        "delete folders, not even with --overwrite)")
 
 
 _MAX_RECORD_BYTES = 16 * 2**20  # a sidecar with statistics of many classes stays far below
+#: what to do with a record whose settings cannot be read
+_UNKNOWN = ("so the settings that made this case's outputs are unknown; delete it and the case's outputs to redo "
+            "the case, or rerun with --overwrite")
 
 
 def _recorded(sidecar: Path) -> dict[str, Any] | None:
-    """The settings a sidecar recorded; None when it does not exist or holds none."""
+    """The settings a sidecar recorded; None when it does not exist or holds none.
+
+    Raises:
+        DataError: A folder, an unreadable file, or no JSON object.
+    """
+    refuse_folder(sidecar)
     try:
         with sidecar.open("rb") as f:
             raw = f.read(_MAX_RECORD_BYTES + 1)  # bounded: a record is a few hundred bytes
     except FileNotFoundError:
         return None
     except OSError as err:
-        raise DataError(f"{sidecar}: cannot read it ({err.strerror or err})") from None
+        raise DataError(f"{sidecar}: cannot read it ({err.strerror or err}), {_UNKNOWN}") from None
     if len(raw) > _MAX_RECORD_BYTES:
-        raise DataError(f"{sidecar}: over {_MAX_RECORD_BYTES // 2**20} MB, no settings record; delete it and its "
-                        "case's outputs, or rerun with --overwrite")
+        raise DataError(f"{sidecar}: over {_MAX_RECORD_BYTES // 2**20} MB, no settings record, {_UNKNOWN}")
     try:
         data = json.loads(raw.decode("utf-8"))
     except ValueError as err:  # UnicodeDecodeError included
-        raise DataError(f"{sidecar}: not readable JSON ({err}); delete it and its case's outputs, or rerun with "
-                        "--overwrite") from None
+        raise DataError(f"{sidecar}: not readable JSON ({err}), {_UNKNOWN}") from None
     if not isinstance(data, dict):
-        raise DataError(f"{sidecar}: holds a {type(data).__name__}, not a JSON object; rerun with --overwrite")
+        raise DataError(f"{sidecar}: holds a JSON {type(data).__name__}, not an object, {_UNKNOWN}")
     settings = data.get(SETTINGS_KEY)
     return settings if isinstance(settings, dict) else None
 

@@ -423,7 +423,8 @@ def predict_volumes(
         A :class:`~medseg.prediction.cases.BatchReport`; failing cases are listed there and the others still run.
 
     Raises:
-        DataError: A 2D image checkpoint, missing inputs, clashing case names, or an unreadable sidecar.
+        DataError: A 2D image checkpoint, missing inputs, or clashing case names (a sidecar that cannot be read
+            fails its case alone).
         ConfigError: ``out_dir`` inside an input folder, or (without ``overwrite``) a sidecar there made with other
             label-shaping settings (:func:`~medseg.prediction.run_settings.check_recorded_settings`).
     """
@@ -434,8 +435,10 @@ def predict_volumes(
     files_per_case = VolumePreprocessor(loaded.preprocessing).files_per_case
     cases = find_volume_cases(paths) if files_per_case == 1 else find_channel_cases(paths, loaded)
     settings = label_settings(loaded)
+    refused: dict[str, str] = {}  # the cases whose sidecar cannot be read: they fail alone
     if not overwrite:
-        check_recorded_settings([out / f"{c.name}.json" for c in cases], settings, out)
+        sidecars = check_recorded_settings([out / f"{c.name}.json" for c in cases], settings, out)
+        refused = {path.name[:-len(".json")]: message for path, message in sidecars.items()}
     out.mkdir(parents=True, exist_ok=True)
 
     def read_case(case: Case) -> list[Volume]:
@@ -477,13 +480,15 @@ def predict_volumes(
             written.append(write_label_map(out / f"{case.name}.nii.gz", result.array, volume))
         return written[::-1]
 
-    report = run_cases(cases, outputs_of, run, overwrite=overwrite, progress=progress, sharing=sharing)
+    report = run_cases(cases, outputs_of, run, overwrite=overwrite, progress=progress, sharing=sharing,
+                       refused=refused)
     if statistics:
         def from_disk(case: Case) -> dict[str, Any]:
             volume = read_case(case)[0]
             labels = read_volume(out / f"{case.name}.nii.gz")
             return statistics_section(structure_statistics(volume, labels, loaded.labels))
 
-        write_statistics_table(out, cases, VOLUME_COLUMNS, is_done=lambda c: (out / f"{c.name}.nii.gz").exists(),
+        write_statistics_table(out, [c for c in cases if c.name not in refused], VOLUME_COLUMNS,
+                               is_done=lambda c: (out / f"{c.name}.nii.gz").exists(),
                                compute=from_disk, report=report)
     return report

@@ -126,10 +126,11 @@ def test_inspect_of_a_series_that_mixes_orientations_says_why_and_exits_1(shared
     (folder / sorted(folder.iterdir())[2].name).unlink()  # two slices, one per orientation: neither is a volume
     result = runner.invoke(app, ["inspect", str(folder)])
     assert result.exit_code == 1, result.output
-    assert result.stdout.startswith(f"{folder}: 2 series (0 usable as volumes)\n")
+    assert result.stdout.startswith(f"{folder}: 1 series (0 usable as volumes)\n")  # one series, refused whole
     assert result.stderr.splitlines() == [
-        f"error: {folder}: no series can be read as a volume: series '{uid}': split (inconsistent orientation): "
-        "part 1 of 2; single frame of one file; a volume needs >= 2 slices (and 1 more series, listed above)"]
+        f"error: {folder}: no series can be read as a volume: series '{uid}': slices in 2 orientations: axial "
+        "[1, 0, 0, 0, 1, 0] (1 slice), sagittal [0, 1, 0, 0, 0, -1] (1 slice); a volume's slices share one "
+        "orientation, size and pixel spacing"]
 
 
 def test_inspect_of_dicom_without_images_exits_1_and_of_no_dicom_still_0(shared_data, tmp_path):

@@ -271,13 +271,14 @@ def test_sidecar_added_to_a_kept_mask_describes_that_mask_and_claims_no_settings
         assert data["settings"] is None and data["statistics"] == reference["statistics"]
 
 
-def test_unreadable_records_are_one_line_data_errors(tmp_path):
-    from medseg.errors import DataError
+def test_unreadable_records_are_returned_as_one_line_messages(tmp_path):
     from medseg.prediction.run_settings import check_recorded_settings
 
-    record = tmp_path / "case.json"
-    for content, message in ((bytes(range(128, 256)), "not readable JSON"), (b"[1, 2]", "holds a list")):
+    record, folder, absent = tmp_path / "case.json", tmp_path / "folder.json", tmp_path / "absent.json"
+    folder.mkdir()
+    for content, message in ((bytes(range(128, 256)), "not readable JSON"), (b"[1, 2]", "holds a JSON list")):
         record.write_bytes(content)  # bytes that are no UTF-8, then JSON that is no object
-        with pytest.raises(DataError, match=message) as err:
-            check_recorded_settings([record], {"threshold": None}, tmp_path)
-        assert "\n" not in str(err.value) and str(record) in str(err.value)
+        found = check_recorded_settings([record, folder, absent], {"threshold": None}, tmp_path)
+        assert list(found) == [record, folder]
+        assert found[record].startswith(f"{record}: {message}") and "\n" not in found[record]
+        assert found[folder].startswith(f"{folder}: is a folder, ")
