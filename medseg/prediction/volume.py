@@ -5,8 +5,9 @@ sliding window (``loaded.infer``: roi, overlap, blend, precision, flip TTA) -> c
 resampled back to the original grid (trilinear, argmax there) and reoriented -> optional largest component
 per class -> original label values (``LabelMap.to_values``).
 
-Many cases (:func:`predict_volumes`): ``OUT/<case>.nii.gz`` label maps, ``OUT/<case>.json`` sidecars and,
-for DICOM inputs on request, ``OUT/<case>.seg.dcm``; on request ``OUT/<case>_probabilities.nii.gz``
+Many cases (:func:`predict_volumes`, the cases found by :mod:`medseg.prediction.volume_cases`; a DICOM folder
+whose images form no volume fails alone with the reason): ``OUT/<case>.nii.gz`` label maps, ``OUT/<case>.json``
+sidecars and, for DICOM inputs on request, ``OUT/<case>.seg.dcm``; on request ``OUT/<case>_probabilities.nii.gz``
 (float16 class probabilities, 4D with the class last); on request per-structure statistics in each sidecar and
 ``OUT/statistics.csv`` over all cases (:mod:`medseg.prediction.statistics`, ``statistics_table``). Outputs are
 written atomically; a case whose outputs all exist is skipped unless ``overwrite``, and a case with some missing
@@ -20,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,11 @@ import medseg
 from medseg.atomic import write_json_atomic
 from medseg.data.volume_preprocessing import VolumePreprocessor
 from medseg.errors import CheckpointError, ConfigError, DataError
-from medseg.io.dicom import SeriesInfo, check_irregular, list_series
+from medseg.io.dicom import check_irregular, list_series
 from medseg.io.images import IMAGE_SUFFIXES
-from medseg.io.volume import VOLUME_SUFFIXES, Volume, split_channel, volume_case_name
+from medseg.io.volume import VOLUME_SUFFIXES, Volume
 from medseg.io.volume_io import read_volume, write_label_map, write_probability_map
-from medseg.prediction.cases import BatchReport, Case, check_output_dir, check_unique_names, run_cases
+from medseg.prediction.cases import BatchReport, Case, check_output_dir, run_cases
 from medseg.prediction.claims import Sharing
 from medseg.prediction.loaded import LoadedModel, mean_probabilities
 from medseg.prediction.network import infer_prepared
@@ -43,20 +43,18 @@ from medseg.prediction.postprocess import apply_postprocessing, keep_largest_com
 from medseg.prediction.run_settings import SETTINGS_KEY, check_recorded_settings, label_settings, precision_used
 from medseg.prediction.statistics import VOLUME_COLUMNS, statistics_section, structure_statistics, voxel_volume_mm3
 from medseg.prediction.statistics_table import write_statistics_table
+from medseg.prediction.volume_cases import (
+    VolumeCase,
+    find_channel_cases,
+    find_volume_cases,
+    one_channel_case_name,
+    volume_files,
+)
 
 __all__ = ["VolumeCase", "find_channel_cases", "find_volume_cases", "one_channel_case_name", "predict_outputs",
            "predict_volume", "predict_volumes", "read_input_volume"]
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class VolumeCase(Case):
-    """A volume case: a file, or a DICOM folder with the series to read from it, or (a multi-channel model) the
-    case's channel files in channel order (``source`` is the first)."""
-
-    series_uid: str | None = None
-    channels: tuple[Path, ...] = ()
-
 
 # ------------------------------------------------------------------------------------------- one case
 def _check_volume_model(loaded: LoadedModel, what: str) -> None:
@@ -90,7 +88,7 @@ def read_input_volume(path: str | Path, *, series_uid: str | None = None, irregu
     try:
         return read_volume(path, series_uid=series_uid, irregular=irregular)
     except DataError:
-        if path.is_dir() and _volume_files(path) and not any(s.usable for s in list_series(path)):
+        if path.is_dir() and volume_files(path) and not any(s.usable for s in list_series(path)):
             raise DataError(
                 f"{path}: a folder of volume files, not one DICOM series; give one file, or use predict_paths / "
                 "`medseg predict` for a folder of cases"
@@ -180,159 +178,6 @@ def predict_volume(loaded: LoadedModel, source: str | Path | Volume | Sequence[s
 
 
 # ------------------------------------------------------------------------------------------- many cases
-def _is_dicom_candidate(path: Path) -> bool:
-    name = path.name.lower()
-    return path.is_file() and not name.startswith(".") and not name.endswith(
-        VOLUME_SUFFIXES + IMAGE_SUFFIXES + (".json", ".txt", ".md", ".csv", ".gif"))
-
-
-def _volume_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if not p.name.startswith(".") and p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
-
-
-def _dicom_series(folder: Path) -> list[SeriesInfo] | None:
-    """The DICOM image series among the folder's own files (usable first); None when no file could be DICOM."""
-    candidates = [p for p in sorted(folder.iterdir()) if _is_dicom_candidate(p)]
-    return list_series(candidates) if candidates else None
-
-
-def _dicom_cases(folder: Path, series: list[SeriesInfo]) -> list[VolumeCase]:
-    """One case per usable series: named after the folder, or ``<folder>_01``, ``_02`` ... for several."""
-    usable = [s for s in series if s.usable]
-    if len(usable) == 1:
-        return [VolumeCase(folder.name, folder, usable[0].series_uid)]
-    return [VolumeCase(f"{folder.name}_{i + 1:02d}", folder, s.series_uid) for i, s in enumerate(usable)]
-
-
-def one_channel_case_name(path: str | Path) -> str:
-    """The case name of a volume file for a one-channel model: the name without its suffix, and without nnU-Net's
-    channel suffix ``_0000`` (the only channel), as training pairs ``imagesTr/case_0000.nii.gz`` with case ``case``.
-    Other 4-digit suffixes are kept (``_0001`` is no first channel).
-
-    Example:
-        >>> one_channel_case_name("imagesTs/la_003_0000.nii.gz"), one_channel_case_name("ct_0001.mha")
-        ('la_003', 'ct_0001')
-    """
-    case, index = split_channel(path)
-    return case if index == 0 else volume_case_name(path)
-
-
-def find_volume_cases(inputs: Sequence[Path]) -> list[VolumeCase]:
-    """Cases among the inputs: volume files, and what each folder holds.
-
-    A folder's cases are all of these, in this order:
-
-    * the usable DICOM series among its own files: one case named after the folder, or ``<folder>_01``,
-      ``<folder>_02`` ... for several (in the order :func:`~medseg.io.dicom.list_series` gives);
-    * each volume file in it (``.nii.gz`` ...), named after the file (less a ``_0000`` channel suffix, see
-      :func:`one_channel_case_name`);
-    * the usable DICOM series among the files of each sub-folder, named after the sub-folder as above.
-
-    A folder counts as a DICOM series folder only through the usable series its files hold, so one stray file
-    (a ``LICENSE``, a DICOM-SEG or report beside a series sub-folder) neither hides the volume files and series
-    sub-folders beside it nor makes a case. DICOM images that form no usable volume (a single slice, a gap) are
-    skipped with a warning, or refused (naming the folder) when the input yields no case at all. Two cases with
-    one name (``ct.nii.gz`` beside a sub-folder ``ct``, or ``ct.nii.gz`` beside ``ct_0000.nii.gz``) are refused, as
-    each would write ``<name>.nii.gz``.
-
-    Example:
-        >>> import tempfile
-        >>> tmp = tempfile.TemporaryDirectory()
-        >>> for name in ("a.nii.gz", "b_0000.mha", "LICENSE"):
-        ...     _ = (Path(tmp.name) / name).write_bytes(b"")
-        >>> [(c.name, c.source.name) for c in find_volume_cases([Path(tmp.name)])]
-        [('a', 'a.nii.gz'), ('b', 'b_0000.mha')]
-        >>> tmp.cleanup()
-
-    Raises:
-        DataError: A missing input, a folder with nothing to segment (DICOM files there but no usable series
-            is said so), or two cases with one output name.
-    """
-    cases: list[VolumeCase] = []
-    for src in (Path(p) for p in inputs):
-        if src.is_file():
-            cases.append(VolumeCase(one_channel_case_name(src), src))
-        elif src.is_dir():
-            cases += _folder_cases(src)
-        else:
-            raise DataError(f"{src}: input does not exist")
-    check_unique_names(cases)
-    return cases
-
-
-def find_channel_cases(inputs: Sequence[Path], loaded: LoadedModel) -> list[VolumeCase]:
-    """The cases of a multi-channel model: volume files given, or found in the folders given, grouped by case name
-    (``case_0000.nii.gz``, ``case_0001.nii.gz`` ... -> case ``case``, files sorted by channel index).
-
-    Raises:
-        DataError: A missing input, a file without a channel suffix or with a channel the model does not take, a
-            channel given twice, or a case missing a channel (each one line naming the file or case and the naming
-            the model wants).
-    """
-    pre = VolumePreprocessor(loaded.preprocessing)
-    count, naming = pre.files_per_case, pre.channel_naming()
-    files: list[Path] = []
-    for src in (Path(p) for p in inputs):
-        if src.is_file():
-            files.append(src)
-        elif src.is_dir():
-            found = _volume_files(src)
-            if not found:
-                raise DataError(f"{src}: no {', '.join(VOLUME_SUFFIXES)} files; the model {loaded.source} takes "
-                                f"{count} channel files per case ({naming})")
-            files += found
-        else:
-            raise DataError(f"{src}: input does not exist")
-    groups: dict[str, dict[int, Path]] = {}
-    for path in files:
-        case, index = split_channel(path)
-        if index is None or index >= count or not path.name.lower().endswith(VOLUME_SUFFIXES):
-            found_as = "has no channel suffix" if index is None else f"is channel {index}"
-            raise DataError(
-                f"{path}: {found_as}, but the model {loaded.source} takes {count} channel files per case ({naming}); "
-                f"name them <case>_0000.nii.gz to <case>_{count - 1:04d}.nii.gz")
-        if index in groups.setdefault(case, {}):
-            raise DataError(f"inputs {groups[case][index]} and {path} are both channel {index} of case {case!r}; "
-                            "give each case's files once")
-        groups[case][index] = path
-    cases: list[VolumeCase] = []
-    for case, channels in sorted(groups.items()):
-        missing = [i for i in range(count) if i not in channels]
-        if missing:
-            suffix = next(iter(channels.values())).name[len(case) + 5:]
-            raise DataError(f"case {case}: channel file(s) {', '.join(f'{case}_{i:04d}{suffix}' for i in missing)} "
-                            f"missing; the model {loaded.source} takes {count} per case ({naming})")
-        ordered = tuple(channels[i] for i in range(count))
-        cases.append(VolumeCase(case, ordered[0], channels=ordered))
-    return cases
-
-
-def _folder_cases(folder: Path) -> list[VolumeCase]:
-    cases: list[VolumeCase] = []
-    no_volume: list[Path] = []  # DICOM images there, but they form no usable volume series
-    own_dicom = False  # files in the folder itself that could be DICOM (perhaps only stray files)
-    for where in [folder, *sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))]:
-        series = _dicom_series(where)
-        if where == folder:
-            own_dicom = series is not None
-        if series and any(s.usable for s in series):
-            cases += _dicom_cases(where, series)
-        elif series:
-            no_volume.append(where)
-        if where == folder:
-            cases += [VolumeCase(one_channel_case_name(p), p) for p in _volume_files(folder)]
-    if not cases and (no_volume or own_dicom):
-        where = no_volume[0] if no_volume else folder
-        raise DataError(f"{where}: no usable DICOM volume series (see `medseg inspect {where}`)")
-    if not cases:
-        raise DataError(f"{folder}: nothing to segment (no {', '.join(VOLUME_SUFFIXES)} files, DICOM files "
-                        "or DICOM series sub-folders)")
-    for where in no_volume:
-        log.warning("%s: DICOM images that form no usable volume series, skipped (see `medseg inspect %s`)",
-                    where, where)
-    return cases
-
 
 #: what a sidecar says about the outputs of a resampled input
 _RESAMPLED_OUTPUT = ("the label map (NIfTI) and the statistics lie on the regular grid of input_geometry; a DICOM-SEG "
@@ -420,7 +265,9 @@ def predict_volumes(
             spaced or sheared inputs onto a regular grid; the sidecar's ``resampled`` says what was done.
 
     Returns:
-        A :class:`~medseg.prediction.cases.BatchReport`; failing cases are listed there and the others still run.
+        A :class:`~medseg.prediction.cases.BatchReport`; failing cases are listed there and the others still run
+        (a DICOM folder whose images form no volume is such a case, see
+        :func:`~medseg.prediction.volume_cases.find_volume_cases`).
 
     Raises:
         DataError: A 2D image checkpoint, missing inputs, or clashing case names (a sidecar that cannot be read
@@ -435,10 +282,12 @@ def predict_volumes(
     files_per_case = VolumePreprocessor(loaded.preprocessing).files_per_case
     cases = find_volume_cases(paths) if files_per_case == 1 else find_channel_cases(paths, loaded)
     settings = label_settings(loaded)
-    refused: dict[str, str] = {}  # the cases whose sidecar cannot be read: they fail alone
+    # the cases that fail alone: DICOM images that form no volume, a sidecar that cannot be read
+    refused = {c.name: c.refused for c in cases if c.refused}
     if not overwrite:
-        sidecars = check_recorded_settings([out / f"{c.name}.json" for c in cases], settings, out)
-        refused = {path.name[:-len(".json")]: message for path, message in sidecars.items()}
+        sidecars = check_recorded_settings([out / f"{c.name}.json" for c in cases if c.name not in refused],
+                                           settings, out)
+        refused |= {path.name[:-len(".json")]: message for path, message in sidecars.items()}
     out.mkdir(parents=True, exist_ok=True)
 
     def read_case(case: Case) -> list[Volume]:

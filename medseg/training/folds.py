@@ -30,7 +30,7 @@ from medseg.errors import ConfigError, DataError
 from medseg.evaluation.evaluate import EvaluationResult, case_name, evaluate
 from medseg.prediction.batch import predict_paths
 from medseg.prediction.predictor import Predictor
-from medseg.prediction.volume import one_channel_case_name
+from medseg.prediction.volume_cases import one_channel_case_name
 from medseg.training.loop import TrainResult, train
 
 __all__ = ["FoldsResult", "parse_fold_option", "prediction_name", "train_folds"]

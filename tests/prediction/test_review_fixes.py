@@ -112,7 +112,7 @@ def test_stray_file_in_a_series_subfolder_and_unusable_dicom_are_skipped(shared_
     (study / "scout").mkdir()
     shutil.copy(next((study / "ct").glob("*.dcm")), study / "scout" / "one.dcm")  # one slice: no volume
     _tiny_nifti(study / "tiny.nii.gz")
-    with caplog.at_level(logging.WARNING, logger="medseg.prediction.volume"):
+    with caplog.at_level(logging.WARNING, logger="medseg.prediction.volume_cases"):
         cases = find_volume_cases([study])
     assert [c.name for c in cases] == ["tiny", "ct"]
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [str(study / "scout")]
