@@ -34,3 +34,17 @@ class DependencyError(MedsegError):
 
 class ExportError(MedsegError):
     """A model export failed, or the exported network does not compute what the PyTorch network computes."""
+
+
+def shortened(text: str, limit: int = 80) -> str:
+    """The first line of ``text`` (an error message a library gave), cut at a word boundary with ``...`` when longer
+    than ``limit``: what medseg's own one-line messages quote of it.
+
+    Example:
+        >>> shortened("File is missing DICOM File Meta Information header or the prefix is missing", 40)
+        'File is missing DICOM File Meta...'
+    """
+    line = text.splitlines()[0] if text else ""
+    if len(line) <= limit:
+        return line
+    return line[:limit - 2].rsplit(" ", 1)[0].rstrip(" ,;:.") + "..."

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import ConfigError, DataError
+from medseg.errors import ConfigError, DataError, shortened
 from medseg.io.decoders import (
     JPEG_SYNTAXES,
     imagecodecs_decoder,
@@ -276,7 +276,7 @@ def _decode_files(paths: list[str]) -> list[np.ndarray | str]:
         try:
             out.append(_stored_pixels(pydicom.dcmread(path, force=False)))
         except Exception as err:  # noqa: BLE001 (reported with the file name by the caller)
-            out.append(f"{type(err).__name__}: {err}")
+            out.append(f"{type(err).__name__}: {_message(err)}")
     return out
 
 
@@ -389,8 +389,8 @@ _NO_PIXEL_DATA = "no PixelData element could be read (truncated file?)"
 
 
 def _message(err: Exception) -> str:
-    """The first line of an exception's message, at most 200 characters."""
-    return str(err).splitlines()[0][:200] if str(err) else ""
+    """The first line of an exception's message, cut at a word boundary (``...``) past 200 characters."""
+    return shortened(str(err), 200)
 
 
 def _rescale(name: str, stack: np.ndarray, headers: list[DicomHeader]) -> tuple[np.ndarray, bool]:

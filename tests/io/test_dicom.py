@@ -263,3 +263,47 @@ def test_rescale_matches_exact_integer_arithmetic(dtype, low, high, slopes, inte
         np.testing.assert_allclose(out, exact.astype(np.float64), rtol=1e-6)
     else:
         np.testing.assert_array_equal(out.astype(object), exact)
+
+
+#: a decoder plug-in's error, longer than the 200 characters a message keeps of it
+_LONG_ERROR = ("Unable to decode the pixel data: the 'gdcm' plugin is missing dependencies (python-gdcm), the "
+               "'pylibjpeg' plugin is missing dependencies (pylibjpeg-openjpeg) and the 'pillow' plugin does not "
+               "support 'RLE Lossless' transfer syntax pixel data\nTraceback lines that follow are not shown")
+
+
+def test_a_long_decoder_error_is_cut_at_a_word_boundary(tmp_path, ckpt3d, monkeypatch):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import CTImageStorage, RLELossless, generate_uid
+    from typer.testing import CliRunner
+
+    from medseg.cli.main import app
+
+    folder = tmp_path / "rle"
+    folder.mkdir()
+    series = generate_uid()
+    for k in range(3):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = RLELossless
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.Modality = (CTImageStorage, generate_uid(),
+                                                                                 series, "CT")
+        ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0.0, 0.0, 2.0 * k]
+        ds.PixelSpacing, ds.Rows, ds.Columns = [1.0, 1.0], 8, 8
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = encapsulate([bytes(64)])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(folder / f"{k + 1:02d}.dcm", enforce_file_format=True)
+
+    def fail(self):  # noqa: ANN001, ANN202
+        raise ValueError(_LONG_ERROR)
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(fail))
+    result = CliRunner().invoke(app, ["predict", str(ckpt3d[0]), str(folder), "-o", str(tmp_path / "out"),
+                                      "--device", "cpu", "-q"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [  # 193 characters of the error, cut after "not", not inside "support"
+        f"failed: {folder}: cannot decode pixel data of 01.dcm (RLE Lossless: ValueError: Unable to decode the pixel "
+        "data: the 'gdcm' plugin is missing dependencies (python-gdcm), the 'pylibjpeg' plugin is missing "
+        "dependencies (pylibjpeg-openjpeg) and the 'pillow' plugin does not...)"]
