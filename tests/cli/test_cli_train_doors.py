@@ -17,15 +17,6 @@ from medseg.cli.main import app
 runner = CliRunner()
 
 
-def _refusal(args: list[object], code: int) -> str:
-    """Run ``medseg ARGS``; assert the exit code, no traceback and a single stderr line, and return it."""
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert result.exit_code == code, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    return lines[0]
-
 
 def _state(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``folder`` (its lock file too) with its bytes and modification time."""
@@ -57,7 +48,7 @@ def run(ckpt2d, tmp_path: Path) -> Path:
      "error: {run}: run folder exists and is not empty; use --resume {run} to continue it, --overwrite to replace "
      "it, or another --run-dir"),
 ])
-def test_a_refused_train_leaves_an_existing_run_folder_as_it_was(run, monkeypatch, args, code, line):
+def test_a_refused_train_leaves_an_existing_run_folder_as_it_was(cli_refusal, run, monkeypatch, args, code, line):
     """The ``.lock`` of the run keeps its pid and date; --nproc 2 refuses before it starts any process."""
     import torch.distributed.run as torchrun
 
@@ -67,19 +58,19 @@ def test_a_refused_train_leaves_an_existing_run_folder_as_it_was(run, monkeypatc
     monkeypatch.setattr(torchrun, "run", launched)
     before = _state(run.parent)
     names = {"run": run, "cv": run.parent}
-    got = _refusal(["train", run / "config.yaml", *(a.format(**names) for a in args), "-q"], code)
+    got = cli_refusal(["train", run / "config.yaml", *(a.format(**names) for a in args), "-q"], code)
     assert got == line.format(**names)
     assert _state(run.parent) == before
 
 
-def test_a_refused_train_writes_no_lock_into_a_folder_that_is_not_a_run(tmp_path: Path):
+def test_a_refused_train_writes_no_lock_into_a_folder_that_is_not_a_run(cli_refusal, tmp_path: Path):
     folder = tmp_path / "h_rd"
     folder.mkdir()
     (folder / ".hidden").write_text("x")
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"kind": "images2d", "root": str(tmp_path / "data"),
                                             "image_size": [32, 32]}, "train": {"device": "cpu"}}))
-    assert _refusal(["train", cfg, "--run-dir", folder], 2) == (
+    assert cli_refusal(["train", cfg, "--run-dir", folder], 2) == (
         f"error: {folder}: run folder exists and is not empty; use --resume {folder} to continue it, --overwrite to "
         "replace it, or another --run-dir")
     assert sorted(p.name for p in folder.iterdir()) == [".hidden"]
@@ -91,13 +82,13 @@ def test_a_refused_train_writes_no_lock_into_a_folder_that_is_not_a_run(tmp_path
     ("{f}/run", [], "error: {f}/run: {f} is a file; --run-dir expects a run folder (new or empty)"),
     ("{f}", ["--nproc", "2"], "error: {f}: is a file; --run-dir expects a run folder (new or empty)"),
 ])
-def test_a_run_folder_that_is_a_file_is_a_usage_error(tmp_path: Path, where, extra, line):
+def test_a_run_folder_that_is_a_file_is_a_usage_error(cli_refusal, tmp_path: Path, where, extra, line):
     file = tmp_path / "h_rdfile"
     file.write_text("keep me")
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"kind": "images2d", "root": str(tmp_path / "data"),
                                             "image_size": [32, 32]}, "train": {"device": "cpu"}}))
-    assert _refusal(["train", cfg, "--run-dir", where.format(f=file), *extra], 2) == line.format(f=file)
+    assert cli_refusal(["train", cfg, "--run-dir", where.format(f=file), *extra], 2) == line.format(f=file)
     assert file.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml", "h_rdfile"]
 
 
