@@ -99,7 +99,10 @@ def user_errors() -> Iterator[None]:
                "--sw-batch-size 1)")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        _error("interrupted")
+        from medseg.training.rank_errors import under_launcher
+
+        if not under_launcher():  # under `--nproc N` the launcher got the Ctrl-C too and tells it once
+            _error("interrupted")
         raise typer.Exit(130) from None
 
 

@@ -134,3 +134,40 @@ def test_a_data_error_of_train_nproc_2_is_printed_once_and_alone(tmp_path, monke
         f"error: {bad}: label values 128 are not within tolerance 20 of any allowed value [0, 255] (classes "
         "{background: [0], polyp: [255]}); add them to the label map or raise the tolerance"]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("sig, code, line", [
+    ("SIGINT", 130, "interrupted"),
+    ("SIGTERM", 1, "error: training on 2 processes stopped: the launcher got SIGTERM and stopped the processes; the "
+                   "run folder keeps the last finished epoch: continue with --resume {run}"),
+])
+def test_a_signal_to_train_nproc_2_is_one_line_not_the_launchers_traceback(ckpt2d, tmp_path, monkeypatch, sig, code,
+                                                                           line):
+    """Ctrl-C reaches the launcher and every process (one process group): the processes stay quiet and the
+    launcher tells it once, as a one-process run does (exit 130); another signal to the launcher is one error line.
+
+    torchrun is replaced: each process meets the Ctrl-C inside medseg's error handler, then the launcher raises
+    what torch's raises on a signal (a real Ctrl-C of a two-process run: checked by hand, the same single line)."""
+    import signal
+
+    import torch.distributed.run as torchrun
+    import typer
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from medseg.cli.main import user_errors
+
+    def processes(args):
+        for rank in (0, 1):
+            monkeypatch.setenv("RANK", str(rank))
+            with pytest.raises(typer.Exit) as stopped, user_errors():
+                raise KeyboardInterrupt
+            assert stopped.value.exit_code == 130
+        monkeypatch.delenv("RANK")
+        raise SignalException("got a signal", sigval=signal.Signals[sig])
+
+    monkeypatch.setattr(torchrun, "run", processes)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(ckpt2d[0].parent.parent / "config.yaml"), "--run-dir", str(run),
+                                 "--nproc", "2", "-q"])
+    assert result.exit_code == code, result.output
+    assert result.stderr.splitlines() == [line.format(run=run)]
