@@ -154,7 +154,7 @@ def test_a_signal_to_train_nproc_2_is_one_line_not_the_launchers_traceback(ckpt2
     import typer
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
-    from medseg.cli.main import user_errors
+    from medseg.cli.exits import user_errors
 
     def processes(args):
         for rank in (0, 1):
