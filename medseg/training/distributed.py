@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -357,6 +358,7 @@ def launch_local(nproc: int, module_args: Sequence[str], *, run_dir: Path | None
         raise ConfigError(f"--nproc: got {nproc}; allowed: 1 or more processes")
     import tempfile
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -366,6 +368,8 @@ def launch_local(nproc: int, module_args: Sequence[str], *, run_dir: Path | None
         os.environ[RANK_ERRORS_ENV] = errors  # the processes' error lines: rank 0 alone prints its own
         try:
             run(args)
+        except SignalException as err:  # the launcher stopped its processes on a signal it got (Ctrl-C, kill)
+            raise _signal_stop(err.sigval, nproc, run_dir) from None
         except ChildFailedError as err:
             lines = recorded_lines(Path(errors))
             rank, failure = err.get_first_failure()
@@ -378,6 +382,16 @@ def launch_local(nproc: int, module_args: Sequence[str], *, run_dir: Path | None
             else:
                 os.environ[RANK_ERRORS_ENV] = before
     return 0
+
+
+def _signal_stop(sigval: Any, nproc: int, run_dir: Path | None) -> BaseException:
+    """Ctrl-C (SIGINT) is the user's interrupt, told as one process's is; another signal is one error line."""
+    if sigval == signal.SIGINT:
+        return KeyboardInterrupt()
+    keep = (f"; the run folder keeps the last finished epoch: continue with --resume {run_dir}"
+            if run_dir is not None else "")
+    return MedsegError(f"training on {nproc} processes stopped: the launcher got {signal.Signals(sigval).name} "
+                       f"and stopped the processes{keep}")
 
 
 class _ToDebug(logging.Handler):
@@ -404,8 +418,6 @@ def _child_failure(err: Any, nproc: int, run_dir: Path | None = None,
                    lines: dict[int, str] | None = None) -> MedsegError:
     """One line for the first process that failed (the launcher then stops the others, which fail after it),
     with that process's error when no process printed it (:func:`~medseg.training.rank_errors.first_failure_line`)."""
-    import signal
-
     rank, failure = err.get_first_failure()
     code = failure.exitcode
     if code < 0:

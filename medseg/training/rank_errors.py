@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["RANK_ERRORS_ENV", "first_failure_line", "hand_over", "printed_already", "recorded_lines"]
+__all__ = ["RANK_ERRORS_ENV", "first_failure_line", "hand_over", "printed_already", "recorded_lines", "under_launcher"]
 
 #: The variable through which the launcher gives its processes the folder for their error lines.
 RANK_ERRORS_ENV = "MEDSEG_RANK_ERRORS"
@@ -27,6 +27,11 @@ def _rank() -> int | None:
         return int(os.environ["RANK"])
     except (KeyError, ValueError):
         return None
+
+
+def under_launcher() -> bool:
+    """True in a process that medseg's launcher started (it then tells a Ctrl-C once, for all processes)."""
+    return bool(os.environ.get(RANK_ERRORS_ENV)) and _rank() is not None
 
 
 def hand_over(line: str) -> bool:

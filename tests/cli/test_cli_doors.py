@@ -16,15 +16,6 @@ from medseg.cli.main import app
 runner = CliRunner()
 
 
-def _refusal(args: list[str], code: int) -> str:
-    """Run ``medseg ARGS``; assert the exit code, no traceback and a single stderr line, and return it."""
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert result.exit_code == code, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    return lines[0]
-
 
 # ------------------------------------------------------------------------------------------- outputs that exist
 @pytest.fixture()
@@ -61,10 +52,10 @@ def existing(tmp_path: Path) -> Path:
      "error: {t}/synth: folder is not empty (holds images); synth writes into a new or empty folder: pass "
      "--overwrite to replace its contents, or choose another -o"),
 ])
-def test_an_output_that_exists_is_a_usage_refusal_exit_2(existing, args, line):
+def test_an_output_that_exists_is_a_usage_refusal_exit_2(cli_refusal, existing, args, line):
     """Like a predict rerun with other settings (exit 2): the user is to pass --overwrite or choose another path."""
     before = _files(existing)
-    assert _refusal([a.format(t=existing) for a in args], 2) == line.format(t=existing)
+    assert cli_refusal([a.format(t=existing) for a in args], 2) == line.format(t=existing)
     assert _files(existing) == before  # nothing replaced
 
 
@@ -75,14 +66,15 @@ def _files(folder: Path) -> dict[Path, bytes]:
 
 # ------------------------------------------------------------------------------------------- predict's records
 @pytest.mark.parametrize("overwrite", [True, False])
-def test_a_file_where_predict_keeps_its_records_is_one_line_and_nothing_is_left(ckpt2d, tmp_path, overwrite):
+def test_a_file_where_predict_keeps_its_records_is_one_line_and_nothing_is_left(cli_refusal, ckpt2d, tmp_path,
+                                                                               overwrite):
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(sorted(ckpt2d[1].iterdir())[0], images)
     out = tmp_path / "out"
     out.mkdir()
     (out / ".medseg-predict").write_text("not medseg's")
-    line = _refusal(["predict", ckpt2d[0], images, "-o", out, "--device", "cpu", "-q",
+    line = cli_refusal(["predict", ckpt2d[0], images, "-o", out, "--device", "cpu", "-q",
                      *(["--overwrite"] if overwrite else [])], 1)
     assert line == (f"error: {out}/.medseg-predict: is a file; expected a folder, where medseg predict writes the "
                     "settings record of each image case; remove or rename it, or choose another -o")

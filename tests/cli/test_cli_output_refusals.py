@@ -16,16 +16,6 @@ from medseg.cli.main import app
 runner = CliRunner()
 
 
-def _refusal(args: list[str | Path], code: int = 2) -> str:
-    """Run ``medseg ARGS``; assert the exit code, no traceback, nothing on stdout, one stderr line; return it."""
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert result.exit_code == code, result.output
-    assert result.stdout == "" and "Traceback" not in result.output, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.output
-    return lines[0]
-
 
 def _tree(folder: Path) -> dict[str, bytes | None]:
     """Every path under ``folder``: a file's bytes, None for a folder (so an empty folder left behind shows)."""
@@ -44,11 +34,11 @@ def masks(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_evaluate_refuses_an_existing_summary_before_writing_the_csv(masks: Path) -> None:
+def test_evaluate_refuses_an_existing_summary_before_writing_the_csv(cli_refusal, masks: Path) -> None:
     (masks / "he2.summary.json").write_text('{"mine": 1}\n')
     before = _tree(masks)
     args = ["evaluate", "--pred", masks / "pred", "--truth", masks / "truth", "-o", masks / "he2.csv"]
-    assert _refusal(args) == (f"error: {masks}/he2.summary.json: exists (the summary written beside he2.csv); "
+    assert cli_refusal(args) == (f"error: {masks}/he2.summary.json: exists (the summary written beside he2.csv); "
                               "pass --overwrite to replace it")
     assert _tree(masks) == before  # no he2.csv either
     result = runner.invoke(app, [*map(str, args), "--overwrite"])
@@ -68,21 +58,22 @@ NOT_EMPTY = ("error: {d}: folder is not empty (holds {names}); synth writes into
     ({"masks/case_000.png": "keep me"}, "masks"),  # no images/ folder is created beside it
     ({".hidden": ""}, ".hidden"),  # like demo: any entry makes the folder not empty
 ])
-def test_synth_refuses_a_folder_that_is_not_empty(tmp_path: Path, files: dict[str, str], names: str) -> None:
+def test_synth_refuses_a_folder_that_is_not_empty(cli_refusal, tmp_path: Path, files: dict[str, str],
+                                                  names: str) -> None:
     out = tmp_path / "d"
     for name, text in files.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(text)
     before = _tree(tmp_path)
-    assert _refusal(["synth", "polyp", "-o", out, "--n", "2"]) == NOT_EMPTY.format(d=out, names=names)
+    assert cli_refusal(["synth", "polyp", "-o", out, "--n", "2"]) == NOT_EMPTY.format(d=out, names=names)
     assert _tree(tmp_path) == before
 
 
-def test_synth_spine_into_a_polyp_dataset_is_refused_and_overwrite_replaces_it(tmp_path: Path) -> None:
+def test_synth_spine_into_a_polyp_dataset_is_refused_and_overwrite_replaces_it(cli_refusal, tmp_path: Path) -> None:
     out = tmp_path / "d"
     assert runner.invoke(app, ["synth", "polyp", "-o", str(out), "--n", "2"]).exit_code == 0
     before = _tree(tmp_path)
-    line = _refusal(["synth", "spine", "-o", out, "--n", "1"])
+    line = cli_refusal(["synth", "spine", "-o", out, "--n", "1"])
     assert line == NOT_EMPTY.format(d=out, names="README.txt, images, masks")
     assert _tree(tmp_path) == before
     result = runner.invoke(app, ["synth", "spine", "-o", str(out), "--n", "1", "--overwrite"])
@@ -92,11 +83,11 @@ def test_synth_spine_into_a_polyp_dataset_is_refused_and_overwrite_replaces_it(t
     assert "CT spine phantoms" in (out / "README.txt").read_text()
 
 
-def test_synth_into_a_file_is_a_usage_error_and_into_an_empty_folder_works(tmp_path: Path) -> None:
+def test_synth_into_a_file_is_a_usage_error_and_into_an_empty_folder_works(cli_refusal, tmp_path: Path) -> None:
     target = tmp_path / "h_synfile"
     target.write_text("keep me")
     for extra in ([], ["--overwrite"]):
-        line = _refusal(["synth", "polyp", "-o", target, "--n", "1", *extra])
+        line = cli_refusal(["synth", "polyp", "-o", target, "--n", "1", *extra])
         assert line == f"error: {target}: is a file; -o is the dataset folder to write: give a new or empty folder"
         assert _tree(tmp_path) == {"h_synfile": b"keep me"}
     empty = tmp_path / "empty"

@@ -17,15 +17,6 @@ from medseg.cli.main import app
 runner = CliRunner()
 
 
-def _refusal(args: list[object], code: int) -> str:
-    """Run ``medseg ARGS``; assert the exit code, no traceback and a single stderr line, and return it."""
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert result.exit_code == code, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    return lines[0]
-
 
 def _state(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``folder`` (its lock file too) with its bytes and modification time."""
@@ -57,7 +48,7 @@ def run(ckpt2d, tmp_path: Path) -> Path:
      "error: {run}: run folder exists and is not empty; use --resume {run} to continue it, --overwrite to replace "
      "it, or another --run-dir"),
 ])
-def test_a_refused_train_leaves_an_existing_run_folder_as_it_was(run, monkeypatch, args, code, line):
+def test_a_refused_train_leaves_an_existing_run_folder_as_it_was(cli_refusal, run, monkeypatch, args, code, line):
     """The ``.lock`` of the run keeps its pid and date; --nproc 2 refuses before it starts any process."""
     import torch.distributed.run as torchrun
 
@@ -67,19 +58,19 @@ def test_a_refused_train_leaves_an_existing_run_folder_as_it_was(run, monkeypatc
     monkeypatch.setattr(torchrun, "run", launched)
     before = _state(run.parent)
     names = {"run": run, "cv": run.parent}
-    got = _refusal(["train", run / "config.yaml", *(a.format(**names) for a in args), "-q"], code)
+    got = cli_refusal(["train", run / "config.yaml", *(a.format(**names) for a in args), "-q"], code)
     assert got == line.format(**names)
     assert _state(run.parent) == before
 
 
-def test_a_refused_train_writes_no_lock_into_a_folder_that_is_not_a_run(tmp_path: Path):
+def test_a_refused_train_writes_no_lock_into_a_folder_that_is_not_a_run(cli_refusal, tmp_path: Path):
     folder = tmp_path / "h_rd"
     folder.mkdir()
     (folder / ".hidden").write_text("x")
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"kind": "images2d", "root": str(tmp_path / "data"),
                                             "image_size": [32, 32]}, "train": {"device": "cpu"}}))
-    assert _refusal(["train", cfg, "--run-dir", folder], 2) == (
+    assert cli_refusal(["train", cfg, "--run-dir", folder], 2) == (
         f"error: {folder}: run folder exists and is not empty; use --resume {folder} to continue it, --overwrite to "
         "replace it, or another --run-dir")
     assert sorted(p.name for p in folder.iterdir()) == [".hidden"]
@@ -91,13 +82,13 @@ def test_a_refused_train_writes_no_lock_into_a_folder_that_is_not_a_run(tmp_path
     ("{f}/run", [], "error: {f}/run: {f} is a file; --run-dir expects a run folder (new or empty)"),
     ("{f}", ["--nproc", "2"], "error: {f}: is a file; --run-dir expects a run folder (new or empty)"),
 ])
-def test_a_run_folder_that_is_a_file_is_a_usage_error(tmp_path: Path, where, extra, line):
+def test_a_run_folder_that_is_a_file_is_a_usage_error(cli_refusal, tmp_path: Path, where, extra, line):
     file = tmp_path / "h_rdfile"
     file.write_text("keep me")
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"kind": "images2d", "root": str(tmp_path / "data"),
                                             "image_size": [32, 32]}, "train": {"device": "cpu"}}))
-    assert _refusal(["train", cfg, "--run-dir", where.format(f=file), *extra], 2) == line.format(f=file)
+    assert cli_refusal(["train", cfg, "--run-dir", where.format(f=file), *extra], 2) == line.format(f=file)
     assert file.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml", "h_rdfile"]
 
 
@@ -143,3 +134,40 @@ def test_a_data_error_of_train_nproc_2_is_printed_once_and_alone(tmp_path, monke
         f"error: {bad}: label values 128 are not within tolerance 20 of any allowed value [0, 255] (classes "
         "{background: [0], polyp: [255]}); add them to the label map or raise the tolerance"]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("sig, code, line", [
+    ("SIGINT", 130, "interrupted"),
+    ("SIGTERM", 1, "error: training on 2 processes stopped: the launcher got SIGTERM and stopped the processes; the "
+                   "run folder keeps the last finished epoch: continue with --resume {run}"),
+])
+def test_a_signal_to_train_nproc_2_is_one_line_not_the_launchers_traceback(ckpt2d, tmp_path, monkeypatch, sig, code,
+                                                                           line):
+    """Ctrl-C reaches the launcher and every process (one process group): the processes stay quiet and the
+    launcher tells it once, as a one-process run does (exit 130); another signal to the launcher is one error line.
+
+    torchrun is replaced: each process meets the Ctrl-C inside medseg's error handler, then the launcher raises
+    what torch's raises on a signal (a real Ctrl-C of a two-process run: checked by hand, the same single line)."""
+    import signal
+
+    import torch.distributed.run as torchrun
+    import typer
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from medseg.cli.exits import user_errors
+
+    def processes(args):
+        for rank in (0, 1):
+            monkeypatch.setenv("RANK", str(rank))
+            with pytest.raises(typer.Exit) as stopped, user_errors():
+                raise KeyboardInterrupt
+            assert stopped.value.exit_code == 130
+        monkeypatch.delenv("RANK")
+        raise SignalException("got a signal", sigval=signal.Signals[sig])
+
+    monkeypatch.setattr(torchrun, "run", processes)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(ckpt2d[0].parent.parent / "config.yaml"), "--run-dir", str(run),
+                                 "--nproc", "2", "-q"])
+    assert result.exit_code == code, result.output
+    assert result.stderr.splitlines() == [line.format(run=run)]

@@ -74,13 +74,20 @@ def test_garbage_record_of_a_kept_mask_fails_that_case_overwrite_replaces_it(ckp
     assert json.loads(record.read_text())["settings"]["threshold"] is None
 
 
-def test_garbage_volume_sidecar_fails_that_case_only(ckpt3d, tmp_path, predict_cli):
+@pytest.fixture()
+def two_volumes(ckpt3d, tmp_path):
+    """A folder with copies of two of the 3D fixture's volumes: (folder, source files, case names)."""
     volumes = tmp_path / "volumes"
     volumes.mkdir()
     files = sorted(ckpt3d[1].iterdir())[:2]
     for f in files:
         shutil.copy(f, volumes / f.name)
     names = [f.name.removesuffix(".nii.gz") for f in files]
+    return volumes, files, names
+
+
+def test_garbage_volume_sidecar_fails_that_case_only(ckpt3d, tmp_path, predict_cli, two_volumes):
+    volumes, files, names = two_volumes
     out = tmp_path / "out"
     out.mkdir()
     (out / f"{names[0]}.json").write_text("[1, 2]")
@@ -96,13 +103,9 @@ def test_garbage_volume_sidecar_fails_that_case_only(ckpt3d, tmp_path, predict_c
         [f"{names[0]}.json", f"{names[1]}.json", f"{names[1]}.nii.gz"])
 
 
-def test_folder_as_volume_sidecar_fails_that_case_with_and_without_overwrite(ckpt3d, tmp_path, predict_cli):
-    volumes = tmp_path / "volumes"
-    volumes.mkdir()
-    files = sorted(ckpt3d[1].iterdir())[:2]
-    for f in files:
-        shutil.copy(f, volumes / f.name)
-    names = [f.name.removesuffix(".nii.gz") for f in files]
+def test_folder_as_volume_sidecar_fails_that_case_with_and_without_overwrite(ckpt3d, tmp_path, predict_cli,
+                                                                           two_volumes):
+    volumes, files, names = two_volumes
     out = tmp_path / "out"
     (out / f"{names[0]}.json").mkdir(parents=True)
     folder, source = out / f"{names[0]}.json", volumes / files[0].name
