@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from medseg.errors import shortened
+
 __all__ = ["DicomHeader", "SkippedFile", "read_headers"]
 
 #: Non-image (or not-a-volume) SOP classes, by UID prefix -> short name used in reasons.
@@ -102,10 +104,10 @@ def _read_header(path: Path) -> DicomHeader | SkippedFile | list[DicomHeader]:
             header = pydicom.dcmread(path, stop_before_pixels=True, force=False)
             ds = header if len(header) > len(ds) else ds
     except InvalidDicomError as err:
-        why = "no DICM prefix" if "'DICM' prefix" in str(err) else f"InvalidDicomError: {_shortened(str(err))}"
+        why = "no DICM prefix" if "'DICM' prefix" in str(err) else f"InvalidDicomError: {shortened(str(err))}"
         return SkippedFile(path, f"not a DICOM file ({why})")
     except (EOFError, OSError, ValueError, KeyError, TypeError) as err:
-        return SkippedFile(path, f"not a DICOM file ({type(err).__name__}: {_shortened(str(err))})")
+        return SkippedFile(path, f"not a DICOM file ({type(err).__name__}: {shortened(str(err))})")
     sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
     if not sop_class and "PixelData" not in ds and not ds.get("Rows") and not ds.get("Columns"):
         return SkippedFile(path, "malformed DICOM header (a DICM prefix, but no SOP class, Rows or Columns)")
@@ -134,19 +136,6 @@ def _read_header(path: Path) -> DicomHeader | SkippedFile | list[DicomHeader]:
     except (ValueError, TypeError, AttributeError, IndexError) as err:
         return SkippedFile(path, f"malformed DICOM header ({err})")
     return info
-
-
-def _shortened(text: str, limit: int = 80) -> str:
-    """The first line of ``text``, cut at a word boundary with ``...`` when longer than ``limit``.
-
-    Example:
-        >>> _shortened("File is missing DICOM File Meta Information header or the prefix is missing", 40)
-        'File is missing DICOM File Meta...'
-    """
-    line = text.splitlines()[0] if text else ""
-    if len(line) <= limit:
-        return line
-    return line[:limit - 2].rsplit(" ", 1)[0].rstrip(" ,;:.") + "..."
 
 
 def _frame_headers(header: DicomHeader) -> list[DicomHeader]:
