@@ -70,6 +70,8 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
     except MedsegError as err:
         _error(f"error: {_one_line(err)}")
+        if _lost_peers(err):
+            _end_now(1)
         raise typer.Exit(1) from None
     except OSError as err:  # a user path the io layer did not anticipate (permissions, full disk, ...)
         where = f"{err.filename}: " if err.filename else ""
@@ -85,6 +87,25 @@ def user_errors() -> Iterator[None]:
         if not under_launcher():  # under `--nproc N` the launcher got the Ctrl-C too and tells it once
             _error("interrupted")
         raise typer.Exit(130) from None
+
+
+def _lost_peers(err: MedsegError) -> bool:
+    """True for a training process that lost the others (without importing torch where training never ran)."""
+    distributed = sys.modules.get("medseg.training.distributed")
+    return distributed is not None and isinstance(err, distributed.PeerLostError)
+
+
+def _end_now(code: int) -> None:
+    """End the process at once, its line printed and logs flushed: after another training process died, tearing
+    down torch.distributed's state at interpreter exit can block (seen once in the test suite: rank 0 printed its
+    line, then did not exit within 60 s). The run folder was left resumable before the line was printed."""
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _error(line: str) -> None:

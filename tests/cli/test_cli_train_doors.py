@@ -171,3 +171,35 @@ def test_a_signal_to_train_nproc_2_is_one_line_not_the_launchers_traceback(ckpt2
                                  "--nproc", "2", "-q"])
     assert result.exit_code == code, result.output
     assert result.stderr.splitlines() == [line.format(run=run)]
+
+
+def test_a_training_process_that_lost_the_others_ends_at_once_after_its_line(monkeypatch, capsys):
+    """A lost peer ends the process with os._exit after the error line (torch.distributed's teardown can block at
+    exit; the real two-process case is tests/training/test_distributed.py's killed-rank test); other errors exit
+    through typer as usual."""
+    import os
+
+    import typer
+
+    from medseg.cli.exits import user_errors
+    from medseg.errors import DataError
+    from medseg.training.distributed import Dist
+
+    ended: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        ended.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    lost = Dist(0, 2, 0, 20).lost("summing the loss", RuntimeError("Connection closed by peer"))
+    with pytest.raises(SystemExit), user_errors():
+        raise lost
+    assert ended == [1]
+    assert capsys.readouterr().err.splitlines() == [
+        "error: rank 0 of 2: lost the other training processes while summing the loss (one died or did not answer "
+        "within train.distributed_timeout_s = 20 s; Connection closed by peer); stopping. The run folder keeps the "
+        "last finished epoch: continue with --resume"]
+    with pytest.raises(typer.Exit), user_errors():
+        raise DataError("a bad mask")
+    assert ended == [1]
