@@ -54,11 +54,19 @@ def _dicom_series(folder: Path) -> list[SeriesInfo] | None:
 
 
 def _dicom_cases(folder: Path, series: list[SeriesInfo]) -> list[VolumeCase]:
-    """One case per usable series: named after the folder, or ``<folder>_01``, ``_02`` ... for several."""
-    usable = [s for s in series if s.usable]
-    if len(usable) == 1:
-        return [VolumeCase(folder.name, folder, usable[0].series_uid)]
-    return [VolumeCase(f"{folder.name}_{i + 1:02d}", folder, s.series_uid) for i, s in enumerate(usable)]
+    """One case per usable series, and one failing case per series meant as a volume that is refused (so a broken
+    series beside a good one is reported, not dropped): named after the folder, or ``<folder>_01``, ``_02`` ... for
+    several."""
+    volumes = [s for s in series if s.usable or _meant_as_volume(s)]
+    names = [folder.name] if len(volumes) == 1 else [f"{folder.name}_{i + 1:02d}" for i in range(len(volumes))]
+    return [VolumeCase(name, folder, s.series_uid) if s.usable else
+            VolumeCase(name, folder, refused=f"{folder}: {_series_name(s)}: {s.reason or 'not a volume'} "
+                       f"(see `medseg inspect {folder}`)")
+            for name, s in zip(names, volumes, strict=True)]
+
+
+def _series_name(series: SeriesInfo) -> str:
+    return f"series {series.series_uid!r}" if series.series_uid else "a series without a UID"
 
 
 def one_channel_case_name(path: str | Path) -> str:
@@ -117,7 +125,7 @@ def find_volume_cases(inputs: Sequence[Path]) -> list[VolumeCase]:
         else:
             raise DataError(f"{src}: input does not exist")
     if cases and all(c.refused for c in cases):
-        raise DataError(f"{cases[0].source}: no usable DICOM volume series (see `medseg inspect {cases[0].source}`)")
+        raise DataError(str(cases[0].refused))  # names the folder, the series and why
     check_unique_names(cases)
     return cases
 
@@ -197,8 +205,6 @@ def _folder_cases(folder: Path) -> list[VolumeCase]:
     return cases
 
 
-
-
 def _meant_as_volume(series: SeriesInfo) -> bool:
     """Whether an unusable series was meant as a volume: several slices (or frames), none a localizer or mosaic.
     A lone slice, a scout or a mosaic is no study to segment: its folder is skipped with a warning."""
@@ -211,7 +217,7 @@ def _refused_case(folder: Path, series: list[SeriesInfo]) -> VolumeCase:
     """The failing case of a folder whose DICOM images were meant as a volume but form none: named after the
     folder, its message naming the first such series and why it is refused."""
     first = next(s for s in series if _meant_as_volume(s))
-    which = f"series {first.series_uid!r}" if first.series_uid else "a series without a UID"
+    which = _series_name(first)
     more = f" (and {len(series) - 1} more series)" if len(series) > 1 else ""
     return VolumeCase(folder.name, folder, refused=f"{folder}: no usable DICOM volume series: {which}: "
                       f"{first.reason or 'not a volume'}{more} (see `medseg inspect {folder}`)")

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import torch
 
 from medseg.device import resolve_device
-from medseg.errors import ConfigError, MedsegError
+from medseg.errors import ConfigError, MedsegError, shortened
 from medseg.seeds import epoch_seed
 from medseg.training.rank_errors import RANK_ERRORS_ENV, first_failure_line, printed_already, recorded_lines
 from medseg.training.run_folder import check_run_dir
@@ -161,7 +161,7 @@ class Dist:
         return PeerLostError(
             f"rank {self.rank} of {self.world_size}: lost the other training processes while {what} "
             f"(one died or did not answer within train.distributed_timeout_s = {self.timeout_s:g} s; "
-            f"{first[:200]}); stopping. The run folder keeps the last finished epoch: continue with --resume"
+            f"{shortened(first, 200)}); stopping. The run folder keeps the last finished epoch: continue with --resume"
         )
 
     def barrier(self, what: str = "waiting for the others") -> None:

@@ -32,7 +32,7 @@ from medseg.data.label_sources import labels_from_checkpoint
 from medseg.errors import ConfigError, MedsegError
 from medseg.models.factory import encoder_parameters
 from medseg.seeds import epoch_seed, seed_everything
-from medseg.training.distributed import Dist, start_distributed, stop_distributed
+from medseg.training.distributed import Dist, PeerLostError, start_distributed, stop_distributed
 from medseg.training.ema import ema_decay
 from medseg.training.epoch import run_epoch
 from medseg.training.epoch_record import (
@@ -140,9 +140,11 @@ def train(
                 result = _train_locked(cfg, Path(folder), dist, device, state, progress=progress)
                 dist.barrier("finishing")  # rank 0 has written the last files
                 return result
-        except BaseException:
+        except BaseException as err:
             if created and remove_unstarted_run(Path(folder)):  # failed before its first checkpoint: leave nothing
                 log.info("%s: removed; the run stopped before its first checkpoint", folder)
+            elif isinstance(err, PeerLostError):  # its line ends "continue with --resume": name the folder
+                raise PeerLostError(f"{err} {folder}") from None
             raise
     finally:
         stop_distributed()

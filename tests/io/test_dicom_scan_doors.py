@@ -96,7 +96,7 @@ def test_a_series_whose_slices_disagree_in_orientation_is_refused_whole(tmp_path
                                     "--device", "cpu", "-q"])
     assert predicted.exit_code == 1, predicted.output
     assert predicted.stderr.splitlines() == [
-        f"error: {folder}: no usable DICOM volume series (see `medseg inspect {folder}`)"]
+        f"error: {folder}: no usable DICOM volume series: series '{uid}': {reason} (see `medseg inspect {folder}`)"]
     assert not (tmp_path / "out").exists()
 
 

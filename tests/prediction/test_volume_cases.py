@@ -18,10 +18,10 @@ from medseg.prediction.volume import find_volume_cases, predict_volumes
 AXIAL, SAGITTAL = [1, 0, 0, 0, 1, 0], [0, 1, 0, 0, 0, -1]
 
 
-def _study(folder: Path, *, sagittal: tuple[int, ...] = (), shift: float = 0.0) -> str:
+def _study(folder: Path, *, sagittal: tuple[int, ...] = (), shift: float = 0.0, prefix: str = "") -> str:
     """Six 8x8 CT slices 2 mm apart in ``folder`` (the slices in ``sagittal`` turned sagittal, the last two moved
-    ``shift`` mm further); returns the SeriesInstanceUID."""
-    folder.mkdir(parents=True)
+    ``shift`` mm further; file names start with ``prefix``); returns the SeriesInstanceUID."""
+    folder.mkdir(parents=True, exist_ok=True)
     study, series = generate_uid(), generate_uid()
     for k in range(6):
         ds = Dataset()
@@ -36,7 +36,7 @@ def _study(folder: Path, *, sagittal: tuple[int, ...] = (), shift: float = 0.0) 
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.PixelData = np.full((8, 8), 10 * k, np.int16).tobytes()
-        ds.save_as(folder / f"{k + 1:02d}.dcm", enforce_file_format=True)
+        ds.save_as(folder / f"{prefix}{k + 1:02d}.dcm", enforce_file_format=True)
     return series
 
 
@@ -76,5 +76,24 @@ def test_the_python_api_reports_the_refused_study_and_refuses_inputs_with_nothin
     assert report.predicted == ["good"]
     assert [(source, message.split(": slices in")[0]) for source, message in report.failed] == [
         (str(studies / "mixed"), f"{studies / 'mixed'}: no usable DICOM volume series: series '{mixed}'")]
-    with pytest.raises(DataError, match=r"mixed: no usable DICOM volume series \(see `medseg inspect .*mixed`\)$"):
+    with pytest.raises(DataError, match=r"mixed: no usable DICOM volume series: series '.*': slices in 2 orientations"):
         find_volume_cases([studies / "mixed"])  # the only case: refused before anything is written
+
+
+def test_a_refused_series_beside_a_good_one_in_a_study_fails_as_its_own_case(ckpt3d, predict_cli, tmp_path):
+    """Found by a hostile review: the broken second series of a study was dropped without a word (exit 0)."""
+    study, out = tmp_path / "study", tmp_path / "out"
+    _study(study, prefix="a")
+    mixed = _study(study, sagittal=(1, 3, 5), prefix="b")
+    cases = find_volume_cases([study])
+    assert sorted(c.name for c in cases) == ["study_01", "study_02"]  # numbered in the order the series are listed
+    assert sorted(c.refused is None for c in cases) == [False, True]
+    code, stdout, stderr = predict_cli(ckpt3d[0], study, "-o", out)
+    assert code == 1, stdout + stderr
+    assert stdout.startswith(f"2 files written to {out}, 0 existing skipped (--overwrite redoes them), 1 failed, ")
+    good = next(c.name for c in cases if c.refused is None)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [f"{good}.json", f"{good}.nii.gz"]
+    assert stderr.splitlines() == [
+        f"failed: {study}: series '{mixed}': slices in 2 orientations: axial [1, 0, 0, 0, 1, 0] (3 slices), sagittal "
+        "[0, 1, 0, 0, 0, -1] (3 slices); a volume's slices share one orientation, size and pixel spacing (see "
+        f"`medseg inspect {study}`)"]

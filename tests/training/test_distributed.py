@@ -241,7 +241,7 @@ def test_a_killed_rank_stops_the_other_with_a_clear_error(tmp_path, polyps):
     assert waited < 20 + 30  # the timeout, plus process teardown on a busy machine
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: rank 0 of 2: lost the other training processes while ")
-    assert "train.distributed_timeout_s = 20 s" in last and "--resume" in last
+    assert "train.distributed_timeout_s = 20 s" in last and last.endswith(f"continue with --resume {run}")
     assert "Traceback" not in err
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] >= 0  # the folder is still resumable
 
