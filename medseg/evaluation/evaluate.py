@@ -155,7 +155,7 @@ def evaluate(
     Raises:
         DataError: Missing folders, unreadable files, no prediction named like any truth file, values outside the
             mapping, shape or geometry mismatch.
-        ConfigError: ``tolerance`` outside 0..127.
+        ConfigError: ``tolerance`` outside 0..127, or ``output`` (or the summary beside it) is a folder.
         OutputExistsError: ``output`` or the summary beside it exists and ``overwrite`` is False (checked before
             anything is read or written).
     """
@@ -163,8 +163,10 @@ def evaluate(
         raise ConfigError(f"--tolerance: got {tolerance!r}; allowed an integer 0..127 (gray levels)")
     pred_dir = Path(pred_dir)
     out_path = Path(output) if output is not None else None
-    if out_path is not None and not overwrite:
-        _refuse_existing(out_path)
+    if out_path is not None:
+        _refuse_folders(out_path)  # no --overwrite replaces a folder: said before anything is read
+        if not overwrite:
+            _refuse_existing(out_path)
     preds = label_files(pred_dir, "prediction")
     truths = dict(truth_dir) if isinstance(truth_dir, Mapping) else label_files(Path(truth_dir), "truth")
     if not set(preds) & set(truths):
@@ -216,6 +218,16 @@ def evaluate(
 def _summary_path(output: Path) -> Path:
     """The ``.summary.json`` beside the per-case CSV ``output`` (``metrics.csv`` -> ``metrics.summary.json``)."""
     return output.with_suffix(".summary.json")
+
+
+def _refuse_folders(output: Path) -> None:
+    """Refuse a folder where the CSV or the summary beside it goes (a usage error: ``--overwrite`` cannot help)."""
+    if output.is_dir():
+        raise ConfigError(f"{output}: is a folder; -o is the per-case CSV file to write, e.g. {output / 'metrics.csv'}")
+    summary = _summary_path(output)
+    if summary.is_dir():
+        raise ConfigError(f"{summary}: is a folder where the summary beside {output.name} goes; remove it or choose "
+                          "another -o")
 
 
 def _refuse_existing(output: Path) -> None:

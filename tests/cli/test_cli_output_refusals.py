@@ -48,6 +48,24 @@ def test_evaluate_refuses_an_existing_summary_before_writing_the_csv(cli_refusal
     assert (masks / "he2.csv").read_text().splitlines()[0].startswith("case,class,")
 
 
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_evaluate_refuses_a_folder_as_its_csv_or_summary_with_and_without_overwrite(cli_refusal, masks: Path,
+                                                                                   overwrite: list[str]) -> None:
+    """Found by a hostile review: a folder at -o was 'exists; pass --overwrite', and with --overwrite the whole
+    evaluation ran, then failed naming a temporary file."""
+    (masks / "out").mkdir()
+    (masks / "m.summary.json").mkdir()
+    before = _tree(masks)
+    base = ["evaluate", "--pred", masks / "pred", "--truth", masks / "truth", *overwrite, "-o"]
+    assert cli_refusal([*base, masks / "out"]) == (
+        f"error: {masks}/out: is a folder; -o is the per-case CSV file to write, e.g. {masks}/out/metrics.csv")
+    assert cli_refusal([*base, masks / "m.csv"]) == (
+        f"error: {masks}/m.summary.json: is a folder where the summary beside m.csv goes; remove it or choose "
+        "another -o")
+    assert _tree(masks) == before
+
+
 # --------------------------------------------------------------------------------------------------------- synth
 NOT_EMPTY = ("error: {d}: folder is not empty (holds {names}); synth writes into a new or empty folder: pass "
              "--overwrite to replace its contents, or choose another -o")
