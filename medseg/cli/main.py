@@ -29,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="medseg: medical-image segmentation on MONAI and PyTorch.",
 )
 config_app = typer.Typer(no_args_is_help=True, help="Check or show a config file.")

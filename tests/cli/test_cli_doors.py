@@ -139,3 +139,11 @@ def test_inspect_of_dicom_without_images_exits_1_and_of_no_dicom_still_0(shared_
     listed = runner.invoke(app, ["inspect", str(notes)])
     assert listed.exit_code == 0 and listed.stderr == "", listed.output
     assert listed.stdout.startswith(f"{notes}: 0 series (0 usable as volumes)\n  skipped 1 file(s) (not a DICOM file")
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["predict"], ["config", "show"]])
+def test_dash_h_is_help_like_dash_dash_help(command):
+    """`-h` was 'No such option: -h' (found by a hostile review); it now prints the same help as `--help`."""
+    short, long = (runner.invoke(app, [*command, flag]) for flag in ("-h", "--help"))
+    assert short.exit_code == long.exit_code == 0, short.output
+    assert short.stdout == long.stdout and "Usage: medseg" in short.stdout
