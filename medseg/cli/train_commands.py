@@ -48,7 +48,8 @@ def train(
             _train_folds(cfg, fold, folder, resume=resume is not None, overwrite=overwrite, force=force)
             return
         if nproc is not None and nproc != 1:
-            from medseg.training.distributed import launch_local, micro_batch_size, preflight
+            from medseg.training.distributed import micro_batch_size
+            from medseg.training.launcher import launch_local, preflight
 
             micro_batch_size(cfg.train.batch_size, max(1, nproc), cfg.train.grad_accumulation)  # refuse before starting
             preflight(cfg.train, max(1, nproc), run_dir=folder, resume=resume is not None, overwrite=overwrite)

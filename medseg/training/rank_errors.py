@@ -2,7 +2,7 @@
 
 Every process of a training runs the same checks on the same config and data, so a data error (a mask with an
 unknown value, a missing file) stops them all with the same line, which each would print. Under
-:func:`~medseg.training.distributed.launch_local` the launcher names a folder in :data:`RANK_ERRORS_ENV` (an
+:func:`~medseg.training.launcher.launch_local` the launcher names a folder in :data:`RANK_ERRORS_ENV` (an
 internal hand-over from the launcher to its own processes, never a user setting): each process writes its error
 line there (:func:`hand_over`) and only rank 0 prints it. When the process that failed first is another rank,
 with another line (its own CUDA device out of memory, a file only its share reads), the launcher's own line

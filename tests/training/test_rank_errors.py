@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from medseg.errors import ConfigError, MedsegError
-from medseg.training.distributed import launch_local
+from medseg.training.launcher import launch_local
 from medseg.training.rank_errors import RANK_ERRORS_ENV, first_failure_line, hand_over, recorded_lines
 
 
@@ -95,7 +95,7 @@ def test_an_error_rank_0_printed_is_not_told_again_nor_logged_by_torch(monkeypat
         def emit(self, record: logging.LogRecord) -> None:
             debug.append(record.getMessage())
 
-    medseg_log = logging.getLogger("medseg.training.distributed")  # kept apart from handlers earlier tests left
+    medseg_log = logging.getLogger("medseg.training.launcher")  # kept apart from handlers earlier tests left
     for name, value in (("handlers", [Keep()]), ("propagate", False), ("level", logging.DEBUG)):
         monkeypatch.setattr(medseg_log, name, value)
     handlers = logging.getLogger("torch.distributed").handlers[:]
